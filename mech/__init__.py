@@ -1,0 +1,22 @@
+"""mech: instruments for the mechanistic interpretability of modality bias in multimodal LLMs.
+
+See DESIGN.md for the path of the data: load -> prepare -> conditions -> measure -> curves ->
+results -> figures.
+"""
+
+from mech.errors import MechError
+from mech.groups import GROUPS, TokenGroups
+from mech.models import MechModel, load, supported
+
+__version__ = "0.1.0"
+
+
+def token_groups(m: MechModel, inputs) -> TokenGroups:
+    """Token groups of ``inputs`` (``prepare`` output or raw processor output).
+
+    Returns :class:`TokenGroups`; ``groups.mask("image")`` is a BoolTensor ``[batch, pos]``.
+    """
+    return m.inputs(inputs).groups
+
+
+__all__ = ["GROUPS", "MechError", "MechModel", "TokenGroups", "load", "supported", "token_groups", "__version__"]

@@ -1,0 +1,119 @@
+"""The ``mech`` command line: ``mech <command> --model SPEC --data SPEC [--n N] [--out DIR] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mech.errors import MechError
+
+COMMANDS = {
+    "eval": "accuracy per input condition and prediction consistency (the paper's Tables 1-2)",
+    "attention": "attention mass to image / text / template / bos tokens per layer and head",
+    "patch": "activation patching between complete and ablated inputs",
+    "contrib": "layerwise modality-contribution curves and the imbalance ratio",
+    "report": "eval -> attention -> patch -> contrib, written to report.md",
+    "inspect": "load a model, prepare samples and print the architecture table and token groups",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="organism:balanced", help="HF id | local dir | organism:<name>")
+    p.add_argument("--data", default="organism:shapes", help="organism:shapes | mmmu-pro:<dir> | jsonl:<file>")
+    p.add_argument("--n", type=int, default=None, help="number of samples (default: the command's own)")
+    p.add_argument("--out", default="runs/mech", help="output directory")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ...")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--device-map", default=None, help="e.g. auto (shards across GPUs with accelerate)")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mech", description="Instruments for modality bias in multimodal LLMs.")
+    sub = p.add_subparsers(dest="command", metavar="command")
+    for name, help_ in COMMANDS.items():
+        _common(sub.add_parser(name, help=help_, description=help_))
+    return p
+
+
+def _load(args):
+    import mech
+
+    return mech.load(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+
+
+def cmd_inspect(args) -> dict:
+    """Load, prepare ``--n`` samples, label token groups; write ``inspect.json``."""
+    from mech.data import load_data
+    from mech.results import write_json
+
+    m = _load(args)
+    samples = load_data(args.data, n=args.n or 4)
+    inputs = m.prepare([s["images"] for s in samples], [s["question"] for s in samples])
+    groups = inputs.groups
+    arch = m.arch
+    counts = groups.counts()
+    result = {
+        "model": args.model, "family": arch.model_type, "layers": arch.n_layers, "heads": arch.n_heads,
+        "kv_heads": arch.n_kv_heads, "d_model": arch.d_model, "modality_ids": dict(arch.modality_ids),
+        "groups": list(groups.names),
+        "samples": [{"id": s["id"], "counts": dict(zip(groups.names, counts[i].tolist())),
+                     "text_source": groups.text_source[i]} for i, s in enumerate(samples)],
+    }
+    out = write_json(Path(args.out) / "inspect.json", result)
+    tok = m.tokenizer
+    ids = inputs["input_ids"][0].tolist()
+    row = [f"{tok.convert_ids_to_tokens(t)}|{groups.names[g] if g >= 0 else 'pad'}"
+           for t, g in zip(ids, groups.labels[0].tolist())]
+    print(f"{arch.model_type}: {arch.n_layers} layers x {arch.n_heads} heads, d_model {arch.d_model}")
+    print("sample 0:", " ".join(row))
+    print("group counts per sample:", counts.tolist())
+    print(f"wrote {out}")
+    return result
+
+
+# command -> "module:function"; each instrument's module owns its command (imported lazily, so
+# `mech --help` stays fast and a missing optional dependency only affects its own command)
+HANDLERS = {
+    "inspect": "mech.cli:cmd_inspect",
+    "eval": "mech.evaluation:cmd_eval",
+    "attention": "mech.attention:cmd_attention",
+    "patch": "mech.patching:cmd_patch",
+    "contrib": "mech.contribution:cmd_contrib",
+    "report": "mech.report:cmd_report",
+}
+
+
+def _handler(command: str):
+    import importlib
+
+    module, _, func = HANDLERS[command].partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("mech"):
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help()
+        return 2
+    try:
+        handler = _handler(args.command)
+        if handler is None:
+            raise MechError(f"`mech {args.command}` is not available in this version of mech yet; "
+                            "`mech inspect` is.")
+        handler(args)
+    except MechError as exc:
+        print(f"mech {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""``mech.load``: a Hugging Face MLLM and its processor, untouched, with the family table resolved."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from mech.errors import ConfigError, ProcessorError, SpecError, UnsupportedArchitectureError
+from mech.groups import TokenGroups
+from mech.models.table import Architecture, resolve
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+@dataclass
+class MechModel:
+    """A loaded MLLM: the untouched Hugging Face ``model`` and ``processor`` plus its resolved
+    architecture table ``arch``. Instruments take this object and inputs."""
+
+    model: torch.nn.Module
+    processor: Any
+    arch: Architecture
+    spec: str = "(model, processor)"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device | None:
+        """Device of the input embedding (where inputs go; with ``device_map`` sharding too)."""
+        try:
+            return self.model.get_input_embeddings().weight.device
+        except AttributeError:
+            return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def prepare(self, images: Any, prompts: Any, **kwargs: Any):
+        """See :func:`mech.models.inputs.prepare`."""
+        from mech.models.inputs import prepare
+
+        return prepare(self, images, prompts, **kwargs)
+
+    def inputs(self, inputs: Any):
+        """Normalise ``prepare`` or raw processor outputs; see :func:`mech.models.inputs.as_inputs`."""
+        from mech.models.inputs import as_inputs
+
+        return as_inputs(self, inputs)
+
+    def groups(self, inputs: Any) -> TokenGroups:
+        return self.inputs(inputs).groups
+
+    @torch.no_grad()
+    def logits(self, inputs: Any) -> torch.Tensor:
+        """Plain forward: logits ``[batch, pos, vocab]`` of ``model(**inputs)``."""
+        return self.model(**self.inputs(inputs)).logits
+
+    def require_decoder_sequence(self, instrument: str) -> None:
+        """Raise for families whose visual features do not sit in the decoder sequence (Mllama)."""
+        if self.arch.table.visual_path != "decoder_sequence":
+            raise UnsupportedArchitectureError(
+                f"{instrument} needs image tokens in the decoder sequence, but {self.arch.model_type} feeds "
+                f"images through cross-attention ({self.arch.table.notes}). Use mech eval (input conditions) "
+                "for this model, or a family whose images are decoder tokens.")
+
+
+def _dtype(dtype: Any) -> Any:
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}; allowed: {', '.join(DTYPES)}, 'auto' or a torch.dtype")
+    return DTYPES[dtype]
+
+
+def _resolve_dir(spec: str) -> str:
+    if spec.startswith("organism:"):
+        from mech.organisms import organism_dir
+
+        return str(organism_dir(spec.split(":", 1)[1]))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SpecError(f"{spec!r} is a file; pass the directory holding config.json (or a Hugging Face id).")
+        return str(path)
+    if spec.startswith(("/", ".", "~")) or os.sep + os.sep in spec or spec.count("/") > 1:
+        raise SpecError(f"model directory {spec!r} does not exist; pass an existing directory, a Hugging Face id "
+                        "('org/name'), or 'organism:<name>'.")
+    return spec
+
+
+def load(
+    spec: Any,
+    *,
+    device: str | torch.device | None = None,
+    device_map: Any = None,
+    dtype: Any = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> MechModel:
+    """Load an MLLM for measurement.
+
+    Args:
+        spec: a Hugging Face id, a local directory, ``"organism:<name>"`` (shipped model organisms),
+            or a ``(model, processor)`` pair (``processor`` may be None for tokenized inputs).
+        device: move the model there (ignored with ``device_map``).
+        device_map: passed to ``from_pretrained`` (``"auto"`` shards over GPUs with accelerate).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` or a ``torch.dtype``.
+        attn_implementation: ``"sdpa"`` (transformers' default), ``"eager"``, ``"flash_attention_2"``, ...
+        trust_remote_code: off unless you ask; mech's families all live in transformers.
+
+    Returns:
+        :class:`MechModel` with the untouched ``model`` and ``processor``.
+
+    Raises:
+        SpecError: missing directory, unknown organism, hub not reachable.
+        UnsupportedArchitectureError: no family table (the message lists the supported families).
+        ProcessorError: a directory without processor files.
+        ConfigError: unknown dtype or attention implementation.
+    """
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"attn_implementation={attn_implementation!r}; allowed: {', '.join(ATTN_IMPLEMENTATIONS)}")
+    torch_dtype = _dtype(dtype)
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not hasattr(spec[0], "config"):
+            raise SpecError("a tuple spec must be (model, processor) with a transformers model first; "
+                            "processor may be None.")
+        model, processor = spec
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if torch_dtype not in (None, "auto"):
+            model.to(torch_dtype)
+        if device is not None:
+            model.to(device)
+        tok = getattr(processor, "tokenizer", processor)
+        return MechModel(model, processor, resolve(model.config, tok))
+    if not isinstance(spec, (str, os.PathLike)):
+        raise SpecError(f"cannot load a model from {type(spec).__name__}; pass a Hugging Face id, a directory, "
+                        "'organism:<name>' or a (model, processor) pair.")
+    spec = str(spec)
+    where = _resolve_dir(spec)
+    try:
+        config = transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise SpecError(f"could not read a config for {spec!r} ({exc}). Without network access, download the model "
+                        "elsewhere and pass its local directory.") from exc
+    from mech.models.table import table_for
+
+    table = table_for(config)
+    cls = getattr(transformers, table.model_class)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = cls.from_pretrained(where, **kwargs).eval()
+    if device is not None and device_map is None:
+        model.to(device)
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ProcessorError(f"no processor could be loaded from {spec!r} ({exc}). Save it beside the weights "
+                             "(processor.save_pretrained(dir)), or load mech.load((model, None)) and pass "
+                             "tokenized inputs.") from exc
+    tok = getattr(processor, "tokenizer", processor)
+    return MechModel(model, processor, resolve(config, tok), spec=spec)

@@ -1,0 +1,239 @@
+"""The declarative architecture table: one frozen entry per model family.
+
+A family's table says *where* things are (module paths), *which* token ids carry which modality
+(config attribute names, resolved against the loaded config), which extra inputs the forward
+takes, and the quirks an instrument must respect. Shared code reads the table and never branches
+on model names: supporting a new family is a new entry in ``mech.models.families``.
+
+Path strings are dotted attribute paths from the ``*ForConditionalGeneration`` model, e.g.
+``"model.language_model.layers"``; per-layer paths (``attention``, ``mlp``, norms) are relative
+to one decoder layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import torch
+
+from mech.errors import ConfigError, UnsupportedArchitectureError
+
+MODALITIES = ("image", "video", "audio")
+PaddingSide = Literal["left", "right"]
+VisualPath = Literal["decoder_sequence", "cross_attention"]
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class ArchitectureTable:
+    """Where a family keeps its parts, and which token ids carry which modality.
+
+    Attributes:
+        model_type: ``config.model_type`` of the family (the registry key).
+        model_class: transformers class name used to load a checkpoint of this family.
+        language_model: path of the decoder (the module holding ``layers`` and ``norm``).
+        layers: path of the ``nn.ModuleList`` of decoder layers.
+        embed: path of the token embedding (decoder input, before modality features are merged).
+        ln_final: path of the final norm applied before the unembedding.
+        unembed: path of the unembedding (``lm_head``).
+        attn: per-layer path of the self-attention module.
+        mlp: per-layer path of the MLP.
+        ln1 / ln2: per-layer paths of the norms before attention and before the MLP
+            (TransformerLens' names).
+        text_config: attribute of the config holding the decoder's sizes ("" = the config itself).
+        modality_tokens: modality -> config attribute names holding its placeholder token id,
+            tried in order (first present wins). Placeholders are the positions whose decoder
+            input embedding is replaced by encoder features.
+        marker_tokens: config attribute names of begin/end markers (counted as ``template``).
+        marker_strings: token strings of markers looked up in the tokenizer (counted as ``template``).
+        extra_inputs: forward inputs besides ``input_ids`` and ``attention_mask`` that the family's
+            processor produces and the forward consumes.
+        derived_inputs: inputs mech rebuilds from ``input_ids`` when a caller omits them
+            (``"mm_token_type_ids"``: 0 text, 1 image, 2 video, 3 audio, as transformers does).
+        padding_side: the side the family pads batches on for generation-style scoring.
+        injection_layers: config attribute path (e.g. ``"vision_config.deepstack_visual_indexes"``)
+            whose *length* k says that visual features are added to the residual stream at visual
+            positions after decoder layers ``0 .. k-1`` (Qwen3-VL "deepstack"). At such a layer the
+            residual at visual positions entering the next layer is that layer's *output plus the
+            injected features*: read it as the next layer's ``resid_pre``.
+        visual_path: ``"decoder_sequence"`` when encoder features replace placeholder embeddings in
+            the decoder sequence; ``"cross_attention"`` when they enter through cross-attention
+            layers (Mllama): token-group instruments then refuse the model.
+        notes: free text shown in errors and docs.
+    """
+
+    model_type: str
+    model_class: str
+    language_model: str = "model.language_model"
+    layers: str = "model.language_model.layers"
+    embed: str = "model.language_model.embed_tokens"
+    ln_final: str = "model.language_model.norm"
+    unembed: str = "lm_head"
+    attn: str = "self_attn"
+    mlp: str = "mlp"
+    ln1: str = "input_layernorm"
+    ln2: str = "post_attention_layernorm"
+    text_config: str = "text_config"
+    modality_tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    marker_tokens: tuple[str, ...] = ()
+    marker_strings: tuple[str, ...] = ()
+    extra_inputs: tuple[str, ...] = ("pixel_values",)
+    derived_inputs: tuple[str, ...] = ()
+    padding_side: PaddingSide = "left"
+    injection_layers: str | None = None
+    visual_path: VisualPath = "decoder_sequence"
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modality_tokens", _frozen(self.modality_tokens))
+        bad = set(self.modality_tokens) - set(MODALITIES)
+        if bad:
+            raise ConfigError(f"{self.model_type}: unknown modalities {sorted(bad)}; allowed: {MODALITIES}")
+        if self.padding_side not in ("left", "right"):
+            raise ConfigError(f"{self.model_type}: padding_side={self.padding_side!r}; allowed: 'left', 'right'")
+        if self.visual_path not in ("decoder_sequence", "cross_attention"):
+            raise ConfigError(
+                f"{self.model_type}: visual_path={self.visual_path!r}; allowed: 'decoder_sequence', 'cross_attention'"
+            )
+
+
+REGISTRY: dict[str, ArchitectureTable] = {}
+
+
+def register(table: ArchitectureTable) -> ArchitectureTable:
+    """Add ``table`` to the registry under its ``model_type`` (replacing an earlier entry)."""
+    REGISTRY[table.model_type] = table
+    return table
+
+
+def supported() -> tuple[str, ...]:
+    """The ``model_type`` names mech has a table for, sorted."""
+    return tuple(sorted(REGISTRY))
+
+
+def table_for(config: Any) -> ArchitectureTable:
+    """The table of a config's family.
+
+    Raises:
+        UnsupportedArchitectureError: no table for ``config.model_type``; the message lists the
+            supported families and how to add one.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in REGISTRY:
+        raise UnsupportedArchitectureError(
+            f"mech has no architecture table for model_type={model_type!r}. Supported: "
+            f"{', '.join(supported())}. To add one, register an ArchitectureTable in "
+            "mech/models/families.py (module paths and the config attributes of its modality token ids)."
+        )
+    return REGISTRY[model_type]
+
+
+def get_path(root: Any, path: str) -> Any:
+    """Follow a dotted attribute path (``"model.language_model.layers"``; integers index lists)."""
+    obj = root
+    for part in path.split("."):
+        if not part:
+            continue
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A table resolved against one loaded model: ids and sizes read from its config.
+
+    Attributes:
+        table: the family's :class:`ArchitectureTable`.
+        n_layers, n_heads, n_kv_heads, d_model, d_head, vocab_size: decoder sizes from the config.
+        modality_ids: modality -> placeholder token id present in this model (absent modalities
+            are left out).
+        marker_ids: ids of begin/end markers (``template`` group).
+        injection_layers: decoder layers after which visual features are added (empty if none).
+    """
+
+    table: ArchitectureTable
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    vocab_size: int
+    modality_ids: Mapping[str, int]
+    marker_ids: tuple[int, ...]
+    injection_layers: tuple[int, ...]
+
+    @property
+    def model_type(self) -> str:
+        return self.table.model_type
+
+    def module(self, model: torch.nn.Module, part: str, layer: int | None = None) -> torch.nn.Module:
+        """The module named by the table: ``part`` in {"layers", "embed", "ln_final", "unembed",
+        "language_model"} or, with ``layer``, a per-layer part {"layer", "attn", "mlp", "ln1", "ln2"}.
+
+        Raises:
+            ConfigError: unknown part (the message lists the allowed ones) or layer out of range.
+        """
+        top = ("layers", "embed", "ln_final", "unembed", "language_model")
+        per_layer = ("layer", "attn", "mlp", "ln1", "ln2")
+        if layer is None:
+            if part not in top:
+                raise ConfigError(f"part={part!r}; allowed without a layer: {top}; with a layer: {per_layer}")
+            return get_path(model, getattr(self.table, part))
+        if part not in per_layer:
+            raise ConfigError(f"part={part!r}; allowed with a layer: {per_layer}")
+        if not 0 <= layer < self.n_layers:
+            raise ConfigError(f"layer={layer} is out of range; this model has layers 0..{self.n_layers - 1}")
+        block = get_path(model, self.table.layers)[layer]
+        return block if part == "layer" else get_path(block, getattr(self.table, part))
+
+
+def resolve(config: Any, tokenizer: Any | None = None) -> Architecture:
+    """Resolve the family table of ``config`` into an :class:`Architecture`.
+
+    Args:
+        config: the model's ``PretrainedConfig``.
+        tokenizer: optional, to look up ``marker_strings``.
+
+    Raises:
+        UnsupportedArchitectureError: unknown family, or a cross-attention family (the message says
+            what mech can and cannot do for it).
+    """
+    table = table_for(config)
+    text = get_path(config, table.text_config) if table.text_config else config
+    n_heads = int(text.num_attention_heads)
+    d_model = int(text.hidden_size)
+    ids: dict[str, int] = {}
+    for modality, names in table.modality_tokens.items():
+        for name in names:
+            value = getattr(config, name, None)
+            if value is not None:
+                ids[modality] = int(value)
+                break
+    markers = [int(getattr(config, n)) for n in table.marker_tokens if getattr(config, n, None) is not None]
+    if tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        markers += [int(vocab[s]) for s in table.marker_strings if s in vocab]
+    injection: tuple[int, ...] = ()
+    if table.injection_layers:
+        try:
+            injection = tuple(range(len(get_path(config, table.injection_layers) or ())))
+        except AttributeError:
+            injection = ()
+    return Architecture(
+        table=table,
+        n_layers=int(text.num_hidden_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(text, "num_key_value_heads", None) or n_heads),
+        d_model=d_model,
+        d_head=int(getattr(text, "head_dim", None) or d_model // n_heads),
+        vocab_size=int(text.vocab_size),
+        modality_ids=_frozen(ids),
+        marker_ids=tuple(dict.fromkeys(markers)),
+        injection_layers=injection,
+    )
