@@ -33,7 +33,7 @@ MODALITY_TOKENS = {
 }
 
 # modality tokens per image (per audio clip) for the inputs tiny_inputs makes
-TOKENS_PER_ITEM = {"llava": 16, "llava_next": 70, "llava_onevision": 69, "qwen2_vl": 6, "qwen2_5_vl": 6,
+TOKENS_PER_ITEM = {"llava": 16, "llava_next": 70, "llava_onevision": 70, "qwen2_vl": 6, "qwen2_5_vl": 6,
                    "qwen3_vl": 6, "gemma3": 16, "internvl": 16, "idefics3": 20, "smolvlm": 20,
                    "paligemma": 16, "qwen2_audio": 12, "mllama": 1}
 
@@ -99,10 +99,20 @@ def test_forward_and_feature_placement(built, batch):
     assert n_tokens.tolist() == [TOKENS_PER_ITEM[family]] * batch
 
     if family == "mllama":  # cross-attention: the <|image|> token keeps its embedding
+        # vision states: [batch * images * max_tiles, patches (+cls, padded), hidden]
         states = captured["cross_attention_states"]
-        assert states is not None and states.shape[0] == batch
-        assert captured["cross_attention_mask"] is not None
+        n_tiles = inputs["pixel_values"].shape[2]
+        assert states.shape[0] == batch * n_tokens[0] * n_tiles
+        assert states.shape[-1] == model.config.text_config.hidden_size
+        cross_mask = inputs["cross_attention_mask"]  # [batch, seq, images, tiles]
+        assert cross_mask.shape[:3] == (batch, ids.shape[1], TOKENS_PER_ITEM[family])
         return
+
+    if family == "qwen3_vl":  # deepstack: visual features also added after decoder layers 0 and 1
+        deepstack = captured["deepstack_visual_embeds"]
+        assert len(deepstack) == len(model.config.vision_config.deepstack_visual_indexes) == 2
+        assert all(d.shape[0] == int(n_tokens.sum()) for d in deepstack)
+        assert torch.equal(captured["visual_pos_masks"], ids == token_id)
 
     embeds = captured["inputs_embeds"]
     with torch.no_grad():
