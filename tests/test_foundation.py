@@ -192,3 +192,18 @@ def test_cli_help_lists_the_contract(capsys):
     out = capsys.readouterr().out
     for command in ("eval", "attention", "patch", "contrib", "report"):
         assert command in out
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if mech.models.REGISTRY[f].derived_inputs])
+def test_derived_inputs_restore_the_models_own_logits(family):
+    """Dropping an input the family needs (mm_token_type_ids, Gemma3's token_type_ids) changes
+    nothing through mech: it is rebuilt from input_ids as the processor builds it."""
+    model, proc = tiny_model(family)
+    m = mech.load((model, proc))
+    raw = tiny_inputs(family, proc, batch=2)
+    keys = set(m.arch.table.derived_inputs)
+    assert keys <= set(raw), f"processor of {family} no longer returns {keys - set(raw)}"
+    with torch.no_grad():
+        reference = model(**raw).logits
+    stripped = {k: v for k, v in raw.items() if k not in keys}
+    torch.testing.assert_close(m.logits(stripped), reference, atol=1e-6, rtol=0)

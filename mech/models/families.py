@@ -19,6 +19,7 @@ from mech.models.table import ArchitectureTable, register
 _IMAGE = {"image": ("image_token_id", "image_token_index")}
 _IMAGE_VIDEO = {"image": ("image_token_id", "image_token_index"), "video": ("video_token_id", "video_token_index")}
 _QWEN_MARKERS = ("vision_start_token_id", "vision_end_token_id")
+_MM_CODES = {"mm_token_type_ids": "modality_codes"}
 
 register(ArchitectureTable(
     model_type="llava",
@@ -39,7 +40,7 @@ register(ArchitectureTable(
     model_type="llava_onevision",
     model_class="LlavaOnevisionForConditionalGeneration",
     modality_tokens=_IMAGE_VIDEO,
-    extra_inputs=("pixel_values", "image_sizes", "pixel_values_videos"),
+    extra_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
 ))
 
 register(ArchitectureTable(
@@ -48,7 +49,7 @@ register(ArchitectureTable(
     modality_tokens=_IMAGE_VIDEO,
     marker_tokens=_QWEN_MARKERS,
     extra_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
-    derived_inputs=("mm_token_type_ids",),
+    derived_inputs=_MM_CODES,
     notes="M-RoPE: 3-D positions computed from input_ids, image_grid_thw and mm_token_type_ids.",
 ))
 
@@ -59,7 +60,7 @@ register(ArchitectureTable(
     marker_tokens=_QWEN_MARKERS,
     extra_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
                   "second_per_grid_ts", "mm_token_type_ids"),
-    derived_inputs=("mm_token_type_ids",),
+    derived_inputs=_MM_CODES,
     notes="M-RoPE as Qwen2-VL; window attention in the vision tower only.",
 ))
 
@@ -69,7 +70,7 @@ register(ArchitectureTable(
     modality_tokens=_IMAGE_VIDEO,
     marker_tokens=_QWEN_MARKERS,
     extra_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
-    derived_inputs=("mm_token_type_ids",),
+    derived_inputs=_MM_CODES,
     injection_layers="vision_config.deepstack_visual_indexes",
     notes="Deepstack: features of early vision layers are added at visual positions after decoder "
           "layers 0..k-1, so the residual there is the next layer's input, not the layer's output.",
@@ -81,8 +82,8 @@ register(ArchitectureTable(
     modality_tokens={"image": ("image_token_id", "image_token_index")},
     marker_tokens=("boi_token_id", "boi_token_index", "eoi_token_id", "eoi_token_index"),
     ln2="pre_feedforward_layernorm",
-    extra_inputs=("pixel_values", "token_type_ids", "mm_token_type_ids"),
-    derived_inputs=("mm_token_type_ids",),
+    extra_inputs=("pixel_values", "token_type_ids"),
+    derived_inputs={"token_type_ids": "image_is_one"},
     notes="Bidirectional attention inside each image span; embeddings scaled by sqrt(d_model); "
           "extra post-attention and post-feedforward norms.",
 ))

@@ -162,15 +162,19 @@ def prepare(
 def complete_inputs(m: MechModel, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     """Add the inputs the family needs that a caller may have left out (``derived_inputs``).
 
-    ``mm_token_type_ids`` (0 text, 1 image, 2 video, 3 audio) is rebuilt from ``input_ids``
-    exactly as transformers' processors build it, so M-RoPE positions stay the model's own.
+    ``"modality_codes"`` rebuilds ``mm_token_type_ids`` (0 text, 1 image, 2 video, 3 audio) from
+    ``input_ids`` exactly as transformers' processors do, so M-RoPE positions stay the model's
+    own; ``"image_is_one"`` rebuilds Gemma3's ``token_type_ids`` (1 at image tokens).
     """
-    if "mm_token_type_ids" in m.arch.table.derived_inputs and "mm_token_type_ids" not in inputs:
-        ids = inputs["input_ids"]
+    ids = inputs["input_ids"]
+    for key, scheme in m.arch.table.derived_inputs.items():
+        if key in inputs:
+            continue
         types = torch.zeros_like(ids)
         for name, tok in m.arch.modality_ids.items():
-            types[ids == tok] = MM_TYPE[name]
-        inputs["mm_token_type_ids"] = types  # type: ignore[index]
+            if scheme == "modality_codes" or name == "image":
+                types[ids == tok] = MM_TYPE[name] if scheme == "modality_codes" else 1
+        inputs[key] = types  # type: ignore[index]
     return inputs
 
 

@@ -24,6 +24,8 @@ from mech.errors import ConfigError, UnsupportedArchitectureError
 MODALITIES = ("image", "video", "audio")
 PaddingSide = Literal["left", "right"]
 VisualPath = Literal["decoder_sequence", "cross_attention"]
+DerivedScheme = Literal["modality_codes", "image_is_one"]
+DERIVED_SCHEMES = ("modality_codes", "image_is_one")
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -54,8 +56,11 @@ class ArchitectureTable:
         marker_strings: token strings of markers looked up in the tokenizer (counted as ``template``).
         extra_inputs: forward inputs besides ``input_ids`` and ``attention_mask`` that the family's
             processor produces and the forward consumes.
-        derived_inputs: inputs mech rebuilds from ``input_ids`` when a caller omits them
-            (``"mm_token_type_ids"``: 0 text, 1 image, 2 video, 3 audio, as transformers does).
+        derived_inputs: inputs mech rebuilds from ``input_ids`` when a caller omits them, as
+            input name -> scheme: ``"modality_codes"`` (0 text, 1 image, 2 video, 3 audio: the
+            ``mm_token_type_ids`` of transformers' processors, which M-RoPE needs) or
+            ``"image_is_one"`` (1 at image tokens: Gemma3's ``token_type_ids``, which make
+            attention inside an image bidirectional).
         padding_side: the side the family pads batches on for generation-style scoring.
         injection_layers: config attribute path (e.g. ``"vision_config.deepstack_visual_indexes"``)
             whose *length* k says that visual features are added to the residual stream at visual
@@ -84,7 +89,7 @@ class ArchitectureTable:
     marker_tokens: tuple[str, ...] = ()
     marker_strings: tuple[str, ...] = ()
     extra_inputs: tuple[str, ...] = ("pixel_values",)
-    derived_inputs: tuple[str, ...] = ()
+    derived_inputs: Mapping[str, DerivedScheme] = field(default_factory=dict)
     padding_side: PaddingSide = "left"
     injection_layers: str | None = None
     visual_path: VisualPath = "decoder_sequence"
@@ -92,6 +97,10 @@ class ArchitectureTable:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modality_tokens", _frozen(self.modality_tokens))
+        object.__setattr__(self, "derived_inputs", _frozen(self.derived_inputs))
+        bad_schemes = set(self.derived_inputs.values()) - set(DERIVED_SCHEMES)
+        if bad_schemes:
+            raise ConfigError(f"{self.model_type}: derived input schemes {sorted(bad_schemes)}; allowed: {DERIVED_SCHEMES}")
         bad = set(self.modality_tokens) - set(MODALITIES)
         if bad:
             raise ConfigError(f"{self.model_type}: unknown modalities {sorted(bad)}; allowed: {MODALITIES}")
