@@ -82,6 +82,8 @@ register(ArchitectureTable(
     modality_tokens={"image": ("image_token_id", "image_token_index")},
     marker_tokens=("boi_token_id", "boi_token_index", "eoi_token_id", "eoi_token_index"),
     ln2="pre_feedforward_layernorm",
+    attn_post_norm="post_attention_layernorm",
+    mlp_post_norm="post_feedforward_layernorm",
     extra_inputs=("pixel_values", "token_type_ids"),
     derived_inputs={"token_type_ids": "image_is_one"},
     notes="Bidirectional attention inside each image span; embeddings scaled by sqrt(d_model); "

@@ -48,6 +48,9 @@ class ArchitectureTable:
         mlp: per-layer path of the MLP.
         ln1 / ln2: per-layer paths of the norms before attention and before the MLP
             (TransformerLens' names).
+        attn_post_norm / mlp_post_norm: per-layer paths of norms applied to the attention / MLP
+            output *before* it is added to the residual stream (Gemma3's "sandwich" norms), or None.
+        o_proj: path of the attention output projection, relative to ``attn``.
         text_config: attribute of the config holding the decoder's sizes ("" = the config itself).
         modality_tokens: modality -> config attribute names holding its placeholder token id,
             tried in order (first present wins). Placeholders are the positions whose decoder
@@ -84,6 +87,9 @@ class ArchitectureTable:
     mlp: str = "mlp"
     ln1: str = "input_layernorm"
     ln2: str = "post_attention_layernorm"
+    attn_post_norm: str | None = None
+    mlp_post_norm: str | None = None
+    o_proj: str = "o_proj"
     text_config: str = "text_config"
     modality_tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     marker_tokens: tuple[str, ...] = ()
@@ -183,13 +189,15 @@ class Architecture:
 
     def module(self, model: torch.nn.Module, part: str, layer: int | None = None) -> torch.nn.Module:
         """The module named by the table: ``part`` in {"layers", "embed", "ln_final", "unembed",
-        "language_model"} or, with ``layer``, a per-layer part {"layer", "attn", "mlp", "ln1", "ln2"}.
+        "language_model"} or, with ``layer``, a per-layer part {"layer", "attn", "mlp", "ln1", "ln2",
+        "attn_post_norm", "mlp_post_norm", "o_proj"} (the post norms are None where the family
+        has none).
 
         Raises:
             ConfigError: unknown part (the message lists the allowed ones) or layer out of range.
         """
         top = ("layers", "embed", "ln_final", "unembed", "language_model")
-        per_layer = ("layer", "attn", "mlp", "ln1", "ln2")
+        per_layer = ("layer", "attn", "mlp", "ln1", "ln2", "attn_post_norm", "mlp_post_norm", "o_proj")
         if layer is None:
             if part not in top:
                 raise ConfigError(f"part={part!r}; allowed without a layer: {top}; with a layer: {per_layer}")
@@ -199,7 +207,12 @@ class Architecture:
         if not 0 <= layer < self.n_layers:
             raise ConfigError(f"layer={layer} is out of range; this model has layers 0..{self.n_layers - 1}")
         block = get_path(model, self.table.layers)[layer]
-        return block if part == "layer" else get_path(block, getattr(self.table, part))
+        if part == "layer":
+            return block
+        if part == "o_proj":
+            return get_path(block, f"{self.table.attn}.{self.table.o_proj}")
+        path = getattr(self.table, part)
+        return None if path is None else get_path(block, path)
 
 
 def resolve(config: Any, tokenizer: Any | None = None) -> Architecture:
