@@ -4,6 +4,7 @@ See DESIGN.md for the path of the data: load -> prepare -> conditions -> measure
 results -> figures.
 """
 
+from mech.attention import AttentionMass, attention_mass
 from mech.errors import MechError
 from mech.groups import GROUPS, TokenGroups
 from mech.models import MechModel, load, supported
@@ -19,4 +20,4 @@ def token_groups(m: MechModel, inputs) -> TokenGroups:
     return m.inputs(inputs).groups
 
 
-__all__ = ["GROUPS", "MechError", "MechModel", "TokenGroups", "load", "supported", "token_groups", "__version__"]
+__all__ = ["AttentionMass", "GROUPS", "MechError", "attention_mass", "MechModel", "TokenGroups", "load", "supported", "token_groups", "__version__"]

@@ -32,8 +32,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mech", description="Instruments for modality bias in multimodal LLMs.")
     sub = p.add_subparsers(dest="command", metavar="command")
+    commands = {}
     for name, help_ in COMMANDS.items():
-        _common(sub.add_parser(name, help=help_, description=help_))
+        commands[name] = sub.add_parser(name, help=help_, description=help_)
+        _common(commands[name])
+    commands["attention"].add_argument("--query", default="last", help="last | answer | text")
     return p
 
 
