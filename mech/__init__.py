@@ -7,7 +7,9 @@ results -> figures.
 from mech.attention import AttentionMass, attention_mass
 from mech.errors import MechError
 from mech.groups import GROUPS, TokenGroups
+from mech.hooks import run_with_cache, run_with_hooks
 from mech.models import MechModel, load, supported
+from mech.patching import PatchingResult, activation_patching
 
 __version__ = "0.1.0"
 
@@ -20,4 +22,5 @@ def token_groups(m: MechModel, inputs) -> TokenGroups:
     return m.inputs(inputs).groups
 
 
-__all__ = ["AttentionMass", "GROUPS", "MechError", "attention_mass", "MechModel", "TokenGroups", "load", "supported", "token_groups", "__version__"]
+__all__ = ["AttentionMass", "GROUPS", "MechError", "PatchingResult", "activation_patching", "attention_mass",
+           "run_with_cache", "run_with_hooks", "MechModel", "TokenGroups", "load", "supported", "token_groups", "__version__"]

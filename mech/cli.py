@@ -37,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
         commands[name] = sub.add_parser(name, help=help_, description=help_)
         _common(commands[name])
     commands["attention"].add_argument("--query", default="last", help="last | answer | text")
+    patch = commands["patch"]
+    patch.add_argument("--corruption", default="white_image", help="a condition of mech.conditions.CONDITIONS")
+    patch.add_argument("--direction", default="denoising", choices=("denoising", "noising"))
+    patch.add_argument("--metric", default="logit_diff", choices=("logit_diff", "prob", "kl"))
+    patch.add_argument("--sites", nargs="+", default=None, help="resid_pre resid_mid resid_post attn_out mlp_out z")
+    patch.add_argument("--positions", nargs="+", default=None, help="token groups, e.g. image text last")
     return p
 
 

@@ -145,7 +145,7 @@ def prepare(
             tok.padding_side = side
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
         if flat:
-            kwargs["images"] = flat if all(len(x) == 1 for x in per) else per
+            kwargs["images"] = per
         out = proc(**kwargs)
     except ValueError as exc:
         raise InputError(f"the processor rejected the inputs: {exc}. Check that every image has a placeholder.") from exc

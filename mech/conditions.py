@@ -1,0 +1,234 @@
+"""Input conditions of the paper's case study (Zheng et al. 2025, arXiv:2505.18657, §4) and the
+feature-level corruptions of causal tracing (Meng et al. 2022), as composable transforms.
+
+Input conditions (:data:`INPUT_CONDITIONS`) rewrite a *sample* (a plain dict of
+:mod:`mech.data`) and keep its ``id``, so that predictions line up across conditions:
+
+==============  ===============================================================================
+``complete``    nothing changes
+``white_image`` every image replaced by an all-255 RGB image of the same size ("Text w/ white")
+``black_image`` all-0 image of the same size
+``noise_image`` Gaussian noise image of the same size: N(128, 64²) per channel, clipped to
+                [0, 255], seeded by ``(seed, sample id, image index)`` so it does not depend on
+                batching
+``no_image``    images removed (the sequence gets shorter)
+``image_only``  the question text replaced by :data:`BASIC_PROMPT` ("Image w/ B-P"); options,
+                when the data set has them, stay in the prompt so an option letter can be given
+==============  ===============================================================================
+
+Feature conditions (:data:`FEATURE_CONDITIONS`: ``visual_noise``, ``visual_mean``) leave the
+sample as it is; the change happens in the forward pass, under :func:`corrupt_features`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mech.errors import ConfigError, InputError
+
+CONDITIONS = ("complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
+              "visual_noise", "visual_mean")
+INPUT_CONDITIONS = CONDITIONS[:6]
+FEATURE_CONDITIONS = ("visual_noise", "visual_mean")
+#: conditions whose token sequence has exactly the complete input's length (patchable position by position)
+SAME_LENGTH = ("complete", "white_image", "black_image", "noise_image", "visual_noise", "visual_mean")
+#: conditions that need at least one image in the sample
+NEEDS_IMAGE = ("white_image", "black_image", "noise_image", "image_only", "visual_noise", "visual_mean")
+BASIC_PROMPT = "Based on the provided images, please answer the question."
+#: human-readable names used in the paper's tables
+PAPER_NAMES = {"complete": "Complete", "white_image": "Text w/ white", "black_image": "Text w/ black",
+               "noise_image": "Text w/ noise", "no_image": "Text only (no image)",
+               "image_only": "Image w/ B-P", "visual_noise": "Visual-feature noise",
+               "visual_mean": "Visual-feature mean"}
+NOISE_MEAN, NOISE_STD = 128.0, 64.0
+
+
+def check_condition(condition: str) -> str:
+    """Return ``condition`` if known. Raises ConfigError listing :data:`CONDITIONS` otherwise."""
+    if condition not in CONDITIONS:
+        raise ConfigError(f"unknown condition {condition!r}; allowed: {', '.join(CONDITIONS)}")
+    return condition
+
+
+def _seed_for(seed: int, sample_id: Any, index: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{sample_id}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
+    """A ``size`` = (width, height) RGB image of N(128, 64²) pixels, clipped, from ``seed``."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.normal(NOISE_MEAN, NOISE_STD, (h, w, 3)), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def _replace(image: Any, condition: str, seed: int) -> Image.Image:
+    from mech.models.inputs import load_image
+
+    size = load_image(image).size
+    if condition == "white_image":
+        return Image.new("RGB", size, (255, 255, 255))
+    if condition == "black_image":
+        return Image.new("RGB", size, (0, 0, 0))
+    return noise_image(size, seed)
+
+
+def apply_condition(sample: dict, condition: str, *, seed: int = 0) -> dict:
+    """The sample under ``condition``: a new dict with the same ``id``.
+
+    ``images`` (list of PIL images) is replaced by same-size white/black/noise images, emptied
+    (``no_image``), or kept (``image_only``, where ``question`` becomes :data:`BASIC_PROMPT`).
+    Feature conditions return an unchanged copy. The copy gets ``condition`` set; other keys
+    (``options``, ``answer``, ...) are shared with the input, not copied.
+
+    Raises:
+        ConfigError: unknown condition (the message lists :data:`CONDITIONS`).
+        InputError: a condition of :data:`NEEDS_IMAGE` on a sample without images.
+    """
+    check_condition(condition)
+    images = list(sample.get("images") or [])
+    if condition in NEEDS_IMAGE and not images:
+        raise InputError(f"sample {sample.get('id')!r} has no image, so condition {condition!r} is undefined; "
+                         f"drop the sample or use one of: complete, no_image.")
+    out = dict(sample)
+    out["condition"] = condition
+    if condition in ("white_image", "black_image", "noise_image"):
+        out["images"] = [_replace(im, condition, _seed_for(seed, sample.get("id"), i)) for i, im in enumerate(images)]
+    elif condition == "no_image":
+        out["images"] = []
+        if "image" in out:
+            out["image"] = None
+    elif condition == "image_only":
+        out["question"] = BASIC_PROMPT
+    else:
+        out["images"] = images
+    return out
+
+
+def default_prompt(sample: dict) -> str:
+    """The prompt text of ``sample`` as its data set formats it (:func:`mech.data.format_prompt`)."""
+    from mech.data import format_prompt
+
+    return format_prompt(sample)
+
+
+def condition_inputs(m: Any, samples: Sequence[dict], condition: str, *, seed: int = 0,
+                     prompt: Callable[[dict], str] | None = None, padding_side: str | None = None):
+    """``m.prepare`` of ``samples`` under ``condition`` (rows in the order of ``samples``).
+
+    Args:
+        m: a :class:`~mech.models.MechModel`.
+        samples: sample dicts from :func:`mech.data.load_data`.
+        condition: one of :data:`CONDITIONS`. For feature conditions these are the complete
+            inputs; wrap the forward in :func:`corrupt_features`.
+        seed: seeds the noise images.
+        prompt: ``sample -> prompt text`` applied to the *transformed* sample; default: the data
+            set's own formatting (:func:`mech.data.format_prompt`: the bare question for
+            ``organism:shapes``, question + lettered options + the Direct instruction for MMMU-Pro).
+        padding_side: passed to ``prepare`` (generation needs ``"left"``).
+
+    Returns:
+        :class:`~mech.models.inputs.Inputs` with ``.groups``; ``inputs.condition`` and
+        ``inputs.ids`` (sample ids, row order) are set as attributes.
+
+    Raises:
+        ConfigError, InputError: as :func:`apply_condition` and ``m.prepare``.
+    """
+    if not samples:
+        raise InputError("no samples given; pass at least one sample.")
+    fmt = prompt or default_prompt
+    transformed = [apply_condition(s, condition, seed=seed) for s in samples]
+    inputs = m.prepare([t["images"] for t in transformed], [fmt(t) for t in transformed],
+                       padding_side=padding_side)
+    inputs.condition = condition
+    inputs.ids = [s.get("id") for s in samples]
+    return inputs
+
+
+def _visual_mask(groups: Any) -> torch.Tensor:
+    mask = torch.zeros_like(groups.valid)
+    for name in ("image", "video"):
+        if name in groups.names:
+            mask |= groups.mask(name)
+    return mask
+
+
+@contextlib.contextmanager
+def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, noise_scale: float = 3.0,
+                     mean: torch.Tensor | None = None) -> Iterator[None]:
+    """Corrupt the visual token embeddings in every forward run inside the ``with`` block.
+
+    A forward pre-hook on the decoder (``arch.module(model, "language_model")``) edits
+    ``kwargs["inputs_embeds"]`` ``[batch, pos, d_model]`` at the image/video positions of
+    ``inputs.groups`` (only when the sequence length equals the groups' length, i.e. at the
+    prefill of a generation; later decoding steps pass through):
+
+    * ``visual_noise``: add Gaussian noise with std = ``noise_scale`` × the std of the visual
+      embeddings of this batch (all entries at visual positions), as in the causal tracing of
+      Meng et al. 2022 (ROME, §2.1: ν = 3 × the empirical std). The noise is drawn from a
+      ``torch.Generator`` seeded with ``seed``, the same at every forward, so clean and
+      corrupted runs are reproducible.
+    * ``visual_mean``: replace every visual embedding by ``mean`` (``[d_model]``; default: the
+      mean over the visual positions of this batch).
+    * any other condition of :data:`CONDITIONS`: no hook (the change was in the inputs).
+
+    Only the hook this function added is removed, in ``finally``.
+
+    Raises:
+        ConfigError: unknown condition; ``mean`` of the wrong shape.
+        InputError: no image/video positions in ``inputs``; the decoder was called without
+            ``inputs_embeds``.
+        UnsupportedArchitectureError: a cross-attention family (Mllama).
+    """
+    check_condition(condition)
+    if condition not in FEATURE_CONDITIONS:
+        yield
+        return
+    m.require_decoder_sequence(f"corrupt_features({condition!r})")
+    groups = m.inputs(inputs).groups
+    mask = _visual_mask(groups)
+    if not bool(mask.any()):
+        raise InputError(f"{condition} needs image or video tokens, but these inputs have none; "
+                         "prepare the inputs with images.")
+    if mean is not None and mean.dim() != 1:
+        raise ConfigError(f"mean must be a [d_model] tensor; got shape {tuple(mean.shape)}.")
+
+    def hook(module, args, kwargs):
+        emb = kwargs.get("inputs_embeds")
+        if emb is None:
+            raise InputError("the decoder was called without inputs_embeds, so visual features cannot be "
+                             "corrupted; this family needs a table entry for its decoder input.")
+        if emb.shape[:2] != mask.shape:
+            return None  # a decoding step after the prefill: no visual positions here
+        sel = mask.to(emb.device)
+        vis = emb[sel]  # [n_visual, d_model]
+        if condition == "visual_noise":
+            gen = torch.Generator(device=emb.device).manual_seed(seed)
+            std = vis.float().std()
+            noise = torch.randn(vis.shape, generator=gen, device=emb.device, dtype=torch.float32)
+            new = vis + (noise_scale * std * noise).to(emb.dtype)
+        else:
+            fill = vis.float().mean(dim=0) if mean is None else mean.to(emb.device).float()
+            if fill.shape[-1] != emb.shape[-1]:
+                raise ConfigError(f"mean has {fill.shape[-1]} features; the decoder embeddings have {emb.shape[-1]}.")
+            new = fill.to(emb.dtype).expand_as(vis)
+        emb = emb.clone()
+        emb[sel] = new
+        kwargs = dict(kwargs)
+        kwargs["inputs_embeds"] = emb
+        return args, kwargs
+
+    module = m.arch.module(m.model, "language_model")
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,317 @@
+"""TransformerLens hook names and verbs over the untouched Hugging Face model, on every family.
+
+``run_with_cache`` and ``run_with_hooks`` speak TransformerLens' hook names; each name is resolved
+through the family table (:mod:`mech.models.families`) to a forward hook or pre-hook on the real
+module, so no model code is re-implemented and every family works the same way.
+
+Hook points (``l`` = decoder layer, shapes for one batch of ``inputs``):
+
+========================== ====================================================================
+name                       definition (what is read; a replacement takes effect there)
+========================== ====================================================================
+``hook_embed``             decoder input after the modality merge: the ``inputs_embeds`` the
+                           language model receives ``[batch, pos, d_model]`` (equals
+                           ``blocks.0.hook_resid_pre``; rotary families have no separate
+                           positional embedding)
+``blocks.l.hook_resid_pre``  input of decoder layer ``l`` ``[batch, pos, d_model]``
+``blocks.l.hook_resid_mid``  residual after the attention add = input of the pre-MLP norm (table
+                           ``ln2``). Llama/Qwen/InternVL/Idefics: ``resid_pre + attn_out``.
+                           Gemma3 (extra post-attention norm): ``resid_pre +
+                           post_attention_layernorm(attn_out)``. Replacing it replaces both the
+                           MLP input and the residual carried to ``resid_post`` (the difference is
+                           added to the layer output), as in TransformerLens.
+``blocks.l.hook_resid_post`` what decoder layer ``l+1`` receives (the final norm for the last
+                           layer). Usually the layer output; at Qwen3-VL deepstack layers
+                           (``arch.injection_layers``) the layer output *plus* the visual features
+                           added at visual positions, read as the next layer's input.
+``blocks.l.hook_attn_out``   output of the attention module (after ``o_proj``; before Gemma3's
+                           post-attention norm)
+``blocks.l.hook_mlp_out``    output of the MLP module (before Gemma3's post-feedforward norm)
+``blocks.l.attn.hook_z``     per-head attention output before ``o_proj``: the input of
+                           ``o_proj`` viewed as ``[batch, pos, head, d_head]``
+``ln_final.hook_normalized`` output of the final norm ``[batch, pos, d_model]``
+========================== ====================================================================
+
+Other instruments add hook points with :func:`register_hook_point` (e.g. ``attn.hook_pattern``).
+Hooks are plain ``torch`` hooks registered for one forward and removed in ``finally`` (only the
+handles mech added), so nothing stays registered afterwards, exceptions included.
+
+Engine note: nnsight 0.8.1 works on these models (``NNsight(model).trace(**inputs)``, module
+``.output``/``.inputs``/``.skip``), but its trace body must touch modules in execution order
+(``OutOfOrderError`` otherwise) and is re-parsed from source, which does not fit a name-driven verb
+taking arbitrary user callables in any order; scoped ``torch`` hooks are used here instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mech.errors import ConfigError, InputError
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
+
+PER_LAYER = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
+GLOBAL = ("hook_embed", "ln_final.hook_normalized")
+_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A resolved hook name: ``name`` (TransformerLens style), ``layer`` (None for global points)
+    and ``site`` (the per-layer suffix, e.g. ``"hook_resid_post"``, or the global name)."""
+
+    name: str
+    site: str
+    layer: int | None = None
+
+
+# site -> attach(m, point, fn) -> list of handles; fn(x) -> replacement or None
+_ATTACH: dict[str, Callable[[Any, HookPoint, Callable], list]] = {}
+
+
+def register_hook_point(site: str, attach: Callable[[Any, HookPoint, Callable], list], per_layer: bool = True) -> None:
+    """Add a hook point: ``attach(m, point, fn)`` registers torch hooks calling ``fn(x) -> x | None``
+    and returns their handles. ``site`` is the suffix after ``blocks.{l}.`` when ``per_layer``."""
+    global PER_LAYER, GLOBAL
+    _ATTACH[site] = attach
+    if per_layer and site not in PER_LAYER:
+        PER_LAYER = PER_LAYER + (site,)
+    if not per_layer and site not in GLOBAL:
+        GLOBAL = GLOBAL + (site,)
+
+
+def valid_names(m) -> list[str]:
+    """Every hook name of model ``m``, in execution order per layer."""
+    n = m.arch.n_layers
+    return ["hook_embed"] + [f"blocks.{l}.{s}" for l in range(n) for s in PER_LAYER] + \
+        [g for g in GLOBAL if g != "hook_embed"]
+
+
+def resolve(m, name: str) -> HookPoint:
+    """Parse and check a hook name.
+
+    Raises:
+        ConfigError: unknown name or layer out of range; the message lists the valid forms.
+    """
+    if name in GLOBAL:
+        return HookPoint(name, name, None)
+    hit = _NAME.match(name)
+    if hit is None or hit.group(2) not in PER_LAYER:
+        raise ConfigError(f"unknown hook name {name!r}; valid: {', '.join(GLOBAL)} and blocks.{{l}}.<site> with "
+                          f"site in {', '.join(PER_LAYER)} (l = 0..{m.arch.n_layers - 1})")
+    layer = int(hit.group(1))
+    if layer >= m.arch.n_layers:
+        raise ConfigError(f"hook {name!r}: layer {layer} out of range; this model has layers 0..{m.arch.n_layers - 1}")
+    return HookPoint(name, hit.group(2), layer)
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _with_first(out: Any, new: torch.Tensor) -> Any:
+    if isinstance(out, tuple):
+        return (new,) + tuple(out[1:])
+    if isinstance(out, list):
+        return [new] + list(out[1:])
+    return new
+
+
+def _hidden_pre_hook(module: torch.nn.Module, fn: Callable, key: str = "hidden_states") -> Any:
+    """Pre-hook on the first positional argument (or ``key`` keyword) of ``module``."""
+
+    def hook(mod, args, kwargs):
+        if args:
+            new = fn(args[0])
+            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+        if key in kwargs and kwargs[key] is not None:
+            new = fn(kwargs[key])
+            return None if new is None else (args, {**kwargs, key: new})
+        raise InputError(f"{type(mod).__name__} was called without a {key!r} input; cannot hook it")
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _output_hook(module: torch.nn.Module, fn: Callable) -> Any:
+    def hook(mod, args, out):
+        new = fn(_first(out))
+        return None if new is None else _with_first(out, new)
+
+    return module.register_forward_hook(hook)
+
+
+def _attach_resid_pre(m, p: HookPoint, fn: Callable) -> list:
+    return [_hidden_pre_hook(m.arch.module(m.model, "layer", p.layer), fn)]
+
+
+def _attach_resid_post(m, p: HookPoint, fn: Callable) -> list:
+    arch = m.arch
+    if p.layer in arch.injection_layers:
+        if p.layer + 1 < arch.n_layers:
+            return [_hidden_pre_hook(arch.module(m.model, "layer", p.layer + 1), fn)]
+        return [_hidden_pre_hook(arch.module(m.model, "ln_final"), fn)]
+    return [_output_hook(arch.module(m.model, "layer", p.layer), fn)]
+
+
+def _attach_resid_mid(m, p: HookPoint, fn: Callable) -> list:
+    state: dict[str, torch.Tensor] = {}
+
+    def on_ln2(x):
+        new = fn(x)
+        if new is not None:
+            state["delta"] = new - x
+        return new
+
+    def on_layer(out):
+        delta = state.pop("delta", None)
+        return None if delta is None else _first(out) + delta
+
+    return [_hidden_pre_hook(m.arch.module(m.model, "ln2", p.layer), on_ln2),
+            _output_hook(m.arch.module(m.model, "layer", p.layer), on_layer)]
+
+
+def _attach_module_out(part: str) -> Callable:
+    def attach(m, p: HookPoint, fn: Callable) -> list:
+        return [_output_hook(m.arch.module(m.model, part, p.layer), fn)]
+
+    return attach
+
+
+def o_proj(m, layer: int) -> torch.nn.Module:
+    """The attention output projection of ``layer`` (the table's ``o_proj`` path).
+
+    Raises:
+        ConfigError: the table's path does not exist on this model.
+    """
+    try:
+        return m.arch.module(m.model, "o_proj", layer)
+    except AttributeError as exc:
+        raise ConfigError(f"{m.arch.model_type}: no output projection at the table's o_proj path "
+                          f"{m.arch.table.o_proj!r}; attn.hook_z needs it (fix the family table)") from exc
+
+
+def _attach_z(m, p: HookPoint, fn: Callable) -> list:
+    heads, d_head = m.arch.n_heads, m.arch.d_head
+
+    def on_input(x):
+        z = x.reshape(*x.shape[:-1], heads, d_head)
+        new = fn(z)
+        return None if new is None else new.reshape(x.shape)
+
+    return [_hidden_pre_hook(o_proj(m, p.layer), on_input, key="input")]
+
+
+def _attach_embed(m, p: HookPoint, fn: Callable) -> list:
+    return [_hidden_pre_hook(m.arch.module(m.model, "layer", 0), fn)]
+
+
+def _attach_ln_final(m, p: HookPoint, fn: Callable) -> list:
+    return [_output_hook(m.arch.module(m.model, "ln_final"), fn)]
+
+
+_ATTACH.update({
+    "hook_embed": _attach_embed,
+    "ln_final.hook_normalized": _attach_ln_final,
+    "hook_resid_pre": _attach_resid_pre,
+    "hook_resid_mid": _attach_resid_mid,
+    "hook_resid_post": _attach_resid_post,
+    "hook_attn_out": _attach_module_out("attn"),
+    "hook_mlp_out": _attach_module_out("mlp"),
+    "attn.hook_z": _attach_z,
+})
+
+
+def attach(m, name: str | HookPoint, fn: HookFn) -> list:
+    """Register ``fn(x, hook) -> x | None`` at hook ``name``; returns the torch handles to remove."""
+    point = name if isinstance(name, HookPoint) else resolve(m, name)
+    return _ATTACH[point.site](m, point, lambda x: fn(x, point))
+
+
+@contextmanager
+def hooks(m, fwd_hooks: Iterable[tuple[str, HookFn]]):
+    """Context manager: the hooks are registered inside and removed on exit, exceptions included.
+
+    Only the handles registered here are removed; hooks added by others stay untouched.
+    """
+    points = [(resolve(m, n), fn) for n, fn in fwd_hooks]  # validate all before registering any
+    handles: list = []
+    try:
+        for point, fn in points:
+            handles += attach(m, point, fn)
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _logits(m, inputs) -> torch.Tensor:
+    return m.model(**m.inputs(inputs)).logits
+
+
+def run_with_hooks(m, inputs, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
+    """One forward of ``m.model(**inputs)`` with TransformerLens-style forward hooks.
+
+    Args:
+        m: a :class:`~mech.MechModel`.
+        inputs: ``prepare`` output or raw processor output.
+        fwd_hooks: ``(name, fn)`` pairs; ``fn(x, hook)`` gets the activation (shape per the table in
+            this module's docstring) and a :class:`HookPoint` (``.name``, ``.layer``) and returns a
+            replacement of the same shape, or None to leave it. Several hooks at one name run in order.
+
+    Returns:
+        logits ``[batch, pos, vocab]`` (no gradient).
+
+    Raises:
+        ConfigError: an unknown hook name (the message lists the valid ones).
+    """
+    with torch.no_grad(), hooks(m, fwd_hooks):
+        return _logits(m, inputs)
+
+
+class ActivationCache(dict):
+    """``name -> tensor`` from :func:`run_with_cache` (a plain dict with TransformerLens' accessors)."""
+
+    def stack(self, site: str, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """``[layer, ...]``: ``blocks.{l}.{site}`` stacked over ``layers`` (default: every cached one)."""
+        keys = [k for k in self if k.endswith("." + site) and _NAME.match(k)]
+        if layers is not None:
+            keys = [f"blocks.{l}.{site}" for l in layers]
+        if not keys:
+            raise ConfigError(f"no cached activations for site {site!r}; cached: {', '.join(self)}")
+        return torch.stack([self[k] for k in keys])
+
+
+def run_with_cache(m, inputs, names: Sequence[str] | Callable[[str], bool] | None = None,
+                   fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> tuple[torch.Tensor, ActivationCache]:
+    """One forward that records activations at TransformerLens hook names.
+
+    Args:
+        names: hook names, a filter ``name -> bool`` over :func:`valid_names`, or None for all.
+        fwd_hooks: optional hooks applied in the same run (registered before the caching hooks, so
+            the cache sees their replacements).
+
+    Returns:
+        ``(logits [batch, pos, vocab], cache)``; ``cache[name]`` is detached, on the model's device,
+        e.g. ``cache["blocks.3.hook_resid_post"]`` ``[batch, pos, d_model]``.
+
+    Raises:
+        ConfigError: an unknown hook name.
+    """
+    if names is None:
+        names = valid_names(m)
+    elif callable(names):
+        names = [n for n in valid_names(m) if names(n)]
+    cache = ActivationCache()
+
+    def save(x, hook):
+        cache[hook.name] = x.detach()
+
+    with torch.no_grad(), hooks(m, list(fwd_hooks) + [(n, save) for n in names]):
+        logits = _logits(m, inputs)
+    return logits, ActivationCache({n: cache[n] for n in names if n in cache})

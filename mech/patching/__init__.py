@@ -1,0 +1,221 @@
+"""Activation patching (Meng et al. 2022; Heimersheim & Nanda 2024) between a clean and a corrupted run.
+
+``mech.activation_patching(m, clean, corrupted, site="resid_post", positions="image")`` patches the
+activation at ``site`` of every layer, at the positions of each position group, from one run into
+the other and measures the answer (:mod:`.metrics`). Sites: :mod:`.sites`; alignment of positions
+across conditions: :mod:`.align`; prefix reuse and batching: :mod:`.engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mech import hooks as H
+from mech.errors import ConfigError
+from mech.patching.align import GROUP_ALIGNED_CONDITIONS, POSITION_GROUPS, Alignment, align
+from mech.patching.engine import Config, capture, patched_logits
+from mech.patching.metrics import DIRECTIONS, METRICS, Metric, check_direction, check_metric, normalized_effect
+from mech.patching.sites import SITES, check_site, hook_name
+
+__all__ = ["activation_patching", "PatchingResult", "SITES", "METRICS", "DIRECTIONS", "POSITION_GROUPS",
+           "Metric", "cmd_patch"]
+
+
+@dataclass
+class PatchingResult:
+    """What :func:`activation_patching` measured.
+
+    Attributes:
+        effect: site -> normalized patching effect ``[layer, group]`` (``[layer, head, group]`` for
+            ``z``); NaN for a group with no patched position (e.g. image positions of a no_image run).
+        patched: site -> raw metric of the patched runs ``[layer, group, batch]`` (``z``: ``[layer, head,
+            group, batch]``).
+        clean_metric, corrupted_metric: ``[batch]`` raw metric of the two unpatched runs.
+        groups: position-group names along the group axis; ``layers``: layer indices.
+        patched_positions: group -> per row ``[[target, source], ...]`` position pairs.
+        forward_equivalents: decoder-layer evaluations per patched run / ``n_layers`` (1 = full forward).
+    """
+
+    effect: dict[str, torch.Tensor]
+    patched: dict[str, torch.Tensor]
+    clean_metric: torch.Tensor
+    corrupted_metric: torch.Tensor
+    groups: tuple[str, ...]
+    layers: list[int]
+    direction: str
+    metric: str
+    corruption: str | None
+    align: str
+    patched_positions: dict[str, list]
+    forward_equivalents: float
+    n_patched_runs: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """``patch.json`` content (keys of DESIGN.md)."""
+        return {
+            "corruption": self.corruption, "direction": self.direction, "metric": self.metric,
+            "clean_metric": float(self.clean_metric.mean()), "corrupted_metric": float(self.corrupted_metric.mean()),
+            "layers": self.layers, "groups": list(self.groups), "align": self.align,
+            "effect": {s: ({g: e[:, i].tolist() for i, g in enumerate(self.groups)} if e.dim() == 2 else
+                           {g: e[:, :, i].tolist() for i, g in enumerate(self.groups)})
+                       for s, e in self.effect.items()},
+            "forward_equivalents_per_patched_run": self.forward_equivalents,
+            "n_patched_runs": self.n_patched_runs, **self.meta,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``patch.safetensors`` content: ``effect.{site}``, ``patched.{site}``, ``clean_metric``, ``corrupted_metric``."""
+        out = {"clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric}
+        out.update({f"effect.{s}": e for s, e in self.effect.items()})
+        out.update({f"patched.{s}": p for s, p in self.patched.items()})
+        return out
+
+
+def _last_logits(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)].float()
+
+
+def _context(factory):
+    return factory() if callable(factory) else factory
+
+
+def activation_patching(
+    m,
+    clean,
+    corrupted,
+    site: str | Sequence[str] = "resid_post",
+    positions: str | Sequence[str] | torch.Tensor = ("image", "text", "last"),
+    *,
+    direction: str = "denoising",
+    metric: str | Metric = "logit_diff",
+    answer: torch.Tensor | None = None,
+    counterfactual: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    condition: str | None = None,
+    align_mode: str | None = None,
+    normalize: bool = True,
+    clean_context: Callable | None = None,
+    corrupted_context: Callable | None = None,
+    seed: int = 0,
+    max_rows: int = 256,
+) -> PatchingResult:
+    """Patch ``site`` at every layer and position group between a clean and a corrupted run.
+
+    Args:
+        m: a :class:`~mech.MechModel` (a decoder-sequence family).
+        clean, corrupted: inputs of the same samples, e.g. ``condition_inputs(m, samples, "complete")``
+            and ``condition_inputs(m, samples, "white_image")``.
+        site: one of :data:`SITES` or a list.
+        positions: position group(s) of :data:`POSITION_GROUPS` or a BoolTensor ``[batch, pos]``.
+        direction: ``"denoising"`` (clean activations into the corrupted run) or ``"noising"``.
+        metric: ``"logit_diff"``, ``"prob"`` or ``"kl"`` (:mod:`.metrics`), or a :class:`Metric`.
+        answer, counterfactual: LongTensor ``[batch]`` token ids; default answer = the clean run's top
+            token, counterfactual = the corrupted run's top token other than the answer.
+        layers: layers to patch (default all).
+        condition: the corruption's name (recorded; ``no_image``/``image_only`` select ``align="group"``;
+            ``visual_noise``/``visual_mean`` wrap the corrupted run in ``corrupt_features``).
+        align_mode: ``"strict"`` (one to one, groups must match) or ``"group"`` (:mod:`.align`).
+        normalize: compute normalized effects (raises when clean == corrupted); False gives NaN effects.
+        clean_context, corrupted_context: context manager (or a factory of one) active during that run.
+        max_rows: rows per stacked patched batch.
+
+    Returns:
+        :class:`PatchingResult`.
+
+    Raises:
+        ConfigError: unknown site/metric/direction/position group (messages list the valid values).
+        InputError: groups that do not match; UnsupportedArchitectureError: cross-attention family.
+        MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
+    """
+    m.require_decoder_sequence("activation_patching")
+    sites = [site] if isinstance(site, str) else list(site)
+    for s in sites:
+        check_site(s)
+    check_direction(direction)
+    metric_obj = metric if isinstance(metric, Metric) else Metric(check_metric(metric))
+    clean, corrupted = m.inputs(clean), m.inputs(corrupted)
+    if condition in ("visual_noise", "visual_mean") and corrupted_context is None:
+        from mech.conditions import corrupt_features
+
+        corrupted_context = lambda: corrupt_features(m, corrupted, condition, seed=seed)  # noqa: E731
+    mode = align_mode or ("group" if condition in GROUP_ALIGNED_CONDITIONS else "strict")
+    target, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    t_ctx, s_ctx = (corrupted_context, clean_context) if direction == "denoising" else (clean_context, corrupted_context)
+    aligns: list[Alignment] = align(target.groups, source.groups, positions, mode,
+                                    target["input_ids"], source["input_ids"])
+    n = m.arch.n_layers
+    layers = list(range(n)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if not 0 <= l < n]
+    if bad:
+        raise ConfigError(f"layers {bad} out of range; this model has layers 0..{n - 1}")
+
+    cap = capture(m, target, _context(t_ctx))
+    names = [hook_name(s, l) for s in sites for l in layers]
+    ctx = _context(s_ctx)
+    if ctx is not None:
+        with ctx:
+            s_logits, cache = H.run_with_cache(m, source, names)
+    else:
+        s_logits, cache = H.run_with_cache(m, source, names)
+    s_last = _last_logits(s_logits, source.groups.last())
+    clean_logits, corr_logits = (s_last, cap.logits) if direction == "denoising" else (cap.logits, s_last)
+    batch = clean_logits.shape[0]
+    if metric_obj.name in ("logit_diff", "prob") and metric_obj.answer is None:
+        metric_obj.answer = answer if answer is not None else clean_logits.argmax(-1)
+    if metric_obj.name == "logit_diff" and metric_obj.counterfactual is None:
+        if counterfactual is None:
+            masked = corr_logits.clone()
+            masked[torch.arange(batch), metric_obj.answer.to(masked.device)] = -torch.inf
+            counterfactual = masked.argmax(-1)
+        metric_obj.counterfactual = counterfactual
+    metric_obj.clean_logp = clean_logits.log_softmax(-1)
+    metric_obj.check(batch)
+    rows = torch.arange(batch)
+    clean_m, corr_m = metric_obj(clean_logits, rows).cpu(), metric_obj(corr_logits, rows).cpu()
+    target_m = corr_m if direction == "denoising" else clean_m
+
+    n_runs, effects, patched = 0, {}, {}
+    heads = m.arch.n_heads
+    for s in sites:
+        shape = (len(layers), heads, len(aligns), batch) if s == "z" else (len(layers), len(aligns), batch)
+        vals = target_m.expand(shape).clone()
+        for li, l in enumerate(layers):
+            configs = [Config(l, g, h) for g in range(len(aligns)) if aligns[g].count()
+                       for h in (range(heads) if s == "z" else [None])]
+            if not configs:
+                continue
+            logits = patched_logits(m, cap, s, configs, aligns, cache, max_rows)
+            n_runs += len(configs)
+            for c, lg in zip(configs, logits):
+                v = metric_obj(lg, rows).cpu()
+                if s == "z":
+                    vals[li, c.head, c.group] = v
+                else:
+                    vals[li, c.group] = v
+        patched[s] = vals
+        if normalize:
+            eff = normalized_effect(vals, clean_m, corr_m, direction)
+        else:
+            eff = torch.full(shape[:-1], float("nan"))
+        empty = torch.tensor([a.count() == 0 for a in aligns])
+        eff[..., empty] = float("nan")
+        effects[s] = eff
+    fe = cap.layer_evals / (n * batch) / max(n_runs, 1)
+    return PatchingResult(effects, patched, clean_m, corr_m, tuple(a.name for a in aligns), layers, direction,
+                          metric_obj.name, condition, mode, {a.name: a.as_lists() for a in aligns}, fe, n_runs,
+                          meta={"answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
+                                "counterfactual": metric_obj.counterfactual.tolist()
+                                if metric_obj.counterfactual is not None else None})
+
+
+def cmd_patch(args) -> dict:
+    """``mech patch``: see :func:`mech.patching.cli.cmd_patch`."""
+    from mech.patching.cli import cmd_patch as run
+
+    return run(args)
