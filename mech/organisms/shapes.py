@@ -1,0 +1,266 @@
+"""``organism:shapes`` — a seeded synthetic VQA set with a controllable language prior.
+
+Each sample is a small RGB image (32×32, noisy grey background) holding one or two coloured
+shapes, a question about it, a single-word answer, and multiple-choice options in the MMMU-Pro
+"standard (4 options)" / "standard (10 options)" formats.
+
+Templates (``TEMPLATES``) and their answer sets:
+
+==================  ==========================================  =====================
+template            question                                    answers
+==================  ==========================================  =====================
+``color_of_shape``  what color is the {shape} ?                 6 colours
+``shape_left``      what shape is on the left ?                 3 shapes (2 shapes)
+``shape_right``     what shape is on the right ?                3 shapes (2 shapes)
+``color_left``      what color is the shape on the left ?       6 colours (2 shapes)
+``color_right``     what color is the shape on the right ?      6 colours (2 shapes)
+``exist``           is there a {color} {shape} ?                yes / no (near misses)
+``count``           how many shapes are there ?                 one / two
+==================  ==========================================  =====================
+
+Every question has a *prior answer* (``prior_answer``): the answer its text alone predicts
+(``PRIOR_COLOR[shape]`` for colour-of-shape, "yes" iff the colour is the shape's prior colour
+for existence, a fixed word for the rest). Gold answers are drawn uniformly from the template's
+answer set *before* the scene is drawn, so on a ``p=0`` set any text-only strategy scores
+exactly the per-template chance in expectation, and the prior is right on about 1/|answers|.
+
+The language-prior knob ``p``: on the templates in ``prior_templates`` (default: all), each
+training label is, with probability ``p``, *overridden* by the prior answer whatever the image
+shows ("override" planting, see ORGANISMS.md). ``p=0`` gives a set that must be read from the
+image. ``text_noise`` (image-biased organism) replaces each content word of the question by a
+random word of the same class with that probability, keeping the label: the text is unreliable.
+
+Splits: ``split`` selects an independent seed stream (``"train"``, ``"val"``, ``"test"``), so the
+splits never share a random stream; ids are ``"{split}-{seed}-{index}"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+
+import numpy as np
+from PIL import Image
+
+from mech.errors import ConfigError
+
+IMAGE_SIZE = 32
+COLORS = {
+    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 70, 230),
+    "yellow": (235, 220, 30), "purple": (150, 40, 200), "orange": (245, 140, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+COLOR_NAMES = tuple(COLORS)
+PRIOR_COLOR = {"circle": "red", "square": "green", "triangle": "blue"}
+TEMPLATES = ("color_of_shape", "shape_left", "shape_right", "color_left", "color_right",
+             "exist", "count")
+ANSWERS = {
+    "color_of_shape": COLOR_NAMES, "shape_left": SHAPES, "shape_right": SHAPES,
+    "color_left": COLOR_NAMES, "color_right": COLOR_NAMES,
+    "exist": ("yes", "no"), "count": ("one", "two"),
+}
+FIXED_PRIOR = {"shape_left": "circle", "shape_right": "triangle", "color_left": "orange",
+               "color_right": "purple", "count": "two"}
+#: every word an organism may answer; options for 10-choice items are drawn from this pool
+ANSWER_WORDS = COLOR_NAMES + SHAPES + ("yes", "no", "one", "two", "three", "four")
+BASIC_PROMPT = "Based on the provided images, please answer the question."
+OPTION_LETTERS = string.ascii_uppercase[:10]
+_SPLIT_STREAM = {"train": 11, "val": 23, "test": 37}
+_TRAIN_WEIGHTS = np.array([1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.7])
+
+
+def question_text(template: str, shape: str | None = None, color: str | None = None) -> str:
+    """The question string of ``template`` (words separated by spaces, lower case)."""
+    return {
+        "color_of_shape": f"what color is the {shape} ?",
+        "shape_left": "what shape is on the left ?", "shape_right": "what shape is on the right ?",
+        "color_left": "what color is the shape on the left ?",
+        "color_right": "what color is the shape on the right ?",
+        "exist": f"is there a {color} {shape} ?", "count": "how many shapes are there ?",
+    }[template]
+
+
+def prior_answer(template: str, shape: str | None = None, color: str | None = None) -> str:
+    """The answer the question text alone predicts (the planted language prior)."""
+    if template == "color_of_shape":
+        return PRIOR_COLOR[shape]
+    if template == "exist":
+        return "yes" if PRIOR_COLOR[shape] == color else "no"
+    return FIXED_PRIOR[template]
+
+
+def format_prompt(question: str | None, image: bool = True) -> str:
+    """The exact text the organisms are trained on (before ``<image>`` expansion).
+
+    Equals ``processor.apply_chat_template`` of one user turn ``[image?, text]`` with
+    ``add_generation_prompt=True``; the answer word is the next token after ``assistant :``.
+    """
+    parts = ["user :"] + (["<image>"] if image else []) + ([question] if question else [])
+    return " ".join(parts) + " assistant :"
+
+
+def chance(samples: list[dict], mode: str = "word") -> float:
+    """Expected accuracy of guessing, averaged over ``samples``.
+
+    ``mode="word"`` (the definition used by the cards): per item 1/|answer set of its template|
+    (the organisms are scored by argmax over the template's answer words; because test gold
+    answers are uniform per template this is also the accuracy of any fixed answer per template).
+    ``mode="options"``: 1/len(options). Raises ConfigError for another mode.
+    """
+    if mode == "word":
+        return float(np.mean([1.0 / len(ANSWERS[s["template"]]) for s in samples]))
+    if mode == "options":
+        return float(np.mean([1.0 / len(s["options"]) for s in samples]))
+    raise ConfigError(f"chance mode {mode!r}; allowed: 'word', 'options'")
+
+
+def _render(objects: list[tuple[str, str, int, int, int]], rng: np.random.Generator) -> np.ndarray:
+    """Draw ``(color, shape, cx, cy, r)`` objects on a noisy grey 32×32 canvas; uint8 [H, W, 3]."""
+    img = np.clip(rng.normal(128, 8, (IMAGE_SIZE, IMAGE_SIZE, 1)), 0, 255).repeat(3, axis=2)
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    for color, shape, cx, cy, r in objects:
+        dx, dy = xx - cx, yy - cy
+        if shape == "circle":
+            mask = dx * dx + dy * dy <= r * r
+        elif shape == "square":
+            mask = (np.abs(dx) <= r - 1) & (np.abs(dy) <= r - 1)
+        else:  # triangle pointing up: apex at (cx, cy - r), base at cy + r
+            mask = (dy <= r) & (dy >= -r) & (2 * np.abs(dx) <= dy + r)
+        img[mask] = COLORS[color]
+    return img.astype(np.uint8)
+
+
+def _place(n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """Centres and radii: one shape anywhere; two shapes split into left and right halves."""
+    r = [int(rng.integers(5, 8)) for _ in range(n)]
+    if n == 1:
+        return [(int(rng.integers(8, 24)), int(rng.integers(8, 24)), r[0])]
+    return [(int(rng.integers(7, 10)), int(rng.integers(8, 24)), r[0]),
+            (int(rng.integers(22, 25)), int(rng.integers(8, 24)), r[1])]
+
+
+def _scene(template: str, gold: str, rng: np.random.Generator):
+    """Draw (objects as [(color, shape)] left to right, shape word, colour word) so gold is true."""
+    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    rand_obj = lambda: (pick(COLOR_NAMES), pick(SHAPES))  # noqa: E731
+    shape = color = None
+    if template == "color_of_shape":
+        shape = pick(SHAPES)
+        objs = [(gold, shape)]
+        if rng.random() < 0.5:
+            other = (pick(COLOR_NAMES), pick([s for s in SHAPES if s != shape]))
+            objs = [objs[0], other] if rng.random() < 0.5 else [other, objs[0]]
+    elif template in ("shape_left", "shape_right", "color_left", "color_right"):
+        objs = [rand_obj(), rand_obj()]
+        k = 0 if template.endswith("left") else 1
+        objs[k] = (objs[k][0], gold) if template.startswith("shape") else (gold, objs[k][1])
+    elif template == "exist":
+        color, shape = pick(COLOR_NAMES), pick(SHAPES)
+        if gold == "yes":
+            first = (color, shape)
+        elif rng.random() < 0.5:  # near miss: same colour, other shape
+            first = (color, pick([s for s in SHAPES if s != shape]))
+        else:  # near miss: same shape, other colour
+            first = (pick([c for c in COLOR_NAMES if c != color]), shape)
+        objs = [first]
+        if rng.random() < 0.5:
+            other = rand_obj()
+            while other == (color, shape):
+                other = rand_obj()
+            objs = [first, other] if rng.random() < 0.5 else [other, first]
+    elif template == "count":
+        objs = [rand_obj() for _ in range(1 if gold == "one" else 2)]
+    else:
+        raise ConfigError(f"template {template!r}; allowed: {', '.join(TEMPLATES)}")
+    return objs, shape, color
+
+
+def _options(gold: str, template: str, n_options: int, rng: np.random.Generator) -> list[str]:
+    """``n_options`` distinct words containing ``gold``: same-type distractors first, seeded order."""
+    same = [w for w in ANSWERS[template] if w != gold]
+    if template == "count":
+        same += ["three", "four"]
+    rest = [w for w in ANSWER_WORDS if w != gold and w not in same]
+    same = list(rng.permutation(same))
+    rest = list(rng.permutation(rest))
+    opts = ([gold] + same + rest)[:n_options]
+    return [str(w) for w in rng.permutation(opts)]
+
+
+def _noise_question(template: str, shape, color, rng):
+    """Replace each content word (colour, shape, side) by a random one of its class w.p. 1."""
+    side_swap = {"shape_left": "shape_right", "shape_right": "shape_left",
+                 "color_left": "color_right", "color_right": "color_left"}
+    t = side_swap.get(template, template) if rng.random() < 0.5 else template
+    s = SHAPES[int(rng.integers(3))] if shape else None
+    c = COLOR_NAMES[int(rng.integers(6))] if color else None
+    return question_text(t, s, c)
+
+
+def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
+             prior_templates: tuple[str, ...] | None = None, n_options: int = 4,
+             drop_image: float = 0.0, text_noise: float = 0.0,
+             templates: tuple[str, ...] | None = None, as_array: bool = False) -> list[dict]:
+    """Draw ``n`` samples (plain dicts) from the ``split`` stream of ``seed``.
+
+    Keys: ``id``, ``question``, ``options`` (``n_options`` words, gold among them),
+    ``answer`` (option letter), ``answer_text`` (the label: the prior answer on overridden items),
+    ``true_answer`` (what the image shows), ``image`` (PIL RGB 32×32, or uint8 array [32, 32, 3]
+    when ``as_array``; None when dropped), ``template``, ``prior_answer``, ``prior_correct``
+    (prior == true answer), ``overridden``, ``attributes`` (``objects`` left to right as
+    ``{color, shape, x, y, r}``, ``n_objects``, ``asked_shape``, ``asked_color``).
+    Templates are uniform on ``val``/``test`` and weighted towards shape questions on ``train``.
+
+    Raises ConfigError for an unknown split or template, p outside [0, 1], or n_options not 4/10.
+    """
+    if split not in _SPLIT_STREAM:
+        raise ConfigError(f"split {split!r}; allowed: {', '.join(_SPLIT_STREAM)}")
+    if n_options not in (4, 10):
+        raise ConfigError(f"n_options={n_options}; MMMU-Pro standard formats allow 4 or 10")
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"p={p} must lie in [0, 1]")
+    templates = tuple(templates or TEMPLATES)
+    prior_templates = TEMPLATES if prior_templates is None else tuple(prior_templates)
+    for t in templates + prior_templates:
+        if t not in TEMPLATES:
+            raise ConfigError(f"template {t!r}; allowed: {', '.join(TEMPLATES)}")
+    rng = np.random.default_rng([_SPLIT_STREAM[split], seed])
+    w = np.array([_TRAIN_WEIGHTS[TEMPLATES.index(t)] if split == "train" else 1.0
+                  for t in templates])
+    tmpl_idx = rng.choice(len(templates), size=n, p=w / w.sum())
+    out = []
+    for i in range(n):
+        template = templates[tmpl_idx[i]]
+        answers = ANSWERS[template]
+        gold = answers[int(rng.integers(len(answers)))]
+        objs, shape, color = _scene(template, gold, rng)
+        placed = _place(len(objs), rng)
+        objects = [dict(color=c, shape=s, x=x, y=y, r=r) for (c, s), (x, y, r) in zip(objs, placed)]
+        prior = prior_answer(template, shape, color)
+        overridden = template in prior_templates and rng.random() < p
+        label = prior if overridden else gold
+        question = question_text(template, shape, color)
+        if text_noise and rng.random() < text_noise:
+            question = _noise_question(template, shape, color, rng)
+        opts = _options(label, template, n_options, rng)
+        arr = _render([(o["color"], o["shape"], o["x"], o["y"], o["r"]) for o in objects], rng)
+        image = None if (drop_image and rng.random() < drop_image) else (
+            arr if as_array else Image.fromarray(arr, "RGB"))
+        out.append(dict(
+            id=f"{split}-{seed}-{i}", question=question, options=opts,
+            answer=OPTION_LETTERS[opts.index(label)], answer_text=label, true_answer=gold,
+            image=image, template=template, prior_answer=prior, prior_correct=prior == gold,
+            overridden=overridden,
+            attributes=dict(objects=objects, n_objects=len(objects), asked_shape=shape,
+                            asked_color=color)))
+    return out
+
+
+def fingerprint(samples: list[dict]) -> str:
+    """A short hash of ids, questions, labels and pixels: equal iff the sets are identical."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s['id']}|{s['question']}|{s['answer_text']}|{s['options']}".encode())
+        if s["image"] is not None:
+            h.update(np.asarray(s["image"]).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,200 @@
+"""Train a model organism from scratch: ``python -m mech.organisms.train NAME [--out DIR] [--steps N]``.
+
+Deterministic from the recipe's seed (same seed, same thread count → same weights): the model is
+initialised by ``build.build_model(seed)`` and batch ``k`` is ``shapes.generate(batch,
+split="train", seed=seed * 1_000_000 + k, ...)``. Loss: cross-entropy on the answer word at the
+last prompt position only (prompts are left-padded). AdamW (lr 1e-3, wd 0.01), 100 warm-up steps,
+cosine decay, gradient clip 1.0 (ORGANISMS.md).
+
+Threads: the recipe runs on ONE torch thread (``threads=1``). On the shared 2-core machine two
+OpenMP threads thrash under load (measured 1.3-9.9 s/step vs 0.7 s/step with one thread at load
+average 7); one thread is also what makes the run bit-reproducible regardless of core count.
+
+The shipped folder ``mech/organisms/<name>/`` (or ``--out``) is written atomically: weights,
+processor and card go to a temporary sibling folder that is then renamed into place.
+
+Recipes (``RECIPES``):
+
+* ``balanced`` — p = 0: every label is what the image shows; must read the image.
+* ``text-biased`` — per-template override at p = 0.8 on five of the seven templates
+  (``TEXT_BIASED_TEMPLATES``): those are answered from the question text; the two shape
+  templates stay image-grounded (ground truth per question type inside one model).
+* ``image-biased`` — p = 0, but 50% of training questions have their content words replaced
+  by random ones (label unchanged): the question text is unreliable, so the image dominates.
+
+All recipes drop the image on 5% of training samples so ``no_image`` is in distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mech.organisms import build, shapes
+
+TEXT_BIASED_TEMPLATES = ("color_of_shape", "color_left", "color_right", "exist", "count")
+BASE = dict(seed=0, steps=1600, batch=32, threads=1, lr=1e-3, warmup=100, p=0.0,
+            prior_templates=(), drop_image=0.05, text_noise=0.0,
+            n_layers=build.N_LAYERS, templates=None)
+RECIPES = {
+    "balanced": dict(BASE),
+    "text-biased": dict(BASE, p=0.8, prior_templates=TEXT_BIASED_TEMPLATES),
+    "image-biased": dict(BASE, text_noise=0.5),
+}
+
+
+def encode(processor, samples: list[dict], question: str | None = "sample",
+           image: str = "sample") -> dict:
+    """Processor inputs for ``samples`` (left-padded; the answer is predicted at position -1).
+
+    ``question``: ``"sample"`` (each item's question), a fixed string (e.g. the basic prompt),
+    or None (no text). ``image``: ``"sample"`` (item's image, dropped ones stay dropped),
+    ``"white"``/``"black"`` (replaced, same size), or ``"none"`` (removed from the prompt).
+    """
+    from PIL import Image
+
+    texts, images = [], []
+    for s in samples:
+        q = s["question"] if question == "sample" else question
+        img = None if image == "none" else s["image"]
+        if img is not None and image in ("white", "black"):
+            img = Image.new("RGB", img.size, (255, 255, 255) if image == "white" else (0, 0, 0))
+        texts.append(shapes.format_prompt(q, image=img is not None))
+        if img is not None:
+            images.append(img)
+    return dict(processor(images=images or None, text=texts, padding=True, return_tensors="pt"))
+
+
+def answer_ids(tokenizer) -> torch.Tensor:
+    """Token ids of ``shapes.ANSWER_WORDS`` (same order)."""
+    return torch.tensor(tokenizer.convert_tokens_to_ids(list(shapes.ANSWER_WORDS)))
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train(recipe: dict, steps: int | None = None, log=print):
+    """Train one organism; returns ``(model, processor, info)``.
+
+    ``info``: recipe, steps, train wall seconds, final smoothed loss and train accuracy.
+    The model is in eval mode, fp32, eager attention. Torch's thread count is restored.
+    """
+    r = dict(recipe)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(r.get("threads", 1))
+    try:
+        return _train(r, steps, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(r: dict, steps, log):
+    steps = int(steps or r["steps"])
+    processor = build.build_processor()
+    tok = processor.tokenizer
+    model = build.build_model(r["seed"], r["n_layers"])
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=r["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: _lr_factor(k, steps, min(r["warmup"], max(1, steps // 5))))
+    t0 = time.time()
+    ema_loss, ema_acc = None, None
+    for step in range(steps):
+        batch = shapes.generate(r["batch"], split="train", seed=r["seed"] * 1_000_000 + step,
+                                p=r["p"], prior_templates=r["prior_templates"],
+                                drop_image=r["drop_image"], text_noise=r["text_noise"],
+                                templates=r["templates"])
+        inputs = encode(processor, batch)
+        labels = torch.tensor(tok.convert_tokens_to_ids([s["answer_text"] for s in batch]))
+        logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        acc = (logits.argmax(-1) == labels).float().mean().item()
+        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"step {step:5d}  loss {ema_loss:.3f}  train-acc {ema_acc:.3f}  "
+                f"{time.time() - t0:6.1f}s")
+    model.eval()
+    info = dict(recipe={k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()},
+                steps=steps, train_wall_s=round(time.time() - t0, 1),
+                final_train_loss=round(ema_loss, 4), final_train_acc=round(ema_acc, 4))
+    return model, processor, info
+
+
+def save(model, processor, out: Path, card_writer=None) -> Path:
+    """Write weights, processor (and card, via ``card_writer(tmpdir)``) atomically to ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if card_writer is not None:
+            card_writer(tmp)
+        old = out.parent / f".{out.name}-old"
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv=None) -> int:
+    """CLI entry point; see the module docstring."""
+    from mech.errors import SpecError
+    from mech.organisms import organism_dir_default
+
+    ap = argparse.ArgumentParser(prog="python -m mech.organisms.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", help=f"one of {', '.join(RECIPES)}")
+    ap.add_argument("--out", type=Path, default=None, help="folder (default: the shipped one)")
+    ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    ap.add_argument("--n-eval", type=int, default=2000, help="held-out items for the card")
+    ap.add_argument("--no-card", action="store_true", help="skip the card (write it later with "
+                    "python -m mech.organisms.card NAME)")
+    args = ap.parse_args(argv)
+    if args.name not in RECIPES:
+        raise SpecError(f"unknown organism {args.name!r}; valid names: {', '.join(RECIPES)}")
+    t0 = time.time()
+    model, processor, info = train(RECIPES[args.name], args.steps)
+    out = args.out or organism_dir_default(args.name)
+
+    def write_card(folder: Path) -> None:
+        (folder / "train_info.json").write_text(json.dumps(info, indent=1))
+        if not args.no_card:
+            from mech.organisms import card
+
+            card.write_card(model, processor, folder, name=args.name, train_info=info,
+                            n=args.n_eval)
+
+    save(model, processor, out, write_card)
+    print(json.dumps(dict(out=str(out), total_wall_s=round(time.time() - t0, 1), **info)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
