@@ -5,9 +5,11 @@ results -> figures.
 """
 
 from mech.attention import AttentionMass, attention_mass
+from mech.attribution import AtPResult, attribution_patching, compare_to_exact
 from mech.errors import MechError
 from mech.groups import GROUPS, TokenGroups
 from mech.hooks import run_with_cache, run_with_hooks
+from mech.knockout import KnockoutResult, attention_knockout
 from mech.models import MechModel, load, supported
 from mech.patching import PatchingResult, activation_patching
 
@@ -22,5 +24,6 @@ def token_groups(m: MechModel, inputs) -> TokenGroups:
     return m.inputs(inputs).groups
 
 
-__all__ = ["AttentionMass", "GROUPS", "MechError", "PatchingResult", "activation_patching", "attention_mass",
+__all__ = ["AtPResult", "AttentionMass", "GROUPS", "KnockoutResult", "MechError", "PatchingResult",
+           "activation_patching", "attention_knockout", "attention_mass", "attribution_patching", "compare_to_exact",
            "run_with_cache", "run_with_hooks", "MechModel", "TokenGroups", "load", "supported", "token_groups", "__version__"]

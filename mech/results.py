@@ -76,3 +76,44 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+class BatchStore:
+    """Per-batch tensors streamed to disk, so a long run resumes where it stopped.
+
+    Layout: ``root/header.json`` (what the run is: model, data, settings) and one
+    ``root/{index:06d}.safetensors`` per finished batch, each written atomically. Opening a store
+    whose header differs from ``header`` clears the old batches (another run's results are never
+    mixed in). ``get(i)`` returns a finished batch or None; ``gather()`` concatenates every batch
+    along axis 0 in index order.
+    """
+
+    def __init__(self, root: str | os.PathLike, header: Mapping[str, Any]):
+        self.root = Path(root)
+        self.header = _clean(dict(header))
+        self.root.mkdir(parents=True, exist_ok=True)
+        head = self.root / "header.json"
+        self.resumed = head.is_file() and read_json(head) == self.header
+        if not self.resumed:
+            for old in self.root.glob("*.safetensors"):
+                old.unlink()
+            write_json(head, self.header)
+
+    def _path(self, index: int) -> Path:
+        return self.root / f"{index:06d}.safetensors"
+
+    def get(self, index: int) -> dict[str, torch.Tensor] | None:
+        path = self._path(index)
+        return read_tensors(path) if path.is_file() else None
+
+    def put(self, index: int, tensors: Mapping[str, torch.Tensor]) -> None:
+        write_tensors(self._path(index), tensors)
+
+    def indices(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.root.glob("*.safetensors"))
+
+    def gather(self) -> dict[str, torch.Tensor]:
+        parts = [self.get(i) for i in self.indices()]
+        if not parts:
+            return {}
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,313 @@
+"""Attribution patching, AtP (Nanda 2023, "Attribution Patching: Activation Patching At Industrial
+Scale"; Kramár et al. 2024, "AtP*: An efficient and scalable method for localizing LLM behaviour to
+components", eq. 3): a first-order Taylor estimate of every activation patch from one forward-backward.
+
+For a site ``a`` (an activation at one layer) and a position group ``G``, denoising (clean
+activations into the corrupted run) changes the metric ``M`` by approximately
+
+    ΔM ≈ Σ_{p ∈ G} (a_clean[p] − a_corrupted[p]) · ∂M/∂a[p] |_corrupted run
+
+(the dot product runs over ``d_model``; for ``z`` over ``d_head`` per head). Noising swaps the runs:
+``(a_corrupted − a_clean) · ∂M/∂a |_clean run``. Positions are paired exactly as
+:mod:`mech.patching.align` pairs them (one to one for same-length conditions; text by common
+subsequence, the answer position to the answer position for ``no_image``/``image_only``).
+
+The metric, its targets (answer = the clean run's top token, counterfactual = the corrupted run's
+top other token), and the normalisation are those of :mod:`mech.patching.metrics`: the estimated
+patched metric is ``target + ΔM`` and the normalized effect is
+``(patched − corrupted) / (clean − corrupted)`` (denoising) or ``(clean − patched) / (clean −
+corrupted)`` (noising), so ``AtPResult.effect`` is directly comparable with
+``PatchingResult.effect`` (:func:`compare_to_exact`).
+
+Cost: one forward of the source run (cached activations), one forward and one backward of the
+target run. The backward computes gradients with respect to activations only (the parameters are set
+``requires_grad=False`` for the duration and restored in ``finally``; zero tensors added at every
+site are the only leaves), so it costs about one forward in FLOPs: **3 forward-equivalents** in all,
+whatever the number of sites, layers and groups. Known limits (Kramár et al. 2024, §3): the linear
+estimate fails where attention saturates (softmax near one-hot) and where a patch crosses a
+nonlinearity far from its tangent; the KL metric has zero gradient on the clean run, so noising AtP
+with ``metric="kl"`` is identically zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mech import hooks as H
+from mech.errors import ConfigError
+from mech.patching.align import GROUP_ALIGNED_CONDITIONS, Alignment, align
+from mech.patching.metrics import Metric, check_direction, check_metric, normalized_effect
+from mech.patching.sites import check_site, hook_name
+
+__all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS"]
+
+#: source forward + target forward + activation-gradient backward (≈ one forward in FLOPs)
+FORWARD_EQUIVALENTS = 3.0
+
+
+@dataclass
+class AtPResult:
+    """What :func:`attribution_patching` estimated (shapes as :class:`mech.patching.PatchingResult`).
+
+    Attributes:
+        effect: site -> estimated normalized patching effect ``[layer, group]`` (``z``: ``[layer, head, group]``);
+            NaN for a group with no patched position.
+        patched: site -> estimated metric of the patched runs ``[layer, group, batch]`` = target metric + ΔM.
+        delta: site -> the AtP estimate ΔM itself ``[layer, group, batch]``.
+        clean_metric, corrupted_metric: ``[batch]`` metric of the two unpatched runs.
+        groups, layers, direction, metric: as in :class:`mech.patching.PatchingResult`.
+        forward_equivalents: 3.0 (see the module docstring); ``meta["wall_s"]`` has per-pass wall times.
+    """
+
+    effect: dict[str, torch.Tensor]
+    patched: dict[str, torch.Tensor]
+    delta: dict[str, torch.Tensor]
+    clean_metric: torch.Tensor
+    corrupted_metric: torch.Tensor
+    groups: tuple[str, ...]
+    layers: list[int]
+    direction: str
+    metric: str
+    corruption: str | None
+    forward_equivalents: float = FORWARD_EQUIVALENTS
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """JSON-ready: ``effect.{site}.{group}`` per layer (``z``: per layer, per head), metrics, metadata."""
+        return {
+            "method": "attribution patching (AtP)", "corruption": self.corruption, "direction": self.direction,
+            "metric": self.metric, "clean_metric": float(self.clean_metric.mean()),
+            "corrupted_metric": float(self.corrupted_metric.mean()), "layers": self.layers,
+            "groups": list(self.groups),
+            "effect": {s: {g: e[..., i].tolist() for i, g in enumerate(self.groups)} for s, e in self.effect.items()},
+            "forward_equivalents": self.forward_equivalents, **self.meta,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """safetensors content: ``effect.{site}``, ``patched.{site}``, ``delta.{site}``, the two metrics."""
+        out = {"clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric}
+        for s in self.effect:
+            out.update({f"effect.{s}": self.effect[s], f"patched.{s}": self.patched[s], f"delta.{s}": self.delta[s]})
+        return out
+
+
+def _enter(stack: ExitStack, factory) -> None:
+    ctx = factory() if callable(factory) else factory
+    if ctx is not None:
+        stack.enter_context(ctx)
+
+
+def _last(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)].float()
+
+
+def _pair_index(aligns: list[Alignment]) -> tuple[torch.Tensor, ...]:
+    """Flat ``(row, target_pos, source_pos, group)`` LongTensors over every aligned pair."""
+    r, t, s, g = [], [], [], []
+    for gi, a in enumerate(aligns):
+        for row, (tp, sp) in enumerate(a.pairs):
+            r += [row] * len(tp)
+            t += tp.tolist()
+            s += sp.tolist()
+            g += [gi] * len(tp)
+    return tuple(torch.tensor(v, dtype=torch.long) for v in (r, t, s, g))
+
+
+def _grad_run(m, inputs, names: list[str], context) -> tuple[torch.Tensor, dict, dict]:
+    """Forward of ``inputs`` with a zero leaf added at every hook name. Returns last-position logits
+    (in the graph), the activations (detached) and the leaves. Parameters are frozen meanwhile."""
+    acts: dict[str, torch.Tensor] = {}
+    leaves: dict[str, torch.Tensor] = {}
+
+    def add_leaf(x, hook):
+        acts[hook.name] = x.detach()
+        leaf = torch.zeros_like(x, requires_grad=True)
+        leaves[hook.name] = leaf
+        return x + leaf
+
+    params = list(m.model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with ExitStack() as stack:
+            _enter(stack, context)
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names]))
+            logits = m.model(**inputs).logits
+            last = _last(logits, inputs.groups.last())
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    return last, acts, leaves
+
+
+def attribution_patching(
+    m,
+    clean,
+    corrupted,
+    sites: str | Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
+    positions: str | Sequence[str] | torch.Tensor = ("image", "text", "last"),
+    *,
+    direction: str = "denoising",
+    metric: str | Metric = "logit_diff",
+    answer: torch.Tensor | None = None,
+    counterfactual: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    condition: str | None = None,
+    align_mode: str | None = None,
+    normalize: bool = True,
+    clean_context: Callable | None = None,
+    corrupted_context: Callable | None = None,
+    seed: int = 0,
+) -> AtPResult:
+    """AtP estimates of patching every site, layer and position group, from one forward-backward.
+
+    Args: as :func:`mech.activation_patching` (same names, same defaults for the metric targets):
+        sites: one or several of :data:`mech.patching.SITES`.
+        positions: position group(s) of :data:`mech.patching.POSITION_GROUPS` or a BoolTensor ``[batch, pos]``.
+        direction: ``"denoising"`` (gradient on the corrupted run) or ``"noising"`` (on the clean run).
+        metric: ``"logit_diff"`` (default), ``"prob"``, ``"kl"`` or a :class:`mech.patching.Metric`.
+
+    Returns:
+        :class:`AtPResult`; ``effect[site]`` ``[layer, group]`` (``z``: ``[layer, head, group]``).
+
+    Raises:
+        ConfigError: unknown site/metric/direction/position group; layers out of range.
+        InputError: groups that do not match (``align="strict"``); UnsupportedArchitectureError: mllama.
+        MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
+    """
+    m.require_decoder_sequence("attribution_patching")
+    site_list = [sites] if isinstance(sites, str) else list(sites)
+    for s in site_list:
+        check_site(s)
+    check_direction(direction)
+    metric_obj = metric if isinstance(metric, Metric) else Metric(check_metric(metric))
+    clean, corrupted = m.inputs(clean), m.inputs(corrupted)
+    if condition in ("visual_noise", "visual_mean") and corrupted_context is None:
+        from mech.conditions import corrupt_features
+
+        corrupted_context = lambda: corrupt_features(m, corrupted, condition, seed=seed)  # noqa: E731
+    mode = align_mode or ("group" if condition in GROUP_ALIGNED_CONDITIONS else "strict")
+    denoise = direction == "denoising"
+    target, source = (corrupted, clean) if denoise else (clean, corrupted)
+    t_ctx, s_ctx = (corrupted_context, clean_context) if denoise else (clean_context, corrupted_context)
+    aligns = align(target.groups, source.groups, positions, mode, target["input_ids"], source["input_ids"])
+    n = m.arch.n_layers
+    layer_list = list(range(n)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layer_list if not 0 <= l < n]
+    if bad:
+        raise ConfigError(f"layers {bad} out of range; this model has layers 0..{n - 1}")
+    names = [hook_name(s, l) for s in site_list for l in layer_list]
+
+    wall = {}
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        _enter(stack, s_ctx)
+        s_logits, cache = H.run_with_cache(m, source, names)
+    s_last = _last(s_logits, source.groups.last())
+    wall["source_forward"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    t_last, acts, leaves = _grad_run(m, target, names, t_ctx)
+    wall["target_forward"] = time.perf_counter() - t0
+    clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
+    batch = clean_logits.shape[0]
+    if metric_obj.name in ("logit_diff", "prob") and metric_obj.answer is None:
+        metric_obj.answer = answer if answer is not None else clean_logits.argmax(-1)
+    if metric_obj.name == "logit_diff" and metric_obj.counterfactual is None:
+        if counterfactual is None:
+            masked = corr_logits.clone()
+            masked[torch.arange(batch), metric_obj.answer.to(masked.device)] = -torch.inf
+            counterfactual = masked.argmax(-1)
+        metric_obj.counterfactual = counterfactual
+    metric_obj.clean_logp = clean_logits.log_softmax(-1)
+    metric_obj.check(batch)
+    rows = torch.arange(batch)
+    t0 = time.perf_counter()
+    value = metric_obj(t_last, rows)
+    grads = torch.autograd.grad(value.sum(), [leaves[k] for k in names], allow_unused=True)
+    wall["target_backward"] = time.perf_counter() - t0
+    target_m = value.detach().cpu()
+    source_m = metric_obj(s_last, rows).cpu()
+    clean_m, corr_m = (source_m, target_m) if denoise else (target_m, source_m)
+
+    r, t, s, g = _pair_index(aligns)
+    heads = m.arch.n_heads
+    deltas, effects, patched = {}, {}, {}
+    empty = torch.tensor([a.count() == 0 for a in aligns])
+    for site in site_list:
+        per_layer = []
+        for l in layer_list:
+            name = hook_name(site, l)
+            grad = grads[names.index(name)]
+            tgt, src = acts[name], cache[name]
+            dev = tgt.device
+            ri, ti, si = r.to(dev), t.to(dev), s.to(dev)
+            shape = (len(aligns), batch) if site != "z" else (len(aligns), batch, heads)
+            out = torch.zeros(shape, dtype=torch.float32)
+            if len(ri) and grad is not None:
+                diff = src.to(dev)[ri, si].float() - tgt[ri, ti].float()
+                vals = (diff * grad[ri, ti].float()).sum(-1).cpu()  # [pairs] or [pairs, head]
+                out.view(-1, *shape[2:]).index_add_(0, g * batch + r, vals)
+            per_layer.append(out if site != "z" else out.permute(2, 0, 1))
+        delta = torch.stack(per_layer)  # [layer, group, batch] or [layer, head, group, batch]
+        deltas[site] = delta
+        patched[site] = target_m + delta
+        if normalize:
+            eff = normalized_effect(patched[site], clean_m, corr_m, direction)
+        else:
+            eff = torch.full(delta.shape[:-1], float("nan"))
+        eff[..., empty] = float("nan")
+        effects[site] = eff
+    meta = {"wall_s": wall, "passes": {"forward": 2, "backward": 1, "backward_scope": "activations only"},
+            "align": mode, "answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
+            "counterfactual": metric_obj.counterfactual.tolist() if metric_obj.counterfactual is not None else None}
+    return AtPResult(effects, patched, deltas, clean_m, corr_m, tuple(a.name for a in aligns), layer_list, direction,
+                     metric_obj.name, condition, FORWARD_EQUIVALENTS, meta)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of the entries finite in both ``x`` and ``y`` (any equal shapes); NaN when
+    fewer than two such entries or either has zero variance."""
+    x, y = x.double().flatten(), y.double().flatten()
+    keep = torch.isfinite(x) & torch.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2:
+        return float("nan")
+    x, y = x - x.mean(), y - y.mean()
+    den = (x.square().sum() * y.square().sum()).sqrt()
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
+def compare_to_exact(atp: AtPResult, exact, on: str = "effect") -> dict[str, float]:
+    """Pearson r between AtP and exact activation patching, per site and ``"overall"`` (all sites' entries).
+
+    Args:
+        atp: :class:`AtPResult`.
+        exact: :class:`mech.patching.PatchingResult` of the same inputs, sites, positions and direction.
+        on: ``"effect"`` (normalized effects, ``[layer, group]``) or ``"patched"`` (per-sample metrics).
+
+    Raises:
+        ConfigError: ``on`` unknown; no site in common; the two results' axes differ.
+    """
+    if on not in ("effect", "patched"):
+        raise ConfigError(f"on={on!r}; allowed: effect, patched")
+    a_all, e_all = getattr(atp, on), getattr(exact, on)
+    common = [s for s in a_all if s in e_all]
+    if not common:
+        raise ConfigError(f"no site in common: AtP has {sorted(a_all)}, exact patching has {sorted(e_all)}")
+    if tuple(atp.groups) != tuple(exact.groups) or list(atp.layers) != list(exact.layers) or \
+            atp.direction != exact.direction:
+        raise ConfigError("the AtP and exact results differ in groups, layers or direction; run both with the same "
+                          "positions, layers and direction")
+    out = {s: pearson(a_all[s], e_all[s]) for s in common}
+    out["overall"] = pearson(torch.cat([a_all[s].flatten() for s in common]),
+                             torch.cat([e_all[s].flatten() for s in common]))
+    return out
