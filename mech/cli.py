@@ -37,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
         commands[name] = sub.add_parser(name, help=help_, description=help_)
         _common(commands[name])
     commands["attention"].add_argument("--query", default="last", help="last | answer | text")
+    commands["report"].add_argument("--compare", nargs="*", default=None, metavar="MODEL",
+                                    help="two (or more) model specs side by side; without names: "
+                                         "organism:balanced organism:text-biased")
+    commands["contrib"].add_argument("--estimators", nargs="+", default=None, help="attention patching dla")
+    for name in ("contrib", "report", "eval", "attention", "patch"):
+        commands[name].add_argument("--seed", type=int, default=0)
     patch = commands["patch"]
     patch.add_argument("--corruption", default="white_image", help="a condition of mech.conditions.CONDITIONS")
     patch.add_argument("--direction", default="denoising", choices=("denoising", "noising"))

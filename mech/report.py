@@ -1,0 +1,161 @@
+"""``mech report``: eval -> attention -> patch -> contrib on one model (or two, side by side), and
+``report.md`` with every table and figure.
+
+``mech report --model A --data D --out DIR`` writes each command's outputs into ``DIR`` and
+``DIR/report.md``. ``mech report --compare A B`` (default: the balanced and text-biased organisms)
+runs both into ``DIR/<name>/`` and writes one ``DIR/report.md`` laying them side by side, plus
+``DIR/compare.json`` and ``DIR/compare.png`` (overall Δ per estimator with 95% intervals).
+
+Resumable: a command whose JSON already exists for the same model and data is not rerun, and
+each command resumes its own finished batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from mech.results import read_json, write_json
+
+STEPS = ("eval", "attention", "patch", "contrib")
+DEFAULT_COMPARE = ("organism:balanced", "organism:text-biased")
+DEFAULT_N = {"eval": 1000, "attention": 200, "patch": 64, "contrib": 128}
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split(":")[-1].rstrip("/").split("/")[-1]) or "model"
+
+
+def _step_args(args, step: str, model: str, out: Path) -> argparse.Namespace:
+    ns = argparse.Namespace(**vars(args))
+    ns.model, ns.out, ns.command = model, str(out), step
+    ns.n = args.n or DEFAULT_N[step]
+    return ns
+
+
+def run_one(args, model: str, out: Path) -> dict[str, dict]:
+    """Run every step for ``model`` into ``out`` (skipping steps already done); their JSON by step."""
+    from mech.cli import _handler
+
+    results = {}
+    for step in STEPS:
+        path = out / f"{step}.json"
+        step_args = _step_args(args, step, model, out)
+        if path.is_file():
+            done = read_json(path)
+            if done.get("model") == model and done.get("data") == args.data and done.get("n_requested") == step_args.n:
+                results[step] = done
+                continue
+        res = _handler(step)(step_args)
+        res["n_requested"] = step_args.n
+        write_json(path, res)
+        results[step] = res
+    return results
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
+    ev, att, pa, co = (res[s] for s in STEPS)
+    lines = [f"## {name}", ""]
+    md = Path(prefix or ".") / "eval.md"
+    lines += ["### Behaviour: accuracy per condition and prediction consistency", ""]
+    conds = ev["conditions"]
+    lines += ["| condition | accuracy | n |", "|---|---|---|"]
+    lines += [f"| {c} | {_fmt(v['accuracy'])} | {v['n']} |" for c, v in conds.items()]
+    cons = ev["consistency"]["all"]
+    lines += ["", "| pair (all samples) | consistent | % |", "|---|---|---|"]
+    lines += [f"| {p} | {v['num']} | {_fmt(v['pct'], 1)} |" for p, v in cons.items()]
+    lines += ["", f"Full Table 1/2 layout: [{md.as_posix()}]({md.as_posix()})", ""]
+    for fig in ev.get("figures", ["eval.png"]):
+        lines.append(f"![eval]({prefix}{fig})")
+    lines += ["", "### Attention mass from the answer position (mean over heads and samples)", ""]
+    groups = att["groups"]
+    lines += ["| layer | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    for layer, row in zip(att["layers"], att["mass"]):
+        lines.append(f"| {layer} | " + " | ".join(_fmt(v) for v in row) + " |")
+    share = att["token_share"]
+    lines += ["| token share | " + " | ".join(_fmt(share.get(g)) for g in groups) + " |", ""]
+    for fig in att.get("figures", []):
+        lines.append(f"![attention]({prefix}{fig})")
+    lines += ["", f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}", "",
+              f"clean {_fmt(pa['clean_metric'])}, corrupted {_fmt(pa['corrupted_metric'])} (mean over samples); "
+              "normalized effect per layer:", ""]
+    for site, eff in pa["effect"].items():
+        gs = list(eff)
+        lines += [f"**{site}**", "", "| layer | " + " | ".join(gs) + " |", "|---" * (len(gs) + 1) + "|"]
+        for layer in range(len(eff[gs[0]])):
+            lines.append(f"| {layer} | " + " | ".join(_fmt(eff[g][layer]) for g in gs) + " |")
+        lines.append("")
+    for fig in pa.get("figures", []):
+        lines.append(f"![patching]({prefix}{fig})")
+    lines += ["", "### Modality contributions and the imbalance ratio Δ(text/image)", "",
+              "| estimator | C(text) | C(image) | Δ | 95% CI | dominant |", "|---|---|---|---|---|---|"]
+    for est, o in co["overall"].items():
+        c = o["contribution"]
+        lines.append(f"| {est} | {_fmt(c.get('text'))} | {_fmt(c.get('image'))} | {_fmt(o['delta'], 2)} | "
+                     f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} |")
+    lines += ["", f"![contributions]({prefix}contrib.png)", ""]
+    return lines
+
+
+INTRO = """# mech report
+
+Model(s) measured on `{data}`. Each instrument answers a different question — where attention goes
+(attention mass), what the answer causally needs (activation patching), what each group writes
+directly into the answer logit (DLA) — so where they disagree, the disagreement is part of the
+result (see ORGANISMS.md: attention mass alone does not detect a planted text bias).
+"""
+
+
+def cmd_report(args) -> dict:
+    """Run the report (module docstring); returns ``compare.json`` content (or the single model's)."""
+    from mech.contribution.plots import compare_figure
+    from mech.results import _atomic
+
+    out = Path(args.out)
+    compare = getattr(args, "compare", None)  # None: not asked; []: asked without names -> the organisms
+    models = [args.model] if compare is None else (list(compare) or list(DEFAULT_COMPARE))
+    single = len(models) == 1
+    results = {}
+    for spec in models:
+        results[spec] = run_one(args, spec, out if single else out / _slug(spec))
+    lines = [INTRO.format(data=args.data)]
+    summary = {"data": args.data, "models": models, "overall": {}}
+    if not single:
+        lines += ["## Side by side: overall Δ(text/image) per estimator", "",
+                  "| estimator | " + " | ".join(f"{_slug(s)} Δ [95% CI]" for s in models) + " | intervals overlap |",
+                  "|---" * (len(models) + 2) + "|"]
+        ests = list(results[models[0]]["contrib"]["overall"])
+        for est in ests:
+            cells, cis = [], []
+            for s in models:
+                o = results[s]["contrib"]["overall"][est]
+                cells.append(f"{_fmt(o['delta'], 2)} [{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}]")
+                cis.append(o["ci95"])
+            overlap = max(c[0] for c in cis) <= min(c[1] for c in cis)
+            lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
+        compare_figure({_slug(s): results[s]["contrib"] for s in models}, out / "compare.png")
+        lines += ["", "![compare](compare.png)", ""]
+        for s in models:
+            ev = results[s]["eval"]["consistency"]["all"].get("complete&white_image", {})
+            lines.append(f"- `{s}`: complete&white_image consistency {_fmt(ev.get('pct'), 1)}%")
+        lines.append("")
+    for s in models:
+        prefix = "" if single else f"{_slug(s)}/"
+        lines += _section(s, results[s], prefix)
+        summary["overall"][s] = results[s]["contrib"]["overall"]
+    text = "\n".join(lines) + "\n"
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / "report.md", write)
+    write_json(out / "compare.json", summary)
+    print(f"wrote {out / 'report.md'}")
+    return summary
