@@ -43,6 +43,14 @@ def parser() -> argparse.ArgumentParser:
     commands["contrib"].add_argument("--estimators", nargs="+", default=None, help="attention patching dla")
     for name in ("contrib", "report", "eval", "attention", "patch"):
         commands[name].add_argument("--seed", type=int, default=0)
+    ev = commands["eval"]
+    ev.add_argument("--conditions", default=None,
+                    help="comma list of mech.conditions.CONDITIONS (default: complete,white_image,image_only,"
+                         "no_image,black_image,noise_image)")
+    ev.add_argument("--method", default="score", choices=("score", "direct", "cot"))
+    ev.add_argument("--scoring", default=None, choices=("letter", "option_text"))
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--no-progress", action="store_true")
     patch = commands["patch"]
     patch.add_argument("--corruption", default="white_image", help="a condition of mech.conditions.CONDITIONS")
     patch.add_argument("--direction", default="denoising", choices=("denoising", "noising"))

@@ -153,18 +153,23 @@ def condition_inputs(m: Any, samples: Sequence[dict], condition: str, *, seed: i
     return inputs
 
 
-def _visual_mask(groups: Any) -> torch.Tensor:
+VISUAL_GROUPS = ("image", "video")
+
+
+def _group_mask(groups: Any, names: Sequence[str] = VISUAL_GROUPS) -> torch.Tensor:
     mask = torch.zeros_like(groups.valid)
-    for name in ("image", "video"):
-        if name in groups.names:
-            mask |= groups.mask(name)
+    for name in names:
+        mask |= groups.mask(name)
     return mask
 
 
 @contextlib.contextmanager
 def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, noise_scale: float = 3.0,
-                     mean: torch.Tensor | None = None) -> Iterator[None]:
+                     mean: torch.Tensor | None = None, groups: Sequence[str] = VISUAL_GROUPS) -> Iterator[None]:
     """Corrupt the visual token embeddings in every forward run inside the ``with`` block.
+
+    ``groups`` (default image and video) selects the token groups whose embeddings are corrupted;
+    the contribution estimator passes ``("text",)`` to corrupt the question the same way.
 
     A forward pre-hook on the decoder (``arch.module(model, "language_model")``) edits
     ``kwargs["inputs_embeds"]`` ``[batch, pos, d_model]`` at the image/video positions of
@@ -193,11 +198,12 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
         yield
         return
     m.require_decoder_sequence(f"corrupt_features({condition!r})")
+    token_groups = groups
     groups = m.inputs(inputs).groups
-    mask = _visual_mask(groups)
+    mask = _group_mask(groups, token_groups)
     if not bool(mask.any()):
-        raise InputError(f"{condition} needs image or video tokens, but these inputs have none; "
-                         "prepare the inputs with images.")
+        raise InputError(f"{condition} needs {'/'.join(token_groups)} tokens, but these inputs have none; "
+                         "prepare the inputs with them.")
     if mean is not None and mean.dim() != 1:
         raise ConfigError(f"mean must be a [d_model] tensor; got shape {tuple(mean.shape)}.")
 

@@ -152,6 +152,7 @@ def prepare(
     finally:
         if tok is not None and old_side is not None:
             tok.padding_side = old_side
+    out.pop("labels", None)  # PaliGemma's processor adds training labels; model(**inputs) would compute a loss
     inputs = Inputs(dict(out))
     complete_inputs(m, inputs)
     inputs.prompts = segments

@@ -1,0 +1,232 @@
+"""Missing-modality evaluation (issue 4): consistency table by hand, option scoring against HF
+logits, generation batching and parsing, skips, resumability, ``mech eval`` outputs, organisms."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mech
+from mech.data import Dataset, load_data
+from mech.errors import ConfigError, DataError
+from mech.evaluation import (accuracy_table, cmd_eval, consistency_table, evaluate, generate_batch,
+                             parse_multi_choice_response, parse_response, score_batch, write_outputs)
+from mech.evaluation import run as run_mod
+from mech.conditions import condition_inputs
+from mech.results import read_json, read_tensors
+from mech.testing.tiny import tiny_model
+
+IMG = [Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)) for k in range(4)]
+QUESTIONS = ["what colour is the shape ?", "how many shapes are there ?", "what shape is on the left ?",
+             "is there a red circle ?"]
+
+
+def mc_samples(n=6):
+    return [{"id": f"q{i}", "question": QUESTIONS[i % 4], "images": [IMG[i % 4]],
+             "options": ["red", "blue", "green", "yellow"][: 2 + i % 3], "answer": "AB"[i % 2],
+             "prompt_style": "direct"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def llava():
+    model, proc = tiny_model("llava")
+    return mech.load((model, proc))
+
+
+def test_consistency_table_by_hand():
+    preds = {"complete":    ["A", "B", "C", "D", "A", None],
+             "white_image": ["A", "B", "D", "D", "B", None],
+             "image_only":  ["A", "C", "C", "D", "A", None]}
+    gold = ["A", "B", "C", "A", "B", "A"]
+    correct = [p == g for p, g in zip(preds["complete"], gold)]  # samples 0, 1, 2 correct
+    t = consistency_table(preds, correct)
+    expected = {  # (consistent, total) worked out on paper
+        "all": {"complete&white_image": (3, 6), "complete&image_only": (4, 6), "white_image&image_only": (2, 6),
+                "all": (2, 6)},
+        "correct": {"complete&white_image": (2, 3), "complete&image_only": (2, 3),
+                    "white_image&image_only": (1, 3), "all": (1, 3)},
+        "wrong": {"complete&white_image": (1, 3), "complete&image_only": (2, 3), "white_image&image_only": (1, 3),
+                  "all": (1, 3)},
+    }
+    for subset, rows in expected.items():
+        for key, (num, total) in rows.items():
+            cell = t[subset][key]
+            assert (cell["num"], cell["total"], cell["inconsistent_num"]) == (num, total, total - num)
+            assert cell["pct"] == pytest.approx(100 * num / total)
+            assert cell["inconsistent_pct"] == pytest.approx(100 * (total - num) / total)
+    empty = consistency_table({"complete": ["A"], "white_image": ["A"]}, [True])
+    assert empty["wrong"]["complete&white_image"]["pct"] is None and empty["all"]["complete&image_only"] is None
+    acc = accuracy_table({"complete": [True, True, False, False], "white_image": [True, False, False, False]})
+    assert acc["complete"]["accuracy"] == 0.5 and acc["white_image"]["drop"] == pytest.approx(0.25)
+
+
+def test_parse_multi_choice_response():
+    ch = ["A", "B", "C", "D"]
+    opts = {"A": "red", "B": "blue", "C": "green", "D": "yellow"}
+    assert parse_multi_choice_response("B", ch) == "B"
+    assert parse_multi_choice_response("(C)", ch) == "C"
+    assert parse_multi_choice_response("The answer is (D).", ch) == "D"
+    assert parse_multi_choice_response("A. red", ch) == "A"
+    assert parse_multi_choice_response("Let's think. A is wrong, so B or C. Answer: C", ch) == "C"
+    assert parse_multi_choice_response("Answer: (B)\nAnswer: D", ch) == "D"
+    assert parse_multi_choice_response("I think the colour of the shape is clearly green here", ch, opts) == "C"
+    assert parse_multi_choice_response("maybe A or maybe B", ch) == "B"  # the last one mentioned
+    assert parse_multi_choice_response("Answer: E", ch) is None  # outside the options
+    assert parse_multi_choice_response("no idea", ch) is None and parse_multi_choice_response("", ch) is None
+    s = {"options": ["red", "blue"], "answer": "B"}
+    assert parse_response("blue", s) == "B" and parse_response("red circle", s) == "A"
+    assert parse_response("Answer: a square.", {"options": [], "answer": "a square"}) == "square"
+
+
+def test_score_batch_matches_hf_logits(llava):
+    samples = mc_samples(4)
+    inputs = condition_inputs(llava, samples, "complete")
+    got = score_batch(llava, inputs, samples, "letter")
+    with torch.no_grad():
+        logits = llava.model(**llava.inputs(inputs)).logits
+    mask = inputs["attention_mask"]
+    last = (torch.arange(mask.shape[1]) * mask).argmax(1)  # last real token, independent of groups
+    tok = llava.tokenizer
+    for i, s in enumerate(samples):
+        ids = [tok.convert_tokens_to_ids(x) for x in "ABCD"[: len(s["options"])]]
+        ref = torch.log_softmax(logits[i, last[i]], -1)[ids]
+        torch.testing.assert_close(torch.tensor(got[i]["scores"]), ref)
+        assert got[i]["pred"] == "ABCD"[int(ref.argmax())]
+    one = score_batch(llava, condition_inputs(llava, samples[2:3], "complete"), samples[2:3], "letter")
+    torch.testing.assert_close(torch.tensor(one[0]["scores"]), torch.tensor(got[2]["scores"]), atol=1e-5, rtol=1e-5)
+    text = score_batch(llava, inputs, samples, "option_text")
+    for i, s in enumerate(samples):
+        ids = [tok.convert_tokens_to_ids(o) for o in s["options"]]
+        torch.testing.assert_close(torch.tensor(text[i]["scores"]), torch.log_softmax(logits[i, last[i]], -1)[ids])
+
+
+def test_generation_batched_equals_single(llava):
+    samples = mc_samples(3)
+    batched = generate_batch(llava, condition_inputs(llava, samples, "complete", padding_side="left"), 6)
+    single = [generate_batch(llava, condition_inputs(llava, [s], "complete", padding_side="left"), 6)[0]
+              for s in samples]
+    assert batched == single and len(batched) == 3
+    assert all(len(llava.tokenizer.encode(r, add_special_tokens=False)) <= 6 for r in batched)
+    r = evaluate(llava, samples, conditions=["complete", "white_image", "image_only"], method="cot",
+                 max_new_tokens=5, progress=False)
+    assert r["settings"]["style"] == "cot" and r["settings"]["max_new_tokens"] == 5
+    assert len(r["responses"]["complete"]) == 3
+    assert r["predictions"]["complete"] == [parse_response(x, s) for x, s in zip(r["responses"]["complete"], samples)]
+
+
+def test_evaluate_reports_every_skip(llava):
+    samples = mc_samples(5)
+    samples[1] = dict(samples[1], images=[])
+    samples[3] = dict(samples[3], options=["red", "red dog"])  # option texts share their first token
+    data = Dataset("toy", samples, skipped=[("bad-row", "corrupt image bytes in image_1")], scoring="option_text")
+    r = evaluate(llava, data, conditions=["complete", "white_image", "image_only", "no_image"], progress=False)
+    assert r["ids"] == ["q0", "q2", "q4"]
+    assert r["skipped"]["count"] == 3
+    items = {x["id"]: x for x in r["skipped"]["items"]}
+    assert items["bad-row"]["stage"] == "data" and "no image" in items["q1"]["reason"]
+    assert "share a first token" in items["q3"]["reason"]
+    assert all(len(v) == 3 for v in r["predictions"].values())
+    assert all(r["conditions"][c]["n"] == 3 for c in r["conditions"])
+    only_text = evaluate(llava, samples[1:2], conditions=["complete", "no_image"], progress=False)
+    assert only_text["skipped"]["count"] == 0  # no image condition asked: the sample is usable
+    with pytest.raises(DataError, match="no image"):
+        evaluate(llava, samples[1:2], progress=False)
+    ten = [dict(samples[0], options=[f"o{k}" for k in range(10)])]
+    with pytest.raises(ConfigError, match="option letters"):  # the tiny vocabulary stops at F
+        evaluate(llava, ten, conditions=["complete"], scoring="letter", progress=False)
+    with pytest.raises(ConfigError, match="visual_mean"):
+        evaluate(llava, samples, conditions=["complete", "sepia"], progress=False)
+
+
+def test_resume_after_interruption_is_identical(llava, tmp_path, monkeypatch):
+    samples = mc_samples(5)
+    conds = ["complete", "white_image", "visual_noise"]
+    kw = dict(conditions=conds, batch_size=2, progress=False, seed=5)
+    full = evaluate(llava, samples, checkpoint=tmp_path / "a" / "ckpt.jsonl", **kw)
+    write_outputs(full, tmp_path / "a")
+    calls = {"n": 0}
+    real = run_mod._answer_batch
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "_answer_batch", flaky)
+    ckpt = tmp_path / "b" / "ckpt.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(llava, samples, checkpoint=ckpt, **kw)
+    assert len(ckpt.read_text().splitlines()) == 1 + 4
+    with open(ckpt, "a") as fh:
+        fh.write('{"condition": "complete", "ids": ["q4"], "pr')  # a record torn by the kill
+    calls["n"] = -100
+    resumed = evaluate(llava, samples, checkpoint=ckpt, **kw)
+    assert calls["n"] == -100 + 3 * 3 - 4  # only the unfinished (condition, batch) pairs ran
+    write_outputs(resumed, tmp_path / "b")
+    assert (tmp_path / "a" / "eval.json").read_bytes() == (tmp_path / "b" / "eval.json").read_bytes()
+    calls["n"] = -100
+    evaluate(llava, samples, checkpoint=ckpt, **kw)
+    assert calls["n"] == -100  # everything finished: nothing recomputed
+    other = evaluate(llava, samples, checkpoint=ckpt, **dict(kw, seed=6))  # other settings: starts afresh
+    assert calls["n"] == -100 + 9 and other["settings"]["seed"] == 6
+
+
+def test_cmd_eval_writes_tables_and_figure(llava, tmp_path, monkeypatch):
+    path = tmp_path / "data.jsonl"
+    IMG[0].save(tmp_path / "a.png")
+    rows = [{"id": f"r{i}", "question": QUESTIONS[i % 4], "image": "a.png", "options": ["red", "blue", "green"],
+             "answer": "ABC"[i % 3]} for i in range(5)] + [{"id": "bad", "question": "?", "image": "a.png",
+                                                           "options": ["x", "y"], "answer": "D"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(mech, "load", lambda *a, **k: llava)
+    args = argparse.Namespace(model="tiny-llava", data=f"jsonl:{path}", n=None, out=str(tmp_path / "out"),
+                              device=None, dtype=None, device_map=None, batch_size=2, conditions=None,
+                              no_progress=True)
+    result = cmd_eval(args)
+    out = tmp_path / "out"
+    js = read_json(out / "eval.json")
+    assert js["model"] == "tiny-llava" and js["data"] == f"jsonl:{path}" and js["figures"] == ["eval.png"]
+    for c in ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image"):
+        assert 0.0 <= js["conditions"][c]["accuracy"] <= 1.0 and js["conditions"][c]["n"] == 5
+    for subset in ("all", "correct", "wrong"):
+        for key in ("complete&white_image", "complete&image_only", "white_image&image_only", "all"):
+            assert set(js["consistency"][subset][key]) >= {"num", "pct"}
+    assert js["skipped"]["count"] == 1 and "outside the options" in js["skipped"]["items"][0]["reason"]
+    assert js["settings"]["chance"] == pytest.approx(1 / 3)
+    md = (out / "eval.md").read_text()
+    assert "Text w/ white" in md and "Complete & Text-only" in md and "Inconsistent" in md and "1 ×" in md
+    t = read_tensors(out / "eval.safetensors")
+    assert t["pred_index"].shape == (5, 6) and t["scores"].shape == (5, 6, 3)
+    assert t["correct"].sum().item() == sum(sum(v) for v in result["correct"].values())
+    assert Image.open(out / "eval.png").size[0] > 800
+    assert (out / "eval.ckpt.jsonl").is_file()
+
+
+def _organism_ready(name):
+    from mech.organisms import organism_dir
+
+    try:
+        organism_dir(name)
+        return True
+    except mech.MechError:
+        return False
+
+
+@pytest.mark.skipif(not (_organism_ready("balanced") and _organism_ready("text-biased")),
+                    reason="organism weights not built yet (python -m mech.organisms.train NAME)")
+def test_text_biased_organism_is_more_consistent_without_the_image():
+    data = load_data("organism:shapes", n=300, seed=0)
+    conds = ["complete", "white_image", "image_only"]
+    res = {name: evaluate(mech.load(f"organism:{name}"), data, conditions=conds, batch_size=64, progress=False)
+           for name in ("balanced", "text-biased")}
+    pct = {k: r["consistency"]["all"]["complete&white_image"]["pct"] for k, r in res.items()}
+    acc = {k: r["conditions"]["complete"]["accuracy"] for k, r in res.items()}
+    print("complete&white_image consistency %:", pct, "complete accuracy:", acc)
+    assert pct["text-biased"] > pct["balanced"]
+    assert acc["balanced"] > 0.4  # the balanced organism reads the image (chance: 0.25)
