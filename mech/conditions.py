@@ -202,7 +202,7 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
     groups = m.inputs(inputs).groups
     mask = _group_mask(groups, token_groups)
     if not bool(mask.any()):
-        raise InputError(f"{condition} needs {'/'.join(token_groups)} tokens, but these inputs have none; "
+        raise InputError(f"{condition} needs {' or '.join(token_groups)} tokens, but these inputs have none; "
                          "prepare the inputs with them.")
     if mean is not None and mean.dim() != 1:
         raise ConfigError(f"mean must be a [d_model] tensor; got shape {tuple(mean.shape)}.")

@@ -2,11 +2,13 @@
 
 Everything is built offline from transformers' own classes:
 ``LlavaForConditionalGeneration`` = CLIP vision tower (32 px, patch 8 → 16 image tokens, 2 layers)
-+ LLaVA projector + Llama decoder (``N_LAYERS`` = 6 layers, hidden 128, FFN 384, 4 heads).
++ LLaVA projector + Llama decoder (``N_LAYERS`` = 6 layers, hidden 128, FFN 256, 4 heads).
 
-Initialisation follows ORGANISMS.md: every Linear/Embedding ~ N(0, 0.08) (≈ 1/√d; the default
-0.02 stays at chance) and 2-D sin-cos ViT position embeddings (CLIP's default is ~14× weaker
-than the patch signal).
+Initialisation follows ORGANISMS.md: decoder and projector Linear/Embedding ~ N(0, 0.08)
+(≈ 1/√d; the default 0.02 stays at chance) and 2-D sin-cos ViT position embeddings (CLIP's
+default is ~14× weaker than the patch signal). The sin-cos base is 10, not MAE's 10000: on a 4×4
+grid base 10000 leaves most frequencies flat; measured on shape_left/color_left after 300 steps,
+base 10 gave 0.85/1.00 against 0.73/1.00.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ HIDDEN = 128
 PATCH = 8
 N_IMAGE_TOKENS = (shapes.IMAGE_SIZE // PATCH) ** 2  # 16
 INIT_STD = 0.08
+SINCOS_BASE = 10.0
 
 #: jinja chat template; renders exactly ``shapes.format_prompt`` (BOS comes from the tokenizer)
 CHAT_TEMPLATE = (
@@ -95,7 +98,7 @@ def build_config(n_layers: int = N_LAYERS, vocab_size: int | None = None) -> Lla
                               num_hidden_layers=2, num_attention_heads=4,
                               image_size=shapes.IMAGE_SIZE, patch_size=PATCH,
                               initializer_range=INIT_STD)
-    text = LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=3 * HIDDEN,
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
                        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=4,
                        max_position_embeddings=128, initializer_range=INIT_STD,
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -107,12 +110,17 @@ def build_config(n_layers: int = N_LAYERS, vocab_size: int | None = None) -> Lla
                        tie_word_embeddings=False)
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """2-D sin-cos position table [grid*grid, dim] (row-major patches), MAE style."""
+def sincos_2d(grid: int, dim: int, base: float | None = None) -> torch.Tensor:
+    """2-D sin-cos position table [grid*grid, dim] (row-major patches), MAE style.
+
+    ``base`` sets the slowest wavelength; a small grid wants a small base so that most
+    frequencies vary across its few positions.
+    """
     ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32),
                             torch.arange(grid, dtype=torch.float32), indexing="ij")
+    base = SINCOS_BASE if base is None else base
     quarter = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    omega = 1.0 / (base ** (torch.arange(quarter, dtype=torch.float32) / quarter))
     parts = []
     for pos in (ys.flatten(), xs.flatten()):
         ang = pos[:, None] * omega[None, :]

@@ -141,7 +141,7 @@ def _md(card: dict) -> str:
              f"{card['training']['fraction_text_predictable']})",
              f"- steps {card['training']['steps']} × batch {card['training']['batch']}, seed "
              f"{card['training']['seed']}, train wall time {card['training']['train_wall_s']} s "
-             f"(2 CPU threads)",
+             f"(1 torch thread on a shared 2-core machine)",
              f"- model: {card['model']['architecture']}, {card['model']['parameters']:,} "
              f"parameters, {card['model']['decoder_layers']} decoder layers, "
              f"{card['model']['image_tokens']} image tokens; files {card['files_bytes']}",
@@ -208,6 +208,7 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
                       text_noise=r["text_noise"], drop_image=r["drop_image"],
                       fraction_text_predictable=round(frac, 3), steps=train_info["steps"],
                       batch=r["batch"], lr=r["lr"], seed=r["seed"],
+                      torch_threads=r.get("threads", 1),
                       train_wall_s=train_info["train_wall_s"],
                       final_train_loss=train_info["final_train_loss"],
                       command=f"python -m mech.organisms.train {name}"),

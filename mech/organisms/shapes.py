@@ -14,7 +14,7 @@ template            question                                    answers
 ``shape_right``     what shape is on the right ?                3 shapes (2 shapes)
 ``color_left``      what color is the shape on the left ?       6 colours (2 shapes)
 ``color_right``     what color is the shape on the right ?      6 colours (2 shapes)
-``exist``           is there a {color} {shape} ?                yes / no (near misses)
+``exist``           is there a {color} {shape} ?                yes / no (near miss)
 ``count``           how many shapes are there ?                 one / two
 ==================  ==========================================  =====================
 
@@ -66,7 +66,7 @@ ANSWER_WORDS = COLOR_NAMES + SHAPES + ("yes", "no", "one", "two", "three", "four
 BASIC_PROMPT = "Based on the provided images, please answer the question."
 OPTION_LETTERS = string.ascii_uppercase[:10]
 _SPLIT_STREAM = {"train": 11, "val": 23, "test": 37}
-_TRAIN_WEIGHTS = np.array([1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.7])
+_TRAIN_WEIGHTS = np.array([1.2, 1.5, 1.5, 1.3, 1.3, 1.0, 0.5])
 
 
 def question_text(template: str, shape: str | None = None, color: str | None = None) -> str:
@@ -156,15 +156,12 @@ def _scene(template: str, gold: str, rng: np.random.Generator):
         objs[k] = (objs[k][0], gold) if template.startswith("shape") else (gold, objs[k][1])
     elif template == "exist":
         color, shape = pick(COLOR_NAMES), pick(SHAPES)
-        if gold == "yes":
-            first = (color, shape)
-        elif rng.random() < 0.5:  # near miss: same colour, other shape
-            first = (color, pick([s for s in SHAPES if s != shape]))
-        else:  # near miss: same shape, other colour
-            first = (pick([c for c in COLOR_NAMES if c != color]), shape)
+        others = [c for c in COLOR_NAMES if c != color]
+        # "no" items are near misses: the asked shape in another colour, asked colour absent
+        first = (color, shape) if gold == "yes" else (pick(others), shape)
         objs = [first]
         if rng.random() < 0.5:
-            other = rand_obj()
+            other = rand_obj() if gold == "yes" else (pick(others), pick(SHAPES))
             while other == (color, shape):
                 other = rand_obj()
             objs = [first, other] if rng.random() < 0.5 else [other, first]

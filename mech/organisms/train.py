@@ -40,7 +40,7 @@ import torch
 from mech.organisms import build, shapes
 
 TEXT_BIASED_TEMPLATES = ("color_of_shape", "color_left", "color_right", "exist", "count")
-BASE = dict(seed=0, steps=1600, batch=32, threads=1, lr=1e-3, warmup=100, p=0.0,
+BASE = dict(seed=0, steps=3200, batch=32, threads=1, lr=1e-3, warmup=100, p=0.0,
             prior_templates=(), drop_image=0.05, text_noise=0.0,
             n_layers=build.N_LAYERS, templates=None)
 RECIPES = {
