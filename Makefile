@@ -19,10 +19,10 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(VENV)/bin/mech inspect --model organism:balanced --data organism:shapes --n 4 --out $(OUT)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/mech inspect --model organism:balanced --data organism:shapes --n 4 --out $(OUT)
 
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,10 +16,8 @@ DEFAULT_N = 64
 
 
 def _inputs(m: Any, samples: list[dict]):
-    try:
-        from mech.conditions import condition_inputs
-    except ImportError:  # the conditions module is optional here; the bare question is the organisms' format
-        return m.prepare([s["images"] for s in samples], [s["question"] for s in samples])
+    from mech.conditions import condition_inputs
+
     return condition_inputs(m, samples, "complete")
 
 

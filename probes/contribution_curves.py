@@ -1,0 +1,33 @@
+"""Figure: per-layer modality contributions from three estimators and Δ(text/image) per model
+(figures/contrib_<model>.png), and the overall Δ side by side (figures/contrib_compare.png)."""
+
+from _common import batches, load, parse, short
+
+import torch
+
+from mech.conditions import condition_inputs
+from mech.contribution import Contributions, modality_contributions
+from mech.contribution.plots import compare_figure, contribution_figure
+from mech.patching.cli import answer_tokens
+
+
+def main():
+    args = parse(__doc__, n=96)
+    models, data = load(args)
+    samples = [s for s in data if s["images"]]
+    results = {}
+    for spec, m in models.items():
+        parts = []
+        for b in batches(samples, 16):
+            clean = condition_inputs(m, b, "complete")
+            last = m.logits(clean)[torch.arange(len(b)), clean.groups.last()].float()
+            answer, cf = answer_tokens(m, b, last)
+            parts.append(modality_contributions(m, clean, answer, cf))
+        results[short(spec)] = Contributions.concat(parts).to_json()
+        print(contribution_figure(results[short(spec)], f"{args.out}/contrib_{short(spec)}.png",
+                                  f"{spec} on {args.data} (n={len(samples)})"))
+    print(compare_figure(results, f"{args.out}/contrib_compare.png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Figure: held-out accuracy of linear probes for the colour of the left-most shape, per layer,
+read at the image tokens and at the answer position -> figures/linear_probes.png."""
+
+from _common import load, parse, short
+
+import matplotlib.pyplot as plt
+
+from mech.probing import linear_probe
+
+
+def colour(sample):
+    return sample["attributes"]["objects"][0]["color"]
+
+
+def main():
+    args = parse(__doc__, n=400)
+    models, data = load(args)
+    samples = [s for s in data if s["images"]]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for spec, m in models.items():
+        r = linear_probe(m, samples, colour)
+        for i, readout in enumerate(r.readouts):
+            ax.plot(r.accuracy[:, i], marker="o", ls="-" if readout == "image" else "--",
+                    label=f"{short(spec)} @ {readout}")
+    ax.axhline(r.majority, color="gray", lw=0.8, label="majority baseline")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("decoder layer (resid_post)")
+    ax.set_ylabel("held-out probe accuracy")
+    ax.set_title("Is the left shape's colour linearly decodable?")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = f"{args.out}/linear_probes.png"
+    fig.savefig(path, dpi=120)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
