@@ -42,7 +42,7 @@ import torch
 from mech import hooks as H
 from mech.errors import ConfigError
 from mech.patching.align import GROUP_ALIGNED_CONDITIONS, Alignment, align
-from mech.patching.metrics import Metric, check_direction, check_metric, normalized_effect
+from mech.patching.metrics import Metric, check_direction, check_metric, check_token_ids, normalized_effect
 from mech.patching.sites import check_site, hook_name
 
 __all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS"]
@@ -219,6 +219,8 @@ def attribution_patching(
     wall["target_forward"] = time.perf_counter() - t0
     clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
     batch = clean_logits.shape[0]
+    check_token_ids(batch, clean_logits.shape[-1], answer=answer, counterfactual=counterfactual,
+                    metric_answer=metric_obj.answer, metric_counterfactual=metric_obj.counterfactual)
     if metric_obj.name in ("logit_diff", "prob") and metric_obj.answer is None:
         metric_obj.answer = answer if answer is not None else clean_logits.argmax(-1)
     if metric_obj.name == "logit_diff" and metric_obj.counterfactual is None:

@@ -120,6 +120,15 @@ def _handler(command: str):
         raise
 
 
+def _check_numbers(args) -> None:
+    """Refuse ``--n``/``--batch-size`` below 1 (they would silently fall back to the defaults)."""
+    from mech.errors import ConfigError
+
+    for flag, value in (("--n", getattr(args, "n", None)), ("--batch-size", getattr(args, "batch_size", None))):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}; pass a positive integer (or leave {flag} out for the default).")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return 2
     try:
+        _check_numbers(args)
         handler = _handler(args.command)
         if handler is None:
             raise MechError(f"`mech {args.command}` is not available in this version of mech yet; "

@@ -353,8 +353,8 @@ def load_data(spec: str, n: int | None = None, seed: int = 0, *, strict: bool = 
 
     Raises:
         SpecError: unknown scheme (the message lists the valid ones), missing path or folder.
-        DataError: unreadable parquet file, missing columns, duplicate ids, or (``strict=True``)
-            the first bad row.
+        DataError: unreadable parquet file, missing columns, duplicate ids, no usable sample at all
+            (an empty file, or every row skipped), or (``strict=True``) the first bad row.
     """
     scheme, _, rest = spec.partition(":")
     if scheme not in SCHEMES or not rest:
@@ -363,7 +363,14 @@ def load_data(spec: str, n: int | None = None, seed: int = 0, *, strict: bool = 
     if n is not None and n < 1:
         raise ConfigError(f"n={n}; pass a positive number of samples (or None for all).")
     if scheme == "organism":
-        return _organism(rest, n, seed)
-    if scheme == "mmmu-pro":
-        return _mmmu(rest, n, strict)
-    return _jsonl(rest, n, strict)
+        data = _organism(rest, n, seed)
+    elif scheme == "mmmu-pro":
+        data = _mmmu(rest, n, strict)
+    else:
+        data = _jsonl(rest, n, strict)
+    if not data.samples:
+        reasons = sorted({r for _, r in data.skipped})[:3]
+        raise DataError(f"{spec}: no usable sample ({len(data.skipped)} rows skipped"
+                        + (f": {'; '.join(reasons)}" if reasons else ", the file has no rows")
+                        + "); fix the rows or pass a data spec with at least one valid sample.")
+    return data

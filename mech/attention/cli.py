@@ -62,6 +62,7 @@ def cmd_attention(args) -> dict:
             fig = plots.image_overlay(am, samples[first]["images"][0], out / "attention_image.png", row=first)
             if fig is not None:
                 figures.append(fig)
-    summary = {**am.summary(), **meta, "figures": [str(f) for f in figures]}
+    # names relative to --out (as patch.json and contrib.json): same JSON whatever the directory
+    summary = {**am.summary(), **meta, "figures": [Path(f).name for f in figures]}
     print(f"wrote {out / 'attention.json'}, {out / 'attention.safetensors'} and {len(figures)} figures")
     return summary

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mech.contribution import ESTIMATORS, Contributions, modality_contributions
+from mech.errors import ConfigError, DataError
 
 
 def cmd_contrib(args) -> dict:
@@ -25,13 +26,19 @@ def cmd_contrib(args) -> dict:
     from mech.patching.cli import answer_tokens
     from mech.results import BatchStore, write_json, write_tensors
 
+    estimators = tuple(getattr(args, "estimators", None) or ESTIMATORS)
+    bad = [e for e in estimators if e not in ESTIMATORS]
+    if bad:
+        raise ConfigError(f"unknown estimators {bad}; allowed: {', '.join(ESTIMATORS)}")
     m = mech.load(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     m.require_decoder_sequence("mech contrib")
     n = args.n or 64
     samples = [s for s in load_data(args.data, n=n) if s.get("images")]
+    if not samples:
+        raise DataError(f"{args.data}: no sample with an image; contributions need images — pass a data set with "
+                        "images.")
     bs = max(1, int(getattr(args, "batch_size", 8) or 8))
     seed = int(getattr(args, "seed", 0) or 0)
-    estimators = tuple(getattr(args, "estimators", None) or ESTIMATORS)
     out = Path(args.out)
     store = BatchStore(out / ".contrib.parts", {"model": args.model, "data": args.data, "n": len(samples),
                                                 "batch_size": bs, "seed": seed, "estimators": list(estimators)})

@@ -189,9 +189,10 @@ def attention_knockout(
     if answer_ids is None:
         answer = cap.logits.argmax(-1).cpu()
     else:
-        answer = torch.as_tensor(answer_ids).long().cpu().reshape(-1)
-        if answer.shape != (batch,):
-            raise InputError(f"answer_ids must be a LongTensor [batch={batch}]; got shape {tuple(answer.shape)}")
+        from mech.patching.metrics import check_token_ids
+
+        check_token_ids(batch, cap.logits.shape[-1], answer_ids=answer_ids)
+        answer = torch.as_tensor(answer_ids).long().cpu()
     p_clean = cap.logits.softmax(-1).cpu()[torch.arange(batch), answer]
 
     masks = [[(_positions(groups, s), _positions(groups, t)) for s, t in group] for group in sets]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature
 
-from mech.errors import InputError, ProcessorError
+from mech.errors import ConfigError, InputError, ProcessorError
 from mech.groups import TokenGroups, compute_groups
 
 if TYPE_CHECKING:
@@ -107,12 +107,15 @@ def prepare(
     Raises:
         ProcessorError: ``m`` has no processor.
         InputError: image count differs from the placeholders, unreadable image, empty batch.
+        ConfigError: ``padding_side`` other than ``"left"``/``"right"``.
     """
     proc = m.processor
     if proc is None:
         raise ProcessorError("this model was loaded without a processor, so raw images and prompts cannot be "
                              "prepared. Load with mech.load((model, processor)) or a directory holding the "
                              "processor files, or pass already-tokenized inputs to the instruments.")
+    if padding_side not in (None, "left", "right"):
+        raise ConfigError(f"padding_side={padding_side!r}; allowed: 'left', 'right' (or None for the family's).")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise InputError("no prompts given; pass at least one prompt.")

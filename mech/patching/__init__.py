@@ -19,7 +19,8 @@ from mech import hooks as H
 from mech.errors import ConfigError
 from mech.patching.align import GROUP_ALIGNED_CONDITIONS, POSITION_GROUPS, Alignment, align
 from mech.patching.engine import Config, capture, patched_logits
-from mech.patching.metrics import DIRECTIONS, METRICS, Metric, check_direction, check_metric, normalized_effect
+from mech.patching.metrics import (DIRECTIONS, METRICS, Metric, check_direction, check_metric, check_token_ids,
+                                   normalized_effect)
 from mech.patching.sites import SITES, check_site, hook_name
 
 __all__ = ["activation_patching", "PatchingResult", "SITES", "METRICS", "DIRECTIONS", "POSITION_GROUPS",
@@ -166,6 +167,8 @@ def activation_patching(
     s_last = _last_logits(s_logits, source.groups.last())
     clean_logits, corr_logits = (s_last, cap.logits) if direction == "denoising" else (cap.logits, s_last)
     batch = clean_logits.shape[0]
+    check_token_ids(batch, clean_logits.shape[-1], answer=answer, counterfactual=counterfactual,
+                    metric_answer=metric_obj.answer, metric_counterfactual=metric_obj.counterfactual)
     if metric_obj.name in ("logit_diff", "prob") and metric_obj.answer is None:
         metric_obj.answer = answer if answer is not None else clean_logits.argmax(-1)
     if metric_obj.name == "logit_diff" and metric_obj.counterfactual is None:

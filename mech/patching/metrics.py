@@ -66,6 +66,8 @@ class Metric:
                 raise ConfigError(f"metric {self.name!r} needs {attr} token ids (a LongTensor [batch]); pass {attr}=...")
             if value.shape != (batch,):
                 raise InputError(f"{attr} must be a LongTensor [batch={batch}]; got shape {tuple(value.shape)}")
+        if self.clean_logp is not None:
+            check_token_ids(batch, self.clean_logp.shape[-1], **{a: getattr(self, a) for a in need})
 
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Metric ``[n]`` of last-position ``logits`` ``[n, vocab]``; ``rows`` ``[n]`` maps each to its sample.
@@ -90,6 +92,20 @@ class Metric:
             raise MechError(f"metric {self.name!r} is not finite (NaN/inf) for sample rows "
                             f"{sorted(set(rows[bad].tolist()))}; check the model's dtype (use float32) and inputs")
         return out
+
+
+def check_token_ids(batch: int, vocab: int, **ids: torch.Tensor | None) -> None:
+    """Raises InputError unless every given ``ids`` (None = not given) is ``[batch]`` of ids in ``[0, vocab)``."""
+    for name, value in ids.items():
+        if value is None:
+            continue
+        value = torch.as_tensor(value)
+        if value.shape != (batch,) or value.is_floating_point():
+            raise InputError(f"{name} must be a LongTensor [batch={batch}] of token ids; got {value.dtype} "
+                             f"{tuple(value.shape)}")
+        if len(value) and (int(value.min()) < 0 or int(value.max()) >= vocab):
+            raise InputError(f"{name} holds token ids outside the vocabulary [0, {vocab}): "
+                             f"{value[(value < 0) | (value >= vocab)].tolist()[:5]}; pass ids of this model's tokenizer")
 
 
 def normalized_effect(patched: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor,
