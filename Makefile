@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/mech inspect --model organism:balanced --data organism:shapes --n 4 --out $(OUT)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/mech report --compare organism:balanced organism:text-biased \
+		--data organism:shapes --batch-size 32 --out $(OUT)
+	@echo "report: $(OUT)/report.md"
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q

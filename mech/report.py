@@ -20,7 +20,7 @@ from mech.results import read_json, write_json
 
 STEPS = ("eval", "attention", "patch", "contrib")
 DEFAULT_COMPARE = ("organism:balanced", "organism:text-biased")
-DEFAULT_N = {"eval": 1000, "attention": 200, "patch": 64, "contrib": 128}
+DEFAULT_N = {"eval": 1000, "attention": 200, "patch": 64, "contrib": 256}
 
 
 def _slug(spec: str) -> str:

@@ -8,7 +8,7 @@ import torch
 from mech.conditions import condition_inputs
 from mech.contribution import Contributions, modality_contributions
 from mech.contribution.plots import compare_figure, contribution_figure
-from mech.patching.cli import answer_tokens
+from mech.targets import decision_tokens
 
 
 def main():
@@ -21,7 +21,7 @@ def main():
         for b in batches(samples, 16):
             clean = condition_inputs(m, b, "complete")
             last = m.logits(clean)[torch.arange(len(b)), clean.groups.last()].float()
-            answer, cf = answer_tokens(m, b, last)
+            answer, cf = decision_tokens(m, b, last)
             parts.append(modality_contributions(m, clean, answer, cf))
         results[short(spec)] = Contributions.concat(parts).to_json()
         print(contribution_figure(results[short(spec)], f"{args.out}/contrib_{short(spec)}.png",

@@ -7,8 +7,9 @@ For each sample, layer and token group, a contribution C from:
 * ``patching`` — for the group g ∈ {image, text}: its embeddings are corrupted with Gaussian noise
   (std = 3 × their std, Meng et al. 2022), then the clean ``resid_pre`` of g's positions at layer l
   is patched back (denoising). C_l(g) = patched − corrupted logit difference: how much of the
-  answer still travels through g's positions at layer l (in logits). At layer 0 this is the
-  group's total effect |clean − corrupted|, the overall C(g).
+  decision still travels through g's positions at layer l (in logits). At layer 0 this is the
+  group's total effect clean − corrupted (signed: positive when g supports the decision), the
+  overall C(g).
 * ``dla`` — modality-resolved direct logit attribution (:mod:`mech.contribution.dla`): the part of
   each layer's attention write at the answer position that comes from the group's values, in
   logits of the answer-vs-counterfactual direction. Pooled over layers by the sum of |.|.
@@ -91,7 +92,9 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
         m: a :class:`~mech.MechModel` whose images are decoder tokens.
         inputs: the complete (clean) inputs ``[batch, pos]``.
         answer, counterfactual: LongTensor ``[batch]``: the logit difference answer − counterfactual
-            is what ``patching`` and ``dla`` attribute.
+            is what ``patching`` and ``dla`` attribute. ``mech contrib`` passes the model's own
+            decision (:func:`mech.targets.decision_tokens`: top option vs runner-up), so that a
+            modality's contribution is its support for the answer the model gives.
         estimators: any of ``("attention", "patching", "dla")``.
         seed, noise_scale: of the embedding noise of the ``patching`` estimator.
 

@@ -23,7 +23,7 @@ def cmd_contrib(args) -> dict:
     from mech.conditions import condition_inputs
     from mech.contribution.plots import contribution_figure
     from mech.data import load_data
-    from mech.patching.cli import answer_tokens
+    from mech.targets import decision_tokens
     from mech.results import BatchStore, write_json, write_tensors
 
     estimators = tuple(getattr(args, "estimators", None) or ESTIMATORS)
@@ -49,7 +49,7 @@ def cmd_contrib(args) -> dict:
         chunk = samples[start:start + bs]
         clean = condition_inputs(m, chunk, "complete")
         last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
-        answer, cf = answer_tokens(m, chunk, last)
+        answer, cf = decision_tokens(m, chunk, last)
         c = modality_contributions(m, clean, answer, cf, estimators=estimators, seed=seed)
         store.put(k, {**c.per_sample, "answer": answer, "counterfactual": cf})
     data = store.gather()

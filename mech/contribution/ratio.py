@@ -9,8 +9,8 @@ layer's contributions are pooled into one overall C(group) is the estimator's (`
 
 * ``"mean"`` — mean over layers (attention mass: the share of attention, a fraction);
 * ``"abs_sum"`` — sum over layers of absolute values (direct logit attribution, in logits);
-* ``"first"`` — the value at layer 0 (patching: restoring every corrupted position of the group at
-  the first layer recovers the group's total effect, in logit-difference units).
+* ``"first"`` — the signed value at layer 0 (patching: restoring every corrupted position of the
+  group at the first layer recovers the group's total effect, in logit-difference units).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def pool_layers(per_layer: torch.Tensor, pool: Pool) -> torch.Tensor:
     if pool == "abs_sum":
         return per_layer.abs().sum(dim=1)
     if pool == "first":
-        return per_layer[:, 0].abs()
+        return per_layer[:, 0]
     raise ConfigError(f"pool={pool!r}; allowed: {POOLS}")
 
 

@@ -11,47 +11,11 @@ from pathlib import Path
 
 import torch
 
-from mech.errors import ConfigError
 from mech.patching.metrics import normalized_effect
+from mech.targets import answer_tokens  # noqa: F401  (re-exported: notebooks and probes import it from here)
 
 DEFAULTS = dict(corruption="white_image", direction="denoising", metric="logit_diff",
                 sites=("resid_post", "attn_out", "mlp_out"), positions=("image", "text", "last"))
-
-
-def _token(tok, word: str) -> int:
-    ids = tok(str(word), add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ConfigError(f"the answer {word!r} encodes to no token")
-    return int(ids[0])
-
-
-def answer_tokens(m, samples, clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Answer and counterfactual token ids ``[batch]``.
-
-    Answer: ``answer_text`` (organisms: a single word) else the option letter ``answer``.
-    Counterfactual: the sample's ``prior_answer`` when it differs from the answer (organisms), else the
-    highest-scoring wrong option of the clean run (``clean_logits`` ``[batch, vocab]``, last position).
-    """
-    tok = m.tokenizer
-    ans, cf = [], []
-    for i, s in enumerate(samples):
-        words = "answer_text" in s
-        a = _token(tok, s["answer_text"] if words else s["answer"])
-        ans.append(a)
-        prior = s.get("prior_answer")
-        if words and prior is not None and prior != s["answer_text"]:
-            cf.append(_token(tok, prior))
-            continue
-        opts = s.get("options") or []
-        if words:
-            cands = [_token(tok, o) for o in opts]
-        else:
-            cands = [_token(tok, chr(ord("A") + k)) for k in range(len(opts))]
-        cands = [c for c in cands if c != a]
-        if not cands:
-            raise ConfigError(f"sample {s.get('id')!r} has no wrong option to use as the counterfactual")
-        cf.append(max(cands, key=lambda c: float(clean_logits[i, c])))
-    return torch.tensor(ans), torch.tensor(cf)
 
 
 def cmd_patch(args) -> dict:
