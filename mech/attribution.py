@@ -41,9 +41,10 @@ import torch
 
 from mech import hooks as H
 from mech.errors import ConfigError
-from mech.patching.align import GROUP_ALIGNED_CONDITIONS, Alignment, align
-from mech.patching.metrics import Metric, check_direction, check_metric, check_token_ids, normalized_effect
-from mech.patching.sites import check_site, hook_name
+from mech.patching.align import Alignment
+from mech.patching.metrics import Metric, normalized_effect
+from mech.patching.setup import prepare, resolve_targets
+from mech.patching.sites import hook_name
 
 __all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS"]
 
@@ -183,55 +184,25 @@ def attribution_patching(
         InputError: groups that do not match (``align="strict"``); UnsupportedArchitectureError: mllama.
         MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
     """
-    m.require_decoder_sequence("attribution_patching")
-    site_list = [sites] if isinstance(sites, str) else list(sites)
-    for s in site_list:
-        check_site(s)
-    check_direction(direction)
-    metric_obj = metric if isinstance(metric, Metric) else Metric(check_metric(metric))
-    clean, corrupted = m.inputs(clean), m.inputs(corrupted)
-    if condition in ("visual_noise", "visual_mean") and corrupted_context is None:
-        from mech.conditions import corrupt_features
-
-        corrupted_context = lambda: corrupt_features(m, corrupted, condition, seed=seed)  # noqa: E731
-    mode = align_mode or ("group" if condition in GROUP_ALIGNED_CONDITIONS else "strict")
-    denoise = direction == "denoising"
-    target, source = (corrupted, clean) if denoise else (clean, corrupted)
-    t_ctx, s_ctx = (corrupted_context, clean_context) if denoise else (clean_context, corrupted_context)
-    aligns = align(target.groups, source.groups, positions, mode, target["input_ids"], source["input_ids"])
-    n = m.arch.n_layers
-    layer_list = list(range(n)) if layers is None else [int(l) for l in layers]
-    bad = [l for l in layer_list if not 0 <= l < n]
-    if bad:
-        raise ConfigError(f"layers {bad} out of range; this model has layers 0..{n - 1}")
-    names = [hook_name(s, l) for s in site_list for l in layer_list]
+    setup = prepare(m, "attribution_patching", clean, corrupted, sites, positions, direction=direction,
+                    metric=metric, layers=layers, condition=condition, align_mode=align_mode,
+                    clean_context=clean_context, corrupted_context=corrupted_context, seed=seed)
+    site_list, metric_obj, aligns, layer_list = setup.sites, setup.metric, setup.aligns, setup.layers
+    target, source, denoise, names = setup.target, setup.source, setup.denoise, setup.names
 
     wall = {}
     t0 = time.perf_counter()
     with ExitStack() as stack:
-        _enter(stack, s_ctx)
+        _enter(stack, setup.s_ctx)
         s_logits, cache = H.run_with_cache(m, source, names)
     s_last = _last(s_logits, source.groups.last())
     wall["source_forward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    t_last, acts, leaves = _grad_run(m, target, names, t_ctx)
+    t_last, acts, leaves = _grad_run(m, target, names, setup.t_ctx)
     wall["target_forward"] = time.perf_counter() - t0
     clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
-    batch = clean_logits.shape[0]
-    check_token_ids(batch, clean_logits.shape[-1], answer=answer, counterfactual=counterfactual,
-                    metric_answer=metric_obj.answer, metric_counterfactual=metric_obj.counterfactual)
-    if metric_obj.name in ("logit_diff", "prob") and metric_obj.answer is None:
-        metric_obj.answer = answer if answer is not None else clean_logits.argmax(-1)
-    if metric_obj.name == "logit_diff" and metric_obj.counterfactual is None:
-        if counterfactual is None:
-            masked = corr_logits.clone()
-            masked[torch.arange(batch), metric_obj.answer.to(masked.device)] = -torch.inf
-            counterfactual = masked.argmax(-1)
-        metric_obj.counterfactual = counterfactual
-    metric_obj.clean_logp = clean_logits.log_softmax(-1)
-    metric_obj.check(batch)
-    rows = torch.arange(batch)
+    batch, rows = resolve_targets(metric_obj, clean_logits, corr_logits, answer, counterfactual)
     t0 = time.perf_counter()
     value = metric_obj(t_last, rows)
     grads = torch.autograd.grad(value.sum(), [leaves[k] for k in names], allow_unused=True)
@@ -269,7 +240,7 @@ def attribution_patching(
         eff[..., empty] = float("nan")
         effects[site] = eff
     meta = {"wall_s": wall, "passes": {"forward": 2, "backward": 1, "backward_scope": "activations only"},
-            "align": mode, "answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
+            "align": setup.mode, "answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
             "counterfactual": metric_obj.counterfactual.tolist() if metric_obj.counterfactual is not None else None}
     return AtPResult(effects, patched, deltas, clean_m, corr_m, tuple(a.name for a in aligns), layer_list, direction,
                      metric_obj.name, condition, FORWARD_EQUIVALENTS, meta)

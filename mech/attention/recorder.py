@@ -173,6 +173,44 @@ def decoder_configs(m: Any) -> list:
 
 
 @contextlib.contextmanager
+def swap_attention(m: Any, make_fn: Callable[[str], Callable], prefix: str) -> Iterator[tuple[str, Callable]]:
+    """Switch the decoder to ``make_fn(inner)``, registered under a per-call name, for the block.
+
+    ``inner`` is the implementation the decoder configs agree on (``"eager"`` when unset). A name
+    ``<prefix>_<n>`` is registered in ``AttentionInterface`` (the function) and in
+    ``AttentionMaskInterface`` (the wrapped implementation's mask builder, so the function receives
+    exactly the mask the wrapped function would have received); the decoder configs'
+    ``_attn_implementation`` is set to it. On exit, exceptions included, the configs get their
+    previous implementation back and both registrations are removed (only mech's own entries).
+
+    Yields:
+        ``(name, fn)``: the registered name and the function ``make_fn`` built.
+
+    Raises:
+        ConfigError: the decoder configs disagree on their attention implementation.
+    """
+    configs = decoder_configs(m)
+    previous = [c._attn_implementation_internal for c in configs]
+    if len({p or "eager" for p in previous}) != 1:
+        raise ConfigError(f"the decoder's attention modules use different implementations {previous}; "
+                          "set one with model.set_attn_implementation('sdpa').")
+    inner = previous[0] or "eager"
+    fn = make_fn(inner)
+    name = f"{prefix}_{next(_COUNTER)}"
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, _mask_function(inner))
+    try:
+        for c in configs:
+            c._attn_implementation_internal = name
+        yield name, fn
+    finally:
+        for c, p in zip(configs, previous):
+            c._attn_implementation_internal = p
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+@contextlib.contextmanager
 def recording(m: Any, query_index: torch.Tensor, query_valid: torch.Tensor,
               one_hot: torch.Tensor, recorder_cls: type[MassRecorder] | None = None) -> Iterator[MassRecorder]:
     """Run the decoder under a :class:`MassRecorder` for the duration of the block.
@@ -180,29 +218,18 @@ def recording(m: Any, query_index: torch.Tensor, query_valid: torch.Tensor,
     A name ``mech_mass_<n>`` is registered in ``AttentionInterface`` (the recorder) and in
     ``AttentionMaskInterface`` (the wrapped implementation's mask builder, so the recorder receives
     exactly the mask the wrapped function would have received); the decoder configs'
-    ``_attn_implementation`` is set to it. On exit, exceptions included, the configs get their
-    previous implementation back and both registrations are removed (only mech's own entries).
+    ``_attn_implementation`` is set to it (:func:`swap_attention`). On exit, exceptions included, the
+    configs get their previous implementation back and both registrations are removed (only mech's
+    own entries).
 
     Raises:
         ConfigError: the decoder configs disagree on their attention implementation.
     """
-    configs = decoder_configs(m)
-    previous = [c._attn_implementation_internal for c in configs]
-    inner = previous[0] or "eager"
-    if len({p or "eager" for p in previous}) != 1:
-        raise ConfigError(f"the decoder's attention modules use different implementations {previous}; "
-                          "set one with model.set_attn_implementation('sdpa').")
-    recorder = (recorder_cls or MassRecorder)(inner, query_index, query_valid, one_hot)
-    name = f"mech_mass_{next(_COUNTER)}"
-    AttentionInterface.register(name, recorder)
-    AttentionMaskInterface.register(name, _mask_function(inner))
-    try:
-        for c in configs:
-            c._attn_implementation_internal = name
-        yield recorder
-    finally:
-        recorder._rows.clear()
-        for c, p in zip(configs, previous):
-            c._attn_implementation_internal = p
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
+    def make(inner: str) -> MassRecorder:
+        return (recorder_cls or MassRecorder)(inner, query_index, query_valid, one_hot)
+
+    with swap_attention(m, make, "mech_mass") as (_, recorder):
+        try:
+            yield recorder
+        finally:
+            recorder._rows.clear()

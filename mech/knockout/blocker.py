@@ -27,18 +27,13 @@ restores the previous implementation and both registries in ``finally``.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
-from transformers.masking_utils import AttentionMaskInterface
-from transformers.modeling_utils import AttentionInterface
 
-from mech.attention.recorder import _inner_function, _mask_function, decoder_configs
+from mech.attention.recorder import _inner_function, swap_attention
 from mech.errors import ConfigError
-
-_COUNTER = itertools.count()
 
 
 class EdgeBlocker:
@@ -130,29 +125,15 @@ def blocking(m: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]], active: tor
 
     A name ``mech_knockout_<n>`` is registered in ``AttentionInterface`` (the blocker) and in
     ``AttentionMaskInterface`` (the wrapped implementation's mask builder); the decoder configs'
-    ``_attn_implementation`` is set to it. On exit, exceptions included, the configs get their previous
-    implementation back and both registrations are removed (only mech's own entries).
+    ``_attn_implementation`` is set to it (:func:`mech.attention.recorder.swap_attention`). On exit,
+    exceptions included, the configs get their previous implementation back and both registrations are
+    removed (only mech's own entries).
 
     Raises:
         ConfigError: the decoder configs disagree on their attention implementation; flash attention.
     """
-    configs = decoder_configs(m)
-    previous = [c._attn_implementation_internal for c in configs]
-    if len({p or "eager" for p in previous}) != 1:
-        raise ConfigError(f"the decoder's attention modules use different implementations {previous}; "
-                          "set one with model.set_attn_implementation('sdpa').")
-    inner = previous[0] or "eager"
-    blocker = EdgeBlocker(inner, pairs, active)
-    name = f"mech_knockout_{next(_COUNTER)}"
-    AttentionInterface.register(name, blocker)
-    AttentionMaskInterface.register(name, _mask_function(inner))
-    try:
-        for c in configs:
-            c._attn_implementation_internal = name
-        yield blocker
-    finally:
-        blocker._block.clear()
-        for c, p in zip(configs, previous):
-            c._attn_implementation_internal = p
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
+    with swap_attention(m, lambda inner: EdgeBlocker(inner, pairs, active), "mech_knockout") as (_, blocker):
+        try:
+            yield blocker
+        finally:
+            blocker._block.clear()

@@ -16,12 +16,11 @@ from typing import Any
 import torch
 
 from mech import hooks as H
-from mech.errors import ConfigError
-from mech.patching.align import GROUP_ALIGNED_CONDITIONS, POSITION_GROUPS, Alignment, align
+from mech.patching.align import POSITION_GROUPS
 from mech.patching.engine import Config, capture, patched_logits
-from mech.patching.metrics import (DIRECTIONS, METRICS, Metric, check_direction, check_metric, check_token_ids,
-                                   normalized_effect)
-from mech.patching.sites import SITES, check_site, hook_name
+from mech.patching.metrics import DIRECTIONS, METRICS, Metric, normalized_effect
+from mech.patching.setup import prepare, resolve_targets
+from mech.patching.sites import SITES
 
 __all__ = ["activation_patching", "PatchingResult", "SITES", "METRICS", "DIRECTIONS", "POSITION_GROUPS",
            "Metric", "cmd_patch"]
@@ -134,52 +133,22 @@ def activation_patching(
         InputError: groups that do not match; UnsupportedArchitectureError: cross-attention family.
         MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
     """
-    m.require_decoder_sequence("activation_patching")
-    sites = [site] if isinstance(site, str) else list(site)
-    for s in sites:
-        check_site(s)
-    check_direction(direction)
-    metric_obj = metric if isinstance(metric, Metric) else Metric(check_metric(metric))
-    clean, corrupted = m.inputs(clean), m.inputs(corrupted)
-    if condition in ("visual_noise", "visual_mean") and corrupted_context is None:
-        from mech.conditions import corrupt_features
+    setup = prepare(m, "activation_patching", clean, corrupted, site, positions, direction=direction, metric=metric,
+                    layers=layers, condition=condition, align_mode=align_mode, clean_context=clean_context,
+                    corrupted_context=corrupted_context, seed=seed)
+    sites, metric_obj, aligns, layers, n = setup.sites, setup.metric, setup.aligns, setup.layers, setup.n_layers
+    source = setup.source
 
-        corrupted_context = lambda: corrupt_features(m, corrupted, condition, seed=seed)  # noqa: E731
-    mode = align_mode or ("group" if condition in GROUP_ALIGNED_CONDITIONS else "strict")
-    target, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
-    t_ctx, s_ctx = (corrupted_context, clean_context) if direction == "denoising" else (clean_context, corrupted_context)
-    aligns: list[Alignment] = align(target.groups, source.groups, positions, mode,
-                                    target["input_ids"], source["input_ids"])
-    n = m.arch.n_layers
-    layers = list(range(n)) if layers is None else [int(l) for l in layers]
-    bad = [l for l in layers if not 0 <= l < n]
-    if bad:
-        raise ConfigError(f"layers {bad} out of range; this model has layers 0..{n - 1}")
-
-    cap = capture(m, target, _context(t_ctx))
-    names = [hook_name(s, l) for s in sites for l in layers]
-    ctx = _context(s_ctx)
+    cap = capture(m, setup.target, _context(setup.t_ctx))
+    ctx = _context(setup.s_ctx)
     if ctx is not None:
         with ctx:
-            s_logits, cache = H.run_with_cache(m, source, names)
+            s_logits, cache = H.run_with_cache(m, source, setup.names)
     else:
-        s_logits, cache = H.run_with_cache(m, source, names)
+        s_logits, cache = H.run_with_cache(m, source, setup.names)
     s_last = _last_logits(s_logits, source.groups.last())
-    clean_logits, corr_logits = (s_last, cap.logits) if direction == "denoising" else (cap.logits, s_last)
-    batch = clean_logits.shape[0]
-    check_token_ids(batch, clean_logits.shape[-1], answer=answer, counterfactual=counterfactual,
-                    metric_answer=metric_obj.answer, metric_counterfactual=metric_obj.counterfactual)
-    if metric_obj.name in ("logit_diff", "prob") and metric_obj.answer is None:
-        metric_obj.answer = answer if answer is not None else clean_logits.argmax(-1)
-    if metric_obj.name == "logit_diff" and metric_obj.counterfactual is None:
-        if counterfactual is None:
-            masked = corr_logits.clone()
-            masked[torch.arange(batch), metric_obj.answer.to(masked.device)] = -torch.inf
-            counterfactual = masked.argmax(-1)
-        metric_obj.counterfactual = counterfactual
-    metric_obj.clean_logp = clean_logits.log_softmax(-1)
-    metric_obj.check(batch)
-    rows = torch.arange(batch)
+    clean_logits, corr_logits = (s_last, cap.logits) if setup.denoise else (cap.logits, s_last)
+    batch, rows = resolve_targets(metric_obj, clean_logits, corr_logits, answer, counterfactual)
     clean_m, corr_m = metric_obj(clean_logits, rows).cpu(), metric_obj(corr_logits, rows).cpu()
     target_m = corr_m if direction == "denoising" else clean_m
 
@@ -211,7 +180,7 @@ def activation_patching(
         effects[s] = eff
     fe = cap.layer_evals / (n * batch) / max(n_runs, 1)
     return PatchingResult(effects, patched, clean_m, corr_m, tuple(a.name for a in aligns), layers, direction,
-                          metric_obj.name, condition, mode, {a.name: a.as_lists() for a in aligns}, fe, n_runs,
+                          metric_obj.name, condition, setup.mode, {a.name: a.as_lists() for a in aligns}, fe, n_runs,
                           meta={"answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
                                 "counterfactual": metric_obj.counterfactual.tolist()
                                 if metric_obj.counterfactual is not None else None})
