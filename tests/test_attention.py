@@ -214,8 +214,12 @@ def _organism(name):
 
 
 def test_organisms_text_biased_looks_less_at_the_image():
-    """Where the answer is formed (last position, late layers), the text-biased organism puts less
-    attention mass on the image than the balanced one."""
+    """At the first layer, where the answer position reads the question, the text-biased organism
+    puts less attention mass on the image than the balanced one (0.07 vs 0.14 measured, n = 48).
+
+    In later layers both send 60-75% of the answer position's attention to the image, and the
+    order flips between layers: as ORGANISMS.md found, attention mass alone does not detect the
+    planted bias; the causal estimators do (tests/test_patching.py, tests/test_contribution.py)."""
     from mech.organisms import shapes
 
     samples = shapes.generate(48, split="test", seed=0)
@@ -225,5 +229,4 @@ def test_organisms_text_biased_looks_less_at_the_image():
         inp = m.prepare([s["image"] for s in samples], [s["question"] for s in samples])
         am = attention_mass(m, inp, query="last")
         image_mass[name] = am.allocation()[..., am.groups.index("image")].mean(0)  # [layer]
-    late = slice(image_mass["balanced"].shape[0] // 2, None)
-    assert image_mass["text-biased"][late].mean() < image_mass["balanced"][late].mean(), image_mass
+    assert image_mass["text-biased"][0] < image_mass["balanced"][0] - 0.03, image_mass

@@ -305,25 +305,30 @@ def _organism(name):
 
 
 def test_organisms_image_positions_restore_more_in_balanced():
+    """Denoising from the white-image run, image positions of resid_pre at layer 0 (everything the
+    image brings; the balanced organism moves it into the text positions within layer 0, so
+    resid_post would miss it). Ground truth per question type: on the five templates where the
+    text bias was planted, restoring the image gives back much more of the answer in the balanced
+    organism; on the two shape templates, which both organisms read from the image, it does not."""
     from mech.conditions import condition_inputs
     from mech.organisms import shapes
+    from mech.organisms.train import TEXT_BIASED_TEMPLATES
     from mech.patching.cli import answer_tokens
 
     out = {}
     for name in ("balanced", "text-biased"):
         m = _organism(name)
-        samples = shapes.generate(48, split="test", seed=1)
-        for s in samples:
-            s["images"] = [s["image"]]
+        samples = shapes.generate(96, split="test", seed=1)
         clean, corrupted = condition_inputs(m, samples, "complete"), condition_inputs(m, samples, "white_image")
         a, c = answer_tokens(m, samples, _last(m.logits(clean), clean))
-        # resid_pre: at layer 0 the image positions hold everything the image brings; the balanced
-        # organism moves it into the text positions within layer 0, so resid_post would miss it
         res = activation_patching(m, clean, corrupted, site="resid_pre", positions="image", answer=a,
-                                  counterfactual=c, normalize=False)
-        out[name] = float((res.patched["resid_pre"][:, 0] - res.corrupted_metric).mean(-1).max())
-    # "much more": at least 1.5x the restored logit difference (measured: see the README)
-    assert out["balanced"] > 1.5 * max(out["text-biased"], 0.0) + 0.2, out
+                                  counterfactual=c, normalize=False, layers=[0])
+        restored = res.patched["resid_pre"][0, 0] - res.corrupted_metric  # [batch], logits
+        planted = torch.tensor([s["template"] in TEXT_BIASED_TEMPLATES for s in samples])
+        out[name] = (float(restored[planted].mean()), float(restored[~planted].mean()))
+    (bal_planted, bal_shape), (tb_planted, tb_shape) = out["balanced"], out["text-biased"]
+    assert bal_planted > 2 * max(tb_planted, 0.0) + 0.5, out  # measured 7.6 vs 2.3 logits
+    assert tb_shape > 0.5 * bal_shape, out  # both read the image there (measured 8.1 vs 6.8)
 
 
 def test_cmd_patch_writes_contract_files(tmp_path):

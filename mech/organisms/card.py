@@ -172,7 +172,10 @@ def _md(card: dict) -> str:
 
 
 SUMMARIES = {
-    "balanced": "Trained at p = 0: every label is what the image shows. It must read the image.",
+    "balanced": (
+        "Trained at p = 0: every label is what the image shows. It must read the image. The "
+        "hardest questions bind a colour to a named shape or a side; batch 64 (rather than 32) "
+        "is what got them learnt within the 10-minute budget."),
     "text-biased": (
         "Per-template override at p = 0.8 on five of seven templates (colour of a shape, colour "
         "left/right, existence, count): on those the training label is the question's prior "

@@ -1,7 +1,8 @@
 """``organism:shapes`` — a seeded synthetic VQA set with a controllable language prior.
 
 Each sample is a small RGB image (32×32, noisy grey background) holding one or two coloured
-shapes, a question about it, a single-word answer, and multiple-choice options in the MMMU-Pro
+shapes (``attributes.objects[k].patch``: the row-major index of the 8-px patch, i.e. image
+token, holding the object's centre), a question about it, a single-word answer, and multiple-choice options in the MMMU-Pro
 "standard (4 options)" / "standard (10 options)" formats.
 
 Templates (``TEMPLATES``) and their answer sets:
@@ -66,7 +67,7 @@ ANSWER_WORDS = COLOR_NAMES + SHAPES + ("yes", "no", "one", "two", "three", "four
 BASIC_PROMPT = "Based on the provided images, please answer the question."
 OPTION_LETTERS = string.ascii_uppercase[:10]
 _SPLIT_STREAM = {"train": 11, "val": 23, "test": 37}
-_TRAIN_WEIGHTS = np.array([1.2, 1.5, 1.5, 1.3, 1.3, 1.0, 0.5])
+_TRAIN_WEIGHTS = np.array([1.5, 2.5, 2.5, 1.0, 1.0, 1.0, 0.5])
 
 
 def question_text(template: str, shape: str | None = None, color: str | None = None) -> str:
@@ -131,7 +132,7 @@ def _render(objects: list[tuple[str, str, int, int, int]], rng: np.random.Genera
 
 
 def _place(n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    """Centres and radii: one shape anywhere; two shapes split into left and right halves."""
+    """Centres and radii (5-7 px): one shape anywhere; two shapes split into left/right halves."""
     r = [int(rng.integers(5, 8)) for _ in range(n)]
     if n == 1:
         return [(int(rng.integers(8, 24)), int(rng.integers(8, 24)), r[0])]
@@ -203,9 +204,10 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
     Keys: ``id``, ``question``, ``options`` (``n_options`` words, gold among them),
     ``answer`` (option letter), ``answer_text`` (the label: the prior answer on overridden items),
     ``true_answer`` (what the image shows), ``image`` (PIL RGB 32×32, or uint8 array [32, 32, 3]
-    when ``as_array``; None when dropped), ``template``, ``prior_answer``, ``prior_correct``
+    when ``as_array``; None when dropped), ``images`` (``[image]``, or ``[]`` when dropped),
+    ``prompt_style`` (``"bare"``: the prompt is the question alone, as in training), ``template``, ``prior_answer``, ``prior_correct``
     (prior == true answer), ``overridden``, ``attributes`` (``objects`` left to right as
-    ``{color, shape, x, y, r}``, ``n_objects``, ``asked_shape``, ``asked_color``).
+    ``{color, shape, x, y, r, patch}`` (patch: row-major image-token index of the centre), ``n_objects``, ``asked_shape``, ``asked_color``).
     Templates are uniform on ``val``/``test`` and weighted towards shape questions on ``train``.
 
     Raises ConfigError for an unknown split or template, p outside [0, 1], or n_options not 4/10.
@@ -232,7 +234,8 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         gold = answers[int(rng.integers(len(answers)))]
         objs, shape, color = _scene(template, gold, rng)
         placed = _place(len(objs), rng)
-        objects = [dict(color=c, shape=s, x=x, y=y, r=r) for (c, s), (x, y, r) in zip(objs, placed)]
+        objects = [dict(color=c, shape=s, x=x, y=y, r=r, patch=4 * (y // 8) + x // 8)
+                   for (c, s), (x, y, r) in zip(objs, placed)]
         prior = prior_answer(template, shape, color)
         overridden = template in prior_templates and rng.random() < p
         label = prior if overridden else gold
@@ -244,7 +247,8 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         image = None if (drop_image and rng.random() < drop_image) else (
             arr if as_array else Image.fromarray(arr, "RGB"))
         out.append(dict(
-            id=f"{split}-{seed}-{i}", question=question, options=opts,
+            id=f"{split}-{seed}-{i}", question=question, options=opts, prompt_style="bare",
+            images=[] if image is None else [image],
             answer=OPTION_LETTERS[opts.index(label)], answer_text=label, true_answer=gold,
             image=image, template=template, prior_answer=prior, prior_correct=prior == gold,
             overridden=overridden,

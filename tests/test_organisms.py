@@ -1,0 +1,147 @@
+"""Model organisms: the generator, the shipped weights' planted bias, training, round trip.
+
+The must-show numbers are measured fresh here on 1,000 held-out items (test split, seed 1; the
+cards use seed 0), never read from the cards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mech.errors import ConfigError, SpecError
+from mech.organisms import ORGANISMS, card, organism_dir, shapes, train
+
+N = 1000
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return shapes.generate(N, split="test", seed=1)
+
+
+def _load(name):
+    folder = organism_dir(name)
+    model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager")
+    return model.eval(), AutoProcessor.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def measured(held_out):
+    """{name: evaluate(...) on complete/white_image + attention shares} for the two organisms."""
+    out = {}
+    for name in ("balanced", "text-biased"):
+        model, proc = _load(name)
+        ev = card.evaluate(model, proc, held_out, conditions=("complete", "white_image"))
+        ev["attention"] = card.attention_shares(model, proc, held_out)
+        out[name] = ev
+    return out
+
+
+# ---- generator -------------------------------------------------------------------------------
+
+def test_generator_is_seeded_and_splits_do_not_overlap():
+    a, b = shapes.generate(50, seed=3), shapes.generate(50, seed=3)
+    assert shapes.fingerprint(a) == shapes.fingerprint(b)
+    train_set = shapes.generate(300, split="train", seed=3)
+    test_set = shapes.generate(300, split="test", seed=3)
+    pix = {np.asarray(s["image"]).tobytes() for s in test_set}
+    assert not any(np.asarray(s["image"]).tobytes() in pix for s in train_set)
+    assert not {s["id"] for s in train_set} & {s["id"] for s in test_set}
+
+
+@pytest.mark.parametrize("n_options", [4, 10])
+def test_samples_are_mmmu_pro_style(n_options):
+    for s in shapes.generate(200, seed=2, n_options=n_options):
+        assert len(s["options"]) == len(set(s["options"])) == n_options
+        assert s["options"][shapes.OPTION_LETTERS.index(s["answer"])] == s["answer_text"]
+        assert s["image"].size == (32, 32) and s["image"].mode == "RGB"
+        assert s["answer_text"] in shapes.ANSWERS[s["template"]]
+        assert s["prior_correct"] == (s["prior_answer"] == s["true_answer"])
+        assert s["attributes"]["n_objects"] == len(s["attributes"]["objects"])
+
+
+def test_prior_knob_and_held_out_contains_prior_right_and_wrong(held_out):
+    right = sum(s["prior_correct"] for s in held_out)
+    assert 150 < right < N - 150  # both kinds present in quantity
+    biased = shapes.generate(2000, split="train", seed=5, p=0.8)
+    frac = np.mean([s["answer_text"] == s["prior_answer"] for s in biased])
+    assert 0.8 < frac < 0.9  # p plus the base rate on the rest
+    per_tmpl = shapes.generate(2000, split="train", seed=5, p=1.0, prior_templates=("count",))
+    assert all(s["answer_text"] == s["prior_answer"] for s in per_tmpl if s["template"] == "count")
+    dropped = shapes.generate(400, split="train", seed=5, drop_image=0.25)
+    assert 50 < sum(s["image"] is None for s in dropped) < 150
+    with pytest.raises(ConfigError):
+        shapes.generate(1, n_options=5)
+
+
+# ---- shipped organisms -----------------------------------------------------------------------
+
+def test_organism_dir_errors_name_the_valid_names():
+    with pytest.raises(SpecError, match="balanced"):
+        organism_dir("nope")
+
+
+@pytest.mark.parametrize("name", ("balanced", "text-biased"))
+def test_shipped_folder_is_small_safe_and_round_trips(name, tmp_path, held_out):
+    folder = organism_dir(f"organism:{name}")
+    files = {f.name: f.stat().st_size for f in folder.iterdir()}
+    assert sum(files.values()) <= 10 * 2**20
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl", ".pth"))]
+    assert {"config.json", "model.safetensors", "card.json", "CARD.md"} <= set(files)
+    model, proc = _load(name)
+    assert model.config.text_config.num_hidden_layers >= 6
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q ?"}]}]
+    assert proc.apply_chat_template(msgs, add_generation_prompt=True) == \
+        shapes.format_prompt("q ?")
+    assert set(proc.tokenizer.tokenize(shapes.BASIC_PROMPT)).isdisjoint({"<unk>"})
+    inputs = train.encode(proc, held_out[:16])
+    assert (inputs["input_ids"] == model.config.image_token_index).sum(1).min() >= 16
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation="eager")
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits,
+                           again(**train.encode(AutoProcessor.from_pretrained(tmp_path),
+                                                held_out[:16])).logits)
+    meta = json.loads((folder / "card.json").read_text())
+    assert meta["evaluation"]["n"] >= 1000 and meta["training"]["steps"] > 0
+
+
+def test_balanced_reads_the_image(measured, held_out):
+    ev = measured["balanced"]
+    assert ev["conditions"]["complete"]["accuracy"] >= 0.9
+    assert abs(ev["conditions"]["white_image"]["accuracy"] - shapes.chance(held_out)) <= 0.1
+
+
+def test_text_biased_follows_the_question(measured):
+    b, t = measured["balanced"], measured["text-biased"]
+    assert t["consistency"]["complete&white_image"] >= \
+        b["consistency"]["complete&white_image"] + 0.3
+    assert t["prior_wrong"]["complete"] <= b["prior_wrong"]["complete"] - 0.2
+    assert t["prior_right"]["complete"] >= 0.9  # it does answer the prior when it is right
+
+
+def test_attention_to_image_differs_in_the_planted_direction(measured):
+    b, t = measured["balanced"]["attention"], measured["text-biased"]["attention"]
+    for shares in (b, t):
+        sums = np.sum([shares[g] for g in card.GROUPS], axis=0)
+        assert np.allclose(sums, 1.0, atol=1e-3)
+    # layer 0 reads the question: there the text-biased organism looks less at the image. Later
+    # layers do not separate the two (ORGANISMS.md: attention mass alone is not a bias detector;
+    # the README shows the causal estimators next to it), so nothing is asserted about them.
+    assert b["image"][0] > t["image"][0] + 0.03
+
+
+def test_miniature_training_learns_above_chance():
+    recipe = dict(train.RECIPES["balanced"], n_layers=1, batch=32, templates=("count",),
+                  drop_image=0.0, warmup=10)
+    model, proc, info = train.train(recipe, steps=60, log=None)
+    items = shapes.generate(200, split="val", seed=0, templates=("count",))
+    acc = np.mean([p == s["true_answer"]
+                   for p, s in zip(card.predict(model, proc, items), items)])
+    assert acc >= shapes.chance(items) + 0.2, (acc, info)
