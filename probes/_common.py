@@ -47,3 +47,12 @@ def short(spec: str) -> str:
 def batches(items, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def save(fig, args, name: str) -> str:
+    """Lay out, write ``<out>/<name>.png`` at 120 dpi, print and return its path."""
+    fig.tight_layout()
+    path = f"{args.out}/{name}.png"
+    fig.savefig(path, dpi=120)
+    print(path)
+    return path

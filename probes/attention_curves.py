@@ -1,7 +1,7 @@
 """Figure: attention mass from the answer position to image and text tokens per layer, one line
 per model, with the image token-share baseline -> figures/attention_curves.png."""
 
-from _common import batches, load, parse, short
+from _common import save, batches, load, parse, short
 
 import matplotlib.pyplot as plt
 import torch
@@ -28,10 +28,7 @@ def main():
         ax.set_xlabel("decoder layer")
         ax.legend()
     axes[0].set_ylabel("attention mass from the answer position")
-    fig.tight_layout()
-    path = f"{args.out}/attention_curves.png"
-    fig.savefig(path, dpi=120)
-    print(path)
+    save(fig, args, "attention_curves")
 
 
 if __name__ == "__main__":

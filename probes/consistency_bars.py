@@ -1,7 +1,7 @@
 """Figure: accuracy per input condition and prediction consistency (the paper's Tables 1-2 as
 bars), one bar per model -> figures/consistency_bars.png."""
 
-from _common import load, parse, short
+from _common import save, load, parse, short
 
 import matplotlib.pyplot as plt
 
@@ -31,10 +31,7 @@ def main():
     axes[1].set_title("Prediction consistency (all samples)")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = f"{args.out}/consistency_bars.png"
-    fig.savefig(path, dpi=120)
-    print(path)
+    save(fig, args, "consistency_bars")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Figure: held-out accuracy of linear probes for the colour of the left-most shape, per layer,
 read at the image tokens and at the answer position -> figures/linear_probes.png."""
 
-from _common import load, parse, short
+from _common import save, load, parse, short
 
 import matplotlib.pyplot as plt
 
@@ -28,10 +28,7 @@ def main():
     ax.set_ylabel("held-out probe accuracy")
     ax.set_title("Is the left shape's colour linearly decodable?")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = f"{args.out}/linear_probes.png"
-    fig.savefig(path, dpi=120)
-    print(path)
+    save(fig, args, "linear_probes")
 
 
 if __name__ == "__main__":

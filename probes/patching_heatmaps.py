@@ -1,7 +1,7 @@
 """Figure: denoising activation patching (complete -> white image) of resid_pre, restored logit
 difference per layer and token group, one panel per model -> figures/patching_heatmaps.png."""
 
-from _common import load, parse, short
+from _common import save, load, parse, short
 
 import matplotlib.pyplot as plt
 import torch
@@ -32,10 +32,7 @@ def main():
                      f"white {float(r.corrupted_metric.mean()):.2f}", fontsize=9)
         fig.colorbar(im, ax=ax, label="restored logit diff (logits)")
     fig.suptitle("Activation patching of resid_pre from the complete into the white-image run", fontsize=10)
-    fig.tight_layout()
-    path = f"{args.out}/patching_heatmaps.png"
-    fig.savefig(path, dpi=120)
-    print(path)
+    save(fig, args, "patching_heatmaps")
 
 
 if __name__ == "__main__":
