@@ -61,9 +61,7 @@ def answer_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> tup
         if words and prior is not None and prior != s["answer_text"]:
             cf.append(_token(tok, prior))
             continue
-        opts = s.get("options") or []
-        cands = [_token(tok, o) for o in opts] if words else [_token(tok, chr(ord("A") + k)) for k in range(len(opts))]
-        cands = [c for c in cands if c != a]
+        cands = [c for c in (option_tokens(m, s) if s.get("options") else []) if c != a]
         if not cands:
             raise ConfigError(f"sample {s.get('id')!r} has no wrong option to use as the counterfactual")
         cf.append(max(cands, key=lambda c: float(clean_logits[i, c])))

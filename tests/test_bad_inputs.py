@@ -26,15 +26,13 @@ from mech.data import load_data
 from mech.errors import ConfigError, DataError, InputError, SpecError
 from mech.knockout import attention_knockout
 from mech.patching import activation_patching
-from mech.testing.tiny import tiny_model
+from mech.testing.tiny import save_tiny, tiny_model
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    model, proc = tiny_model("llava")
-    model.save_pretrained(root / "model")
-    proc.save_pretrained(root / "model")
+    save_tiny("llava", root / "model")
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(root / "im.png")
     good = {"id": "a", "question": "what colour is the shape ?", "image": "im.png", "options": ["red", "blue"],
             "answer": "A"}

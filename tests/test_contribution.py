@@ -38,6 +38,8 @@ def test_dla_components_sum_to_the_logit_difference(family):
     torch.testing.assert_close(d.total(), expected, atol=1e-4, rtol=0)
     assert d.attn.shape == (2, m.arch.n_layers, len(mech.GROUPS))
     assert torch.isfinite(d.attn).all()
+    # the mass recorded in the same forward is attention_mass's, which is tested against eager
+    torch.testing.assert_close(d.mass, mech.attention_mass(m, inputs, query="last").mass, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["llava", "gemma3"])

@@ -22,7 +22,7 @@ from PIL import Image
 
 import mech
 import mech.cli
-from mech.testing.tiny import tiny_model
+from mech.testing.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,7 @@ OPTIONS = [["red", "blue", "green"], ["circle", "square", "triangle"], ["star", 
 def tiny_dir(tmp_path_factory):
     """A saved tiny LLaVA (model + processor) and a jsonl data set in its vocabulary with PNG images."""
     root = tmp_path_factory.mktemp("tiny")
-    model, proc = tiny_model("llava")
-    model.save_pretrained(root / "model")
-    proc.save_pretrained(root / "model")
+    save_tiny("llava", root / "model")
     rows = []
     for i, q in enumerate(QUESTIONS):
         img = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -79,7 +79,7 @@ class MassRecorder:
             self._fn = _inner_function(self.inner, module)
         out = self._fn(module, query, key, value, attention_mask, **kwargs)
         with torch.no_grad():
-            self.record(module, query, key, attention_mask, **kwargs)
+            self.record(module, query, key, attention_mask, value=value, **kwargs)
         return out
 
     # --------------------------------------------------------------------- the weights of the rows asked for
@@ -139,15 +139,19 @@ class MassRecorder:
             return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
         return torch.softmax(scores, dim=-1)
 
-    def record(self, module, query, key, attention_mask, **kwargs) -> None:
-        """Reduce the selected rows' weights to ``mass[layer]`` and ``keys[layer]`` at once."""
+    def record(self, module, query, key, attention_mask, value=None, **kwargs) -> None:
+        """Form the selected rows' weights once and reduce them (:meth:`reduce`)."""
         w = self.weights(module, query, key, attention_mask, **kwargs)  # [b, h, q, s]
+        self.reduce(int(module.layer_idx), w, value)
+
+    def reduce(self, layer: int, w: torch.Tensor, value: torch.Tensor | None) -> None:
+        """``mass[layer]`` and ``keys[layer]`` from the weights ``w`` ``[batch, head, query, key]``;
+        subclasses also reduce ``value`` ``[batch, kv_head, key, d_head]`` (e.g. the DLA value split)."""
         kv_len = w.shape[-1]
         one_hot = self.one_hot.to(w.device)[:, -kv_len:]
         valid = self.query_valid.to(w.device).float()
         n = valid.sum(-1).clamp(min=1)
         per_query = torch.einsum("bhqs,bsg->bhqg", w, one_hot)
-        layer = int(module.layer_idx)
         self.mass[layer] = torch.einsum("bhqg,bq->bhg", per_query, valid) / n[:, None, None]
         self.keys[layer] = torch.einsum("bhqs,bq->bs", w, valid) / (n[:, None] * w.shape[1])
 

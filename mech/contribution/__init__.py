@@ -115,10 +115,13 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
     m.require_decoder_sequence("modality contributions")
     inputs = m.inputs(inputs)
     out: dict[str, torch.Tensor] = {}
-    if "attention" in estimators:
+    if "dla" in estimators:  # one forward serves both: DLA records the answer row's mass as well
+        d = direct_logit_attribution(m, inputs, answer, counterfactual)
+        out["dla"] = d.attn.float().cpu()
+        if "attention" in estimators:
+            out["attention"] = d.mass.mean(dim=2).float().cpu()
+    elif "attention" in estimators:
         out["attention"] = attention_mass(m, inputs, query="last").mass.mean(dim=2).float().cpu()
-    if "dla" in estimators:
-        out["dla"] = direct_logit_attribution(m, inputs, answer, counterfactual).attn.float().cpu()
     if "patching" in estimators:
         batch = inputs["input_ids"].shape[0]
         curve = torch.full((batch, m.arch.n_layers, len(GROUPS)), float("nan"))
@@ -135,7 +138,7 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             restored = res.patched["resid_pre"][:, 0, :] - res.corrupted_metric[None, :]  # [layer, batch]
             curve[:, res.layers, GROUPS.index(g)] = restored.T.float().cpu()
         out["patching"] = curve
-    return Contributions(out, GROUPS)
+    return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS)
 
 
 def cmd_contrib(args) -> dict:

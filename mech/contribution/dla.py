@@ -41,28 +41,14 @@ class ValueSplitRecorder(MassRecorder):
         super().__init__(*args, **kwargs)
         self.z: dict[int, torch.Tensor] = {}
 
-    def record(self, module, query, key, attention_mask, **kwargs) -> None:  # noqa: D102
-        super().record(module, query, key, attention_mask, **kwargs)
-        value = kwargs["_value"]
-        w = self.weights(module, query, key, attention_mask, **{k: v for k, v in kwargs.items() if k != "_value"})
-        batch, n_heads, nq, kv_len = w.shape
-        groups_per_kv = n_heads // value.shape[1]
+    def reduce(self, layer: int, w: torch.Tensor, value: torch.Tensor | None) -> None:  # noqa: D102
+        super().reduce(layer, w, value)
+        groups_per_kv = w.shape[1] // value.shape[1]
         v = value.float().repeat_interleave(groups_per_kv, dim=1)  # [b, h, s, d]
-        one_hot = self.one_hot.to(w.device)[:, -kv_len:]
+        one_hot = self.one_hot.to(w.device)[:, -w.shape[-1]:]
         valid = self.query_valid.to(w.device).float()
         n = valid.sum(-1).clamp(min=1)
-        z = torch.einsum("bhqs,bsg,bhsd,bq->bhgd", w, one_hot, v, valid) / n[:, None, None, None]
-        self.z[int(module.layer_idx)] = z
-
-    def __call__(self, module, query, key, value, attention_mask, **kwargs):
-        if self._fn is None:
-            from mech.attention.recorder import _inner_function
-
-            self._fn = _inner_function(self.inner, module)
-        out = self._fn(module, query, key, value, attention_mask, **kwargs)
-        with torch.no_grad():
-            self.record(module, query, key, attention_mask, _value=value, **kwargs)
-        return out
+        self.z[layer] = torch.einsum("bhqs,bsg,bhsd,bq->bhgd", w, one_hot, v, valid) / n[:, None, None, None]
 
 
 @dataclass(frozen=True)
@@ -78,6 +64,8 @@ class DLA:
         logit_diff: ``[batch]``: the model's logit difference before final soft-capping, from the
             final norm's actual output (the components sum to it).
         groups: group names along the last axis of ``attn``.
+        mass: ``[batch, layer, head, group]``: attention mass from the answer position, recorded in
+            the same forward (equal to ``mech.attention_mass(m, inputs, query="last").mass``).
     """
 
     attn: torch.Tensor
@@ -87,6 +75,7 @@ class DLA:
     unembed_bias: torch.Tensor
     logit_diff: torch.Tensor
     groups: tuple[str, ...]
+    mass: torch.Tensor
 
     def total(self) -> torch.Tensor:
         """``[batch]``: the sum of every component (equals ``logit_diff`` up to float error)."""
@@ -173,4 +162,5 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
     normalized = ln_final(x_final.unsqueeze(1)).squeeze(1).float()
     logit_diff = (normalized * direction).sum(-1) + ub.to(normalized.device)
     return DLA(torch.stack(attn, 1), torch.stack(attn_bias, 1), torch.stack(mlp, 1),
-               to_logits(saved["hook_embed"]), ub.to(normalized.device), logit_diff, groups.names)
+               to_logits(saved["hook_embed"]), ub.to(normalized.device), logit_diff, groups.names,
+               torch.stack([rec.mass[l] for l in range(L)], 1))

@@ -114,3 +114,12 @@ def tiny_inputs(family: str, processor, *, n_images: int = 1, prompt: str = "wha
     out = processor(**kwargs)
     out.pop("labels", None)  # PaliGemma's backwards-compatible training labels
     return out
+
+
+def save_tiny(family: str, folder, *, seed: int = 0):
+    """Save the tiny ``family`` model and its processor into ``folder`` (what ``mech.load(dir)``
+    and ``from_pretrained`` read); returns ``folder``."""
+    model, processor = tiny_model(family, seed=seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

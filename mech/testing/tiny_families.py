@@ -283,11 +283,15 @@ def _proc_idefics3():
     return T.Idefics3Processor(ip, tok, image_seq_len=4, chat_template=TEMPLATES["idefics3"])
 
 
+def _cfg_idefics_like(config_cls, proc):
+    """Idefics3 and SmolVLM share their config layout: SigLIP-style tower, Llama text model."""
+    return config_cls(vision_config=dict(VIS, image_size=32, patch_size=8),
+                      text_config=dict(_text(proc), model_type="llama"), image_token_id=proc.image_token_id,
+                      scale_factor=2, pad_token_id=proc.tokenizer.pad_token_id)
+
+
 def _cfg_idefics3(proc):
-    vision = dict(VIS, image_size=32, patch_size=8)
-    return T.Idefics3Config(vision_config=vision, text_config=dict(_text(proc), model_type="llama"),
-                            image_token_id=proc.image_token_id, scale_factor=2,
-                            pad_token_id=proc.tokenizer.pad_token_id)
+    return _cfg_idefics_like(T.Idefics3Config, proc)
 
 
 def _proc_smolvlm():
@@ -302,10 +306,7 @@ def _proc_smolvlm():
 
 
 def _cfg_smolvlm(proc):
-    vision = dict(VIS, image_size=32, patch_size=8)
-    return T.SmolVLMConfig(vision_config=vision, text_config=dict(_text(proc), model_type="llama"),
-                           image_token_id=proc.image_token_id, scale_factor=2,
-                           pad_token_id=proc.tokenizer.pad_token_id)
+    return _cfg_idefics_like(T.SmolVLMConfig, proc)
 
 
 # ----------------------------------------------------------------------------- qwen2_audio
