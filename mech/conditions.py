@@ -238,3 +238,107 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
         yield
     finally:
         handle.remove()
+
+
+class _Stop(Exception):
+    """Raised by :func:`decoder_input_embeds`'s hook to skip the decoder layers."""
+
+
+def decoder_input_embeds(m: Any, inputs: Any) -> torch.Tensor:
+    """The decoder's input embeddings ``[batch, pos, d_model]`` (text embeddings with the visual
+    features merged in), from one pass that stops before the first decoder layer.
+
+    Raises:
+        InputError: the decoder is called without ``inputs_embeds`` (the family's table needs an entry).
+    """
+    m.require_decoder_sequence("decoder_input_embeds")
+    inputs = m.inputs(inputs)
+    box: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs):
+        emb = kwargs.get("inputs_embeds")
+        if emb is None:
+            raise InputError("the decoder was called without inputs_embeds; this family needs a table entry "
+                             "for its decoder input.")
+        box.append(emb.detach())
+        raise _Stop
+
+    handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            m.model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return box[0]
+
+
+@contextlib.contextmanager
+def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = VISUAL_GROUPS,
+                      rows: torch.Tensor | None = None) -> Iterator[None]:
+    """Resample ablation: the embeddings of ``groups`` in each row are replaced by the same groups'
+    embeddings of another sample, in every forward inside the block.
+
+    This is the symmetric token replacement (STR) corruption that Zhang & Nanda 2024 (*Towards Best
+    Practices of Activation Patching*, §3) recommend over Gaussian noise, and the resampling ablation
+    of causal scrubbing (Chan et al. 2022): the corrupted input stays in distribution and keeps the
+    rest of the prompt (what is asked), while the group's content comes from another sample. A donor
+    must have exactly as many positions of ``groups`` as the row it replaces (:func:`donor_rows_ok`
+    tells which rows do); positions are filled in order.
+
+    Args:
+        inputs: ``[batch, pos]`` inputs.
+        donors: either prepared donor inputs with one row per row of ``inputs`` (row ``i`` is the
+            donor of row ``i``; one extra embedding pass), or a LongTensor ``[batch]`` of row indices
+            into ``inputs`` itself (donors from the same batch; no extra pass).
+        groups: token groups whose embeddings are swapped (default image and video).
+        rows: ``[batch]`` bool; rows that are left as they are where False (default: all swapped).
+
+    Raises:
+        InputError: row counts differ, or a swapped row's group lengths differ (choose donors with
+            equal group lengths, e.g. :func:`mech.contribution.donors.pair_donors`).
+    """
+    m.require_decoder_sequence("resample_features")
+    inputs = m.inputs(inputs)
+    mask = _group_mask(inputs.groups, groups)
+    index = None
+    if isinstance(donors, torch.Tensor):
+        index = donors.long().cpu()
+        dmask = mask[index]
+    else:
+        donors = m.inputs(donors)
+        dmask = _group_mask(donors.groups, groups)
+    if mask.shape[0] != dmask.shape[0]:
+        raise InputError(f"inputs have {mask.shape[0]} rows and donors {dmask.shape[0]}; give one donor per row.")
+    rows = torch.ones(mask.shape[0], dtype=torch.bool) if rows is None else rows.bool().cpu()
+    bad = [i for i in range(mask.shape[0]) if rows[i] and int(mask[i].sum()) != int(dmask[i].sum())]
+    if bad:
+        raise InputError(f"rows {bad[:8]} have a different number of {'/'.join(groups)} positions than their donors; "
+                         "pick donors with equal group lengths (mech.contribution.donors.pair_donors) or pass rows=.")
+    donor_emb = None if index is not None else decoder_input_embeds(m, donors)
+
+    def hook(module, args, kwargs):
+        emb = kwargs.get("inputs_embeds")
+        if emb is None or emb.shape[:2] != mask.shape:
+            return None  # a decoding step after the prefill
+        source = emb[index.to(emb.device)] if index is not None else donor_emb.to(emb)
+        emb = emb.clone()
+        for i in range(mask.shape[0]):
+            if rows[i]:
+                emb[i, mask[i].to(emb.device)] = source[i, dmask[i].to(emb.device)]
+        kwargs = dict(kwargs)
+        kwargs["inputs_embeds"] = emb
+        return args, kwargs
+
+    handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def donor_rows_ok(inputs: Any, donors: Any, groups: Sequence[str]) -> torch.Tensor:
+    """``[batch]`` bool: rows whose ``groups`` have as many positions as the donor row's."""
+    a, b = _group_mask(inputs.groups, groups), _group_mask(donors.groups, groups)
+    return a.sum(-1).cpu() == b.sum(-1).cpu()

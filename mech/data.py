@@ -341,6 +341,8 @@ def _organism(name: str, n: int | None, seed: int) -> Dataset:
     for s in samples:
         s["images"] = [] if s["image"] is None else [s["image"]]
         s["prompt_style"], s["source"] = "bare", "organism:shapes"
+        # resample donors share the answer space: the question still asks the same kind of thing
+        s["pair_key"] = "answers:" + ",".join(shapes.ANSWERS[s["template"]])
     return Dataset("organism:shapes", samples, default_style="bare", scoring="option_text")
 
 

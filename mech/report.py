@@ -98,8 +98,35 @@ def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
         c = o["contribution"]
         lines.append(f"| {est} | {_fmt(c.get('text'))} | {_fmt(c.get('image'))} | {_fmt(o['delta'], 2)} | "
                      f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} |")
+    corr = co.get("corruption")
+    if corr:
+        miss = co.get("patching_without_donor") or {}
+        lines += ["", f"Patching estimator: `{corr}` corruption of each group"
+                  + (f" (samples without a donor, left out: {miss})" if any(miss.values()) else "") + "."]
+    dec = co.get("dla_decomposition")
+    if dec:
+        attn = ", ".join(f"{g} {_fmt(dec[f'attn.{g}'], 2)}" for g in co["groups"]
+                         if abs(dec.get(f"attn.{g}", 0.0)) > 1e-3)
+        lines += ["", f"DLA decomposition of the decision's logit difference ({_fmt(dec['logit_diff'], 2)} logits, "
+                  f"sample mean): attention writes from {attn}; MLPs {_fmt(dec['mlp'], 2)}; embedding and biases "
+                  f"{_fmt(dec['other'], 2)}. Modality-resolved DLA splits attention writes only: what MLPs write "
+                  "at the answer position (e.g. a prior computed from question words moved there) has no group."]
     lines += ["", f"![contributions]({prefix}contrib.png)", ""]
     return lines
+
+
+def _agreement(results: dict, models: list[str]) -> list[str]:
+    """Lines saying, per estimator, which model has the larger Δ and whether the estimators agree."""
+    ests = list(results[models[0]]["contrib"]["overall"])
+    larger = {e: max(models, key=lambda s: results[s]["contrib"]["overall"][e]["delta"]) for e in ests}
+    lines = [f"- larger Δ(text/image) by **{e}**: `{larger[e]}`" for e in ests]
+    if len(set(larger.values())) > 1:
+        lines += ["", "**The estimators disagree.** They measure different things: attention mass is where the "
+                  "answer position looks, not what it uses; modality-resolved DLA counts only what attention "
+                  "writes directly into the answer logit (not what MLPs compute from it, nor information moved "
+                  "between positions in earlier layers); patching measures what the decision causally needs. "
+                  "Trust the causal estimate for *use*, and read the others as where and how it happens."]
+    return lines + [""]
 
 
 INTRO = """# mech report
@@ -139,7 +166,7 @@ def cmd_report(args) -> dict:
             overlap = max(c[0] for c in cis) <= min(c[1] for c in cis)
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
         compare_figure({_slug(s): results[s]["contrib"] for s in models}, out / "compare.png")
-        lines += ["", "![compare](compare.png)", ""]
+        lines += [""] + _agreement(results, models) + ["![compare](compare.png)", ""]
         for s in models:
             ev = results[s]["eval"]["consistency"]["all"].get("complete&white_image", {})
             lines.append(f"- `{s}`: complete&white_image consistency {_fmt(ev.get('pct'), 1)}%")

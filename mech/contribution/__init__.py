@@ -4,12 +4,15 @@ For each sample, layer and token group, a contribution C from:
 
 * ``attention`` — attention mass from the answer position to the group's keys, mean over heads
   (:func:`mech.attention_mass`; a fraction of the attention, 0..1). Pooled over layers by mean.
-* ``patching`` — for the group g ∈ {image, text}: its embeddings are corrupted with Gaussian noise
-  (std = 3 × their std, Meng et al. 2022), then the clean ``resid_pre`` of g's positions at layer l
-  is patched back (denoising). C_l(g) = patched − corrupted logit difference: how much of the
-  decision still travels through g's positions at layer l (in logits). At layer 0 this is the
-  group's total effect clean − corrupted (signed: positive when g supports the decision), the
-  overall C(g).
+* ``patching`` — for the group g ∈ {image, text}: its content is removed by *resample ablation*
+  (default; :func:`mech.conditions.resample_features`: g's embeddings become those of a donor
+  sample of the same kind, :mod:`mech.contribution.donors`; Zhang & Nanda 2024 §3 recommend this
+  over Gaussian noise, which also destroys what the question asks) or by Gaussian noise
+  (``corruption="noise"``: std = 3 × their std, Meng et al. 2022); then the clean ``resid_pre`` of
+  g's positions at layer l is patched back (denoising). C_l(g) = patched − corrupted logit
+  difference: how much of the decision still travels through g's positions at layer l (in
+  logits). At layer 0 this is the group's total effect clean − corrupted (signed: positive when g
+  supports the decision), the overall C(g). Samples without a donor are NaN and left out.
 * ``dla`` — modality-resolved direct logit attribution (:mod:`mech.contribution.dla`): the part of
   each layer's attention write at the answer position that comes from the group's values, in
   logits of the answer-vs-counterfactual direction. Pooled over layers by the sum of |.|.
@@ -22,8 +25,9 @@ logits): where they disagree, the report shows the disagreement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -35,6 +39,8 @@ from mech.groups import GROUPS
 ESTIMATORS = ("attention", "patching", "dla")
 POOL: dict[str, Pool] = {"attention": "mean", "patching": "first", "dla": "abs_sum"}
 PATCHED_GROUPS = ("image", "text")
+Corruption = Literal["resample", "noise"]
+CORRUPTIONS = ("resample", "noise")
 
 __all__ = ["Contributions", "DLA", "ESTIMATORS", "Imbalance", "POOLS", "cmd_contrib", "curves",
            "direct_logit_attribution", "imbalance", "modality_contributions"]
@@ -45,17 +51,32 @@ class Contributions:
     """Per-sample contributions ``per_sample[estimator]`` ``[sample, layer, group]``.
 
     Groups a patching estimate does not cover (template, bos, ...) are NaN there.
+    ``components`` (with ``dla``) holds the rest of the logit difference per sample ``[sample]``, in
+    logits: ``dla.mlp`` (MLP writes, all layers), ``dla.other`` (embedding and biases) and
+    ``dla.logit_diff`` (the total), so the report can say how much of a decision no attention
+    group writes directly.
     """
 
     per_sample: dict[str, torch.Tensor]
     groups: tuple[str, ...] = GROUPS
     meta: dict = field(default_factory=dict)
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @staticmethod
     def concat(parts: Sequence[Contributions]) -> Contributions:
-        keys = parts[0].per_sample
+        keys, comp = parts[0].per_sample, parts[0].components
         return Contributions({k: torch.cat([p.per_sample[k] for p in parts]) for k in keys}, parts[0].groups,
-                             dict(parts[0].meta))
+                             dict(parts[0].meta), {k: torch.cat([p.components[k] for p in parts]) for k in comp})
+
+    def dla_decomposition(self) -> dict[str, float]:
+        """Sample-mean decomposition of the decision's logit difference (DLA), in logits:
+        ``attn.<group>`` (summed over layers, signed), ``mlp``, ``other`` and ``logit_diff``."""
+        if "dla" not in self.per_sample or not self.components:
+            return {}
+        attn = self.per_sample["dla"].double().sum(1).mean(0)
+        out = {f"attn.{g}": float(attn[k]) for k, g in enumerate(self.groups)}
+        out.update({k.split(".", 1)[1]: float(v.double().mean()) for k, v in self.components.items()})
+        return out
 
     def imbalance(self, estimator: str, numerator: str = "text", denominator: str = "image",
                   n_boot: int = 1000, seed: int = 0) -> Imbalance:
@@ -80,11 +101,14 @@ class Contributions:
             out["imbalance_ratio"][est] = r.per_layer.tolist()
             out["overall"][est] = r.to_json()
             out["n"] = int(x.shape[0])
+        if self.dla_decomposition():
+            out["dla_decomposition"] = self.dla_decomposition()
         return out
 
 
 def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor, *,
                            estimators: Sequence[str] = ESTIMATORS, seed: int = 0,
+                           corruption: Corruption = "resample", donors: Mapping[str, tuple] | None = None,
                            noise_scale: float = 3.0) -> Contributions:
     """Contributions of every token group per layer for one batch, from each estimator.
 
@@ -96,28 +120,40 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             decision (:func:`mech.targets.decision_tokens`: top option vs runner-up), so that a
             modality's contribution is its support for the answer the model gives.
         estimators: any of ``("attention", "patching", "dla")``.
-        seed, noise_scale: of the embedding noise of the ``patching`` estimator.
+        corruption: how ``patching`` removes a group: ``"resample"`` (default; the group's embeddings
+            are those of a donor sample, :func:`mech.conditions.resample_features`) or ``"noise"``
+            (Gaussian noise of ``noise_scale`` × the group's embedding std, seeded by ``seed``).
+        donors: for ``"resample"``: group -> ``(donor_inputs, rows)`` as
+            :func:`mech.contribution.donors.donor_batch` returns (``mech contrib`` pairs donors over the
+            whole data set); default: other rows of this batch with as many positions of the group
+            (:func:`mech.contribution.donors.batch_donors`). Rows without a donor get NaN.
 
     Returns:
         :class:`Contributions` with ``[batch, layer, group]`` per estimator.
 
     Raises:
-        ConfigError: unknown estimator (the message lists them).
+        ConfigError: unknown estimator or corruption (the message lists them).
         UnsupportedArchitectureError: cross-attention family.
     """
     from mech.attention import attention_mass
-    from mech.conditions import corrupt_features
+    from mech.conditions import corrupt_features, resample_features
+    from mech.contribution.donors import batch_donors
     from mech.patching import activation_patching
 
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad:
         raise ConfigError(f"unknown estimators {bad}; allowed: {', '.join(ESTIMATORS)}")
+    if corruption not in CORRUPTIONS:
+        raise ConfigError(f"corruption={corruption!r}; allowed: {', '.join(CORRUPTIONS)}")
     m.require_decoder_sequence("modality contributions")
     inputs = m.inputs(inputs)
     out: dict[str, torch.Tensor] = {}
+    components: dict[str, torch.Tensor] = {}
     if "dla" in estimators:  # one forward serves both: DLA records the answer row's mass as well
         d = direct_logit_attribution(m, inputs, answer, counterfactual)
         out["dla"] = d.attn.float().cpu()
+        components = {"dla.mlp": d.mlp.sum(1).float().cpu(), "dla.logit_diff": d.logit_diff.float().cpu(),
+                      "dla.other": (d.embed + d.attn_bias.sum(1) + d.unembed_bias).float().cpu()}
         if "attention" in estimators:
             out["attention"] = d.mass.mean(dim=2).float().cpu()
     elif "attention" in estimators:
@@ -128,17 +164,28 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
         for g in PATCHED_GROUPS:
             if not bool(inputs.groups.mask(g).any()):
                 continue
+            rows = torch.ones(batch, dtype=torch.bool)
+            if corruption == "resample":
+                donor_inputs, rows = donors[g] if donors is not None and g in donors else batch_donors(inputs, g,
+                                                                                                     seed=seed)
+                if not bool(rows.any()):
+                    continue
 
-            def noised(g=g):
-                return corrupt_features(m, inputs, "visual_noise", groups=(g,), seed=seed, noise_scale=noise_scale)
+                def corrupted(g=g, d=donor_inputs, r=rows):
+                    return resample_features(m, inputs, d, groups=(g,), rows=r)
+            else:
+                def corrupted(g=g):
+                    return corrupt_features(m, inputs, "visual_noise", groups=(g,), seed=seed,
+                                            noise_scale=noise_scale)
 
             res = activation_patching(m, inputs, inputs, site="resid_pre", positions=(g,), metric="logit_diff",
                                       answer=answer, counterfactual=counterfactual, normalize=False,
-                                      corrupted_context=noised, seed=seed)
-            restored = res.patched["resid_pre"][:, 0, :] - res.corrupted_metric[None, :]  # [layer, batch]
-            curve[:, res.layers, GROUPS.index(g)] = restored.T.float().cpu()
+                                      corrupted_context=corrupted, seed=seed)
+            restored = (res.patched["resid_pre"][:, 0, :] - res.corrupted_metric[None, :]).T.float().cpu()
+            restored[~rows.cpu()] = float("nan")  # [batch, layer]
+            curve[:, res.layers, GROUPS.index(g)] = restored
         out["patching"] = curve
-    return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS)
+    return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS, components=components)
 
 
 def cmd_contrib(args) -> dict:

@@ -2,7 +2,9 @@
 
 Writes ``contrib.json`` (``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` per estimator),
 ``contrib.safetensors`` (per-sample ``[sample, layer, group]`` per estimator, plus the answer and
-counterfactual token ids) and ``contrib.png``. Finished batches are kept in
+counterfactual token ids) and ``contrib.png``. The ``patching`` estimator's corruption is
+``--ablation resample`` (default: donors paired once over the whole data set,
+:mod:`mech.contribution.donors`, so results do not depend on the batch size) or ``noise``. Finished batches are kept in
 ``<out>/.contrib.parts/``; a rerun with the same model, data and settings continues from there.
 """
 
@@ -13,7 +15,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mech.contribution import ESTIMATORS, Contributions, modality_contributions
+from mech.contribution import CORRUPTIONS, ESTIMATORS, PATCHED_GROUPS, Contributions, modality_contributions
+from mech.contribution.donors import donor_batch, pair_donors
+from mech.groups import GROUPS
 from mech.errors import ConfigError, DataError
 
 
@@ -39,21 +43,35 @@ def cmd_contrib(args) -> dict:
                         "images.")
     bs = max(1, int(getattr(args, "batch_size", 8) or 8))
     seed = int(getattr(args, "seed", 0) or 0)
+    corruption = getattr(args, "ablation", None) or "resample"  # not --corruption: that is mech patch's condition
+    if corruption not in CORRUPTIONS:
+        raise ConfigError(f"--ablation {corruption!r}; allowed: {', '.join(CORRUPTIONS)}")
+    resample = corruption == "resample" and "patching" in estimators
+    donors = {g: pair_donors(samples, g, seed=seed) for g in PATCHED_GROUPS} if resample else {}
     out = Path(args.out)
     store = BatchStore(out / ".contrib.parts", {"model": args.model, "data": args.data, "n": len(samples),
-                                                "batch_size": bs, "seed": seed, "estimators": list(estimators)})
+                                                "batch_size": bs, "seed": seed, "estimators": list(estimators),
+                                                "corruption": corruption})
     batches = range(0, len(samples), bs)
     for k, start in enumerate(tqdm(batches, desc="contrib", unit="batch")):
         if store.get(k) is not None:
             continue
-        chunk = samples[start:start + bs]
+        rows = range(start, min(start + bs, len(samples)))
+        chunk = [samples[i] for i in rows]
         clean = condition_inputs(m, chunk, "complete")
+        batch_donors = {g: donor_batch(m, samples, d, rows, g) for g, d in donors.items()}
         last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
         answer, cf = decision_tokens(m, chunk, last)
-        c = modality_contributions(m, clean, answer, cf, estimators=estimators, seed=seed)
-        store.put(k, {**c.per_sample, "answer": answer, "counterfactual": cf})
+        c = modality_contributions(m, clean, answer, cf, estimators=estimators, seed=seed, corruption=corruption,
+                                   donors=batch_donors)
+        store.put(k, {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf})
     data = store.gather()
-    contrib = Contributions({e: data[e] for e in estimators})
+    meta = {"corruption": corruption if "patching" in estimators else None}
+    if resample:
+        meta["patching_without_donor"] = {g: int(torch.isnan(data["patching"][:, 0, GROUPS.index(g)]).sum())
+                                          for g in PATCHED_GROUPS}
+    contrib = Contributions({e: data[e] for e in estimators}, meta=meta,
+                            components={k: v for k, v in data.items() if k.startswith("dla.")})
     result = {"model": args.model, "data": args.data, **contrib.to_json()}
     write_tensors(out / "contrib.safetensors", data, {"groups": ",".join(contrib.groups)})
     contribution_figure(result, out / "contrib.png", f"{args.model} on {args.data} (n={result['n']})")

@@ -57,6 +57,7 @@ class Imbalance:
         ci95: (low, high) percentile bootstrap interval of ``delta`` over samples.
         dominant / underutilized: group names ordered by overall contribution.
         contribution: overall C per group name (sample mean).
+        n: samples used (those with both groups' contributions; e.g. patching without a donor is NaN).
     """
 
     per_layer: torch.Tensor
@@ -65,10 +66,11 @@ class Imbalance:
     dominant: str
     underutilized: str
     contribution: dict[str, float]
+    n: int = 0
 
     def to_json(self) -> dict:
         return {"dominant": self.dominant, "underutilized": self.underutilized, "delta": self.delta,
-                "ci95": list(self.ci95), "contribution": self.contribution}
+                "ci95": list(self.ci95), "contribution": self.contribution, "n": self.n}
 
 
 def imbalance(
@@ -91,7 +93,8 @@ def imbalance(
         n_boot: bootstrap resamples of the samples (percentile interval, seeded).
 
     Raises:
-        InputError: not ``[sample, layer, group]``, fewer than 2 samples, or a group missing.
+        InputError: not ``[sample, layer, group]``, fewer than 2 samples (with both groups estimated),
+            or a group missing.
     """
     if per_layer.dim() != 3 or per_layer.shape[-1] != len(groups):
         raise InputError(f"contributions must be [sample, layer, group] with {len(groups)} groups; "
@@ -103,6 +106,11 @@ def imbalance(
             raise InputError(f"group {g!r} not among {groups}; pick numerator/denominator from them.")
     x = per_layer.double()
     i, j = groups.index(numerator), groups.index(denominator)
+    keep = ~(torch.isnan(x[..., i]).any(1) | torch.isnan(x[..., j]).any(1))  # samples without an estimate
+    x = x[keep]
+    if x.shape[0] < 2:
+        raise InputError(f"only {x.shape[0]} sample(s) have {numerator} and {denominator} contributions; "
+                         "a bootstrap interval needs at least 2 (pass more samples, or pair donors).")
     mean_layers = x.mean(dim=0)  # [layer, group]
     per_layer_delta = ratio(mean_layers[:, i], mean_layers[:, j]).float()
     pooled = pool_layers(x, pool)  # [sample, group]
@@ -115,12 +123,12 @@ def imbalance(
     lo, hi = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=draws.dtype)).tolist()
     dominant, under = (numerator, denominator) if c[i].abs() >= c[j].abs() else (denominator, numerator)
     return Imbalance(per_layer_delta, delta, (float(lo), float(hi)), dominant, under,
-                     {g: float(c[k]) for k, g in enumerate(groups)})
+                     {g: float(c[k]) for k, g in enumerate(groups)}, int(x.shape[0]))
 
 
 def curves(per_layer: torch.Tensor, groups: tuple[str, ...], cumulative: bool = False) -> dict[str, list[float]]:
     """Sample-mean contribution per layer for each group (``cumulative``: running sum over layers)."""
-    mean = per_layer.double().mean(dim=0)
+    mean = per_layer.double().nanmean(dim=0)
     if cumulative:
         mean = mean.cumsum(dim=0)
     return {g: mean[:, k].tolist() for k, g in enumerate(groups)}
