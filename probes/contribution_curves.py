@@ -1,12 +1,13 @@
 """Figure: per-layer modality contributions from three estimators and Δ(text/image) per model
 (figures/contrib_<model>.png), and the overall Δ side by side (figures/contrib_compare.png)."""
 
-from _common import batches, load, parse, short
+from _common import load, parse, short
 
 import torch
 
 from mech.conditions import condition_inputs
-from mech.contribution import Contributions, modality_contributions
+from mech.contribution import PATCHED_GROUPS, Contributions, modality_contributions
+from mech.contribution.donors import donor_batch, pair_donors
 from mech.contribution.plots import compare_figure, contribution_figure
 from mech.targets import decision_tokens
 
@@ -15,14 +16,18 @@ def main():
     args = parse(__doc__, n=96)
     models, data = load(args)
     samples = [s for s in data if s["images"]]
+    pairs = {g: pair_donors(samples, g) for g in PATCHED_GROUPS}  # resample donors, as mech contrib
     results = {}
     for spec, m in models.items():
         parts = []
-        for b in batches(samples, 16):
+        for start in range(0, len(samples), 16):
+            rows = range(start, min(start + 16, len(samples)))
+            b = [samples[i] for i in rows]
             clean = condition_inputs(m, b, "complete")
             last = m.logits(clean)[torch.arange(len(b)), clean.groups.last()].float()
             answer, cf = decision_tokens(m, b, last)
-            parts.append(modality_contributions(m, clean, answer, cf))
+            donors = {g: donor_batch(m, samples, d, rows, g) for g, d in pairs.items()}
+            parts.append(modality_contributions(m, clean, answer, cf, donors=donors))
         results[short(spec)] = Contributions.concat(parts).to_json()
         print(contribution_figure(results[short(spec)], f"{args.out}/contrib_{short(spec)}.png",
                                   f"{spec} on {args.data} (n={len(samples)})"))
