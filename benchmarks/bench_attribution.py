@@ -1,21 +1,33 @@
-"""Benchmark: attribution patching (AtP) vs the exact activation-patching sweep it estimates.
+"""Benchmark: attribution patching (AtP, and its integrated-gradients variant) vs the exact
+activation-patching sweep it estimates.
 
-Not a test. Run ``python benchmarks/bench_attribution.py [--quick]``; prints one Markdown table whose
-numbers were all measured in this run.
+Not a test. Run ``python benchmarks/bench_attribution.py [--quick] [--n 64] [--seed 0]``; prints
+Markdown tables whose numbers were all measured in this run.
 
-For each model: clean = images of random pixels, corrupted = the same prompts with white images
-(``white_image``); sites ``resid_pre, attn_out, mlp_out`` at every layer; position groups
-``image, text, last``; logit difference, denoising. Columns:
+**Fidelity on the organisms** (``organism:balanced``, ``organism:text-biased``; ``n`` samples of
+``organism:shapes``, test split): clean = complete inputs; corrupted = ``white_image`` (the image
+replaced by a white one) or ``visual_mean`` (visual token embeddings replaced by their batch mean);
+sites ``resid_pre, attn_out, mlp_out`` at every layer; position groups ``image, text, last``; logit
+difference; denoising (``--direction noising`` for the other one). Methods:
 
-* ``fwd ms`` — one plain forward of the batch (median of repeats);
-* ``AtP ×fwd`` / ``exact ×fwd`` — measured wall time divided by one plain forward (median of repeats);
-* ``AtP counted`` — 2 forwards + 1 backward w.r.t. activations only (≈ 1 forward in FLOPs) = 3;
-* ``exact counted`` — full forwards of both runs (2) + decoder-layer evaluations of every patched run
-  / ``n_layers`` (the engine reuses the unchanged prefix and stacks runs along the batch axis);
-* ``speed-up`` — exact wall / AtP wall; ``r`` — Pearson r between the two (overall and per site).
+* ``atp`` — gradient at the corrupted run (Nanda 2023; Kramár et al. 2024, eq. 3);
+* ``ig×k`` — gradient averaged over ``k`` midpoints of the straight path between the two runs'
+  decoder inputs (Sundararajan et al. 2017; EAP-IG, Hanna et al. 2024 §3).
 
-Models: ``organism:balanced`` when trained, else a random LLaVA of the organism's size (6 Llama
-layers, hidden 128); a wider random LLaVA (12 layers, hidden 512, 8 heads) at ~600 tokens.
+Pearson r against exact patching (``mech.activation_patching``) two ways
+(:func:`mech.attribution.compare_to_exact`):
+
+* ``grid`` — over the normalized effects of the batch means, ``[layer, group]`` entries (6 × 3 = 18
+  per site, 54 overall): the heatmap a researcher reads;
+* ``per-sample`` — over the per-sample metric changes ΔM, ``[layer, group, sample]`` entries.
+
+Cost columns: ``counted`` — forward-equivalents (atp: 2 forwards + 1 activation backward ≈ 1
+forward = 3; ig×k: 2 + 2k; exact: both unpatched forwards + decoder-layer evaluations of every
+patched run / ``n_layers``, the engine reusing the unchanged prefix); ``×fwd`` — measured wall time
+/ one plain forward of the same batch (median of repeats).
+
+**Speed** (without ``--quick``): a wider random LLaVA (12 layers, hidden 512, 8 heads) at ~600 tokens,
+white-image-like corruption.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from mech.patching import activation_patching  # noqa: E402
 
 SITES = ("resid_pre", "attn_out", "mlp_out")
 POSITIONS = ("image", "text", "last")
+METHODS = (("atp", 1), ("ig", 1), ("ig", 2))
 IMAGE_TOKEN = 4
 
 
@@ -66,16 +79,15 @@ def raw_inputs(m, batch: int, n_text: int, image: int, patch: int, seed: int = 0
     return m.inputs({**base, "pixel_values": pix}), m.inputs({**base, "pixel_values": torch.full_like(pix, 2.0)})
 
 
-def organism_inputs(m, batch: int):
-    from PIL import Image
-
+def organism_runs(m, n: int, seed: int):
+    """``{corruption: (clean, corrupted, corrupted_context)}`` on ``n`` test samples of organism:shapes."""
+    from mech.conditions import condition_inputs, corrupt_features
     from mech.organisms import shapes
 
-    samples = shapes.generate(batch, split="test", seed=0)
-    imgs = [s["image"] for s in samples]
-    qs = [s["question"] for s in samples]
-    white = [Image.new("RGB", im.size, (255, 255, 255)) for im in imgs]
-    return m.inputs(m.prepare(imgs, qs)), m.inputs(m.prepare(white, qs))
+    samples = [dict(s, images=[s["image"]]) for s in shapes.generate(n, split="test", seed=seed)]
+    clean = condition_inputs(m, samples, "complete")
+    return {"white_image": (clean, condition_inputs(m, samples, "white_image"), None),
+            "visual_mean": (clean, clean, lambda: corrupt_features(m, clean, "visual_mean"))}
 
 
 def _median_time(fn, reps: int) -> float:
@@ -88,48 +100,83 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def bench(name, m, clean, corrupted, reps: int) -> str:
+def measure(m, clean, corrupted, ctx, reps: int, direction: str, methods=METHODS) -> dict:
+    """Exact sweep and every method on one pair of runs: wall times, counted costs, r."""
     with torch.no_grad():
         t_fwd = _median_time(lambda: m.model(**clean), reps)
-    out = {}
-    t_atp = _median_time(lambda: out.__setitem__("atp", attribution_patching(m, clean, corrupted, sites=SITES,
-                                                                            positions=POSITIONS)), reps)
-    t_exact = _median_time(lambda: out.__setitem__("exact", activation_patching(m, clean, corrupted, site=SITES,
-                                                                               positions=POSITIONS)), max(1, reps // 2))
-    atp, exact = out["atp"], out["exact"]
-    exact_fe = 2 + exact.forward_equivalents * exact.n_patched_runs
-    r = compare_to_exact(atp, exact)
-    seq = clean["input_ids"].shape[1]
-    return (f"| {name} | {m.arch.n_layers} | {seq} | {clean['input_ids'].shape[0]} | {t_fwd * 1e3:.1f} | "
-            f"{atp.forward_equivalents:.0f} | {t_atp / t_fwd:.2f} | {exact_fe:.1f} | {t_exact / t_fwd:.2f} | "
-            f"{t_exact / t_atp:.1f}× | {r['overall']:.3f} | " + " / ".join(f"{r[s]:.3f}" for s in SITES) + " |")
+    out: dict = {}
+    kw = dict(positions=POSITIONS, direction=direction, corrupted_context=ctx)
+    t_exact = _median_time(lambda: out.__setitem__("exact", activation_patching(m, clean, corrupted, site=SITES, **kw)),
+                           max(1, reps // 2))
+    exact = out["exact"]
+    rows = {"exact": dict(counted=2 + exact.forward_equivalents * exact.n_patched_runs, wall=t_exact / t_fwd)}
+    for method, k in methods:
+        label = method if method == "atp" else f"ig×{k}"
+        t = _median_time(lambda: out.__setitem__(label, attribution_patching(
+            m, clean, corrupted, sites=SITES, method=method, ig_steps=k, **kw)), reps)
+        est = out[label]
+        rows[label] = dict(counted=est.forward_equivalents, wall=t / t_fwd, grid=compare_to_exact(est, exact),
+                           sample=compare_to_exact(est, exact, on="delta"))
+    return dict(t_fwd=t_fwd, seq=clean["input_ids"].shape[1], batch=clean["input_ids"].shape[0], rows=rows)
+
+
+def _r(d: dict) -> str:
+    return " / ".join(f"{d[s]:.2f}" for s in SITES) + f" / **{d['overall']:.2f}**"
+
+
+def fidelity_table(results: list[tuple[str, str, dict]]) -> list[str]:
+    lines = ["| organism | corruption | method | counted fwd-eq | wall ×fwd | r grid: " + " / ".join(SITES) +
+             " / overall | r per-sample: " + " / ".join(SITES) + " / overall |", "|" + "---|" * 7]
+    for name, corruption, res in results:
+        for label, row in res["rows"].items():
+            if label == "exact":
+                lines.append(f"| {name} | {corruption} | exact | {row['counted']:.1f} | {row['wall']:.1f} | "
+                             "(reference) | |")
+            else:
+                lines.append(f"| {name} | {corruption} | {label} | {row['counted']:.0f} | {row['wall']:.1f} | "
+                             f"{_r(row['grid'])} | {_r(row['sample'])} |")
+    return lines
+
+
+def speed_table(name: str, res: dict) -> list[str]:
+    lines = ["| model | seq | batch | fwd ms | method | counted fwd-eq | wall ×fwd | speed-up vs exact | "
+             "r grid overall |", "|" + "---|" * 9]
+    exact = res["rows"]["exact"]
+    for label, row in res["rows"].items():
+        r = "" if label == "exact" else f"{row['grid']['overall']:.3f}"
+        speed = "" if label == "exact" else f"{exact['wall'] / row['wall']:.1f}×"
+        lines.append(f"| {name} | {res['seq']} | {res['batch']} | {res['t_fwd'] * 1e3:.1f} | {label} | "
+                     f"{row['counted']:.1f} | {row['wall']:.2f} | {speed} | {r} |")
+    return lines
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats, the small model only")
+    p.add_argument("--quick", action="store_true", help="fewer repeats, the organisms only")
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--n", type=int, default=64, help="organism samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed of organism:shapes (default 0)")
+    p.add_argument("--direction", default="denoising", choices=("denoising", "noising"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    reps = args.reps or (3 if args.quick else 7)
-    lines = ["| model | layers | seq | batch | fwd ms | AtP counted | AtP ×fwd | exact counted | exact ×fwd | "
-             "speed-up | r overall | r " + " / ".join(SITES) + " |", "|" + "---|" * 12]
-    try:
-        m = mech.load("organism:balanced")
-        clean, corrupted = organism_inputs(m, 8)
-        name = "organism:balanced, white_image"
-    except Exception:  # organism not trained yet
-        m = random_llava(128, 6, 4, 32, 8)
-        clean, corrupted = raw_inputs(m, 8, 24, 32, 8)
-        name = "random organism-size LLaVA"
-    lines.append(bench(name, m, clean, corrupted, reps))
+    reps = args.reps or (3 if args.quick else 5)
+    results = []
+    for organism in ("balanced", "text-biased"):
+        m = mech.load(f"organism:{organism}")
+        for corruption, (clean, corrupted, ctx) in organism_runs(m, args.n, args.seed).items():
+            results.append((organism, corruption, measure(m, clean, corrupted, ctx, reps, args.direction)))
+    print(f"### Fidelity on the organisms (n = {args.n}, seed {args.seed}, {args.direction}, "
+          f"seq {results[0][2]['seq']})\n")
+    print("\n".join(fidelity_table(results)))
     if not args.quick:
         m = random_llava(512, 12, 8, 160, 8)  # 400 image tokens
         clean, corrupted = raw_inputs(m, 2, 200, 160, 8)
-        lines.append(bench("random LLaVA, hidden 512", m, clean, corrupted, reps))
-    print("\n".join(lines))
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU; "
-          "r = Pearson r between AtP and exact normalized effects ([layer, group] entries).")
+        print("\n### Speed\n")
+        print("\n".join(speed_table("random LLaVA, hidden 512", measure(m, clean, corrupted, None, reps, "denoising",
+                                                                         methods=(("atp", 1), ("ig", 1))))))
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU. r grid: Pearson r over the "
+          "[layer, group] normalized effects of the batch means (18 entries per site, 54 overall); r per-sample: "
+          "over the per-sample metric changes ΔM ([layer, group, sample]).")
     return 0
 
 

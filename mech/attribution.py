@@ -12,6 +12,10 @@ activations into the corrupted run) changes the metric ``M`` by approximately
 :mod:`mech.patching.align` pairs them (one to one for same-length conditions; text by common
 subsequence, the answer position to the answer position for ``no_image``/``image_only``).
 
+``method="ig"`` replaces the gradient at the target run by its mean along the straight path between
+the two runs' decoder inputs (integrated gradients, Sundararajan et al. 2017; EAP-IG, Hanna et al.
+2024 §3): see :mod:`mech.attribution_grad`.
+
 The metric, its targets (answer = the clean run's top token, counterfactual = the corrupted run's
 top other token), and the normalisation are those of :mod:`mech.patching.metrics`: the estimated
 patched metric is ``target + ΔM`` and the normalized effect is
@@ -19,14 +23,16 @@ patched metric is ``target + ΔM`` and the normalized effect is
 corrupted)`` (noising), so ``AtPResult.effect`` is directly comparable with
 ``PatchingResult.effect`` (:func:`compare_to_exact`).
 
-Cost: one forward of the source run (cached activations), one forward and one backward of the
-target run. The backward computes gradients with respect to activations only (the parameters are set
-``requires_grad=False`` for the duration and restored in ``finally``; zero tensors added at every
-site are the only leaves), so it costs about one forward in FLOPs: **3 forward-equivalents** in all,
-whatever the number of sites, layers and groups. Known limits (Kramár et al. 2024, §3): the linear
-estimate fails where attention saturates (softmax near one-hot) and where a patch crosses a
-nonlinearity far from its tangent; the KL metric has zero gradient on the clean run, so noising AtP
-with ``metric="kl"`` is identically zero.
+Cost (``method="atp"``): one forward of the source run (cached activations), one forward and one
+backward of the target run. The backward computes gradients with respect to activations only (the
+parameters are set ``requires_grad=False`` for the duration and restored in ``finally``; zero tensors
+added at every site are the only leaves), so it costs about one forward in FLOPs: **3
+forward-equivalents** in all, whatever the number of sites, layers and groups; ``method="ig"``:
+``2 + 2·ig_steps``. Known limits (Kramár et al. 2024, §3): the linear estimate fails where attention
+saturates (softmax near one-hot) and where a patch crosses a nonlinearity far from its tangent; on
+the shipped organisms the second dominates at the residual stream (numbers in
+``benchmarks/bench_attribution.py``). The KL metric has zero gradient on the clean run, so noising
+AtP with ``metric="kl"`` is identically zero.
 """
 
 from __future__ import annotations
@@ -40,15 +46,16 @@ from typing import Any
 import torch
 
 from mech import hooks as H
-from mech.errors import ConfigError
+from mech.attribution_grad import METHODS, Method, check_method, decoder_inputs, enter, forward_equivalents
+from mech.errors import ConfigError, InputError
 from mech.patching.align import Alignment
 from mech.patching.metrics import Metric, normalized_effect
 from mech.patching.setup import prepare, resolve_targets
 from mech.patching.sites import hook_name
 
-__all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS"]
+__all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS", "METHODS"]
 
-#: source forward + target forward + activation-gradient backward (≈ one forward in FLOPs)
+#: ``method="atp"``: source forward + target forward + activation-gradient backward (≈ one forward in FLOPs)
 FORWARD_EQUIVALENTS = 3.0
 
 
@@ -60,10 +67,11 @@ class AtPResult:
         effect: site -> estimated normalized patching effect ``[layer, group]`` (``z``: ``[layer, head, group]``);
             NaN for a group with no patched position.
         patched: site -> estimated metric of the patched runs ``[layer, group, batch]`` = target metric + ΔM.
-        delta: site -> the AtP estimate ΔM itself ``[layer, group, batch]``.
+        delta: site -> the estimate ΔM itself ``[layer, group, batch]``.
         clean_metric, corrupted_metric: ``[batch]`` metric of the two unpatched runs.
         groups, layers, direction, metric: as in :class:`mech.patching.PatchingResult`.
-        forward_equivalents: 3.0 (see the module docstring); ``meta["wall_s"]`` has per-pass wall times.
+        forward_equivalents: 3.0 for ``"atp"``, ``2 + 2·steps`` for ``"ig"``; ``meta["wall_s"]`` has
+            per-pass wall times. ``method``: ``"atp"`` or ``"ig"``; ``meta["ig_steps"]`` for ``"ig"``.
     """
 
     effect: dict[str, torch.Tensor]
@@ -78,11 +86,13 @@ class AtPResult:
     corruption: str | None
     forward_equivalents: float = FORWARD_EQUIVALENTS
     meta: dict[str, Any] = field(default_factory=dict)
+    method: str = "atp"
 
     def to_json(self) -> dict:
         """JSON-ready: ``effect.{site}.{group}`` per layer (``z``: per layer, per head), metrics, metadata."""
+        name = {"atp": "attribution patching (AtP)", "ig": "attribution patching, integrated gradients (EAP-IG)"}
         return {
-            "method": "attribution patching (AtP)", "corruption": self.corruption, "direction": self.direction,
+            "method": name.get(self.method, self.method), "corruption": self.corruption, "direction": self.direction,
             "metric": self.metric, "clean_metric": float(self.clean_metric.mean()),
             "corrupted_metric": float(self.corrupted_metric.mean()), "layers": self.layers,
             "groups": list(self.groups),
@@ -98,31 +108,14 @@ class AtPResult:
         return out
 
 
-def _enter(stack: ExitStack, factory) -> None:
-    ctx = factory() if callable(factory) else factory
-    if ctx is not None:
-        stack.enter_context(ctx)
-
-
 def _last(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)].float()
 
 
-def _pair_index(aligns: list[Alignment]) -> tuple[torch.Tensor, ...]:
-    """Flat ``(row, target_pos, source_pos, group)`` LongTensors over every aligned pair."""
-    r, t, s, g = [], [], [], []
-    for gi, a in enumerate(aligns):
-        for row, (tp, sp) in enumerate(a.pairs):
-            r += [row] * len(tp)
-            t += tp.tolist()
-            s += sp.tolist()
-            g += [gi] * len(tp)
-    return tuple(torch.tensor(v, dtype=torch.long) for v in (r, t, s, g))
-
-
-def _grad_run(m, inputs, names: list[str], context) -> tuple[torch.Tensor, dict, dict]:
-    """Forward of ``inputs`` with a zero leaf added at every hook name. Returns last-position logits
-    (in the graph), the activations (detached) and the leaves. Parameters are frozen meanwhile."""
+def _grad_run(m, inputs, names: list[str], contexts: list) -> tuple[torch.Tensor, dict, dict]:
+    """Forward of ``inputs`` with a zero leaf added at every hook name, under ``contexts`` (entered in
+    order: a context manager, a factory of one, or None). Returns last-position logits (in the graph),
+    the activations (detached) and the leaves. Parameters are frozen meanwhile (flags restored in ``finally``)."""
     acts: dict[str, torch.Tensor] = {}
     leaves: dict[str, torch.Tensor] = {}
 
@@ -138,7 +131,8 @@ def _grad_run(m, inputs, names: list[str], context) -> tuple[torch.Tensor, dict,
         for p in params:
             p.requires_grad_(False)
         with ExitStack() as stack:
-            _enter(stack, context)
+            for c in contexts:
+                enter(stack, c)
             stack.enter_context(torch.enable_grad())
             stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names]))
             logits = m.model(**inputs).logits
@@ -149,6 +143,42 @@ def _grad_run(m, inputs, names: list[str], context) -> tuple[torch.Tensor, dict,
     return last, acts, leaves
 
 
+def _gradients(value: torch.Tensor, leaves: dict[str, torch.Tensor], names: list[str]) -> dict:
+    """``d value.sum() / d leaf`` per hook name (None where the metric does not depend on it)."""
+    return dict(zip(names, torch.autograd.grad(value.sum(), [leaves[n] for n in names], allow_unused=True)))
+
+
+def _integrated_gradients(m, target, names: list[str], t_ctx, recorded: list, metric: Callable, steps: int,
+                          wall: dict) -> dict:
+    """Mean gradient of ``metric(last-position logits)`` at every hook name over ``steps`` runs of ``target``
+    whose decoder inputs are moved ``α = (i + ½)/steps`` of the way to the source run's (``recorded``)."""
+    if not recorded:
+        raise InputError("the source run passed no floating-point input to the decoder, so there is no path to "
+                         "integrate along; use method='atp'")
+    total: dict = {n: None for n in names}
+    for i in range(steps):
+        t0 = time.perf_counter()
+        alpha = (i + 0.5) / steps
+        last, _, leaves = _grad_run(m, target, names, [t_ctx, lambda a=alpha: decoder_inputs(m, recorded, a)])
+        for n, g in _gradients(metric(last), leaves, names).items():
+            if g is not None:
+                total[n] = g / steps if total[n] is None else total[n] + g / steps
+        wall[f"ig_step_{i}"] = time.perf_counter() - t0
+    return total
+
+
+def _pair_index(aligns: list[Alignment]) -> tuple[torch.Tensor, ...]:
+    """Flat ``(row, target_pos, source_pos, group)`` LongTensors over every aligned pair."""
+    r, t, s, g = [], [], [], []
+    for gi, a in enumerate(aligns):
+        for row, (tp, sp) in enumerate(a.pairs):
+            r += [row] * len(tp)
+            t += tp.tolist()
+            s += sp.tolist()
+            g += [gi] * len(tp)
+    return tuple(torch.tensor(v, dtype=torch.long) for v in (r, t, s, g))
+
+
 def attribution_patching(
     m,
     clean,
@@ -156,6 +186,8 @@ def attribution_patching(
     sites: str | Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
     positions: str | Sequence[str] | torch.Tensor = ("image", "text", "last"),
     *,
+    method: Method = "atp",
+    ig_steps: int = 1,
     direction: str = "denoising",
     metric: str | Metric = "logit_diff",
     answer: torch.Tensor | None = None,
@@ -168,11 +200,16 @@ def attribution_patching(
     corrupted_context: Callable | None = None,
     seed: int = 0,
 ) -> AtPResult:
-    """AtP estimates of patching every site, layer and position group, from one forward-backward.
+    """Gradient estimates of patching every site, layer and position group at once.
 
     Args: as :func:`mech.activation_patching` (same names, same defaults for the metric targets):
         sites: one or several of :data:`mech.patching.SITES`.
         positions: position group(s) of :data:`mech.patching.POSITION_GROUPS` or a BoolTensor ``[batch, pos]``.
+        method: ``"atp"`` (gradient at the target run; Nanda 2023, Kramár et al. 2024 eq. 3; 3
+            forward-equivalents) or ``"ig"`` (gradient averaged over ``ig_steps`` points of the straight
+            path between the two runs' decoder inputs; Sundararajan et al. 2017, Hanna et al. 2024 §3;
+            ``2 + 2·ig_steps`` forward-equivalents; needs two runs of the same length).
+        ig_steps: points of the midpoint rule for ``"ig"`` (1 = the midpoint).
         direction: ``"denoising"`` (gradient on the corrupted run) or ``"noising"`` (on the clean run).
         metric: ``"logit_diff"`` (default), ``"prob"``, ``"kl"`` or a :class:`mech.patching.Metric`.
 
@@ -180,34 +217,53 @@ def attribution_patching(
         :class:`AtPResult`; ``effect[site]`` ``[layer, group]`` (``z``: ``[layer, head, group]``).
 
     Raises:
-        ConfigError: unknown site/metric/direction/position group; layers out of range.
+        ConfigError: unknown site/metric/direction/position group/method (the message lists the allowed
+            values); layers out of range; ``method="ig"`` on runs of different length.
         InputError: groups that do not match (``align="strict"``); UnsupportedArchitectureError: mllama.
         MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
     """
+    check_method(method, ig_steps)
     setup = prepare(m, "attribution_patching", clean, corrupted, sites, positions, direction=direction,
                     metric=metric, layers=layers, condition=condition, align_mode=align_mode,
                     clean_context=clean_context, corrupted_context=corrupted_context, seed=seed)
     site_list, metric_obj, aligns, layer_list = setup.sites, setup.metric, setup.aligns, setup.layers
     target, source, denoise, names = setup.target, setup.source, setup.denoise, setup.names
+    if method == "ig" and setup.mode != "strict":
+        raise ConfigError("method='ig' integrates along the path between the two runs' decoder inputs, which needs "
+                          "runs of the same length (align='strict'); use method='atp' for no_image / image_only")
 
-    wall = {}
+    wall: dict[str, float] = {}
+    recorded: list = []
     t0 = time.perf_counter()
     with ExitStack() as stack:
-        _enter(stack, setup.s_ctx)
+        enter(stack, setup.s_ctx)
+        if method == "ig":
+            stack.enter_context(decoder_inputs(m, recorded))
         s_logits, cache = H.run_with_cache(m, source, names)
     s_last = _last(s_logits, source.groups.last())
     wall["source_forward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    t_last, acts, leaves = _grad_run(m, target, names, setup.t_ctx)
+    if method == "atp":
+        t_last, acts, leaves = _grad_run(m, target, names, [setup.t_ctx])
+    else:
+        with ExitStack() as stack:
+            enter(stack, setup.t_ctx)
+            t_logits, acts = H.run_with_cache(m, target, names)
+        t_last = _last(t_logits, target.groups.last())
     wall["target_forward"] = time.perf_counter() - t0
     clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
     batch, rows = resolve_targets(metric_obj, clean_logits, corr_logits, answer, counterfactual)
     t0 = time.perf_counter()
-    value = metric_obj(t_last, rows)
-    grads = torch.autograd.grad(value.sum(), [leaves[k] for k in names], allow_unused=True)
-    wall["target_backward"] = time.perf_counter() - t0
-    target_m = value.detach().cpu()
+    if method == "atp":
+        value = metric_obj(t_last, rows)
+        grads = _gradients(value, leaves, names)
+        wall["target_backward"] = time.perf_counter() - t0
+        target_m = value.detach().cpu()
+    else:
+        grads = _integrated_gradients(m, target, names, setup.t_ctx, recorded, lambda lg: metric_obj(lg, rows),
+                                      ig_steps, wall)
+        target_m = metric_obj(t_last, rows).cpu()
     source_m = metric_obj(s_last, rows).cpu()
     clean_m, corr_m = (source_m, target_m) if denoise else (target_m, source_m)
 
@@ -219,7 +275,7 @@ def attribution_patching(
         per_layer = []
         for l in layer_list:
             name = hook_name(site, l)
-            grad = grads[names.index(name)]
+            grad = grads[name]
             tgt, src = acts[name], cache[name]
             dev = tgt.device
             ri, ti, si = r.to(dev), t.to(dev), s.to(dev)
@@ -239,11 +295,15 @@ def attribution_patching(
             eff = torch.full(delta.shape[:-1], float("nan"))
         eff[..., empty] = float("nan")
         effects[site] = eff
-    meta = {"wall_s": wall, "passes": {"forward": 2, "backward": 1, "backward_scope": "activations only"},
+    fe = forward_equivalents(method, ig_steps)
+    passes = {"forward": 2, "backward": 1} if method == "atp" else {"forward": 2 + ig_steps, "backward": ig_steps}
+    meta = {"wall_s": wall, "passes": {**passes, "backward_scope": "activations only"},
             "align": setup.mode, "answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
             "counterfactual": metric_obj.counterfactual.tolist() if metric_obj.counterfactual is not None else None}
+    if method == "ig":
+        meta["ig_steps"] = ig_steps
     return AtPResult(effects, patched, deltas, clean_m, corr_m, tuple(a.name for a in aligns), layer_list, direction,
-                     metric_obj.name, condition, FORWARD_EQUIVALENTS, meta)
+                     metric_obj.name, condition, fe, meta, method)
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -259,20 +319,34 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x * y).sum() / den) if den > 0 else float("nan")
 
 
+COMPARE_ON = ("effect", "delta", "patched")
+
+
 def compare_to_exact(atp: AtPResult, exact, on: str = "effect") -> dict[str, float]:
     """Pearson r between AtP and exact activation patching, per site and ``"overall"`` (all sites' entries).
 
     Args:
         atp: :class:`AtPResult`.
         exact: :class:`mech.patching.PatchingResult` of the same inputs, sites, positions and direction.
-        on: ``"effect"`` (normalized effects, ``[layer, group]``) or ``"patched"`` (per-sample metrics).
+        on: what is correlated (:data:`COMPARE_ON`):
+
+            * ``"effect"`` — the normalized effects ``[layer, group]`` of the batch means, the grid a
+              researcher reads (Heimersheim & Nanda 2024, eq. 1);
+            * ``"delta"`` — per-sample metric changes ``ΔM`` ``[layer, group, batch]`` (AtP's ``delta``
+              against exact ``patched − target metric``): the per-sample fidelity;
+            * ``"patched"`` — per-sample patched metrics; both contain the same unpatched target metric,
+              whose spread across samples inflates r: prefer ``"delta"``.
 
     Raises:
         ConfigError: ``on`` unknown; no site in common; the two results' axes differ.
     """
-    if on not in ("effect", "patched"):
-        raise ConfigError(f"on={on!r}; allowed: effect, patched")
-    a_all, e_all = getattr(atp, on), getattr(exact, on)
+    if on not in COMPARE_ON:
+        raise ConfigError(f"on={on!r}; allowed: {', '.join(COMPARE_ON)}")
+    if on == "delta":
+        target = exact.corrupted_metric if exact.direction == "denoising" else exact.clean_metric
+        a_all, e_all = atp.delta, {s: p - target for s, p in exact.patched.items()}
+    else:
+        a_all, e_all = getattr(atp, on), getattr(exact, on)
     common = [s for s in a_all if s in e_all]
     if not common:
         raise ConfigError(f"no site in common: AtP has {sorted(a_all)}, exact patching has {sorted(e_all)}")
