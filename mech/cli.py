@@ -15,7 +15,10 @@ COMMANDS = {
     "contrib": "layerwise modality-contribution curves and the imbalance ratio",
     "report": "eval -> attention -> patch -> contrib, written to report.md",
     "inspect": "load a model, prepare samples and print the architecture table and token groups",
+    "merge": "assemble the results of sharded runs (--shard K/N, torchrun) found in an output directory",
 }
+# commands that run data-parallel (mech.parallel): --shard K/N, or torchrun's RANK/WORLD_SIZE/LOCAL_RANK
+SHARDED = ("eval", "attention", "patch", "contrib")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,12 +38,23 @@ def parser() -> argparse.ArgumentParser:
     commands = {}
     for name, help_ in COMMANDS.items():
         commands[name] = sub.add_parser(name, help=help_, description=help_)
+        if name == "merge":
+            commands[name].add_argument("out", help="the --out directory of the sharded runs")
+            continue
         _common(commands[name])
+    for name in SHARDED:
+        commands[name].add_argument("--shard", default=None, metavar="K/N",
+                                    help="compute only the batches k with k %% N == K (0 <= K < N) into the same "
+                                         "output; default: torchrun's RANK/WORLD_SIZE, else every batch")
     commands["attention"].add_argument("--query", default="last", help="last | answer | text")
     commands["report"].add_argument("--compare", nargs="*", default=None, metavar="MODEL",
                                     help="two (or more) model specs side by side; without names: "
                                          "organism:balanced organism:text-biased")
     commands["contrib"].add_argument("--estimators", nargs="+", default=None, help="attention patching dla")
+    for name in ("contrib", "report"):
+        commands[name].add_argument("--ablation", default="resample", choices=("resample", "noise"),
+                                    help="how the patching estimator removes a token group: resample (another "
+                                         "sample's embeddings of the group, default) or noise (Gaussian)")
     for name in ("contrib", "report", "eval", "attention", "patch"):
         commands[name].add_argument("--seed", type=int, default=0)
     ev = commands["eval"]
@@ -105,6 +119,7 @@ HANDLERS = {
     "patch": "mech.patching:cmd_patch",
     "contrib": "mech.contribution:cmd_contrib",
     "report": "mech.report:cmd_report",
+    "merge": "mech.parallel:cmd_merge",
 }
 
 
@@ -129,6 +144,19 @@ def _check_numbers(args) -> None:
             raise ConfigError(f"{flag} {value}; pass a positive integer (or leave {flag} out for the default).")
 
 
+def _check_launcher(args) -> None:
+    """Under torchrun / accelerate launch, refuse commands that do not shard (every rank would
+    compute and write the same files)."""
+    from mech.errors import ConfigError
+    from mech.parallel import from_env
+
+    env = from_env()
+    if env is not None and args.command not in SHARDED and args.command != "inspect":
+        raise ConfigError(f"mech {args.command} runs in one process, but WORLD_SIZE={env.world} says it was started "
+                          f"by a launcher; launch mech {' / '.join(SHARDED)} with torchrun (they shard their batches), "
+                          f"then run mech {args.command} once without the launcher (it reuses their parts).")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -137,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _check_numbers(args)
+        _check_launcher(args)
         handler = _handler(args.command)
         if handler is None:
             raise MechError(f"`mech {args.command}` is not available in this version of mech yet; "

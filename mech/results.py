@@ -85,16 +85,23 @@ class BatchStore:
     Layout: ``root/header.json`` (what the run is: model, data, settings) and one
     ``root/{index:06d}.safetensors`` per finished batch, each written atomically. Opening a store
     whose header differs from ``header`` clears the old batches (another run's results are never
-    mixed in). ``get(i)`` returns a finished batch or None; ``gather()`` concatenates every batch
-    along axis 0 in index order.
+    mixed in; with ``clear=False`` it raises ``ConfigError`` instead). ``get(i)`` returns a finished
+    batch or None; ``gather()`` concatenates every batch along axis 0 in index order; ``collect()``
+    does the same reading one batch at a time into preallocated tensors, zero-padding ragged
+    trailing axes. Several processes may write disjoint batches of one store (:mod:`mech.parallel`).
     """
 
-    def __init__(self, root: str | os.PathLike, header: Mapping[str, Any]):
+    def __init__(self, root: str | os.PathLike, header: Mapping[str, Any], *, clear: bool = True):
         self.root = Path(root)
         self.header = _clean(dict(header))
-        self.root.mkdir(parents=True, exist_ok=True)
         head = self.root / "header.json"
         self.resumed = head.is_file() and read_json(head) == self.header
+        if not self.resumed and not clear:
+            from mech.errors import ConfigError
+
+            raise ConfigError(f"{self.root} holds batches of another run (or none); rerun the command itself with "
+                              "the model, data and settings of those batches.")
+        self.root.mkdir(parents=True, exist_ok=True)
         if not self.resumed:
             for old in self.root.glob("*.safetensors"):
                 old.unlink()
@@ -107,14 +114,91 @@ class BatchStore:
         path = self._path(index)
         return read_tensors(path) if path.is_file() else None
 
-    def put(self, index: int, tensors: Mapping[str, torch.Tensor]) -> None:
-        write_tensors(self._path(index), tensors)
+    def put(self, index: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
+        """Write batch ``index`` atomically; ``metadata`` (JSON-able) is kept beside it (:meth:`meta`)."""
+        meta = {"mech": json.dumps(_clean(dict(metadata)))} if metadata else None
+        write_tensors(self._path(index), tensors, meta)
+
+    def meta(self, index: int) -> dict[str, Any]:
+        """The ``metadata`` given to :meth:`put` for batch ``index`` ({} if none)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._path(index)), "pt") as fh:
+            raw = (fh.metadata() or {}).get("mech")
+        return json.loads(raw) if raw else {}
+
+    @staticmethod
+    def finished(root: str | os.PathLike, header: Mapping[str, Any]) -> list[int]:
+        """Indices of the finished batches of a store at ``root`` written for ``header``, without
+        creating or clearing anything ([] when there is no such store)."""
+        root = Path(root)
+        head = root / "header.json"
+        if not head.is_file() or read_json(head) != _clean(dict(header)):
+            return []
+        return sorted(int(p.stem) for p in root.glob("*.safetensors") if p.stem.isdigit())
+
+    def remove_if_empty(self) -> None:
+        """Delete the store (header and directory) if it holds no finished batch: a run that failed
+        before finishing one leaves nothing behind."""
+        if not self.indices():
+            (self.root / "header.json").unlink(missing_ok=True)
+            try:
+                self.root.rmdir()
+            except OSError:  # something else lives there (another process's batch): keep it
+                pass
+
+    def missing(self, total: int) -> list[int]:
+        """Batch indices in ``0 .. total-1`` not finished yet."""
+        done = set(self.indices())
+        return [k for k in range(total) if k not in done]
 
     def indices(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.root.glob("*.safetensors"))
+        return sorted(int(p.stem) for p in self.root.glob("*.safetensors") if p.stem.isdigit())
 
     def gather(self) -> dict[str, torch.Tensor]:
         parts = [self.get(i) for i in self.indices()]
         if not parts:
             return {}
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def collect(self, indices: list[int] | range | None = None) -> dict[str, torch.Tensor]:
+        """Concatenate batches ``indices`` (default: all finished) along axis 0, in that order,
+        reading one batch at a time into tensors allocated once (peak memory: the result plus one
+        batch). A trailing axis whose size differs between batches is zero-padded to the largest.
+
+        Raises:
+            DataError: a batch is missing, or batches disagree in keys, ranks or dtypes.
+        """
+        from safetensors import safe_open
+
+        from mech.errors import DataError
+
+        indices = self.indices() if indices is None else list(indices)
+        shapes: dict[str, list[list[int]]] = {}
+        for i in indices:
+            if not self._path(i).is_file():
+                raise DataError(f"batch {i} is missing in {self.root}; rerun the command to compute it.")
+            with safe_open(str(self._path(i)), "pt") as fh:
+                keys = sorted(fh.keys())
+                if shapes and keys != sorted(shapes):
+                    raise DataError(f"batch {i} in {self.root} has tensors {keys}, others {sorted(shapes)}; "
+                                    "delete the directory and rerun.")
+                for k in keys:
+                    shapes.setdefault(k, []).append(list(fh.get_slice(k).get_shape()))
+        out: dict[str, torch.Tensor] = {}
+        row = dict.fromkeys(shapes, 0)  # next free row of each tensor (axis-0 sizes may differ between keys)
+        for i in indices:
+            part = self.get(i)
+            for k, t in part.items():
+                if k not in out:
+                    dims = shapes[k]
+                    if len({len(d) for d in dims}) != 1 or not dims[0]:
+                        raise DataError(f"tensor {k!r} has different ranks (or rank 0) across batches in {self.root}.")
+                    size = [sum(d[0] for d in dims)] + [max(d[a] for d in dims) for a in range(1, len(dims[0]))]
+                    out[k] = torch.zeros(size, dtype=t.dtype)
+                if t.dtype != out[k].dtype:
+                    raise DataError(f"tensor {k!r} of batch {i} is {t.dtype}, of batch {indices[0]} {out[k].dtype}.")
+                out[k][(slice(row[k], row[k] + t.shape[0]),) + tuple(slice(0, s) for s in t.shape[1:])] = t
+                row[k] += t.shape[0]
+            del part
+        return out

@@ -18,24 +18,33 @@ from tqdm.auto import tqdm
 from mech.contribution import CORRUPTIONS, ESTIMATORS, PATCHED_GROUPS, Contributions, modality_contributions
 from mech.contribution.donors import donor_batch, pair_donors
 from mech.groups import GROUPS
+
+PARTS = ".contrib.parts"
 from mech.errors import ConfigError, DataError
 
 
 def cmd_contrib(args) -> dict:
-    """Run ``mech contrib`` (module docstring); returns the ``contrib.json`` content."""
-    import mech
-    from mech.conditions import condition_inputs
-    from mech.contribution.plots import contribution_figure
-    from mech.data import load_data
-    from mech.targets import decision_tokens
-    from mech.results import BatchStore, write_json, write_tensors
+    """Run ``mech contrib`` (module docstring); returns the ``contrib.json`` content.
 
+    Sharded like ``mech attention`` (:mod:`mech.parallel`: ``--shard K/N`` or torchrun's environment;
+    rank K computes the batches k with k % N == K into the same parts store; the last to finish
+    assembles). The model is loaded only when this process has batches to compute.
+    """
+    import mech
+    from mech import parallel
+    from mech.conditions import condition_inputs
+    from mech.data import load_data
+    from mech.results import BatchStore
+    from mech.targets import decision_tokens
+
+    shard = parallel.resolve(args)
     estimators = tuple(getattr(args, "estimators", None) or ESTIMATORS)
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad:
         raise ConfigError(f"unknown estimators {bad}; allowed: {', '.join(ESTIMATORS)}")
-    m = mech.load(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    m.require_decoder_sequence("mech contrib")
+    corruption = getattr(args, "ablation", None) or "resample"  # not --corruption: that is mech patch's condition
+    if corruption not in CORRUPTIONS:
+        raise ConfigError(f"--ablation {corruption!r}; allowed: {', '.join(CORRUPTIONS)}")
     n = args.n or 64
     samples = [s for s in load_data(args.data, n=n) if s.get("images")]
     if not samples:
@@ -43,30 +52,47 @@ def cmd_contrib(args) -> dict:
                         "images.")
     bs = max(1, int(getattr(args, "batch_size", 8) or 8))
     seed = int(getattr(args, "seed", 0) or 0)
-    corruption = getattr(args, "ablation", None) or "resample"  # not --corruption: that is mech patch's condition
-    if corruption not in CORRUPTIONS:
-        raise ConfigError(f"--ablation {corruption!r}; allowed: {', '.join(CORRUPTIONS)}")
     resample = corruption == "resample" and "patching" in estimators
     donors = {g: pair_donors(samples, g, seed=seed) for g in PATCHED_GROUPS} if resample else {}
     out = Path(args.out)
-    store = BatchStore(out / ".contrib.parts", {"model": args.model, "data": args.data, "n": len(samples),
-                                                "batch_size": bs, "seed": seed, "estimators": list(estimators),
-                                                "corruption": corruption})
-    batches = range(0, len(samples), bs)
-    for k, start in enumerate(tqdm(batches, desc="contrib", unit="batch")):
-        if store.get(k) is not None:
-            continue
-        rows = range(start, min(start + bs, len(samples)))
-        chunk = [samples[i] for i in rows]
-        clean = condition_inputs(m, chunk, "complete")
-        batch_donors = {g: donor_batch(m, samples, d, rows, g) for g, d in donors.items()}
-        last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
-        answer, cf = decision_tokens(m, chunk, last)
-        c = modality_contributions(m, clean, answer, cf, estimators=estimators, seed=seed, corruption=corruption,
-                                   donors=batch_donors)
-        store.put(k, {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf})
+    settings = {"model": str(args.model), "data": str(args.data), "n": n, "batch_size": bs, "seed": seed,
+                "estimators": list(estimators), "ablation": corruption, "dtype": getattr(args, "dtype", None)}
+    head = {**settings, "n_samples": len(samples), "args": settings}
+    total = parallel.n_batches(len(samples), bs)
+    done = set(BatchStore.finished(out / PARTS, head))
+    todo = [k for k in range(total) if shard.mine(k) and k not in done]
+    m = None
+    if todo:
+        m = mech.load(args.model, device=parallel.device(args, shard), dtype=getattr(args, "dtype", None),
+                      device_map=getattr(args, "device_map", None))
+        m.require_decoder_sequence("mech contrib")
+    store = BatchStore(out / PARTS, head, clear=shard.computes)
+    try:
+        for k in tqdm(todo, desc="contrib" + (f" (shard {shard})" if shard.sharded else ""), unit="batch"):
+            rows = range(k * bs, min((k + 1) * bs, len(samples)))
+            chunk = [samples[i] for i in rows]
+            clean = condition_inputs(m, chunk, "complete")
+            batch_donors = {g: donor_batch(m, samples, d, rows, g) for g, d in donors.items()}
+            last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
+            answer, cf = decision_tokens(m, chunk, last)
+            c = modality_contributions(m, clean, answer, cf, estimators=estimators, seed=seed,
+                                       corruption=corruption, donors=batch_donors)
+            store.put(k, {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf})
+    except BaseException:
+        store.remove_if_empty()
+        raise
+    used = corruption if "patching" in estimators else None
+    return parallel.finish("contrib", store, total, shard, out,
+                           lambda: _assemble(store, args, out, estimators, used, resample))
+
+
+def _assemble(store, args, out: Path, estimators, corruption, resample: bool) -> dict:
+    """``contrib.json``, ``contrib.safetensors`` and ``contrib.png`` from the finished parts."""
+    from mech.contribution.plots import contribution_figure
+    from mech.results import write_json, write_tensors
+
     data = store.gather()
-    meta = {"corruption": corruption if "patching" in estimators else None}
+    meta = {"corruption": corruption}
     if resample:
         meta["patching_without_donor"] = {g: int(torch.isnan(data["patching"][:, 0, GROUPS.index(g)]).sum())
                                           for g in PATCHED_GROUPS}

@@ -88,10 +88,30 @@ def _ratio(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     return torch.where(before == 0, torch.zeros_like(before), after / torch.where(before == 0, 1.0, before))
 
 
+def _weights(module: torch.nn.Module):
+    """Context in which ``module``'s parameters are materialised on its execution device (accelerate
+    offload keeps them on the meta device between forwards); a no-op without accelerate."""
+    try:
+        from accelerate.utils import align_module_device
+    except ImportError:  # pragma: no cover - accelerate is a transformers extra
+        import contextlib
+
+        return contextlib.nullcontext()
+    return align_module_device(module)
+
+
+def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for ``x`` ``[batch, d]`` on the norm's own device (a sharded model's norms may live
+    on another GPU than the saved activations), returned in fp32 on ``x``'s device."""
+    with _weights(norm):
+        dev = next(norm.parameters(), x).device
+        return norm(x.unsqueeze(1).to(dev)).squeeze(1).float().to(x.device)
+
+
 def _frozen(norm: torch.nn.Module | None, total: torch.Tensor) -> torch.Tensor:
     if norm is None:
         return torch.ones_like(total)
-    return _ratio(norm(total.unsqueeze(1)).squeeze(1).float(), total)
+    return _ratio(_norm(norm, total), total)
 
 
 @torch.no_grad()
@@ -136,10 +156,14 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
         m.model(**inputs)
     x_final = saved[f"blocks.{L - 1}.hook_resid_post"]
     ln_final = m.arch.module(m.model, "ln_final")
-    final_scale = _ratio(ln_final(x_final.unsqueeze(1)).squeeze(1).float(), x_final)
+    final_scale = _ratio(_norm(ln_final, x_final), x_final)
     unembed = m.arch.module(m.model, "unembed")
-    w_u = unembed.weight.float()
-    direction = (w_u[answer_ids.to(w_u.device)] - w_u[counterfactual_ids.to(w_u.device)]).to(x_final.device)
+    with _weights(unembed):  # weights read outside a forward: materialise them under accelerate offload
+        w_u = unembed.weight.float()
+        direction = (w_u[answer_ids.to(w_u.device)] - w_u[counterfactual_ids.to(w_u.device)]).to(x_final.device)
+        b_u = getattr(unembed, "bias", None)
+        ub = ((b_u[answer_ids.to(b_u.device)] - b_u[counterfactual_ids.to(b_u.device)]).float().to(x_final.device)
+              if b_u is not None else torch.zeros(batch, device=x_final.device))
 
     def to_logits(write: torch.Tensor) -> torch.Tensor:  # write [b, ..., d] -> [b, ...]
         shape = (batch,) + (1,) * (write.dim() - 2) + (write.shape[-1],)
@@ -149,17 +173,18 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
     for l in range(L):
         o_proj = m.arch.module(m.model, "o_proj", l)
         z = rec.z[l].to(x_final.device)  # [b, h, g, d_head]
-        pieces = torch.einsum("bhgd,ehd->bge", z, o_proj.weight.float().view(-1, z.shape[1], z.shape[3]))
+        with _weights(o_proj):
+            w_o = o_proj.weight.to(z.device).float()
+            bias = o_proj.bias.to(z.device).float() if o_proj.bias is not None else None
+        pieces = torch.einsum("bhgd,ehd->bge", z, w_o.view(-1, z.shape[1], z.shape[3]))
         scale = _frozen(m.arch.module(m.model, "attn_post_norm", l), saved[f"blocks.{l}.hook_attn_out"])
         attn.append(to_logits(pieces * scale[:, None, :]))
-        bias = o_proj.bias.float() if o_proj.bias is not None else torch.zeros_like(scale[0])
+        bias = bias if bias is not None else torch.zeros_like(scale[0])
         attn_bias.append(to_logits(bias.expand_as(scale) * scale))
         # the MLP's residual write (after any post-norm); deepstack injections touch visual positions
         # only, never the answer position, so the difference is the MLP's alone
         mlp.append(to_logits(saved[f"blocks.{l}.hook_resid_post"] - saved[f"blocks.{l}.hook_resid_mid"]))
-    b_u = getattr(unembed, "bias", None)
-    ub = (b_u[answer_ids] - b_u[counterfactual_ids]).float() if b_u is not None else torch.zeros(batch)
-    normalized = ln_final(x_final.unsqueeze(1)).squeeze(1).float()
+    normalized = _norm(ln_final, x_final)
     logit_diff = (normalized * direction).sum(-1) + ub.to(normalized.device)
     return DLA(torch.stack(attn, 1), torch.stack(attn_bias, 1), torch.stack(mlp, 1),
                to_logits(saved["hook_embed"]), ub.to(normalized.device), logit_diff, groups.names,

@@ -69,29 +69,54 @@ def write_outputs(result: dict, out_dir: str | Path, *, model: str | None = None
     return paths
 
 
+RUN_KEYS = ("model", "data", "n", "dtype", "conditions", "method", "scoring", "max_new_tokens", "seed", "batch_size")
+
+
 def cmd_eval(args) -> dict:
-    """``mech eval --model SPEC --data SPEC [--n N] [--out DIR] [--batch-size B]`` plus the optional
-    attributes ``conditions`` (comma list), ``method`` (score|direct|cot), ``scoring``
+    """``mech eval --model SPEC --data SPEC [--n N] [--out DIR] [--batch-size B] [--shard K/N]`` plus
+    the optional attributes ``conditions`` (comma list), ``method`` (score|direct|cot), ``scoring``
     (letter|option_text), ``max_new_tokens``, ``seed``, ``no_progress``.
 
     Resumable: per-batch results go to ``DIR/eval.ckpt.jsonl``; a rerun with the same model,
-    data and settings skips the finished batches and writes the same ``eval.json``.
+    data and settings skips the finished batches and writes the same ``eval.json``. A shard ``K/N``
+    (:mod:`mech.parallel`) writes ``DIR/eval.ckpt.K-of-N.jsonl``; the invocation that finds every
+    batch done writes the results. Returns the ``eval.json`` content, or ``{"complete": False, ...}``
+    for a shard that finished while others' batches are missing.
     """
     import mech
+    from mech import parallel
     from mech.data import load_data
     from mech.evaluation.run import evaluate
 
+    shard = parallel.resolve(args)
     seed = int(getattr(args, "seed", 0) or 0)
     data = load_data(args.data, n=args.n, seed=seed)
-    m = mech.load(args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
+    m = mech.load(args.model, device=parallel.device(args, shard), dtype=args.dtype,
+                  device_map=getattr(args, "device_map", None))
     if m.spec == "(model, processor)":
         m.spec = str(args.model)
     method = getattr(args, "method", None) or "score"
     out_dir = Path(args.out)
-    result = evaluate(m, data, conditions=_conditions(getattr(args, "conditions", None)), method=method,
+    conditions = _conditions(getattr(args, "conditions", None))
+    run = {k: getattr(args, k, None) for k in RUN_KEYS}
+    run.update(model=str(args.model), data=str(args.data), conditions=",".join(conditions), method=method, seed=seed)
+    result = evaluate(m, data, conditions=conditions, method=method,
                       scoring=getattr(args, "scoring", None), batch_size=int(args.batch_size or 8),
                       max_new_tokens=getattr(args, "max_new_tokens", None), seed=seed,
-                      checkpoint=out_dir / "eval.ckpt.jsonl", progress=not getattr(args, "no_progress", False))
+                      checkpoint=out_dir / "eval.ckpt.jsonl", progress=not getattr(args, "no_progress", False),
+                      shard=shard, run=run)
+    if isinstance(result, parallel.Pending):
+        return parallel.unfinished("eval", result.missing, result.total, shard, out_dir)
+    flag = out_dir / ".eval.assembling"
+    if shard.sharded and not parallel.claim(flag):
+        return parallel.assembling_elsewhere("eval", flag, out_dir)
+    try:
+        return _finish(result, data, args, out_dir)
+    finally:
+        parallel.release(flag)  # also a claim left by a shard that died while assembling
+
+
+def _finish(result: dict, data, args, out_dir: Path) -> dict:
     opts = [len(s.get("options") or []) for s in data.samples if s.get("options")]
     chance = sum(1 / k for k in opts) / len(opts) if opts else None  # uniform guessing over the options
     result["settings"]["chance"] = chance

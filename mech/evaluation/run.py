@@ -35,26 +35,59 @@ class Checkpoint:
     """Per-batch results as JSON lines in ``path``: a header line, then one record per
     (condition, batch). Each record is appended, flushed and fsync-ed; a torn last line (a run
     killed while writing) is dropped when the file is read back, and the file is rewritten
-    atomically without it before new records are appended."""
+    atomically without it before new records are appended.
 
-    def __init__(self, path: str | os.PathLike | None, header: dict):
-        self.path = Path(path) if path is not None else None
-        self.header = header
+    Sharded runs (:mod:`mech.parallel`): shard ``K`` of ``N`` appends to its own file
+    ``<stem>.K-of-N.jsonl`` beside ``path``; every invocation also reads (never writes) the other
+    files of the same run there, so a single-process rerun, or the shard that finishes last, sees
+    every record. ``run`` (the command-line settings) is kept on the header line for ``mech merge``.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, header: dict, *, shard=None, run: dict | None = None):
+        from mech.parallel import WHOLE
+
+        self.shard = shard or WHOLE
+        self.base = Path(path) if path is not None else None
+        self.path = self.base
+        if self.base is not None and self.shard.sharded:
+            name = f"{self.base.stem}.{self.shard.rank}-of-{self.shard.world}{self.base.suffix}"
+            self.path = self.base.with_name(name)
+        self.header, self.run = header, run
+        self.own: dict[tuple[str, tuple[str, ...]], dict] = {}
         self.records: dict[tuple[str, tuple[str, ...]], dict] = {}
         self.note = ""
         if self.path is None:
             return
-        old = self._read()
+        old = self._read(self.path)
         if old is not None and old[0] == header:
-            self.records = {(r["condition"], tuple(r["ids"])): r for r in old[1]}
+            self.own = {(r["condition"], tuple(r["ids"])): r for r in old[1]}
         elif old is not None:
             self.note = f"checkpoint {self.path} was written for another run (model, data or settings); starting afresh"
-        self._rewrite()
+        self.refresh()
+        if self.shard.computes:
+            self._rewrite()
 
-    def _read(self):
-        if not self.path.is_file():
+    def siblings(self) -> list[Path]:
+        """The other checkpoint files of this run's directory (the base file and every shard file)."""
+        if self.base is None:
+            return []
+        files = [self.base, *sorted(self.base.parent.glob(f"{self.base.stem}.*-of-*{self.base.suffix}"))]
+        return [f for f in files if f != self.path and f.is_file()]
+
+    def refresh(self) -> None:
+        """Re-read the other files (records other shards appended since)."""
+        self.records = {}
+        for f in self.siblings():
+            old = self._read(f)
+            if old is not None and old[0] == self.header:
+                self.records.update({(r["condition"], tuple(r["ids"])): r for r in old[1]})
+        self.records.update(self.own)
+
+    @staticmethod
+    def _read(path: Path):
+        if not path.is_file():
             return None
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
         rows = []
         for line in lines:
             try:
@@ -63,12 +96,13 @@ class Checkpoint:
                 break  # a torn line: everything after it is dropped
         if not rows or "header" not in rows[0]:
             return None
-        return rows[0]["header"], [r for r in rows[1:] if "condition" in r and "ids" in r]
+        return rows[0]["header"], [r for r in rows[1:] if "condition" in r and "ids" in r], rows[0].get("run")
 
     def _rewrite(self):
         from mech.results import _atomic
 
-        text = "".join(json.dumps(x) + "\n" for x in [{"header": self.header}, *self.records.values()])
+        first = {"header": self.header, **({"run": self.run} if self.run is not None else {})}
+        text = "".join(json.dumps(x) + "\n" for x in [first, *self.own.values()])
 
         def write(tmp):
             with open(tmp, "w", encoding="utf-8") as fh:
@@ -80,7 +114,8 @@ class Checkpoint:
         return self.records.get((condition, tuple(ids)))
 
     def add(self, record: dict) -> None:
-        self.records[(record["condition"], tuple(record["ids"]))] = record
+        key = (record["condition"], tuple(record["ids"]))
+        self.records[key] = self.own[key] = record
         if self.path is None:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -122,7 +157,7 @@ def _eligible(samples: list[dict], conditions: Sequence[str], method: str, scori
 def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str] = DEFAULT_CONDITIONS,
              method: str = "score", scoring: str | None = None, style: str | None = None, batch_size: int = 8,
              max_new_tokens: int | None = None, seed: int = 0, checkpoint: str | os.PathLike | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, shard=None, run: dict | None = None) -> dict:
     """Answer every sample under every condition; accuracy and consistency tables.
 
     Args:
@@ -140,15 +175,20 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
         checkpoint: a JSON-lines file; finished batches found there are not recomputed, so a
             killed run resumes from its last finished batch with identical results.
         progress: show a tqdm bar over samples.
+        shard: a :class:`mech.parallel.Shard`: compute only the batches ``k % N == K`` (needs
+            ``checkpoint``; other shards' records are read from the files beside it).
+        run: the command-line settings, kept in the checkpoint for ``mech merge``.
 
     Returns:
         dict with ``conditions`` (per condition ``accuracy`` in [0, 1], ``n``, ``correct``,
         ``drop``), ``consistency`` (:func:`consistency_table`), ``ids``, ``predictions`` and
         ``correct`` (condition -> per-sample list), ``scores`` or ``responses``, ``skipped``
-        (``count``, ``reasons`` -> count, ``items``), and ``settings``.
+        (``count``, ``reasons`` -> count, ``items``), and ``settings``. With a ``shard``, when
+        other shards' batches are still missing: a :class:`mech.parallel.Pending` instead.
 
     Raises:
-        ConfigError: unknown condition/method/scoring/style, duplicate conditions, batch_size < 1.
+        ConfigError: unknown condition/method/scoring/style, duplicate conditions, batch_size < 1,
+            a sharded run without ``checkpoint``.
         DataError: no sample left to evaluate (the message gives the skip reasons).
     """
     from tqdm.auto import tqdm
@@ -181,34 +221,44 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
                 "data": dataset.name, "method": method, "scoring": scoring if method == "score" else None,
                 "style": style, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "seed": seed,
                 "ids_hash": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
-    ckpt = Checkpoint(checkpoint, {"version": CHECKPOINT_VERSION, **settings})
+    from mech.parallel import WHOLE, Pending
+
+    shard = shard or WHOLE
+    if checkpoint is None and (shard.sharded or not shard.computes):
+        raise ConfigError("a sharded evaluation needs checkpoint=<file> (the shards meet there); pass one.")
+    ckpt = Checkpoint(checkpoint, {"version": CHECKPOINT_VERSION, **settings}, shard=shard, run=run)
     if ckpt.note:
         print(ckpt.note)
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    done = sum(len(b) for b in batches if all(ckpt.get(c, [str(s["id"]) for s in b]) for c in conditions))
-    bar = tqdm(total=len(samples), initial=done, unit="sample", desc="mech eval", disable=not progress)
-    results: dict[str, list[dict]] = {c: [] for c in conditions}
+    keys = [[str(s["id"]) for s in b] for b in batches]
+    mine = [k for k in range(len(batches)) if shard.mine(k)]
+    done = sum(len(batches[k]) for k in mine if all(ckpt.get(c, keys[k]) for c in conditions))
+    bar = tqdm(total=sum(len(batches[k]) for k in mine), initial=done, unit="sample",
+               desc="mech eval" + (f" (shard {shard})" if shard.sharded else ""), disable=not progress)
     try:
-        for batch in batches:
-            bids = [str(s["id"]) for s in batch]
+        for k in mine:
+            batch, bids = batches[k], keys[k]
             fresh = False
             for cond in conditions:
-                rec = ckpt.get(cond, bids)
-                if rec is None:
+                if ckpt.get(cond, bids) is None:
                     try:
                         out = _answer_batch(m, batch, cond, method=method, scoring=scoring, style=style,
                                             max_new_tokens=max_new_tokens, seed=seed)
                     except MechError as exc:
                         raise type(exc)(f"condition {cond!r}, samples {bids[:3]}: {exc} (to evaluate the "
                                         f"other conditions, leave {cond!r} out)") from exc
-                    rec = {"condition": cond, "ids": bids, **out}
-                    ckpt.add(rec)
+                    ckpt.add({"condition": cond, "ids": bids, **out})
                     fresh = True
-                results[cond].append(rec)
             if fresh:
                 bar.update(len(batch))
     finally:
         bar.close()
+    if shard.sharded or not shard.computes:
+        ckpt.refresh()  # records the other shards appended meanwhile
+    missing = [k for k in range(len(batches)) if not all(ckpt.get(c, keys[k]) for c in conditions)]
+    if missing:
+        return Pending("eval", missing, len(batches), shard, Path(checkpoint).parent)
+    results = {c: [ckpt.get(c, keys[k]) for k in range(len(batches))] for c in conditions}
     return _assemble(samples, ids, conditions, results, skipped, settings)
 
 
