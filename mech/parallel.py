@@ -195,6 +195,25 @@ def unfinished(command: str, missing: list[int], total: int, shard: Shard, out: 
     return pending.as_dict()
 
 
+def start(args: Any, shard: Shard, root: Path, head: Mapping[str, Any], total: int, command: str):
+    """The start of a sharded command: ``(store, todo, m)``: the parts store at ``root`` (opened for
+    ``head``; cleared when it holds another run's batches), the batches this process still computes,
+    and the model, loaded only when there is one (on this rank's device, :func:`device`)."""
+    import mech
+    from mech.results import BatchStore
+
+    done = set(BatchStore.finished(root, head))
+    todo = [k for k in range(total) if shard.mine(k) and k not in done]
+    m = None
+    if todo:  # the model is loaded only when this process has batches to compute
+        m = mech.load(args.model, device=device(args, shard), dtype=getattr(args, "dtype", None),
+                      device_map=getattr(args, "device_map", None))
+        m.require_decoder_sequence(f"mech {command}")
+    store = BatchStore(root, head, clear=shard.computes)
+    todo = [k for k in range(total) if shard.mine(k) and store.get(k) is None] if todo else []
+    return store, todo, m
+
+
 def finish(command: str, store: Any, total: int, shard: Shard, out: Any, assemble: Callable[[], dict]) -> dict:
     """The end of a sharded command: if batches are missing, say so (:func:`unfinished`); else take
     the assembly claim (sharded runs only) and return ``assemble()``, releasing the claim after

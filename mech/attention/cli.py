@@ -52,12 +52,10 @@ def cmd_attention(args) -> dict:
     """
     from tqdm.auto import tqdm
 
-    import mech
     from mech import parallel
     from mech.attention import QUERIES, attention_mass
     from mech.data import load_data
     from mech.errors import ConfigError
-    from mech.results import BatchStore
 
     shard = parallel.resolve(args)
     query = getattr(args, "query", None) or "last"
@@ -69,15 +67,7 @@ def cmd_attention(args) -> dict:
     out = Path(args.out)
     head = header(args, samples, query, size)
     total = parallel.n_batches(len(samples), size)
-    done = set(BatchStore.finished(out / PARTS, head))
-    todo = [k for k in range(total) if shard.mine(k) and k not in done]
-    m = None
-    if todo:  # the model is loaded only when this process has batches to compute
-        m = mech.load(args.model, device=parallel.device(args, shard), dtype=getattr(args, "dtype", None),
-                      device_map=getattr(args, "device_map", None))
-        m.require_decoder_sequence("mech attention")
-    store = BatchStore(out / PARTS, head, clear=shard.computes)
-    todo = [k for k in range(total) if shard.mine(k) and store.get(k) is None] if todo else []
+    store, todo, m = parallel.start(args, shard, out / PARTS, head, total, "attention")
     desc = "mech attention" + (f" (shard {shard})" if shard.sharded else "")
     try:
         with tqdm(total=sum(len(samples[k * size:(k + 1) * size]) for k in todo), unit="sample", desc=desc) as bar:

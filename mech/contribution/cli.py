@@ -30,11 +30,9 @@ def cmd_contrib(args) -> dict:
     rank K computes the batches k with k % N == K into the same parts store; the last to finish
     assembles). The model is loaded only when this process has batches to compute.
     """
-    import mech
     from mech import parallel
     from mech.conditions import condition_inputs
     from mech.data import load_data
-    from mech.results import BatchStore
     from mech.targets import decision_tokens
 
     shard = parallel.resolve(args)
@@ -59,14 +57,7 @@ def cmd_contrib(args) -> dict:
                 "estimators": list(estimators), "ablation": corruption, "dtype": getattr(args, "dtype", None)}
     head = {**settings, "n_samples": len(samples), "args": settings}
     total = parallel.n_batches(len(samples), bs)
-    done = set(BatchStore.finished(out / PARTS, head))
-    todo = [k for k in range(total) if shard.mine(k) and k not in done]
-    m = None
-    if todo:
-        m = mech.load(args.model, device=parallel.device(args, shard), dtype=getattr(args, "dtype", None),
-                      device_map=getattr(args, "device_map", None))
-        m.require_decoder_sequence("mech contrib")
-    store = BatchStore(out / PARTS, head, clear=shard.computes)
+    store, todo, m = parallel.start(args, shard, out / PARTS, head, total, "contrib")
     try:
         for k in tqdm(todo, desc="contrib" + (f" (shard {shard})" if shard.sharded else ""), unit="batch"):
             rows = range(k * bs, min((k + 1) * bs, len(samples)))

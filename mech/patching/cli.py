@@ -102,10 +102,8 @@ def cmd_patch(args) -> dict:
     """
     from tqdm.auto import tqdm
 
-    import mech
     from mech import parallel
     from mech.data import load_data
-    from mech.results import BatchStore
 
     shard = parallel.resolve(args)
     s = _settings(args)
@@ -114,15 +112,7 @@ def cmd_patch(args) -> dict:
     out = Path(args.out)
     head = header(args, samples, s, bs)
     total = parallel.n_batches(len(samples), bs)
-    done = set(BatchStore.finished(out / PARTS, head))
-    todo = [k for k in range(total) if shard.mine(k) and k not in done]
-    m = None
-    if todo:
-        m = mech.load(args.model, device=parallel.device(args, shard), dtype=getattr(args, "dtype", None),
-                      device_map=getattr(args, "device_map", None))
-        m.require_decoder_sequence("mech patch")
-    store = BatchStore(out / PARTS, head, clear=shard.computes)
-    todo = [k for k in range(total) if shard.mine(k) and store.get(k) is None] if todo else []
+    store, todo, m = parallel.start(args, shard, out / PARTS, head, total, "patch")
     try:
         for k in tqdm(todo, desc="mech patch" + (f" (shard {shard})" if shard.sharded else ""), unit="batch"):
             tensors, meta = _batch(m, samples[k * bs:(k + 1) * bs], s, bs)
