@@ -132,7 +132,7 @@ def attention_mass_nnsight(m: MechModel, inputs: Any, query: Any = "last", *, re
         ConfigError: unknown ``query``; an attention forward without ``attention_interface``.
         InputError: a row without query positions.
     """
-    from mech.attention import AttentionMass, _grid, _queries
+    from mech.attention import _queries, assemble_mass
 
     m.require_decoder_sequence("attention_mass_nnsight")
     inp = m.inputs(inputs)
@@ -173,15 +173,4 @@ def attention_mass_nnsight(m: MechModel, inputs: Any, query: Any = "last", *, re
                 keys.append((w.mean(2) * v[:, :, None]).sum(1) / nv[:, None])
             mass_all = torch.stack(masses, 1).detach().cpu().save()  # [b, layer, head, group]
             keys_all = torch.stack(keys, 1).detach().cpu().save()  # [b, layer, pos]
-    counts, share = groups.counts().cpu(), groups.share().cpu()
-    density = mass_all / torch.where(share > 0, share, torch.nan)[:, None, None, :]
-    img = groups.mask("image").cpu()
-    n_img = img.sum(1)
-    spatial = torch.zeros(mass_all.shape[0], n_layers, int(n_img.max()) if len(n_img) else 0)
-    for row in range(mass_all.shape[0]):
-        at = img[row].nonzero().flatten()
-        spatial[row, :, : len(at)] = keys_all[row][:, at]
-    grid = _grid(inp, m.model.config, int(n_img[0]) if len(n_img) else 0)
-    return AttentionMass(mass=mass_all, density=density, groups=tuple(groups.names), token_share=share,
-                         counts=counts, spatial=spatial, n_image_tokens=n_img, grid=grid, query=label,
-                         n_query=valid.sum(1))
+    return assemble_mass(m, inp, mass_all, keys_all, label, valid)

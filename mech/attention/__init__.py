@@ -217,6 +217,14 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last") -> AttentionMass:
                           "attention does not use transformers' AttentionInterface.")
     mass = torch.stack([rec.mass[i].float().cpu() for i in range(m.arch.n_layers)], dim=1)
     keys = torch.stack([rec.keys[i].float().cpu() for i in range(m.arch.n_layers)], dim=1)  # [b, L, s]
+    return assemble_mass(m, inp, mass, keys, label, valid)
+
+
+def assemble_mass(m, inp, mass: torch.Tensor, keys: torch.Tensor, label: str, valid: torch.Tensor) -> AttentionMass:
+    """An :class:`AttentionMass` from recorded ``mass`` ``[batch, layer, head, group]`` and per-key
+    mass ``keys`` ``[batch, layer, pos]`` (mean over heads): density, spatial map and grid derived
+    from the inputs' groups (shared by :func:`attention_mass` and :mod:`mech.remote`)."""
+    groups = inp.groups
     counts = groups.counts().cpu()
     share = groups.share().cpu()
     density = mass / torch.where(share > 0, share, torch.nan)[:, None, None, :]
