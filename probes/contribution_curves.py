@@ -3,13 +3,9 @@
 
 from _common import load, parse, short
 
-import torch
-
-from mech.conditions import condition_inputs
-from mech.contribution import PATCHED_GROUPS, Contributions, modality_contributions
-from mech.contribution.donors import donor_batch, pair_donors
+from mech.contribution import PATCHED_GROUPS, Contributions
+from mech.contribution.donors import contributions_for_rows, pair_donors
 from mech.contribution.plots import compare_figure, contribution_figure
-from mech.targets import decision_tokens
 
 
 def main():
@@ -22,12 +18,7 @@ def main():
         parts = []
         for start in range(0, len(samples), 16):
             rows = range(start, min(start + 16, len(samples)))
-            b = [samples[i] for i in rows]
-            clean = condition_inputs(m, b, "complete")
-            last = m.logits(clean)[torch.arange(len(b)), clean.groups.last()].float()
-            answer, cf = decision_tokens(m, b, last)
-            donors = {g: donor_batch(m, samples, d, rows, g) for g, d in pairs.items()}
-            parts.append(modality_contributions(m, clean, answer, cf, donors=donors))
+            parts.append(contributions_for_rows(m, samples, rows, pairs)[0])
         results[short(spec)] = Contributions.concat(parts).to_json()
         print(contribution_figure(results[short(spec)], f"{args.out}/contrib_{short(spec)}.png",
                                   f"{spec} on {args.data} (n={len(samples)})"))

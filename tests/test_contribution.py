@@ -256,12 +256,10 @@ def test_resample_bad_donors_and_missing_donors():
 def organism_deltas():
     """Δ(text/image) of both shipped organisms, n=256 held-out items, the model's own decisions,
     patching by resample ablation with data-set-wide donors (what ``mech contrib`` does)."""
-    from mech.conditions import condition_inputs
-    from mech.contribution import ESTIMATORS, PATCHED_GROUPS, Contributions, modality_contributions
-    from mech.contribution.donors import donor_batch, pair_donors
+    from mech.contribution import ESTIMATORS, PATCHED_GROUPS, Contributions
+    from mech.contribution.donors import contributions_for_rows, pair_donors
     from mech.data import load_data
     from mech.organisms import organism_dir
-    from mech.targets import decision_tokens
 
     try:
         organism_dir("balanced"), organism_dir("text-biased")
@@ -275,12 +273,7 @@ def organism_deltas():
         parts = []
         for i in range(0, len(samples), 64):
             rows = range(i, min(i + 64, len(samples)))
-            batch = [samples[k] for k in rows]
-            clean = condition_inputs(m, batch, "complete")
-            last = m.logits(clean)[torch.arange(len(batch)), clean.groups.last()].float()
-            answer, cf = decision_tokens(m, batch, last)
-            donors = {g: donor_batch(m, samples, d, rows, g) for g, d in pairs.items()}
-            parts.append(modality_contributions(m, clean, answer, cf, donors=donors))
+            parts.append(contributions_for_rows(m, samples, rows, pairs)[0])
         c = Contributions.concat(parts)
         deltas[name] = {e: c.imbalance(e, n_boot=500) for e in ESTIMATORS}
     return deltas

@@ -11,32 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 import mech
 import mech.attention
 import mech.cli
-import mech.contribution.cli
+import mech.contribution
 import mech.evaluation.run
 import mech.patching
 from mech import parallel
 from mech.errors import ConfigError
-from mech.testing.tiny import save_tiny
+from mech.testing.tiny import save_tiny, save_tiny_jsonl
 
 QUESTIONS = ["what colour is the shape ?", "which shape is in the image ?", "what is the big shape ?",
              "is the shape red or blue ?", "tell me the colour of the small shape", "what shape do you see ?",
              "what colour is the big shape ?"]
-OPTIONS = [["red", "blue", "green"], ["circle", "square", "triangle"], ["star", "heart", "cross"]]
 FILES = {"attention": ("attention.json", "attention.safetensors"), "patch": ("patch.json", "patch.safetensors"),
          "eval": ("eval.json", "eval.safetensors", "eval.md"), "contrib": ("contrib.json", "contrib.safetensors")}
 
@@ -46,13 +42,7 @@ def root(tmp_path_factory):
     """A saved tiny LLaVA and a 7-row jsonl data set in its vocabulary (4 batches of 2)."""
     root = tmp_path_factory.mktemp("par")
     save_tiny("llava", root / "model")
-    rows = []
-    for i, q in enumerate(QUESTIONS):
-        img = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(img, "RGB").save(root / f"im{i}.png")
-        rows.append({"id": f"q{i}", "question": q, "image": f"im{i}.png", "options": OPTIONS[i % 3],
-                     "answer": "ABC"[i % 3]})
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_tiny_jsonl(root, QUESTIONS)
     return root
 
 
@@ -90,7 +80,7 @@ def single(root, tmp_path_factory):
 
 COMPUTE = {"attention": (mech.attention, "attention_mass"), "patch": (mech.patching, "activation_patching"),
            "eval": (mech.evaluation.run, "_answer_batch"),
-           "contrib": (mech.contribution.cli, "modality_contributions")}
+           "contrib": (mech.contribution, "modality_contributions")}
 
 
 @pytest.mark.parametrize("command", list(FILES))

@@ -15,20 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import mech
 import mech.cli
-from mech.testing.tiny import save_tiny
+from mech.testing.tiny import save_tiny, save_tiny_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 QUESTIONS = ["what colour is the shape ?", "which shape is in the image ?", "what is the big shape ?",
              "is the shape red or blue ?", "tell me the colour of the small shape", "what shape do you see ?"]
-OPTIONS = [["red", "blue", "green"], ["circle", "square", "triangle"], ["star", "heart", "cross"]]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +33,7 @@ def tiny_dir(tmp_path_factory):
     """A saved tiny LLaVA (model + processor) and a jsonl data set in its vocabulary with PNG images."""
     root = tmp_path_factory.mktemp("tiny")
     save_tiny("llava", root / "model")
-    rows = []
-    for i, q in enumerate(QUESTIONS):
-        img = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(img, "RGB").save(root / f"im{i}.png")
-        rows.append({"id": f"q{i}", "question": q, "image": f"im{i}.png", "options": OPTIONS[i % 3],
-                     "answer": "ABC"[i % 3]})
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_tiny_jsonl(root, QUESTIONS)
     return root
 
 
@@ -103,7 +94,7 @@ def test_same_seed_same_json(tiny_dir, reference, tmp_path):
 
 _DELAYED = """
 import sys, time
-import mech.evaluation.run as run, mech.contribution.cli as cc
+import mech.evaluation.run as run, mech.contribution as cc
 eval_delay, contrib_delay = float(sys.argv[1]), float(sys.argv[2])
 answer, contrib = run._answer_batch, cc.modality_contributions
 run._answer_batch = lambda *a, **k: (time.sleep(eval_delay), answer(*a, **k))[1]

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mech.contribution import CORRUPTIONS, ESTIMATORS, PATCHED_GROUPS, Contributions, modality_contributions
-from mech.contribution.donors import donor_batch, pair_donors
+from mech.contribution import CORRUPTIONS, ESTIMATORS, PATCHED_GROUPS, Contributions
+from mech.contribution.donors import contributions_for_rows, pair_donors
 from mech.groups import GROUPS
 
 PARTS = ".contrib.parts"
@@ -31,9 +31,7 @@ def cmd_contrib(args) -> dict:
     assembles). The model is loaded only when this process has batches to compute.
     """
     from mech import parallel
-    from mech.conditions import condition_inputs
     from mech.data import load_data
-    from mech.targets import decision_tokens
 
     shard = parallel.resolve(args)
     estimators = tuple(getattr(args, "estimators", None) or ESTIMATORS)
@@ -61,13 +59,8 @@ def cmd_contrib(args) -> dict:
     try:
         for k in tqdm(todo, desc="contrib" + (f" (shard {shard})" if shard.sharded else ""), unit="batch"):
             rows = range(k * bs, min((k + 1) * bs, len(samples)))
-            chunk = [samples[i] for i in rows]
-            clean = condition_inputs(m, chunk, "complete")
-            batch_donors = {g: donor_batch(m, samples, d, rows, g) for g, d in donors.items()}
-            last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
-            answer, cf = decision_tokens(m, chunk, last)
-            c = modality_contributions(m, clean, answer, cf, estimators=estimators, seed=seed,
-                                       corruption=corruption, donors=batch_donors)
+            c, answer, cf = contributions_for_rows(m, samples, rows, donors, estimators=estimators, seed=seed,
+                                                   corruption=corruption)
             store.put(k, {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf})
     except BaseException:
         store.remove_if_empty()

@@ -107,3 +107,29 @@ def batch_donors(inputs, group: str, *, seed: int = 0):
         for j, i in enumerate(members):
             index[i], rows[i] = members[(j + 1) % len(members)], True
     return index, rows
+
+
+def contributions_for_rows(m, samples: Sequence[dict], rows: Sequence[int], donors: dict[str, list[int | None]], *,
+                           estimators: Sequence[str] | None = None, seed: int = 0, corruption: str = "resample"):
+    """Contributions of ``samples[rows]`` explaining the model's own decision, as ``mech contrib``
+    computes them: complete inputs, :func:`mech.targets.decision_tokens` (top option vs runner-up),
+    donors from ``donors`` (group -> :func:`pair_donors` over the whole ``samples``; {} for noise).
+
+    Returns:
+        ``(contributions, answer, counterfactual)``: :class:`mech.contribution.Contributions` with
+        ``[batch, layer, group]`` per estimator and the two ``[batch]`` token-id tensors.
+    """
+    import torch
+
+    from mech.conditions import condition_inputs
+    from mech.contribution import ESTIMATORS, modality_contributions
+    from mech.targets import decision_tokens
+
+    chunk = [samples[i] for i in rows]
+    clean = condition_inputs(m, chunk, "complete")
+    batch_donors = {g: donor_batch(m, samples, d, rows, g) for g, d in donors.items()}
+    last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
+    answer, cf = decision_tokens(m, chunk, last)
+    c = modality_contributions(m, clean, answer, cf, estimators=tuple(estimators or ESTIMATORS), seed=seed,
+                               corruption=corruption, donors=batch_donors)
+    return c, answer, cf

@@ -123,3 +123,28 @@ def save_tiny(family: str, folder, *, seed: int = 0):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+#: option lists of :func:`save_tiny_jsonl` (words in the tiny tokenizer's vocabulary)
+TINY_OPTIONS = (("red", "blue", "green"), ("circle", "square", "triangle"), ("star", "heart", "cross"))
+
+
+def save_tiny_jsonl(folder, questions, *, image_size: int = 32):
+    """Write ``folder/data.jsonl`` in mech's jsonl schema (``id``, ``question``, ``image`` (a PNG
+    beside it, seeded random pixels), ``options``, ``answer`` letter), one row per question, with
+    options cycling through :data:`TINY_OPTIONS`; returns the path."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    rows = []
+    for i, q in enumerate(questions):
+        img = np.random.default_rng(i).integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+        Image.fromarray(img, "RGB").save(folder / f"im{i}.png")
+        rows.append({"id": f"q{i}", "question": q, "image": f"im{i}.png", "options": list(TINY_OPTIONS[i % 3]),
+                     "answer": "ABC"[i % 3]})
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
