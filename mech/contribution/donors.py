@@ -64,13 +64,15 @@ def pair_donors(samples: Sequence[dict], group: str, *, seed: int = 0) -> list[i
     return donors
 
 
-def donor_batch(m, samples: Sequence[dict], donors: Sequence[int | None], indices: Sequence[int], group: str):
+def donor_batch(m, samples: Sequence[dict], donors: Sequence[int | None], indices: Sequence[int], group: str,
+                clean=None):
     """Prepared donor inputs for the rows ``indices`` of ``samples``, and which rows have a donor.
 
     Returns:
         ``(inputs, rows)``: :class:`~mech.models.inputs.Inputs` ``[batch, pos]`` whose row ``i`` is
         the donor of ``samples[indices[i]]`` (the sample itself where it has none), and ``rows``
-        ``[batch]`` bool, True where a donor exists and its ``group`` length matches exactly.
+        ``[batch]`` bool, True where a donor exists and its ``group`` length matches exactly (checked
+        against ``clean``, the rows' own prepared inputs; prepared here when not given).
     """
     import torch
 
@@ -78,7 +80,7 @@ def donor_batch(m, samples: Sequence[dict], donors: Sequence[int | None], indice
 
     chosen = [samples[i if donors[i] is None else donors[i]] for i in indices]
     inputs = condition_inputs(m, chosen, "complete")
-    clean = condition_inputs(m, [samples[i] for i in indices], "complete")
+    clean = condition_inputs(m, [samples[i] for i in indices], "complete") if clean is None else clean
     has = torch.tensor([donors[i] is not None for i in indices])
     return inputs, has & donor_rows_ok(clean, inputs, (group,))
 
@@ -127,7 +129,7 @@ def contributions_for_rows(m, samples: Sequence[dict], rows: Sequence[int], dono
 
     chunk = [samples[i] for i in rows]
     clean = condition_inputs(m, chunk, "complete")
-    batch_donors = {g: donor_batch(m, samples, d, rows, g) for g, d in donors.items()}
+    batch_donors = {g: donor_batch(m, samples, d, rows, g, clean=clean) for g, d in donors.items()}
     last = m.logits(clean)[torch.arange(len(chunk)), clean.groups.last()].float()
     answer, cf = decision_tokens(m, chunk, last)
     c = modality_contributions(m, clean, answer, cf, estimators=tuple(estimators or ESTIMATORS), seed=seed,
