@@ -11,6 +11,9 @@ sites ``resid_pre, attn_out, mlp_out`` at every layer; position groups ``image, 
 difference; denoising (``--direction noising`` for the other one). Methods:
 
 * ``atp`` — gradient at the corrupted run (Nanda 2023; Kramár et al. 2024, eq. 3);
+* ``deeplift`` — gradient at the corrupted run with every nonlinearity's local derivative replaced by
+  the finite-difference multiplier between the two runs (DeepLIFT, Shrikumar et al. 2017;
+  :mod:`mech.attribution_deeplift`);
 * ``ig×k`` — gradient averaged over ``k`` midpoints of the straight path between the two runs'
   decoder inputs (Sundararajan et al. 2017; EAP-IG, Hanna et al. 2024 §3).
 
@@ -21,10 +24,11 @@ Pearson r against exact patching (``mech.activation_patching``) two ways
   per site, 54 overall): the heatmap a researcher reads;
 * ``per-sample`` — over the per-sample metric changes ΔM, ``[layer, group, sample]`` entries.
 
-Cost columns: ``counted`` — forward-equivalents (atp: 2 forwards + 1 activation backward ≈ 1
+Cost columns: ``counted`` — forward-equivalents (atp, deeplift: 2 forwards + 1 activation backward ≈ 1
 forward = 3; ig×k: 2 + 2k; exact: both unpatched forwards + decoder-layer evaluations of every
 patched run / ``n_layers``, the engine reusing the unchanged prefix); ``×fwd`` — measured wall time
-/ one plain forward of the same batch (median of repeats).
+/ one plain forward of the same batch (median of repeats); ``FLOPs`` — matrix-multiply FLOPs
+(``torch.utils.flop_counter``, forward and backward) / those of one plain forward.
 
 **Speed** (without ``--quick``): a wider random LLaVA (12 layers, hidden 512, 8 heads) at ~600 tokens,
 white-image-like corruption.
@@ -50,7 +54,7 @@ from mech.patching import activation_patching  # noqa: E402
 
 SITES = ("resid_pre", "attn_out", "mlp_out")
 POSITIONS = ("image", "text", "last")
-METHODS = (("atp", 1), ("ig", 1), ("ig", 2))
+METHODS = (("atp", 1), ("deeplift", 1), ("ig", 1), ("ig", 2))
 IMAGE_TOKEN = 4
 
 
@@ -100,10 +104,19 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def measure(m, clean, corrupted, ctx, reps: int, direction: str, methods=METHODS) -> dict:
     """Exact sweep and every method on one pair of runs: wall times, counted costs, r."""
     with torch.no_grad():
         t_fwd = _median_time(lambda: m.model(**clean), reps)
+        f_fwd = _flops(lambda: m.model(**clean))
     out: dict = {}
     kw = dict(positions=POSITIONS, direction=direction, corrupted_context=ctx)
     t_exact = _median_time(lambda: out.__setitem__("exact", activation_patching(m, clean, corrupted, site=SITES, **kw)),
@@ -115,7 +128,8 @@ def measure(m, clean, corrupted, ctx, reps: int, direction: str, methods=METHODS
         t = _median_time(lambda: out.__setitem__(label, attribution_patching(
             m, clean, corrupted, sites=SITES, method=method, ig_steps=k, **kw)), reps)
         est = out[label]
-        rows[label] = dict(counted=est.forward_equivalents, wall=t / t_fwd, grid=compare_to_exact(est, exact),
+        flops = _flops(lambda: attribution_patching(m, clean, corrupted, sites=SITES, method=method, ig_steps=k, **kw))
+        rows[label] = dict(counted=est.forward_equivalents, wall=t / t_fwd, flops=flops / f_fwd, grid=compare_to_exact(est, exact),
                            sample=compare_to_exact(est, exact, on="delta"))
     return dict(t_fwd=t_fwd, seq=clean["input_ids"].shape[1], batch=clean["input_ids"].shape[0], rows=rows)
 
@@ -125,28 +139,30 @@ def _r(d: dict) -> str:
 
 
 def fidelity_table(results: list[tuple[str, str, dict]]) -> list[str]:
-    lines = ["| organism | corruption | method | counted fwd-eq | wall ×fwd | r grid: " + " / ".join(SITES) +
-             " / overall | r per-sample: " + " / ".join(SITES) + " / overall |", "|" + "---|" * 7]
+    lines = ["| organism | corruption | method | counted fwd-eq | FLOPs ×fwd | wall ×fwd | r grid: " + " / ".join(SITES) +
+             " / overall | r per-sample: " + " / ".join(SITES) + " / overall |", "|" + "---|" * 8]
     for name, corruption, res in results:
         for label, row in res["rows"].items():
             if label == "exact":
-                lines.append(f"| {name} | {corruption} | exact | {row['counted']:.1f} | {row['wall']:.1f} | "
+                lines.append(f"| {name} | {corruption} | exact | {row['counted']:.1f} | | {row['wall']:.1f} | "
                              "(reference) | |")
             else:
-                lines.append(f"| {name} | {corruption} | {label} | {row['counted']:.0f} | {row['wall']:.1f} | "
+                lines.append(f"| {name} | {corruption} | {label} | {row['counted']:.0f} | {row['flops']:.2f} | "
+                             f"{row['wall']:.1f} | "
                              f"{_r(row['grid'])} | {_r(row['sample'])} |")
     return lines
 
 
 def speed_table(name: str, res: dict) -> list[str]:
-    lines = ["| model | seq | batch | fwd ms | method | counted fwd-eq | wall ×fwd | speed-up vs exact | "
-             "r grid overall |", "|" + "---|" * 9]
+    lines = ["| model | seq | batch | fwd ms | method | counted fwd-eq | FLOPs ×fwd | wall ×fwd | speed-up vs exact | "
+             "r grid overall |", "|" + "---|" * 10]
     exact = res["rows"]["exact"]
     for label, row in res["rows"].items():
         r = "" if label == "exact" else f"{row['grid']['overall']:.3f}"
         speed = "" if label == "exact" else f"{exact['wall'] / row['wall']:.1f}×"
+        flops = "" if label == "exact" else f"{row['flops']:.2f}"
         lines.append(f"| {name} | {res['seq']} | {res['batch']} | {res['t_fwd'] * 1e3:.1f} | {label} | "
-                     f"{row['counted']:.1f} | {row['wall']:.2f} | {speed} | {r} |")
+                     f"{row['counted']:.1f} | {flops} | {row['wall']:.2f} | {speed} | {r} |")
     return lines
 
 
@@ -173,7 +189,7 @@ def main(argv=None) -> int:
         clean, corrupted = raw_inputs(m, 2, 200, 160, 8)
         print("\n### Speed\n")
         print("\n".join(speed_table("random LLaVA, hidden 512", measure(m, clean, corrupted, None, reps, "denoising",
-                                                                         methods=(("atp", 1), ("ig", 1))))))
+                                                                         methods=(("atp", 1), ("deeplift", 1), ("ig", 1))))))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU. r grid: Pearson r over the "
           "[layer, group] normalized effects of the batch means (18 entries per site, 54 overall); r per-sample: "
           "over the per-sample metric changes ΔM ([layer, group, sample]).")

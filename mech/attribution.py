@@ -12,6 +12,9 @@ activations into the corrupted run) changes the metric ``M`` by approximately
 :mod:`mech.patching.align` pairs them (one to one for same-length conditions; text by common
 subsequence, the answer position to the answer position for ``no_image``/``image_only``).
 
+``method="deeplift"`` keeps the gradient at the target run but replaces every nonlinearity's local
+derivative by the finite-difference multiplier between the two runs (DeepLIFT, Shrikumar et al. 2017),
+so complete cuts sum exactly to the metric difference: see :mod:`mech.attribution_deeplift`.
 ``method="ig"`` replaces the gradient at the target run by its mean along the straight path between
 the two runs' decoder inputs (integrated gradients, Sundararajan et al. 2017; EAP-IG, Hanna et al.
 2024 §3): see :mod:`mech.attribution_grad`.
@@ -27,8 +30,8 @@ Cost (``method="atp"``): one forward of the source run (cached activations), one
 backward of the target run. The backward computes gradients with respect to activations only (the
 parameters are set ``requires_grad=False`` for the duration and restored in ``finally``; zero tensors
 added at every site are the only leaves), so it costs about one forward in FLOPs: **3
-forward-equivalents** in all, whatever the number of sites, layers and groups; ``method="ig"``:
-``2 + 2·ig_steps``. Known limits (Kramár et al. 2024, §3): the linear estimate fails where attention
+forward-equivalents** in all, whatever the number of sites, layers and groups (``"deeplift"`` too);
+``method="ig"``: ``2 + 2·ig_steps``. Known limits (Kramár et al. 2024, §3): the linear estimate fails where attention
 saturates (softmax near one-hot) and where a patch crosses a nonlinearity far from its tangent; on
 the shipped organisms the second dominates at the residual stream (numbers in
 ``benchmarks/bench_attribution.py``). The KL metric has zero gradient on the clean run, so noising
@@ -46,6 +49,7 @@ from typing import Any
 import torch
 
 from mech import hooks as H
+from mech.attribution_deeplift import References, completeness, difference_run, metric_with_multipliers, reference_run
 from mech.attribution_grad import METHODS, Method, check_method, decoder_inputs, enter, forward_equivalents
 from mech.errors import ConfigError, InputError
 from mech.patching.align import Alignment
@@ -90,7 +94,8 @@ class AtPResult:
 
     def to_json(self) -> dict:
         """JSON-ready: ``effect.{site}.{group}`` per layer (``z``: per layer, per head), metrics, metadata."""
-        name = {"atp": "attribution patching (AtP)", "ig": "attribution patching, integrated gradients (EAP-IG)"}
+        name = {"atp": "attribution patching (AtP)", "ig": "attribution patching, integrated gradients (EAP-IG)",
+                "deeplift": "attribution patching, DeepLIFT multipliers"}
         return {
             "method": name.get(self.method, self.method), "corruption": self.corruption, "direction": self.direction,
             "metric": self.metric, "clean_metric": float(self.clean_metric.mean()),
@@ -206,7 +211,10 @@ def attribution_patching(
         sites: one or several of :data:`mech.patching.SITES`.
         positions: position group(s) of :data:`mech.patching.POSITION_GROUPS` or a BoolTensor ``[batch, pos]``.
         method: ``"atp"`` (gradient at the target run; Nanda 2023, Kramár et al. 2024 eq. 3; 3
-            forward-equivalents) or ``"ig"`` (gradient averaged over ``ig_steps`` points of the straight
+            forward-equivalents), ``"deeplift"`` (the target run's gradient with every nonlinearity's local
+            derivative replaced by the finite-difference multiplier between the two runs; Shrikumar et al.
+            2017; 3 forward-equivalents; :mod:`mech.attribution_deeplift`; needs runs of the same length)
+            or ``"ig"`` (gradient averaged over ``ig_steps`` points of the straight
             path between the two runs' decoder inputs; Sundararajan et al. 2017, Hanna et al. 2024 §3;
             ``2 + 2·ig_steps`` forward-equivalents; needs two runs of the same length).
         ig_steps: points of the midpoint rule for ``"ig"`` (1 = the midpoint).
@@ -228,9 +236,10 @@ def attribution_patching(
                     clean_context=clean_context, corrupted_context=corrupted_context, seed=seed)
     site_list, metric_obj, aligns, layer_list = setup.sites, setup.metric, setup.aligns, setup.layers
     target, source, denoise, names = setup.target, setup.source, setup.denoise, setup.names
-    if method == "ig" and setup.mode != "strict":
-        raise ConfigError("method='ig' integrates along the path between the two runs' decoder inputs, which needs "
-                          "runs of the same length (align='strict'); use method='atp' for no_image / image_only")
+    if method != "atp" and setup.mode != "strict":
+        raise ConfigError(f"method={method!r} compares the two runs position by position, which needs runs of the "
+                          "same length (align='strict'); use method='atp' for no_image / image_only")
+    refs = References()
 
     wall: dict[str, float] = {}
     recorded: list = []
@@ -239,13 +248,16 @@ def attribution_patching(
         enter(stack, setup.s_ctx)
         if method == "ig":
             stack.enter_context(decoder_inputs(m, recorded))
+        if method == "deeplift":
+            stack.enter_context(reference_run(m, refs))
         s_logits, cache = H.run_with_cache(m, source, names)
     s_last = _last(s_logits, source.groups.last())
     wall["source_forward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if method == "atp":
-        t_last, acts, leaves = _grad_run(m, target, names, [setup.t_ctx])
+    if method != "ig":
+        rules = [lambda: difference_run(m, refs)] if method == "deeplift" else []
+        t_last, acts, leaves = _grad_run(m, target, names, [setup.t_ctx, *rules])
     else:
         with ExitStack() as stack:
             enter(stack, setup.t_ctx)
@@ -255,8 +267,10 @@ def attribution_patching(
     clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
     batch, rows = resolve_targets(metric_obj, clean_logits, corr_logits, answer, counterfactual)
     t0 = time.perf_counter()
-    if method == "atp":
+    if method != "ig":
         value = metric_obj(t_last, rows)
+        if method == "deeplift":
+            value = metric_with_multipliers(lambda lg: metric_obj(lg, rows), t_last, s_last)
         grads = _gradients(value, leaves, names)
         wall["target_backward"] = time.perf_counter() - t0
         target_m = value.detach().cpu()
@@ -296,12 +310,20 @@ def attribution_patching(
         eff[..., empty] = float("nan")
         effects[site] = eff
     fe = forward_equivalents(method, ig_steps)
-    passes = {"forward": 2, "backward": 1} if method == "atp" else {"forward": 2 + ig_steps, "backward": ig_steps}
+    passes = {"forward": 2, "backward": 1} if method != "ig" else {"forward": 2 + ig_steps, "backward": ig_steps}
     meta = {"wall_s": wall, "passes": {**passes, "backward_scope": "activations only"},
             "align": setup.mode, "answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
             "counterfactual": metric_obj.counterfactual.tolist() if metric_obj.counterfactual is not None else None}
     if method == "ig":
         meta["ig_steps"] = ig_steps
+    if method == "deeplift":
+        meta["local_gradient_ops"] = dict(refs.local)
+        # resid_pre at every position is a complete cut above the layers that inject features (Qwen3-VL)
+        cut = [hook_name("resid_pre", l) for l in layer_list if l > max(m.arch.injection_layers, default=-1)]
+        if "resid_pre" in site_list and cut:
+            full = torch.stack([((cache[n].to(acts[n].device).double() - acts[n].double()) * grads[n].double())
+                                .sum((1, 2)).cpu() for n in cut])
+            meta["completeness"] = completeness(full, source_m, target_m)
     return AtPResult(effects, patched, deltas, clean_m, corr_m, tuple(a.name for a in aligns), layer_list, direction,
                      metric_obj.name, condition, fe, meta, method)
 

@@ -2,6 +2,9 @@
 
 * ``"atp"`` — at the target run (the corrupted run for denoising): the first-order Taylor estimate
   of Nanda 2023 and Kramár et al. 2024, eq. 3. Cost: 3 forward-equivalents.
+* ``"deeplift"`` — at the target run, with every nonlinearity's local derivative replaced by the
+  finite-difference multiplier between the two runs (DeepLIFT, Shrikumar et al. 2017), so complete
+  cuts sum exactly to the metric difference: :mod:`mech.attribution_deeplift`. Cost: 3.
 * ``"ig"`` — integrated gradients along the straight line between the two runs' *decoder inputs*
   (Sundararajan et al. 2017, eq. 1 with the Riemann midpoint rule; applied to patching as EAP-IG,
   Hanna, Pezzelle & Belinkov 2024, "Have Faith in Faithfulness", §3, "EAP-IG-inputs"): the
@@ -37,23 +40,24 @@ import torch
 
 from mech.errors import ConfigError
 
-Method = Literal["atp", "ig"]
-METHODS: tuple[str, ...] = ("atp", "ig")
+Method = Literal["atp", "ig", "deeplift"]
+METHODS: tuple[str, ...] = ("atp", "ig", "deeplift")
 
 
 def check_method(method: str, steps: int) -> None:
     """Raises ConfigError for a method outside :data:`METHODS` or ``steps`` < 1 (an int)."""
     if method not in METHODS:
         raise ConfigError(f"unknown attribution method {method!r}; allowed: {', '.join(METHODS)} "
-                          "(atp = gradient at the target run; ig = integrated gradients over the decoder inputs)")
+                          "(atp = gradient at the target run; ig = integrated gradients over the decoder inputs; deeplift = "
+                          "finite-difference multipliers between the two runs)")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"ig_steps={steps!r}; pass an int >= 1 (1 = the midpoint, 4 forward-equivalents)")
 
 
 def forward_equivalents(method: str, steps: int = 1) -> float:
-    """Cost in forward-equivalents: 3 for ``"atp"`` (two forwards, one activation backward ≈ one
-    forward in FLOPs); ``2 + 2·steps`` for ``"ig"``."""
-    return 3.0 if method == "atp" else 2.0 + 2.0 * steps
+    """Cost in forward-equivalents: 3 for ``"atp"`` and ``"deeplift"`` (two forwards, one activation
+    backward ≈ one forward in FLOPs); ``2 + 2·steps`` for ``"ig"``."""
+    return 2.0 + 2.0 * steps if method == "ig" else 3.0
 
 
 def enter(stack: ExitStack, factory) -> None:

@@ -51,6 +51,9 @@ class ArchitectureTable:
         attn_post_norm / mlp_post_norm: per-layer paths of norms applied to the attention / MLP
             output *before* it is added to the residual stream (Gemma3's "sandwich" norms), or None.
         o_proj: path of the attention output projection, relative to ``attn``.
+        mlp_gate: paths, relative to ``mlp``, of the activation, the up projection and the down projection
+            of a gated MLP whose down projection receives ``act(gate(x)) · up(x)`` (attribution patching's
+            ``method="deeplift"`` splits that product), or None for an ungated MLP.
         text_config: attribute of the config holding the decoder's sizes ("" = the config itself).
         modality_tokens: modality -> config attribute names holding its placeholder token id,
             tried in order (first present wins). Placeholders are the positions whose decoder
@@ -90,6 +93,7 @@ class ArchitectureTable:
     attn_post_norm: str | None = None
     mlp_post_norm: str | None = None
     o_proj: str = "o_proj"
+    mlp_gate: tuple[str, str, str] | None = ("act_fn", "up_proj", "down_proj")
     text_config: str = "text_config"
     modality_tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     marker_tokens: tuple[str, ...] = ()
