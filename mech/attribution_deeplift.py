@@ -217,11 +217,20 @@ def _gated(m) -> list[tuple[str, nn.Module, nn.Module, nn.Module]]:
     return out
 
 
-@contextlib.contextmanager
-def reference_run(m, refs: References) -> Iterator[References]:
+def reference_run(m, refs: References) -> contextlib.AbstractContextManager[References]:
     """Record, during one forward of the source run, what :func:`difference_run` needs. Hooks and the
     attention implementation are restored in ``finally`` (only what was added here)."""
-    acts, handles = _activation_classes(), []
+    return _installed(m, refs, lambda handles: _register_reference(m, refs, handles), record=True)
+
+
+def _capture_gate(refs: References, name: str, act: nn.Module, up: nn.Module) -> list:
+    """Hooks keeping this forward's activation and up-projection outputs of one gated MLP in ``refs.current``."""
+    return [act.register_forward_hook(lambda mod, a, out: refs.current.__setitem__(name + ".a", out)),
+            up.register_forward_hook(lambda mod, a, out: refs.current.__setitem__(name + ".b", out))]
+
+
+def _register_reference(m, refs: References, handles: list) -> None:
+    acts = _activation_classes()
 
     def norm_hook(name):
         def hook(mod, args, out):
@@ -232,44 +241,37 @@ def reference_run(m, refs: References) -> Iterator[References]:
                 refs.norms[name] = (*kind, args[0].detach())
         return hook
 
-    try:
-        for name, mod in _modules(m):
-            w = getattr(mod, "weight", None)
-            if isinstance(w, torch.Tensor) and w.dim() == 1 and not list(mod.children()):
-                handles.append(mod.register_forward_hook(norm_hook(name)))
-            elif isinstance(mod, acts):
-                handles.append(mod.register_forward_hook(
-                    lambda mod, args, out, name=name: refs.acts.__setitem__(name, args[0].detach())))
-        for name, act, up, down in _gated(m):
-            handles += [act.register_forward_hook(lambda mod, a, out, n=name: refs.current.__setitem__(n + ".a", out)),
-                        up.register_forward_hook(lambda mod, a, out, n=name: refs.current.__setitem__(n + ".b", out))]
+    for name, mod in _modules(m):
+        w = getattr(mod, "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() == 1 and not list(mod.children()):
+            handles.append(mod.register_forward_hook(norm_hook(name)))
+        elif isinstance(mod, acts):
+            handles.append(mod.register_forward_hook(
+                lambda mod, args, out, name=name: refs.acts.__setitem__(name, args[0].detach())))
+    for name, act, up, down in _gated(m):
+        handles += _capture_gate(refs, name, act, up)
 
-            def down_hook(mod, args, n=name):
-                a, b = refs.current.pop(n + ".a", None), refs.current.pop(n + ".b", None)
-                if a is None or b is None or a.shape != args[0].shape or not torch.allclose(a * b, args[0], rtol=1e-3,
-                                                                                           atol=1e-5):
-                    refs.local[n] = "MLP input is not act(gate) · up"
-                else:
-                    refs.gates[n] = (a.detach(), b.detach())
-            handles.append(down.register_forward_pre_hook(down_hook))
-        with swap_attention(m, lambda inner: _Attention(inner, refs, record=True), "mech_deeplift_ref"):
-            yield refs
-    finally:
-        for h in handles:
-            h.remove()
-        refs.current.clear()
+        def down_hook(mod, args, n=name):
+            a, b = refs.current.pop(n + ".a", None), refs.current.pop(n + ".b", None)
+            if a is None or b is None or a.shape != args[0].shape or not torch.allclose(a * b, args[0], rtol=1e-3,
+                                                                                       atol=1e-5):
+                refs.local[n] = "MLP input is not act(gate) · up"
+            else:
+                refs.gates[n] = (a.detach(), b.detach())
+        handles.append(down.register_forward_pre_hook(down_hook))
 
 
-@contextlib.contextmanager
-def difference_run(m, refs: References) -> Iterator[References]:
+def difference_run(m, refs: References) -> contextlib.AbstractContextManager[References]:
     """Apply the rules (module docstring) during one forward of the target run, whose values stay the
     model's. Hooks and the attention implementation are restored in ``finally``.
 
     Raises:
         ConfigError: flash attention (no scores to difference).
     """
-    handles = []
+    return _installed(m, refs, lambda handles: _register_difference(m, refs, handles), record=False)
 
+
+def _register_difference(m, refs: References, handles: list) -> None:
     def norm_hook(name):
         def hook(mod, args, out):
             kind, eps, xr = refs.norms[name]
@@ -287,26 +289,33 @@ def difference_run(m, refs: References) -> Iterator[References]:
             return out.detach() + (mult * _f(_tangent(x))).to(out.dtype)
         return hook
 
-    try:
-        for name, mod in _modules(m):
-            if name in refs.norms:
-                handles.append(mod.register_forward_hook(norm_hook(name)))
-            elif name in refs.acts:
-                handles.append(mod.register_forward_hook(act_hook(name)))
-        for name, act, up, down in _gated(m):
-            if name not in refs.gates:
-                continue
-            handles += [act.register_forward_hook(lambda mod, a, out, n=name: refs.current.__setitem__(n + ".a", out)),
-                        up.register_forward_hook(lambda mod, a, out, n=name: refs.current.__setitem__(n + ".b", out))]
+    for name, mod in _modules(m):
+        if name in refs.norms:
+            handles.append(mod.register_forward_hook(norm_hook(name)))
+        elif name in refs.acts:
+            handles.append(mod.register_forward_hook(act_hook(name)))
+    for name, act, up, down in _gated(m):
+        if name not in refs.gates:
+            continue
+        handles += _capture_gate(refs, name, act, up)
 
-            def down_hook(mod, args, n=name):
-                a, b = refs.current.pop(n + ".a"), refs.current.pop(n + ".b")
-                ar, br = refs.gates[n]
-                h = args[0]
-                dh = (a.detach() + ar) / 2 * _tangent(b) + (b.detach() + br) / 2 * _tangent(a)
-                return (h.detach() + dh.to(h.dtype), *args[1:])
-            handles.append(down.register_forward_pre_hook(down_hook))
-        with swap_attention(m, lambda inner: _Attention(inner, refs, record=False), "mech_deeplift"):
+        def down_hook(mod, args, n=name):
+            a, b = refs.current.pop(n + ".a"), refs.current.pop(n + ".b")
+            ar, br = refs.gates[n]
+            h = args[0]
+            dh = (a.detach() + ar) / 2 * _tangent(b) + (b.detach() + br) / 2 * _tangent(a)
+            return (h.detach() + dh.to(h.dtype), *args[1:])
+        handles.append(down.register_forward_pre_hook(down_hook))
+
+
+@contextlib.contextmanager
+def _installed(m, refs: References, register: Callable[[list], None], record: bool) -> Iterator[References]:
+    """Register the rule or recording hooks (``register`` appends their handles) and swap in the attention
+    function; on exit, exceptions included, remove exactly those handles and restore the attention."""
+    handles: list = []
+    try:
+        register(handles)
+        with swap_attention(m, lambda inner: _Attention(inner, refs, record=record), "mech_deeplift"):
             yield refs
     finally:
         for h in handles:
