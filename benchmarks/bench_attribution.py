@@ -124,7 +124,7 @@ def measure(m, clean, corrupted, ctx, reps: int, direction: str, methods=METHODS
     exact = out["exact"]
     rows = {"exact": dict(counted=2 + exact.forward_equivalents * exact.n_patched_runs, wall=t_exact / t_fwd)}
     for method, k in methods:
-        label = method if method == "atp" else f"ig×{k}"
+        label = method if method != "ig" else f"ig×{k}"
         t = _median_time(lambda: out.__setitem__(label, attribution_patching(
             m, clean, corrupted, sites=SITES, method=method, ig_steps=k, **kw)), reps)
         est = out[label]
