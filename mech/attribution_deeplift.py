@@ -155,10 +155,10 @@ class _Attention:
         if self.record:
             self.refs.attn[layer] = (query.detach(), key.detach(), value.detach())
             return self._fn(module, query, key, value, attention_mask, **kwargs)
-        out, weights = self._fn(module, query.detach(), key.detach(), value.detach(), attention_mask, **kwargs)
         if layer not in self.refs.attn:
             self.refs.local[f"attention.{layer}"] = "no reference run"
             return self._fn(module, query, key, value, attention_mask, **kwargs)
+        out, weights = self._fn(module, query.detach(), key.detach(), value.detach(), attention_mask, **kwargs)
         d = self.tangent(module, query, key, value, attention_mask, self.refs.attn[layer], kwargs)
         return out + d.transpose(1, 2).to(out.dtype), weights
 

@@ -29,21 +29,10 @@ from mech.attribution_grad import decoder_inputs
 from mech.conditions import corrupt_features
 from mech.errors import ConfigError
 from mech.patching import activation_patching
-from mech.testing.tiny import IMAGE_SIZES, tiny_inputs, tiny_model
+from mech.testing.tiny import IMAGE_SIZES, tiny_float64, tiny_inputs, tiny_model
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z")
 POSITIONS = ("image", "text", "last", "all")
-
-
-def _double(family):
-    model, proc = tiny_model(family)
-    model = model.to(torch.float64)
-    m = mech.load((model, proc))
-    inp = m.inputs(tiny_inputs(family, proc, batch=2))
-    for k, v in list(inp.items()):
-        if torch.is_tensor(v) and v.is_floating_point():
-            inp[k] = v.to(torch.float64)
-    return m, inp
 
 
 def _max_err(m, inp, eps, direction, methods):
@@ -68,7 +57,7 @@ def _max_err(m, inp, eps, direction, methods):
     ("llava", "denoising", ("atp", "ig", "deeplift")), ("llava", "noising", ("atp", "deeplift")),
     ("qwen2_5_vl", "denoising", ("atp",)), ("qwen3_vl", "noising", ("atp", "ig", "deeplift"))])
 def test_atp_equals_exact_to_first_order(family, direction, methods):
-    m, inp = _double(family)
+    m, inp = tiny_float64(family)
     # eps below ~1e-2 hits the float32 floor of the patching metric (logits are cast to fp32), so the
     # first-order property is checked as the error shrinking linearly with eps: 3x eps -> ~3x error
     # (a wrong gradient or pairing would leave an O(1) error that does not shrink)
@@ -94,7 +83,7 @@ def test_ig_completeness_at_the_decoder_input(family, direction):
     """resid_pre of layer 0 at every position is the whole decoder input, so exact patching there gives
     the other run (normalized effect 1); IG's midpoint sums converge to it (Sundararajan et al. 2017,
     completeness), while plain AtP, a one-point estimate of this large change, stays far off."""
-    m, clean = _double(family)
+    m, clean = tiny_float64(family)
     corrupted = _white(m, clean)
     kw = dict(sites="resid_pre", positions="all", layers=[0], direction=direction)
     exact = activation_patching(m, clean, corrupted, site="resid_pre", positions="all", layers=[0], direction=direction)

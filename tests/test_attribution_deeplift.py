@@ -26,20 +26,15 @@ from mech.attribution_deeplift import References, difference_run, reference_run
 from mech.conditions import corrupt_features
 from mech.errors import ConfigError
 from mech.patching import activation_patching
-from mech.testing.tiny import tiny_inputs, tiny_model
+from mech.testing.tiny import tiny_float64, tiny_inputs, tiny_model
 
 CUTS = ["resid_pre", "resid_mid", "resid_post"]
 FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl",
             "idefics3", "smolvlm", "paligemma", "qwen2_audio"]
 
 
-def _runs(family: str, dtype=torch.float64):
-    model, proc = tiny_model(family)
-    m = mech.load((model.to(dtype), proc))
-    clean = m.inputs(tiny_inputs(family, proc, batch=2))
-    for k, v in list(clean.items()):
-        if torch.is_tensor(v) and v.is_floating_point():
-            clean[k] = v.to(dtype)
+def _runs(family: str):
+    m, clean = tiny_float64(family)
     # the question's embeddings + 3 std of Gaussian noise (Meng et al. 2022): a large change on every
     # family (tiny Gemma3's image embeddings are all zero: its projector is initialised to zero)
     return m, clean, clean, lambda: corrupt_features(m, clean, "visual_noise", seed=1, groups=("text",))

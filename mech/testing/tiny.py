@@ -116,6 +116,20 @@ def tiny_inputs(family: str, processor, *, n_images: int = 1, prompt: str = "wha
     return out
 
 
+def tiny_float64(family: str, *, batch: int = 2):
+    """``(mech model, inputs)``: the tiny ``family`` model and a ``batch`` of :func:`tiny_inputs` in float64,
+    for oracles that compare to rounding."""
+    import mech
+
+    model, processor = tiny_model(family)
+    m = mech.load((model.to(torch.float64), processor))
+    inputs = m.inputs(tiny_inputs(family, processor, batch=batch))
+    for k, v in list(inputs.items()):
+        if torch.is_tensor(v) and v.is_floating_point():
+            inputs[k] = v.to(torch.float64)
+    return m, inputs
+
+
 def save_tiny(family: str, folder, *, seed: int = 0):
     """Save the tiny ``family`` model and its processor into ``folder`` (what ``mech.load(dir)``
     and ``from_pretrained`` read); returns ``folder``."""
