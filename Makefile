@@ -1,30 +1,69 @@
 # Two commands do all the set-up on a fresh machine (README.md):
 #   make run    virtual environment + the main job on the embedded default (the model organisms)
 #   make test   virtual environment + the test suite
-# TORCH is pinned to the CPU build available here; on a GPU machine: make TORCH="torch" run
-VENV  ?= .venv
-PY    := $(VENV)/bin/python
-TORCH ?= torch==2.13.0
-OUT   ?= runs/organisms
+# Both install from requirements.lock (exact versions, with hashes); torch stays outside the lock,
+# pinned here to the CPU build available on this project's machines. On a GPU machine:
+#   make TORCH="torch" run
+# Other targets:
+#   make test-latest   a fresh environment with the newest releases of everything but torch, then the tests
+#   make lock          re-resolve requirements.lock from pyproject.toml (do it after make test-latest passes)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+OUT    ?= runs/organisms
+LATEST ?= .venv-latest
+# The lock is resolved with torch as its CPU build (from the machine's wheel folder when there is one),
+# so that torch's CUDA packages never enter it; torch itself is left out (--no-emit-package torch).
+LOCK_TORCH ?= torch==2.13.0+cpu
+FIND_LINKS ?= $(wildcard /opt/wheels)
+UV         ?= uv==0.13.9
+ENV        := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 
-.PHONY: run test venv clean
+.PHONY: run test venv test-latest lock check-lock clean
 
-$(VENV)/.installed: pyproject.toml
+check-lock:
+	@python3 tools/lock.py check
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@python3 tools/lock.py check
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,tl]"
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
 
 venv: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/mech report --compare organism:balanced organism:text-biased \
+	$(ENV) $(VENV)/bin/mech report --compare organism:balanced organism:text-biased \
 		--data organism:shapes --batch-size 32 --out $(OUT)
 	@echo "report: $(OUT)/report.md"
 
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	$(ENV) $(PY) -m pytest -q
+
+# Not gating in CI: it shows what the next releases break while their deprecation shims still work.
+test-latest:
+	rm -rf $(LATEST)
+	python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,tl]"
+	$(LATEST)/bin/python -m pip list --format freeze | grep -iE '^(transformers|tokenizers|nnsight|transformer-lens|accelerate|numpy)=='
+	$(ENV) $(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q "$(UV)"
+	echo "$(LOCK_TORCH)" > .venv-lock/torch-override.txt
+	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --extra tl --generate-hashes \
+		--python-version 3.11 $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) \
+		--override .venv-lock/torch-override.txt --no-emit-package torch \
+		--custom-compile-command "make lock" -o requirements.lock
+	python3 tools/lock.py stamp
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) .venv-lock runs

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from mech.errors import ConfigError, InputError
+from mech.hooks import find_hidden, with_hidden
 
 CONDITIONS = ("complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
               "visual_noise", "visual_mean")
@@ -172,7 +173,7 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
     the contribution estimator passes ``("text",)`` to corrupt the question the same way.
 
     A forward pre-hook on the decoder (``arch.module(model, "language_model")``) edits
-    ``kwargs["inputs_embeds"]`` ``[batch, pos, d_model]`` at the image/video positions of
+    its input embeddings (found by type: :func:`mech.hooks.find_hidden`) ``[batch, pos, d_model]`` at the image/video positions of
     ``inputs.groups`` (only when the sequence length equals the groups' length, i.e. at the
     prefill of a generation; later decoding steps pass through):
 
@@ -207,11 +208,14 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
     if mean is not None and mean.dim() != 1:
         raise ConfigError(f"mean must be a [d_model] tensor; got shape {tuple(mean.shape)}.")
 
+    d_model = m.arch.d_model
+
     def hook(module, args, kwargs):
-        emb = kwargs.get("inputs_embeds")
-        if emb is None:
-            raise InputError("the decoder was called without inputs_embeds, so visual features cannot be "
+        hit = find_hidden(args, kwargs, d_model)
+        if hit is None:
+            raise InputError("the decoder was called without input embeddings, so visual features cannot be "
                              "corrupted; this family needs a table entry for its decoder input.")
+        where, emb = hit
         if emb.shape[:2] != mask.shape:
             return None  # a decoding step after the prefill: no visual positions here
         sel = mask.to(emb.device)
@@ -228,9 +232,7 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
             new = fill.to(emb.dtype).expand_as(vis)
         emb = emb.clone()
         emb[sel] = new
-        kwargs = dict(kwargs)
-        kwargs["inputs_embeds"] = emb
-        return args, kwargs
+        return with_hidden(args, kwargs, where, emb)
 
     module = m.arch.module(m.model, "language_model")
     handle = module.register_forward_pre_hook(hook, with_kwargs=True)
@@ -256,11 +258,11 @@ def decoder_input_embeds(m: Any, inputs: Any) -> torch.Tensor:
     box: list[torch.Tensor] = []
 
     def hook(module, args, kwargs):
-        emb = kwargs.get("inputs_embeds")
-        if emb is None:
-            raise InputError("the decoder was called without inputs_embeds; this family needs a table entry "
+        hit = find_hidden(args, kwargs, m.arch.d_model)
+        if hit is None:
+            raise InputError("the decoder was called without input embeddings; this family needs a table entry "
                              "for its decoder input.")
-        box.append(emb.detach())
+        box.append(hit[1].detach())
         raise _Stop
 
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
@@ -319,17 +321,16 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
     donor_emb = None if index is not None else decoder_input_embeds(m, donors)
 
     def hook(module, args, kwargs):
-        emb = kwargs.get("inputs_embeds")
-        if emb is None or emb.shape[:2] != mask.shape:
+        hit = find_hidden(args, kwargs, m.arch.d_model)
+        if hit is None or hit[1].shape[:2] != mask.shape:
             return None  # a decoding step after the prefill
+        where, emb = hit
         source = emb[index.to(emb.device)] if index is not None else donor_emb.to(emb)
         emb = emb.clone()
         for i in range(mask.shape[0]):
             if rows[i]:
                 emb[i, mask[i].to(emb.device)] = source[i, dmask[i].to(emb.device)]
-        kwargs = dict(kwargs)
-        kwargs["inputs_embeds"] = emb
-        return args, kwargs
+        return with_hidden(args, kwargs, where, emb)
 
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
     try:

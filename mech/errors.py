@@ -24,7 +24,8 @@ class InputError(MechError, ValueError):
 
 
 class ProcessorError(MechError, ValueError):
-    """A processor is needed (to prepare raw images and prompts) but none was given."""
+    """A processor is needed (to prepare raw images and prompts) but none was given, or its saved files
+    cannot be loaded."""
 
 
 class ConfigError(MechError, ValueError):
@@ -33,3 +34,9 @@ class ConfigError(MechError, ValueError):
 
 class DataError(MechError, ValueError):
     """A dataset file or row that cannot be read (schema, options, answers, image bytes)."""
+
+
+class MissingDependencyError(ProcessorError, ImportError):
+    """An optional package that one part needs is not installed (e.g. torchvision for a video
+    processor). The message names the package and the ``pip install`` that fixes it; the other
+    parts keep working."""

@@ -123,17 +123,48 @@ def _with_first(out: Any, new: torch.Tensor) -> Any:
     return new
 
 
-def _hidden_pre_hook(module: torch.nn.Module, fn: Callable, key: str = "hidden_states") -> Any:
-    """Pre-hook on the first positional argument (or ``key`` keyword) of ``module``."""
+def _is_hidden(value: Any, d_model: int | None) -> bool:
+    return (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 3
+            and (d_model is None or value.shape[-1] == d_model))
+
+
+def find_hidden(args: tuple, kwargs: dict, d_model: int | None = None) -> tuple[int | str, torch.Tensor] | None:
+    """The hidden-state argument of a module call, recognised by type, never by keyword name.
+
+    The first positional argument that is a floating-point tensor ``[batch, pos, d_model]``; else
+    the one keyword argument that is (the decoder's ``inputs_embeds``, a layer's ``hidden_states``;
+    attention masks, position ids, rotary tables and caches are not such tensors). ``d_model=None``
+    accepts any last axis. Returns ``(index or keyword, tensor)``, or None when there is none.
+
+    Raises:
+        InputError: several keyword arguments look like hidden states.
+    """
+    for i, v in enumerate(args):
+        if _is_hidden(v, d_model):
+            return i, v
+    found = [(k, v) for k, v in kwargs.items() if _is_hidden(v, d_model)]
+    if len(found) > 1:
+        raise InputError(f"several arguments look like hidden states [batch, pos, d_model] "
+                         f"({', '.join(str(k) for k, _ in found)}); mech cannot tell which to hook")
+    return found[0] if found else None
+
+
+def with_hidden(args: tuple, kwargs: dict, where: int | str, new: torch.Tensor) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with the argument found by :func:`find_hidden` replaced by ``new``."""
+    if isinstance(where, int):
+        return tuple(args[:where]) + (new,) + tuple(args[where + 1:]), kwargs
+    return args, {**kwargs, where: new}
+
+
+def _hidden_pre_hook(module: torch.nn.Module, fn: Callable, d_model: int | None = None) -> Any:
+    """Pre-hook on the hidden-state input of ``module`` (:func:`find_hidden`)."""
 
     def hook(mod, args, kwargs):
-        if args:
-            new = fn(args[0])
-            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
-        if key in kwargs and kwargs[key] is not None:
-            new = fn(kwargs[key])
-            return None if new is None else (args, {**kwargs, key: new})
-        raise InputError(f"{type(mod).__name__} was called without a {key!r} input; cannot hook it")
+        hit = find_hidden(args, kwargs, d_model)
+        if hit is None:
+            raise InputError(f"{type(mod).__name__} was called without a hidden-state input; cannot hook it")
+        new = fn(hit[1])
+        return None if new is None else with_hidden(args, kwargs, hit[0], new)
 
     return module.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -204,7 +235,7 @@ def _attach_z(m, p: HookPoint, fn: Callable) -> list:
         new = fn(z)
         return None if new is None else new.reshape(x.shape)
 
-    return [_hidden_pre_hook(o_proj(m, p.layer), on_input, key="input")]
+    return [_hidden_pre_hook(o_proj(m, p.layer), on_input)]
 
 
 def _attach_embed(m, p: HookPoint, fn: Callable) -> list:

@@ -2,10 +2,20 @@
 
 A result file either exists complete or not at all: each writer writes a temporary file in the
 same directory, flushes it to disk, then ``os.replace``-s it over the target.
+
+Results say what made them: every JSON object :func:`write_json` writes carries
+:func:`provenance` (mech's version, torch's, transformers', nnsight's, and the hash of the
+repository's ``requirements.lock``) under ``"provenance"``. Two processes that compute the same
+result write the same bytes: JSON keeps the insertion order the code builds (never set or hash
+order), and :func:`write_tensors` keeps its metadata in one entry of canonical JSON, because
+safetensors' writer orders several entries differently in each process.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -16,6 +26,54 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+
+#: the key under which every JSON result carries :func:`provenance`
+PROVENANCE = "provenance"
+#: the lock file hashed into :func:`provenance`: next to pyproject.toml in a source checkout or
+#: editable install (absent from a wheel install)
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> tuple[tuple[str, str | None], ...]:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    mech_version = version("mech")
+    if mech_version is None:
+        from mech import __version__ as mech_version
+    return (("mech", mech_version),) + tuple((name, version(name)) for name in ("torch", "transformers", "nnsight"))
+
+
+def provenance() -> dict[str, str | None]:
+    """What made a result: ``{"mech", "torch", "transformers", "nnsight", "lock"}``.
+
+    The versions are ``importlib.metadata``'s (None for a package that is not installed; mech's
+    falls back to ``mech.__version__``). ``lock`` is ``"sha256:<hex>"`` of :data:`LOCK_FILE`, the
+    repository's ``requirements.lock``, or None where there is none (a wheel install). Every JSON
+    :func:`write_json` writes carries this under :data:`PROVENANCE`.
+    """
+    out: dict[str, str | None] = dict(_versions())
+    try:
+        out["lock"] = "sha256:" + hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+    except OSError:
+        out["lock"] = None
+    return out
+
+
+def with_provenance(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``obj`` with :func:`provenance` as its last key (replacing any it had)."""
+    return {**{k: v for k, v in obj.items() if k != PROVENANCE}, PROVENANCE: provenance()}
+
+
+def without_provenance(obj: Any) -> Any:
+    """``obj`` without its :data:`PROVENANCE` key (what identity checks compare: a run resumes
+    whatever versions wrote its stored header); non-mappings are returned as they are."""
+    return {k: v for k, v in obj.items() if k != PROVENANCE} if isinstance(obj, Mapping) else obj
 
 
 def _clean(obj: Any) -> Any:
@@ -30,6 +88,8 @@ def _clean(obj: Any) -> Any:
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):  # sorted: set order depends on the process (PYTHONHASHSEED)
+        return [_clean(v) for v in sorted(obj, key=repr)]
     return obj
 
 
@@ -52,7 +112,11 @@ def _atomic(path: Path, write) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented, strict JSON (NaN becomes null), atomically."""
+    """Write ``obj`` as indented, strict JSON (NaN becomes null), atomically; a mapping gets
+    :func:`provenance` as its last key (:func:`with_provenance`). Keys keep their insertion order;
+    the same ``obj`` gives the same bytes in every process."""
+    if isinstance(obj, Mapping):
+        obj = with_provenance(obj)
     text = json.dumps(_clean(obj), indent=2, sort_keys=False, allow_nan=False)
 
     def write(tmp: str) -> None:
@@ -63,19 +127,40 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON content of ``path`` (its :data:`PROVENANCE` included)."""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
 
+METADATA_KEY = "mech"
+
+
 def write_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                  metadata: Mapping[str, str] | None = None) -> Path:
-    """Write named tensors to ``.safetensors`` atomically (contiguous CPU copies)."""
-    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
+                  metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write named tensors to ``.safetensors`` atomically (contiguous CPU copies).
+
+    ``metadata`` (JSON-able) is stored as one safetensors metadata entry, :data:`METADATA_KEY`,
+    holding canonical JSON (sorted keys); read it back with :func:`read_metadata`. One entry because
+    safetensors' (Rust) writer orders several entries by a hash map seeded per process, so the same
+    metadata gave different bytes in each process; the tensors' entries and data are already in a
+    fixed order (dtype, then name). The same tensors and metadata give the same bytes everywhere.
+    """
+    data = {k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}
+    meta = {METADATA_KEY: json.dumps(_clean(dict(metadata)), sort_keys=True, ensure_ascii=True)} if metadata else None
     return _atomic(Path(path), lambda tmp: save_file(data, tmp, metadata=meta))
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` given to :func:`write_tensors` for the file at ``path`` ({} if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        raw = (fh.metadata() or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file at ``path``, by name."""
     return load_file(str(path))
 
 
@@ -95,7 +180,7 @@ class BatchStore:
         self.root = Path(root)
         self.header = _clean(dict(header))
         head = self.root / "header.json"
-        self.resumed = head.is_file() and read_json(head) == self.header
+        self.resumed = head.is_file() and without_provenance(read_json(head)) == self.header
         if not self.resumed and not clear:
             from mech.errors import ConfigError
 
@@ -116,16 +201,11 @@ class BatchStore:
 
     def put(self, index: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
         """Write batch ``index`` atomically; ``metadata`` (JSON-able) is kept beside it (:meth:`meta`)."""
-        meta = {"mech": json.dumps(_clean(dict(metadata)))} if metadata else None
-        write_tensors(self._path(index), tensors, meta)
+        write_tensors(self._path(index), tensors, metadata)
 
     def meta(self, index: int) -> dict[str, Any]:
         """The ``metadata`` given to :meth:`put` for batch ``index`` ({} if none)."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._path(index)), "pt") as fh:
-            raw = (fh.metadata() or {}).get("mech")
-        return json.loads(raw) if raw else {}
+        return read_metadata(self._path(index))
 
     @staticmethod
     def finished(root: str | os.PathLike, header: Mapping[str, Any]) -> list[int]:
@@ -133,7 +213,7 @@ class BatchStore:
         creating or clearing anything ([] when there is no such store)."""
         root = Path(root)
         head = root / "header.json"
-        if not head.is_file() or read_json(head) != _clean(dict(header)):
+        if not head.is_file() or without_provenance(read_json(head)) != _clean(dict(header)):
             return []
         return sorted(int(p.stem) for p in root.glob("*.safetensors") if p.stem.isdigit())
 

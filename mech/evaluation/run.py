@@ -40,7 +40,8 @@ class Checkpoint:
     Sharded runs (:mod:`mech.parallel`): shard ``K`` of ``N`` appends to its own file
     ``<stem>.K-of-N.jsonl`` beside ``path``; every invocation also reads (never writes) the other
     files of the same run there, so a single-process rerun, or the shard that finishes last, sees
-    every record. ``run`` (the command-line settings) is kept on the header line for ``mech merge``.
+    every record. ``run`` (the command-line settings) is kept on the header line for ``mech merge``,
+    with :func:`mech.results.provenance` (not part of what a resumed run must match).
     """
 
     def __init__(self, path: str | os.PathLike | None, header: dict, *, shard=None, run: dict | None = None):
@@ -99,9 +100,9 @@ class Checkpoint:
         return rows[0]["header"], [r for r in rows[1:] if "condition" in r and "ids" in r], rows[0].get("run")
 
     def _rewrite(self):
-        from mech.results import _atomic
+        from mech.results import _atomic, with_provenance
 
-        first = {"header": self.header, **({"run": self.run} if self.run is not None else {})}
+        first = with_provenance({"header": self.header, **({"run": self.run} if self.run is not None else {})})
         text = "".join(json.dumps(x) + "\n" for x in [first, *self.own.values()])
 
         def write(tmp):

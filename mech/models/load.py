@@ -10,8 +10,9 @@ from typing import Any
 import torch
 import transformers
 
-from mech.errors import ConfigError, ProcessorError, SpecError, UnsupportedArchitectureError
+from mech.errors import ConfigError, SpecError, UnsupportedArchitectureError
 from mech.groups import TokenGroups
+from mech.models.processor import load_processor
 from mech.models.table import Architecture, resolve
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -121,7 +122,11 @@ def load(
     Raises:
         SpecError: missing directory, unknown organism, hub not reachable.
         UnsupportedArchitectureError: no family table (the message lists the supported families).
-        ProcessorError: a directory without processor files.
+        ProcessorError: a directory without processor files, or processor files that cannot be read.
+        MissingDependencyError: the tokenizer or the processor itself needs a package that is not
+            installed (the message names it). A sub-processor that needs one (torchvision for a video
+            processor) does not raise here: the rest loads, the part raises this error when used (a
+            video input), and ``meta["processor_missing"]`` maps its attribute to the packages.
         ConfigError: unknown dtype or attention implementation.
     """
     if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
@@ -161,14 +166,11 @@ def load(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    # the processor first: a missing processor file or package fails before the weights are read
+    processor, missing = load_processor(where, config=config, trust_remote_code=trust_remote_code, spec=spec)
     model = cls.from_pretrained(where, **kwargs).eval()
     if device is not None and device_map is None:
         model.to(device)
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ProcessorError(f"no processor could be loaded from {spec!r} ({exc}). Save it beside the weights "
-                             "(processor.save_pretrained(dir)), or load mech.load((model, None)) and pass "
-                             "tokenized inputs.") from exc
     tok = getattr(processor, "tokenizer", processor)
-    return MechModel(model, processor, resolve(config, tok), spec=spec)
+    meta = {"processor_missing": missing} if missing else {}
+    return MechModel(model, processor, resolve(config, tok), spec=spec, meta=meta)

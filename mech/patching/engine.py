@@ -15,10 +15,12 @@ Cost unit: a *forward-equivalent* is ``n_layers`` decoder-layer evaluations of o
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import Cache
 
 from mech import hooks as H
 from mech.errors import InputError
@@ -54,13 +56,18 @@ def capture(m, inputs, context=None) -> Capture:
 
     def pre(l):
         def hook(mod, args, kw):
-            hidden = args[0] if args else kw["hidden_states"]
-            resid[l] = hidden.detach()
+            hit = H.find_hidden(args, kw, arch.d_model)
+            if hit is None:
+                raise InputError(f"decoder layer {l} was called without a hidden-state input; "
+                                 "mech's prefix reuse cannot capture it")
+            resid[l] = hit[1].detach()
             if l < n:
-                kwargs[l] = {k: v for k, v in kw.items() if k != "hidden_states"}
-                if args[1:]:
-                    raise InputError(f"decoder layer {l} got positional arguments besides hidden_states; "
+                if args[1:] or hit[0] != 0 and args:
+                    raise InputError(f"decoder layer {l} got positional arguments besides the hidden states; "
                                      "mech's prefix reuse needs keyword arguments")
+                # A transformers Cache (whatever its keyword: past_key_values, cache, ...) is dropped, so
+                # a replay never appends to the full run's cache.
+                kwargs[l] = {k: (None if isinstance(v, Cache) else v) for k, v in kw.items() if k != hit[0]}
         return hook
 
     def post(l):
@@ -76,11 +83,8 @@ def capture(m, inputs, context=None) -> Capture:
                 handles.append(layer.register_forward_hook(post(l)))
         handles.append(arch.module(model, "ln_final").register_forward_pre_hook(pre(n), with_kwargs=True))
         with torch.no_grad():
-            if context is not None:
-                with context:
-                    logits = model(**inputs).logits
-            else:
-                logits = model(**inputs).logits
+            with context if context is not None else contextlib.nullcontext():
+                logits = model(**inputs, use_cache=False).logits
     finally:
         for h in handles:
             h.remove()
@@ -117,9 +121,6 @@ def run_from(m, cap: Capture, start: int, hidden: torch.Tensor, rows: torch.Tens
     h = hidden
     for l in range(start, arch.n_layers):
         kw = {k: _rows(v, rows, batch) for k, v in cap.layer_kwargs[l].items()}
-        kw["past_key_values"] = None
-        if "use_cache" in kw:
-            kw["use_cache"] = False
         h = H._first(arch.module(model, "layer", l)(h, **kw))
         if l in cap.inject:
             h = h + cap.inject[l][rows.to(h.device)]

@@ -27,7 +27,9 @@ mllama         tiled ViT + cross-attention Llama         32x32 (1 tile) -> 1 ``<
 
 Video tokens exist in the tokenizers and configs of the video-capable families, but their video
 processors need torchvision; a stand-in (``_NoVideoProcessor``) fills the processor slot and
-refuses to run.
+refuses to run. It saves as the family's real video processor class, so a :func:`save_tiny`
+directory reads like a real checkpoint (``mech.load`` of it leaves the video part out without
+torchvision; ``tests/test_load_dirs.py``).
 
 Modules: ``tiny`` (this: public API), ``tiny_families`` (per-family processor + config builders),
 ``tiny_tokenizer`` (word-level tokenizers), ``tiny_templates`` (chat templates).

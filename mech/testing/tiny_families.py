@@ -30,7 +30,12 @@ AUDIO_SECONDS = 0.5
 
 
 class _NoVideoProcessor(VideoProcessorMixin):
-    """Fills the ``video_processor`` slot; the real ones need torchvision, which is not installed."""
+    """Fills the ``video_processor`` slot; the real ones need torchvision, which is not installed.
+
+    It saves under the family's real video processor class (``saved_as``), so that a directory written
+    by :func:`mech.testing.tiny.save_tiny` reads like a real checkpoint: with torchvision, transformers
+    builds the real video processor from it; without, ``mech.load`` leaves that part out.
+    """
 
     merge_size = 2
     temporal_patch_size = 2
@@ -38,10 +43,19 @@ class _NoVideoProcessor(VideoProcessorMixin):
     num_frames = 2
     fps = 1
 
+    def __init__(self, saved_as: str, **kwargs):
+        super().__init__(**kwargs)
+        self.saved_as = saved_as
+
     def __call__(self, *args, **kwargs):
         raise NotImplementedError("tiny zoo: video preprocessing needs torchvision")
 
     preprocess = __call__
+
+    def to_dict(self):
+        d = super().to_dict()
+        d["video_processor_type"] = d.pop("saved_as")
+        return d
 
 
 @contextlib.contextmanager
@@ -146,7 +160,8 @@ def _proc_llava_onevision():
                          named={"image_token": "<image>", "video_token": "<video>"},
                          eos="<|im_end|>", pad="<|endoftext|>", padding_side="left")
     ip = T.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=_PINPOINTS)
-    return T.LlavaOnevisionProcessor(ip, tok, _NoVideoProcessor(), num_image_tokens=16,
+    vp = _NoVideoProcessor("LlavaOnevisionVideoProcessor")
+    return T.LlavaOnevisionProcessor(ip, tok, vp, num_image_tokens=16,
                                      vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
                                      chat_template=TEMPLATES["llava_onevision"])
 
@@ -163,7 +178,7 @@ _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|image_pad|>", "<|video_pad|>"]
 
 
-def _proc_qwen(cls_name: str, family: str, patch: int = 8):
+def _proc_qwen(cls_name: str, family: str, video_cls: str, patch: int = 8):
     def build():
         tok = make_tokenizer(_QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>",
                              named={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
@@ -171,7 +186,7 @@ def _proc_qwen(cls_name: str, family: str, patch: int = 8):
                                     "vision_end_token": "<|vision_end|>"})
         ip = T.Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                         size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
-        vp = _NoVideoProcessor()
+        vp = _NoVideoProcessor(video_cls)
         vp.patch_size = patch
         return getattr(T, cls_name)(ip, tok, vp, chat_template=TEMPLATES[family])
 
@@ -259,7 +274,7 @@ def _proc_internvl():
                          named={"start_image_token": "<img>", "end_image_token": "</img>",
                                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
     ip = T.GotOcr2ImageProcessorPil(size={"height": 64, "width": 64}, crop_to_patches=False)
-    return T.InternVLProcessor(ip, tok, _NoVideoProcessor(), image_seq_length=16,
+    return T.InternVLProcessor(ip, tok, _NoVideoProcessor("InternVLVideoProcessor"), image_seq_length=16,
                                chat_template=TEMPLATES["internvl"])
 
 
@@ -302,7 +317,8 @@ def _proc_smolvlm():
                                 "end_of_utterance_token": "<end_of_utterance>"})
     ip = T.SmolVLMImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
                                     do_image_splitting=True)
-    return T.SmolVLMProcessor(ip, tok, _NoVideoProcessor(), image_seq_len=4, chat_template=TEMPLATES["smolvlm"])
+    return T.SmolVLMProcessor(ip, tok, _NoVideoProcessor("SmolVLMVideoProcessor"), image_seq_len=4,
+                              chat_template=TEMPLATES["smolvlm"])
 
 
 def _cfg_smolvlm(proc):
@@ -352,11 +368,11 @@ _FAMILIES: dict[str, _Family] = {
     "llava_next": _Family(_proc_llava_next, _cfg_llava_next, "LlavaNextForConditionalGeneration"),
     "llava_onevision": _Family(_proc_llava_onevision, _cfg_llava_onevision,
                                "LlavaOnevisionForConditionalGeneration"),
-    "qwen2_vl": _Family(_proc_qwen("Qwen2VLProcessor", "qwen2_vl"), _cfg_qwen2_vl,
+    "qwen2_vl": _Family(_proc_qwen("Qwen2VLProcessor", "qwen2_vl", "Qwen2VLVideoProcessor"), _cfg_qwen2_vl,
                         "Qwen2VLForConditionalGeneration"),
-    "qwen2_5_vl": _Family(_proc_qwen("Qwen2_5_VLProcessor", "qwen2_5_vl"), _cfg_qwen2_5_vl,
-                          "Qwen2_5_VLForConditionalGeneration"),
-    "qwen3_vl": _Family(_proc_qwen("Qwen3VLProcessor", "qwen3_vl"), _cfg_qwen3_vl,
+    "qwen2_5_vl": _Family(_proc_qwen("Qwen2_5_VLProcessor", "qwen2_5_vl", "Qwen2VLVideoProcessor"),
+                          _cfg_qwen2_5_vl, "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": _Family(_proc_qwen("Qwen3VLProcessor", "qwen3_vl", "Qwen3VLVideoProcessor"), _cfg_qwen3_vl,
                         "Qwen3VLForConditionalGeneration"),
     "gemma3": _Family(_proc_gemma3, _cfg_gemma3, "Gemma3ForConditionalGeneration"),
     "internvl": _Family(_proc_internvl, _cfg_internvl, "InternVLForConditionalGeneration"),
