@@ -1,7 +1,7 @@
 """mech: instruments for the mechanistic interpretability of modality bias in multimodal LLMs.
 
-See DESIGN.md for the path of the data: load -> prepare -> conditions -> measure -> curves ->
-results -> figures.
+See docs/design.md for the path of the data: load -> prepare -> conditions -> engines -> measure ->
+curves -> results -> runs -> figures -> report -> cli.
 """
 
 from mech.attention import AttentionMass, attention_mass

@@ -54,7 +54,7 @@ from mech.attribution_grad import METHODS, Method, check_method, decoder_inputs,
 from mech.errors import ConfigError, InputError
 from mech.patching.align import Alignment
 from mech.patching.metrics import Metric, normalized_effect
-from mech.patching.setup import prepare, resolve_targets
+from mech.patching.setup import prepare
 from mech.patching.sites import hook_name
 
 __all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS", "METHODS"]
@@ -76,6 +76,8 @@ class AtPResult:
         groups, layers, direction, metric: as in :class:`mech.patching.PatchingResult`.
         forward_equivalents: 3.0 for ``"atp"``, ``2 + 2·steps`` for ``"ig"``; ``meta["wall_s"]`` has
             per-pass wall times. ``method``: ``"atp"`` or ``"ig"``; ``meta["ig_steps"]`` for ``"ig"``.
+        answer, counterfactual: LongTensor ``[batch]`` (CPU): the token ids this batch was scored
+            against (as :class:`mech.patching.PatchingResult`); None where the metric needs none.
     """
 
     effect: dict[str, torch.Tensor]
@@ -91,6 +93,8 @@ class AtPResult:
     forward_equivalents: float = FORWARD_EQUIVALENTS
     meta: dict[str, Any] = field(default_factory=dict)
     method: str = "atp"
+    answer: torch.Tensor | None = None
+    counterfactual: torch.Tensor | None = None
 
     def to_json(self) -> dict:
         """JSON-ready: ``effect.{site}.{group}`` per layer (``z``: per layer, per head), metrics, metadata."""
@@ -219,14 +223,17 @@ def attribution_patching(
             ``2 + 2·ig_steps`` forward-equivalents; needs two runs of the same length).
         ig_steps: points of the midpoint rule for ``"ig"`` (1 = the midpoint).
         direction: ``"denoising"`` (gradient on the corrupted run) or ``"noising"`` (on the clean run).
-        metric: ``"logit_diff"`` (default), ``"prob"``, ``"kl"`` or a :class:`mech.patching.Metric`.
+        metric: ``"logit_diff"`` (default), ``"prob"``, ``"kl"`` or a :class:`mech.patching.Metric` (frozen;
+            never changed, so one can serve many batches; the targets used come back in the result).
+        condition: default: the corrupted inputs' own ``.condition`` (as :func:`mech.activation_patching`).
 
     Returns:
         :class:`AtPResult`; ``effect[site]`` ``[layer, group]`` (``z``: ``[layer, head, group]``).
 
     Raises:
         ConfigError: unknown site/metric/direction/position group/method (the message lists the allowed
-            values); layers out of range; ``method="ig"`` on runs of different length.
+            values); layers out of range; ``method="ig"`` on runs of different length; ``condition``
+            contradicting the corrupted inputs' own.
         InputError: groups that do not match (``align="strict"``); UnsupportedArchitectureError: mllama.
         MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
     """
@@ -265,20 +272,24 @@ def attribution_patching(
         t_last = _last(t_logits, target.groups.last())
     wall["target_forward"] = time.perf_counter() - t0
     clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
-    batch, rows = resolve_targets(metric_obj, clean_logits, corr_logits, answer, counterfactual)
+    targets = metric_obj.resolve(clean_logits, corr_logits, answer, counterfactual)
+    batch, rows = targets.batch, targets.rows()
+
+    def score(lg: torch.Tensor) -> torch.Tensor:
+        return metric_obj(lg, rows, targets)
+
     t0 = time.perf_counter()
     if method != "ig":
-        value = metric_obj(t_last, rows)
+        value = score(t_last)
         if method == "deeplift":
-            value = metric_with_multipliers(lambda lg: metric_obj(lg, rows), t_last, s_last)
+            value = metric_with_multipliers(score, t_last, s_last)
         grads = _gradients(value, leaves, names)
         wall["target_backward"] = time.perf_counter() - t0
         target_m = value.detach().cpu()
     else:
-        grads = _integrated_gradients(m, target, names, setup.t_ctx, recorded, lambda lg: metric_obj(lg, rows),
-                                      ig_steps, wall)
-        target_m = metric_obj(t_last, rows).cpu()
-    source_m = metric_obj(s_last, rows).cpu()
+        grads = _integrated_gradients(m, target, names, setup.t_ctx, recorded, score, ig_steps, wall)
+        target_m = score(t_last).cpu()
+    source_m = score(s_last).cpu()
     clean_m, corr_m = (source_m, target_m) if denoise else (target_m, source_m)
 
     r, t, s, g = _pair_index(aligns)
@@ -310,10 +321,11 @@ def attribution_patching(
         eff[..., empty] = float("nan")
         effects[site] = eff
     fe = forward_equivalents(method, ig_steps)
+    a_ids, cf_ids = (None if t is None else t.detach().long().cpu() for t in (targets.answer, targets.counterfactual))
     passes = {"forward": 2, "backward": 1} if method != "ig" else {"forward": 2 + ig_steps, "backward": ig_steps}
     meta = {"wall_s": wall, "passes": {**passes, "backward_scope": "activations only"},
-            "align": setup.mode, "answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
-            "counterfactual": metric_obj.counterfactual.tolist() if metric_obj.counterfactual is not None else None}
+            "align": setup.mode, "answer": None if a_ids is None else a_ids.tolist(),
+            "counterfactual": None if cf_ids is None else cf_ids.tolist()}
     if method == "ig":
         meta["ig_steps"] = ig_steps
     if method == "deeplift":
@@ -325,7 +337,7 @@ def attribution_patching(
                                 .sum((1, 2)).cpu() for n in cut])
             meta["completeness"] = completeness(full, source_m, target_m)
     return AtPResult(effects, patched, deltas, clean_m, corr_m, tuple(a.name for a in aligns), layer_list, direction,
-                     metric_obj.name, condition, fe, meta, method)
+                     metric_obj.name, setup.condition, fe, meta, method, a_ids, cf_ids)
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:

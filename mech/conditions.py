@@ -137,8 +137,10 @@ def condition_inputs(m: Any, samples: Sequence[dict], condition: str, *, seed: i
         padding_side: passed to ``prepare`` (generation needs ``"left"``).
 
     Returns:
-        :class:`~mech.models.inputs.Inputs` with ``.groups``; ``inputs.condition`` and
-        ``inputs.ids`` (sample ids, row order) are set as attributes.
+        a frozen :class:`~mech.models.inputs.Inputs` ``[batch, pos]`` with ``.groups``,
+        ``.condition`` (= ``condition``) and ``.ids`` (the sample ids, in row order); both survive
+        ``m.inputs(...)``, and instruments with a ``condition=`` argument read it from there
+        (:func:`resolve_condition`).
 
     Raises:
         ConfigError, InputError: as :func:`apply_condition` and ``m.prepare``.
@@ -149,9 +151,29 @@ def condition_inputs(m: Any, samples: Sequence[dict], condition: str, *, seed: i
     transformed = [apply_condition(s, condition, seed=seed) for s in samples]
     inputs = m.prepare([t["images"] for t in transformed], [fmt(t) for t in transformed],
                        padding_side=padding_side)
-    inputs.condition = condition
-    inputs.ids = [s.get("id") for s in samples]
-    return inputs
+    return inputs.replace(condition=condition, ids=[s.get("id") for s in samples])
+
+
+def resolve_condition(inputs: Any, condition: str | None, *, default: str | None = None) -> str | None:
+    """The condition a run of ``inputs`` is under: the explicit ``condition``, else the inputs' own
+    ``inputs.condition`` (set by :func:`condition_inputs`), else ``default``.
+
+    Inputs made under ``"complete"`` may be run under a feature condition (``visual_noise``,
+    ``visual_mean``): those leave the tokens as they are and change the forward pass.
+
+    Raises:
+        ConfigError: an unknown condition, or an explicit ``condition`` that contradicts the inputs'
+            own (e.g. ``condition="no_image"`` for inputs made under ``"white_image"``).
+    """
+    own = getattr(inputs, "condition", None)
+    if condition is None:
+        return own if own is not None else default
+    check_condition(condition)
+    if own is not None and own != condition and not (own == "complete" and condition in FEATURE_CONDITIONS):
+        raise ConfigError(f"condition={condition!r} contradicts the inputs, which were made under {own!r} "
+                          f"(condition_inputs(..., {own!r})); drop condition= (it is read from the inputs) or "
+                          f"make the inputs with condition_inputs(m, samples, {condition!r})")
+    return condition
 
 
 VISUAL_GROUPS = ("image", "video")

@@ -6,6 +6,8 @@ handle all of them; the subclasses exist so that tests and callers can tell the 
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+
 
 class MechError(Exception):
     """Base class of every error mech raises on purpose (bad input, unsupported model, ...)."""
@@ -40,3 +42,16 @@ class MissingDependencyError(ProcessorError, ImportError):
     """An optional package that one part needs is not installed (e.g. torchvision for a video
     processor). The message names the package and the ``pip install`` that fixes it; the other
     parts keep working."""
+
+
+class RunConflictError(MechError, RuntimeError):
+    """An output folder holds (or is writing) a run of the same command with other settings; pass
+    another ``--out`` or ``--overwrite`` (:mod:`mech.runs.folder`)."""
+
+
+class FrozenError(MechError, FrozenInstanceError, TypeError):
+    """An attempt to change an immutable mech record in place (assigning or deleting an attribute
+    or an item of :class:`mech.models.Inputs`, a :class:`mech.patching.Metric`, a hook registry, or
+    rebinding a table of :mod:`mech.hooks`). The message names the method that builds a changed copy
+    (e.g. ``inputs.replace(...)``). An ``AttributeError`` (as ``dataclasses.FrozenInstanceError``) and a
+    ``TypeError`` (as item assignment on an immutable mapping)."""

@@ -1,4 +1,4 @@
-"""Token groups: a modality label for every position of a batch (DESIGN.md, "Words").
+"""Token groups: a modality label for every position of a batch (docs/design.md, "Words, token groups and conditions").
 
 Groups partition every (non-padding) position:
 

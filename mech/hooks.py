@@ -32,8 +32,11 @@ name                       definition (what is read; a replacement takes effect 
 ``ln_final.hook_normalized`` output of the final norm ``[batch, pos, d_model]``
 ========================== ====================================================================
 
-Other instruments add hook points with :func:`register_hook_point` (e.g. ``attn.hook_pattern``).
-Hooks are plain ``torch`` hooks registered for one forward and removed in ``finally`` (only the
+The table of hook points is one immutable :class:`~mech.hook_points.HookRegistry`,
+:data:`HOOK_POINTS` (``PER_LAYER``/``GLOBAL`` list its names); none of these module names can be
+rebound (:class:`~mech.errors.FrozenError`). An instrument that needs another point passes a registry
+of its own to the verbs, ``points=HOOK_POINTS.with_point(site, attach)`` (a new object; nothing global
+changes). Hooks are plain ``torch`` hooks registered for one forward and removed in ``finally`` (only the
 handles mech added), so nothing stays registered afterwards, exceptions included.
 
 Engine note: nnsight 0.8.1 works on these models (``NNsight(model).trace(**inputs)``, module
@@ -44,71 +47,41 @@ taking arbitrary user callables in any order; scoped ``torch`` hooks are used he
 
 from __future__ import annotations
 
-import re
+import sys
+import types
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mech.errors import ConfigError, InputError
+from mech.errors import ConfigError, FrozenError, InputError
+from mech.hook_points import LAYER_NAME, HookPoint, HookRegistry
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
-PER_LAYER = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
-GLOBAL = ("hook_embed", "ln_final.hook_normalized")
-_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+def _points(points: HookRegistry | None) -> HookRegistry:
+    if points is None:
+        return HOOK_POINTS
+    if not isinstance(points, HookRegistry):
+        raise ConfigError(f"points must be a mech.hook_points.HookRegistry (e.g. HOOK_POINTS.with_point(...)); "
+                          f"got {type(points).__name__}")
+    return points
 
 
-@dataclass(frozen=True)
-class HookPoint:
-    """A resolved hook name: ``name`` (TransformerLens style), ``layer`` (None for global points)
-    and ``site`` (the per-layer suffix, e.g. ``"hook_resid_post"``, or the global name)."""
-
-    name: str
-    site: str
-    layer: int | None = None
+def valid_names(m, points: HookRegistry | None = None) -> list[str]:
+    """Every hook name of model ``m`` (of ``points``, default :data:`HOOK_POINTS`), in execution order per layer."""
+    return _points(points).valid_names(m.arch.n_layers)
 
 
-# site -> attach(m, point, fn) -> list of handles; fn(x) -> replacement or None
-_ATTACH: dict[str, Callable[[Any, HookPoint, Callable], list]] = {}
-
-
-def register_hook_point(site: str, attach: Callable[[Any, HookPoint, Callable], list], per_layer: bool = True) -> None:
-    """Add a hook point: ``attach(m, point, fn)`` registers torch hooks calling ``fn(x) -> x | None``
-    and returns their handles. ``site`` is the suffix after ``blocks.{l}.`` when ``per_layer``."""
-    global PER_LAYER, GLOBAL
-    _ATTACH[site] = attach
-    if per_layer and site not in PER_LAYER:
-        PER_LAYER = PER_LAYER + (site,)
-    if not per_layer and site not in GLOBAL:
-        GLOBAL = GLOBAL + (site,)
-
-
-def valid_names(m) -> list[str]:
-    """Every hook name of model ``m``, in execution order per layer."""
-    n = m.arch.n_layers
-    return ["hook_embed"] + [f"blocks.{l}.{s}" for l in range(n) for s in PER_LAYER] + \
-        [g for g in GLOBAL if g != "hook_embed"]
-
-
-def resolve(m, name: str) -> HookPoint:
-    """Parse and check a hook name.
+def resolve(m, name: str, points: HookRegistry | None = None) -> HookPoint:
+    """Parse and check a hook name against ``points`` (default :data:`HOOK_POINTS`).
 
     Raises:
         ConfigError: unknown name or layer out of range; the message lists the valid forms.
     """
-    if name in GLOBAL:
-        return HookPoint(name, name, None)
-    hit = _NAME.match(name)
-    if hit is None or hit.group(2) not in PER_LAYER:
-        raise ConfigError(f"unknown hook name {name!r}; valid: {', '.join(GLOBAL)} and blocks.{{l}}.<site> with "
-                          f"site in {', '.join(PER_LAYER)} (l = 0..{m.arch.n_layers - 1})")
-    layer = int(hit.group(1))
-    if layer >= m.arch.n_layers:
-        raise ConfigError(f"hook {name!r}: layer {layer} out of range; this model has layers 0..{m.arch.n_layers - 1}")
-    return HookPoint(name, hit.group(2), layer)
+    return _points(points).resolve(name, m.arch.n_layers)
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -246,35 +219,44 @@ def _attach_ln_final(m, p: HookPoint, fn: Callable) -> list:
     return [_output_hook(m.arch.module(m.model, "ln_final"), fn)]
 
 
-_ATTACH.update({
-    "hook_embed": _attach_embed,
-    "ln_final.hook_normalized": _attach_ln_final,
-    "hook_resid_pre": _attach_resid_pre,
-    "hook_resid_mid": _attach_resid_mid,
-    "hook_resid_post": _attach_resid_post,
-    "hook_attn_out": _attach_module_out("attn"),
-    "hook_mlp_out": _attach_module_out("mlp"),
-    "attn.hook_z": _attach_z,
-})
+#: the built-in hook points (the table of the module docstring), read-only and never rebound
+HOOK_POINTS = HookRegistry(
+    per_layer={"hook_resid_pre": _attach_resid_pre, "hook_resid_mid": _attach_resid_mid,
+               "hook_resid_post": _attach_resid_post, "hook_attn_out": _attach_module_out("attn"),
+               "hook_mlp_out": _attach_module_out("mlp"), "attn.hook_z": _attach_z},
+    global_points={"hook_embed": _attach_embed, "ln_final.hook_normalized": _attach_ln_final})
+PER_LAYER = HOOK_POINTS.sites
+GLOBAL = HOOK_POINTS.globals
 
 
-def attach(m, name: str | HookPoint, fn: HookFn) -> list:
-    """Register ``fn(x, hook) -> x | None`` at hook ``name``; returns the torch handles to remove."""
-    point = name if isinstance(name, HookPoint) else resolve(m, name)
-    return _ATTACH[point.site](m, point, lambda x: fn(x, point))
+def attach(m, name: str | HookPoint, fn: HookFn, points: HookRegistry | None = None) -> list:
+    """Register ``fn(x, hook) -> x | None`` at hook ``name`` (of ``points``, default :data:`HOOK_POINTS`);
+    returns the torch handles to remove.
+
+    Raises:
+        ConfigError: an unknown hook name.
+    """
+    reg = _points(points)
+    point = name if isinstance(name, HookPoint) else reg.resolve(name, m.arch.n_layers)
+    return reg.attach_fn(point)(m, point, lambda x: fn(x, point))
 
 
 @contextmanager
-def hooks(m, fwd_hooks: Iterable[tuple[str, HookFn]]):
+def hooks(m, fwd_hooks: Iterable[tuple[str, HookFn]], points: HookRegistry | None = None):
     """Context manager: the hooks are registered inside and removed on exit, exceptions included.
 
-    Only the handles registered here are removed; hooks added by others stay untouched.
+    Only the handles registered here are removed; hooks added by others stay untouched. ``points``:
+    the hook-point registry names are resolved against (default :data:`HOOK_POINTS`).
+
+    Raises:
+        ConfigError: an unknown hook name (checked for every hook before any is registered).
     """
-    points = [(resolve(m, n), fn) for n, fn in fwd_hooks]  # validate all before registering any
+    reg = _points(points)
+    resolved = [(reg.resolve(n, m.arch.n_layers), fn) for n, fn in fwd_hooks]  # validate all before registering any
     handles: list = []
     try:
-        for point, fn in points:
-            handles += attach(m, point, fn)
+        for point, fn in resolved:
+            handles += attach(m, point, fn, reg)
         yield handles
     finally:
         for h in handles:
@@ -285,7 +267,8 @@ def _logits(m, inputs) -> torch.Tensor:
     return m.model(**m.inputs(inputs)).logits
 
 
-def run_with_hooks(m, inputs, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
+def run_with_hooks(m, inputs, fwd_hooks: Sequence[tuple[str, HookFn]] = (), *,
+                   points: HookRegistry | None = None) -> torch.Tensor:
     """One forward of ``m.model(**inputs)`` with TransformerLens-style forward hooks.
 
     Args:
@@ -294,6 +277,7 @@ def run_with_hooks(m, inputs, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> t
         fwd_hooks: ``(name, fn)`` pairs; ``fn(x, hook)`` gets the activation (shape per the table in
             this module's docstring) and a :class:`HookPoint` (``.name``, ``.layer``) and returns a
             replacement of the same shape, or None to leave it. Several hooks at one name run in order.
+        points: the hook-point registry (default :data:`HOOK_POINTS`; extra points: ``HOOK_POINTS.with_point``).
 
     Returns:
         logits ``[batch, pos, vocab]`` (no gradient).
@@ -301,7 +285,7 @@ def run_with_hooks(m, inputs, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> t
     Raises:
         ConfigError: an unknown hook name (the message lists the valid ones).
     """
-    with torch.no_grad(), hooks(m, fwd_hooks):
+    with torch.no_grad(), hooks(m, fwd_hooks, points):
         return _logits(m, inputs)
 
 
@@ -310,7 +294,7 @@ class ActivationCache(dict):
 
     def stack(self, site: str, layers: Sequence[int] | None = None) -> torch.Tensor:
         """``[layer, ...]``: ``blocks.{l}.{site}`` stacked over ``layers`` (default: every cached one)."""
-        keys = [k for k in self if k.endswith("." + site) and _NAME.match(k)]
+        keys = [k for k in self if k.endswith("." + site) and LAYER_NAME.match(k)]
         if layers is not None:
             keys = [f"blocks.{l}.{site}" for l in layers]
         if not keys:
@@ -319,13 +303,15 @@ class ActivationCache(dict):
 
 
 def run_with_cache(m, inputs, names: Sequence[str] | Callable[[str], bool] | None = None,
-                   fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> tuple[torch.Tensor, ActivationCache]:
+                   fwd_hooks: Sequence[tuple[str, HookFn]] = (), *,
+                   points: HookRegistry | None = None) -> tuple[torch.Tensor, ActivationCache]:
     """One forward that records activations at TransformerLens hook names.
 
     Args:
         names: hook names, a filter ``name -> bool`` over :func:`valid_names`, or None for all.
         fwd_hooks: optional hooks applied in the same run (registered before the caching hooks, so
             the cache sees their replacements).
+        points: the hook-point registry (default :data:`HOOK_POINTS`).
 
     Returns:
         ``(logits [batch, pos, vocab], cache)``; ``cache[name]`` is detached, on the model's device,
@@ -335,14 +321,35 @@ def run_with_cache(m, inputs, names: Sequence[str] | Callable[[str], bool] | Non
         ConfigError: an unknown hook name.
     """
     if names is None:
-        names = valid_names(m)
+        names = valid_names(m, points)
     elif callable(names):
-        names = [n for n in valid_names(m) if names(n)]
+        names = [n for n in valid_names(m, points) if names(n)]
     cache = ActivationCache()
 
     def save(x, hook):
         cache[hook.name] = x.detach()
 
-    with torch.no_grad(), hooks(m, list(fwd_hooks) + [(n, save) for n in names]):
+    with torch.no_grad(), hooks(m, list(fwd_hooks) + [(n, save) for n in names], points):
         logits = _logits(m, inputs)
     return logits, ActivationCache({n: cache[n] for n in names if n in cache})
+
+
+_FROZEN = ("HOOK_POINTS", "PER_LAYER", "GLOBAL")
+
+
+class _Module(types.ModuleType):
+    """This module, with :data:`HOOK_POINTS`, ``PER_LAYER`` and ``GLOBAL`` read-only."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FROZEN:
+            raise FrozenError(f"mech.hooks.{name} cannot be rebound; pass points=HOOK_POINTS.with_point(site, attach) "
+                              "to the verbs for extra hook points")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _FROZEN:
+            raise FrozenError(f"mech.hooks.{name} cannot be deleted")
+        super().__delattr__(name)
+
+
+sys.modules[__name__].__class__ = _Module

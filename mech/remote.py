@@ -65,10 +65,10 @@ def load_remote(repo_id: str, *, processor: Any = None, **kwargs: Any) -> Remote
     import transformers
     from nnsight.modeling.transformers import TransformersModel
 
-    from mech.models.load import _resolve_dir
+    from mech.models.load import resolve_dir
     from mech.models.table import resolve
 
-    where = _resolve_dir(str(repo_id))
+    where = resolve_dir(str(repo_id))
     processor = processor or transformers.AutoProcessor.from_pretrained(where)
     tok = getattr(processor, "tokenizer", processor)
     arch = resolve(transformers.AutoConfig.from_pretrained(where), tok)
@@ -132,12 +132,12 @@ def attention_mass_nnsight(m: MechModel, inputs: Any, query: Any = "last", *, re
         ConfigError: unknown ``query``; an attention forward without ``attention_interface``.
         InputError: a row without query positions.
     """
-    from mech.attention import _queries, assemble_mass
+    from mech.attention import assemble_mass, query_positions
 
     m.require_decoder_sequence("attention_mass_nnsight")
     inp = m.inputs(inputs)
     groups = inp.groups
-    index, valid, label = _queries(groups, query)
+    index, valid, label = query_positions(groups, query)
     index, valid = index.cpu(), valid.cpu()
     one_hot = groups.one_hot(torch.float32).cpu()  # [b, k, g]
     pos = torch.arange(groups.labels.shape[1])

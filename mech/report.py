@@ -12,45 +12,37 @@ each command resumes its own finished batches.
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
-from mech.results import read_json, write_json
+from mech.results import read_json, write_json, write_text
+from mech.runs.settings import ReportSettings
 
-STEPS = ("eval", "attention", "patch", "contrib")
-DEFAULT_COMPARE = ("organism:balanced", "organism:text-biased")
-DEFAULT_N = {"eval": 1000, "attention": 200, "patch": 64, "contrib": 256}
+STEPS = tuple(cls.command for cls in ReportSettings.steps)
 
 
 def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split(":")[-1].rstrip("/").split("/")[-1]) or "model"
 
 
-def _step_args(args, step: str, model: str, out: Path) -> argparse.Namespace:
-    ns = argparse.Namespace(**vars(args))
-    ns.model, ns.out, ns.command = model, str(out), step
-    ns.n = args.n or DEFAULT_N[step]
-    return ns
-
-
-def run_one(args, model: str, out: Path) -> dict[str, dict]:
-    """Run every step for ``model`` into ``out`` (skipping steps already done); their JSON by step."""
-    from mech.cli import _handler
+def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
+    """Run every step for ``model`` into ``out``; their JSON by step. A step whose result in ``out``
+    has the same identity is read back, not rerun; each step resumes its own finished batches."""
+    from mech.runs.jobs import job_for
+    from mech.runs.loop import identity, run
+    from mech.runs.shards import WHOLE
 
     results = {}
-    for step in STEPS:
-        path = out / f"{step}.json"
-        step_args = _step_args(args, step, model, out)
+    for cls in ReportSettings.steps:
+        job = job_for(settings.step(cls, model, str(out)))
+        path = out / f"{cls.command}.json"
         if path.is_file():
             done = read_json(path)
-            if done.get("model") == model and done.get("data") == args.data and done.get("n_requested") == step_args.n:
-                results[step] = done
+            data = job.samples()
+            if done.get("identity") == identity(job.settings, list(data)):
+                results[cls.command] = done
                 continue
-        res = _handler(step)(step_args)
-        res["n_requested"] = step_args.n
-        write_json(path, res)
-        results[step] = res
+        results[cls.command] = run(job, shard=WHOLE)
     return results
 
 
@@ -138,20 +130,19 @@ result (see ORGANISMS.md: attention mass alone does not detect a planted text bi
 """
 
 
-def cmd_report(args) -> dict:
+def report(settings: ReportSettings) -> dict:
     """Run the report (module docstring); returns ``compare.json`` content (or the single model's)."""
     from mech.contribution.plots import compare_figure
-    from mech.results import _atomic
+    from mech.runs.folder import check_out
 
-    out = Path(args.out)
-    compare = getattr(args, "compare", None)  # None: not asked; []: asked without names -> the organisms
-    models = [args.model] if compare is None else (list(compare) or list(DEFAULT_COMPARE))
+    out = check_out(settings.out)
+    models = settings.models()
     single = len(models) == 1
     results = {}
     for spec in models:
-        results[spec] = run_one(args, spec, out if single else out / _slug(spec))
-    lines = [INTRO.format(data=args.data)]
-    summary = {"data": args.data, "models": models, "overall": {}}
+        results[spec] = run_one(settings, spec, out if single else out / _slug(spec))
+    lines = [INTRO.format(data=settings.data)]
+    summary = {"data": settings.data, "models": models, "overall": {}}
     if not single:
         lines += ["## Side by side: overall Δ(text/image) per estimator", "",
                   "| estimator | " + " | ".join(f"{_slug(s)} Δ [95% CI]" for s in models) + " | intervals overlap |",
@@ -175,14 +166,7 @@ def cmd_report(args) -> dict:
         prefix = "" if single else f"{_slug(s)}/"
         lines += _section(s, results[s], prefix)
         summary["overall"][s] = results[s]["contrib"]["overall"]
-    text = "\n".join(lines) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "report.md", write)
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     write_json(out / "compare.json", summary)
-    print(f"wrote {out / 'report.md'}")
+    print(f"mech report: wrote {out / 'report.md'}")
     return summary

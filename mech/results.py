@@ -93,7 +93,10 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same directory, which
+    is flushed to disk and then ``os.replace``-d over ``path``; on any exception (Ctrl-C included)
+    the temporary file is removed and ``path`` is untouched. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a unique name created with the umask's permissions (mkstemp would make every result file 0600)
@@ -111,6 +114,15 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return atomic_write(path, write)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented, strict JSON (NaN becomes null), atomically; a mapping gets
     :func:`provenance` as its last key (:func:`with_provenance`). Keys keep their insertion order;
@@ -123,7 +135,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
 
-    return _atomic(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -147,7 +159,7 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     """
     data = {k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}
     meta = {METADATA_KEY: json.dumps(_clean(dict(metadata)), sort_keys=True, ensure_ascii=True)} if metadata else None
-    return _atomic(Path(path), lambda tmp: save_file(data, tmp, metadata=meta))
+    return atomic_write(Path(path), lambda tmp: save_file(data, tmp, metadata=meta))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -173,7 +185,7 @@ class BatchStore:
     mixed in; with ``clear=False`` it raises ``ConfigError`` instead). ``get(i)`` returns a finished
     batch or None; ``gather()`` concatenates every batch along axis 0 in index order; ``collect()``
     does the same reading one batch at a time into preallocated tensors, zero-padding ragged
-    trailing axes. Several processes may write disjoint batches of one store (:mod:`mech.parallel`).
+    trailing axes. Several processes may write disjoint batches of one store (:mod:`mech.runs.shards`).
     """
 
     def __init__(self, root: str | os.PathLike, header: Mapping[str, Any], *, clear: bool = True):
@@ -194,6 +206,10 @@ class BatchStore:
 
     def _path(self, index: int) -> Path:
         return self.root / f"{index:06d}.safetensors"
+
+    def has(self, index: int) -> bool:
+        """Whether batch ``index`` is finished."""
+        return self._path(index).is_file()
 
     def get(self, index: int) -> dict[str, torch.Tensor] | None:
         path = self._path(index)

@@ -8,7 +8,7 @@ import torch
 
 import mech
 from mech.conditions import condition_inputs
-from mech.patching.cli import answer_tokens
+from mech.targets import answer_tokens
 
 
 def main():

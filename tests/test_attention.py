@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mech
-from mech.attention import AttentionMass, _queries, attention_mass
+from mech.attention import AttentionMass, attention_mass, query_positions
 from mech.attention.recorder import decoder_configs
 from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
 from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
@@ -38,7 +38,7 @@ def _eager_mass(m, inp, query) -> torch.Tensor:
             out = model(**inp, output_attentions=True, use_cache=False)
     finally:
         model.set_attn_implementation(before)
-    idx, valid, _ = _queries(inp.groups, query)
+    idx, valid, _ = query_positions(inp.groups, query)
     one_hot = inp.groups.one_hot()
     layers = []
     for a in out.attentions:  # [batch, head, query, key]
@@ -192,11 +192,10 @@ def test_cli_writes_files_and_figures(tmp_path):
     model, proc = tiny_model("llava")
     model.save_pretrained(tmp_path / "model")
     proc.save_pretrained(tmp_path / "model")
-    from mech.attention import cmd_attention
+    from mech.runs import AttentionSettings, run_settings
 
-    args = argparse.Namespace(model=str(tmp_path / "model"), data="organism:shapes", n=3, out=str(tmp_path / "out"),
-                              device=None, dtype=None, device_map=None, batch_size=2)
-    summary = cmd_attention(args)
+    summary = run_settings(AttentionSettings(model=str(tmp_path / "model"), data="organism:shapes", n=3,
+                                             out=str(tmp_path / "out"), batch_size=2, progress=False))
     for name in ("attention.json", "attention.safetensors", "attention_mass.png", "attention_heads.png",
                  "attention_image.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
@@ -218,7 +217,7 @@ def test_organisms_text_biased_looks_less_at_the_image():
     puts less attention mass on the image than the balanced one (0.07 vs 0.14 measured, n = 48).
 
     In later layers both send 60-75% of the answer position's attention to the image, and the
-    order flips between layers: as ORGANISMS.md found, attention mass alone does not detect the
+    order flips between layers: as docs/organisms.md records, attention mass alone does not detect the
     planted bias; the causal estimators do (tests/test_patching.py, tests/test_contribution.py)."""
     from mech.organisms import shapes
 

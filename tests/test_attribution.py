@@ -73,8 +73,7 @@ def test_atp_equals_exact_to_first_order(family, direction, methods):
 
 
 def _white(m, inp):
-    cor = m.inputs(dict(inp))
-    cor["pixel_values"] = torch.full_like(inp["pixel_values"], 1.5)  # a constant image: a large corruption
+    cor = inp.replace(pixel_values=torch.full_like(inp["pixel_values"], 1.5))  # a constant image: a large corruption
     return m.inputs(cor)
 
 

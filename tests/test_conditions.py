@@ -86,7 +86,7 @@ def test_bad_condition_and_missing_image():
 def test_condition_inputs_lengths_and_groups(llava):
     batch = [sample(0), dict(sample(1), question="how many shapes are there ?")]
     complete = condition_inputs(llava, batch, "complete")
-    assert complete.ids == ["s0", "s1"] and complete.condition == "complete"
+    assert complete.ids == ("s0", "s1") and complete.condition == "complete"
     for cond in ("white_image", "black_image", "noise_image"):
         other = condition_inputs(llava, batch, cond)
         assert torch.equal(other["input_ids"], complete["input_ids"])  # same tokens, other pixels

@@ -291,7 +291,7 @@ def test_organisms_patching_finds_the_planted_text_bias(organism_deltas):
     pytest.param(e, marks=pytest.mark.xfail(strict=True, reason=(
         "open (issue 7), a finding rather than a bug: measured n=256 (balanced vs text-biased) attention "
         "0.55 [0.53, 0.58] vs 0.46 [0.44, 0.47]; DLA 0.42 [0.36, 0.50] vs 0.09 [0.09, 0.10]. The text-biased "
-        "organism still looks at the image after layer 0 (ORGANISMS.md), and its prior answers are written "
+        "organism still looks at the image after layer 0 (docs/organisms.md), and its prior answers are written "
         "by MLPs (2.7 of 2.7 logits on the planted templates), which modality-resolved DLA cannot assign "
         "to a group. strict: turns red if an estimator starts to separate.")))
     for e in ("attention", "dla")])

@@ -3,7 +3,6 @@ logits, generation batching and parsing, skips, resumability, ``mech eval`` outp
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -13,12 +12,13 @@ from PIL import Image
 
 import mech
 from mech.data import Dataset, load_data
-from mech.errors import ConfigError, DataError
-from mech.evaluation import (accuracy_table, cmd_eval, consistency_table, evaluate, generate_batch,
+from mech.errors import ConfigError, DataError, RunConflictError
+from mech.evaluation import (EvalJob, accuracy_table, consistency_table, evaluate, generate_batch,
                              parse_multi_choice_response, parse_response, score_batch, write_outputs)
 from mech.evaluation import run as run_mod
 from mech.conditions import condition_inputs
 from mech.results import read_json, read_tensors
+from mech.runs import EvalSettings, run, run_settings
 from mech.testing.tiny import tiny_model
 
 IMG = [Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)) for k in range(4)]
@@ -143,37 +143,52 @@ def test_evaluate_reports_every_skip(llava):
         evaluate(llava, samples, conditions=["complete", "sepia"], progress=False)
 
 
+def _jsonl(tmp_path, rows, name="data.jsonl"):
+    IMG[0].save(tmp_path / "a.png")
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return f"jsonl:{path}"
+
+
 def test_resume_after_interruption_is_identical(llava, tmp_path, monkeypatch):
-    samples = mc_samples(5)
-    conds = ["complete", "white_image", "visual_noise"]
-    kw = dict(conditions=conds, batch_size=2, progress=False, seed=5)
-    full = evaluate(llava, samples, checkpoint=tmp_path / "a" / "ckpt.jsonl", **kw)
-    write_outputs(full, tmp_path / "a")
+    """mech eval on the run loop: killed after 2 of 3 batches, rerun computes only the third and
+    writes the bytes of an uninterrupted run; settings that differ refuse the folder."""
+    rows = [{"id": f"q{i}", "question": QUESTIONS[i % 4], "image": "a.png", "options": ["red", "blue", "green"],
+             "answer": "ABC"[i % 3]} for i in range(5)]
+    data = _jsonl(tmp_path, rows)
+    settings = EvalSettings(model="tiny-llava", data=data, n=5, conditions=("complete", "white_image", "visual_noise"),
+                            batch_size=2, seed=5, progress=False, out=str(tmp_path / "a"))
+    full = run(EvalJob(settings), model=llava)
+    assert full["ids"] == [f"q{i}" for i in range(5)]
+    # the same answers as the in-memory evaluate()
+    mem = evaluate(llava, load_data(data, n=5), conditions=settings.conditions, batch_size=2, seed=5, progress=False)
+    assert mem["predictions"] == full["predictions"] and mem["scores"] == full["scores"]
     calls = {"n": 0}
     real = run_mod._answer_batch
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 4:
+        if calls["n"] > 6:  # 3 conditions x 2 batches
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(run_mod, "_answer_batch", flaky)
-    ckpt = tmp_path / "b" / "ckpt.jsonl"
+    b = settings.replace(out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
-        evaluate(llava, samples, checkpoint=ckpt, **kw)
-    assert len(ckpt.read_text().splitlines()) == 1 + 4
-    with open(ckpt, "a") as fh:
-        fh.write('{"condition": "complete", "ids": ["q4"], "pr')  # a record torn by the kill
+        run(EvalJob(b), model=llava)
+    assert len(list((tmp_path / "b" / ".eval.parts").glob("*.safetensors"))) == 2
+    assert not (tmp_path / "b" / "eval.json").exists()
     calls["n"] = -100
-    resumed = evaluate(llava, samples, checkpoint=ckpt, **kw)
-    assert calls["n"] == -100 + 3 * 3 - 4  # only the unfinished (condition, batch) pairs ran
-    write_outputs(resumed, tmp_path / "b")
-    assert (tmp_path / "a" / "eval.json").read_bytes() == (tmp_path / "b" / "eval.json").read_bytes()
+    run(EvalJob(b), model=llava)
+    assert calls["n"] == -100 + 3  # only the unfinished batch ran, under its 3 conditions
+    for name in ("eval.json", "eval.md", "eval.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     calls["n"] = -100
-    evaluate(llava, samples, checkpoint=ckpt, **kw)
+    run(EvalJob(b), model=llava)
     assert calls["n"] == -100  # everything finished: nothing recomputed
-    other = evaluate(llava, samples, checkpoint=ckpt, **dict(kw, seed=6))  # other settings: starts afresh
+    with pytest.raises(RunConflictError, match="seed: 5 there, 6 here"):
+        run(EvalJob(b.replace(seed=6)), model=llava)
+    other = run(EvalJob(b.replace(seed=6, overwrite=True)), model=llava)
     assert calls["n"] == -100 + 9 and other["settings"]["seed"] == 6
 
 
@@ -185,10 +200,8 @@ def test_cmd_eval_writes_tables_and_figure(llava, tmp_path, monkeypatch):
                                                            "options": ["x", "y"], "answer": "D"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     monkeypatch.setattr(mech, "load", lambda *a, **k: llava)
-    args = argparse.Namespace(model="tiny-llava", data=f"jsonl:{path}", n=None, out=str(tmp_path / "out"),
-                              device=None, dtype=None, device_map=None, batch_size=2, conditions=None,
-                              no_progress=True)
-    result = cmd_eval(args)
+    result = run_settings(EvalSettings(model="tiny-llava", data=f"jsonl:{path}", out=str(tmp_path / "out"),
+                                       batch_size=2, progress=False))
     out = tmp_path / "out"
     js = read_json(out / "eval.json")
     assert js["model"] == "tiny-llava" and js["data"] == f"jsonl:{path}" and js["figures"] == ["eval.png"]
@@ -205,7 +218,7 @@ def test_cmd_eval_writes_tables_and_figure(llava, tmp_path, monkeypatch):
     assert t["pred_index"].shape == (5, 6) and t["scores"].shape == (5, 6, 3)
     assert t["correct"].sum().item() == sum(sum(v) for v in result["correct"].values())
     assert Image.open(out / "eval.png").size[0] > 800
-    assert (out / "eval.ckpt.jsonl").is_file()
+    assert len(list((out / ".eval.parts").glob("*.safetensors"))) == 3  # the run loop's parts: 6 rows / 2
 
 
 def _organism_ready(name):

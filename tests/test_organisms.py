@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mech.errors import ConfigError, SpecError
-from mech.organisms import ORGANISMS, card, organism_dir, shapes, train
+from mech.organisms import ORGANISMS, build, card, organism_dir, shapes, train
 
 N = 1000
 
@@ -99,14 +99,14 @@ def test_shipped_folder_is_small_safe_and_round_trips(name, tmp_path, held_out):
     assert proc.apply_chat_template(msgs, add_generation_prompt=True) == \
         shapes.format_prompt("q ?")
     assert set(proc.tokenizer.tokenize(shapes.BASIC_PROMPT)).isdisjoint({"<unk>"})
-    inputs = train.encode(proc, held_out[:16])
+    inputs = build.encode(proc, held_out[:16])
     assert (inputs["input_ids"] == model.config.image_token_index).sum(1).min() >= 16
     model.save_pretrained(tmp_path)
     proc.save_pretrained(tmp_path)
     again = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation="eager")
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits,
-                           again(**train.encode(AutoProcessor.from_pretrained(tmp_path),
+                           again(**build.encode(AutoProcessor.from_pretrained(tmp_path),
                                                 held_out[:16])).logits)
     meta = json.loads((folder / "card.json").read_text())
     assert meta["evaluation"]["n"] >= 1000 and meta["training"]["steps"] > 0
@@ -132,7 +132,7 @@ def test_attention_to_image_differs_in_the_planted_direction(measured):
         sums = np.sum([shares[g] for g in card.GROUPS], axis=0)
         assert np.allclose(sums, 1.0, atol=1e-3)
     # layer 0 reads the question: there the text-biased organism looks less at the image. Later
-    # layers do not separate the two (ORGANISMS.md: attention mass alone is not a bias detector;
+    # layers do not separate the two (docs/organisms.md: attention mass alone is not a bias detector;
     # the README shows the causal estimators next to it), so nothing is asserted about them.
     assert b["image"][0] > t["image"][0] + 0.03
 

@@ -1,4 +1,4 @@
-"""Data-parallel runs (issue 8, :mod:`mech.parallel`): shards ``K/N`` of ``mech attention``,
+"""Data-parallel runs (issue 8, :mod:`mech.runs.shards`): shards ``K/N`` of ``mech attention``,
 ``mech patch`` and ``mech eval`` write into one output directory, and the results assembled from
 them equal a single-process run (JSON byte for byte, tensors bit for bit); ``torchrun``'s
 variables select the shard; ``mech merge`` assembles without computing; bad shard specs are
@@ -26,7 +26,7 @@ import mech.cli
 import mech.contribution
 import mech.evaluation.run
 import mech.patching
-from mech import parallel
+from mech.runs import shards as parallel
 from mech.errors import ConfigError
 from mech.testing.tiny import save_tiny, save_tiny_jsonl
 
@@ -138,7 +138,7 @@ def test_torchrun_with_two_processes(root, single, tmp_path):
 
 def test_merge_assembles_without_computing(root, single, tmp_path, monkeypatch):
     """Every shard done, results deleted (as if the last shard died while assembling): `mech merge`
-    writes them again, loading no model for attention and patch; a missing batch is an error naming it."""
+    writes them again, loading no model; a missing batch is an error naming it."""
     for command in FILES:
         for k in (0, 1):
             assert _run(_argv(command, root, tmp_path, "--shard", f"{k}/2"))[0] == 0
@@ -151,14 +151,17 @@ def test_merge_assembles_without_computing(root, single, tmp_path, monkeypatch):
     monkeypatch.setattr(mech, "load", lambda *a, **k: loaded.append(a[0]) or load(*a, **k))
     rc, printed = _run(["merge", str(tmp_path)])
     assert rc == 0, printed
-    assert len(loaded) == 1  # eval rebuilds its sample list with the model's tokenizer; the others need none
+    assert loaded == []  # every command assembles from its parts alone
     for command in FILES:
         same_files(single, tmp_path, command)
     (tmp_path / ".patch.parts" / "000002.safetensors").unlink()
     rc, printed = _run(["merge", str(tmp_path)])
     assert rc == 1 and "1 of 4 patch batches are missing (batches 2)" in printed, printed
     rc, printed = _run(["merge", str(tmp_path / "nothing")])
-    assert rc == 1 and "no parts of mech attention, patch or eval" in printed
+    assert rc == 1 and "no such directory" in printed
+    (tmp_path / "empty").mkdir()
+    rc, printed = _run(["merge", str(tmp_path / "empty")])
+    assert rc == 1 and "no run of mech eval, attention, patch, contrib is recorded there" in printed
 
 
 def test_a_held_claim_leaves_the_assembly_to_its_holder(root, tmp_path):
@@ -191,30 +194,23 @@ def test_shard_selection_and_environment():
         with pytest.raises(ConfigError, match="WORLD_SIZE|RANK"):
             parallel.from_env(bad)
 
-    class Args:
-        shard, device, device_map = None, None, None
-
-    assert parallel.resolve(Args(), {"WORLD_SIZE": "2", "RANK": "1"}) == parallel.Shard(1, 2, None, "env")
-    Args.shard = "0/3"  # an explicit --shard wins over the environment
-    assert parallel.resolve(Args(), {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}) == parallel.Shard(0, 3, 1,
-                                                                                                           "--shard")
-    assert parallel.resolve(object(), {"WORLD_SIZE": "2", "RANK": "1"}) == parallel.WHOLE  # inside mech report
+    assert parallel.resolve(None, environ={"WORLD_SIZE": "2", "RANK": "1"}) == parallel.Shard(1, 2, None, "env")
+    # an explicit --shard wins over the environment
+    assert parallel.resolve("0/3", environ={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}) == \
+        parallel.Shard(0, 3, 1, "--shard")
+    # a command that does not shard (a step inside mech report) computes every batch
+    assert parallel.resolve(None, sharded=False, environ={"WORLD_SIZE": "2", "RANK": "1"}) == parallel.WHOLE
 
 
 def test_local_rank_picks_the_gpu(monkeypatch):
-    class Args:
-        device, device_map = None, None
-
     shard = parallel.Shard(3, 4, local_rank=1, source="env")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert parallel.device(Args(), shard) is None  # no CUDA: unchanged
+    assert parallel.device(None, None, shard) is None  # no CUDA: unchanged
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert parallel.device(Args(), shard) == "cuda:1"
-    Args.device = "cuda:0"  # an explicit device wins
-    assert parallel.device(Args(), shard) == "cuda:0"
-    Args.device, Args.device_map = None, "auto"  # accelerate places the model itself
-    assert parallel.device(Args(), shard) is None
+    assert parallel.device(None, None, shard) == "cuda:1"
+    assert parallel.device("cuda:0", None, shard) == "cuda:0"  # an explicit device wins
+    assert parallel.device(None, "auto", shard) is None  # accelerate places the model itself
 
 
 def test_mech_load_passes_device_map(root, monkeypatch):

@@ -313,7 +313,7 @@ def test_organisms_image_positions_restore_more_in_balanced():
     from mech.conditions import condition_inputs
     from mech.organisms import shapes
     from mech.organisms.train import TEXT_BIASED_TEMPLATES
-    from mech.patching.cli import answer_tokens
+    from mech.targets import answer_tokens
 
     out = {}
     for name in ("balanced", "text-biased"):
@@ -332,17 +332,14 @@ def test_organisms_image_positions_restore_more_in_balanced():
 
 
 def test_cmd_patch_writes_contract_files(tmp_path):
-    from argparse import Namespace
-
-    from mech.patching.cli import cmd_patch
     from mech.results import read_json, read_tensors
+    from mech.runs import PatchSettings, run_settings
 
     model, proc = tiny_model("llava")
     model.save_pretrained(tmp_path / "model")
     proc.save_pretrained(tmp_path / "model")
-    args = Namespace(model=str(tmp_path / "model"), data="organism:shapes", n=6, out=str(tmp_path / "out"),
-                     device=None, dtype=None, device_map=None, batch_size=4)
-    out = cmd_patch(args)
+    out = run_settings(PatchSettings(model=str(tmp_path / "model"), data="organism:shapes", n=6,
+                                     out=str(tmp_path / "out"), batch_size=4, progress=False))
     js = read_json(tmp_path / "out" / "patch.json")
     for key in ("corruption", "direction", "metric", "clean_metric", "corrupted_metric", "effect"):
         assert key in js

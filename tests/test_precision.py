@@ -39,10 +39,7 @@ def _check(family: str, device: str) -> None:
     m32, m16, proc = _pair(family, device)
     raw = tiny_inputs(family, proc, batch=2)
     want = _oracle_last_mass(m32, m32.inputs(raw))
-    inputs16 = m16.inputs(raw)
-    for k, v in inputs16.items():
-        if torch.is_tensor(v):
-            inputs16[k] = v.to(device=device, dtype=torch.bfloat16 if v.is_floating_point() else v.dtype)
+    inputs16 = m16.inputs(raw).to(device=device, dtype=torch.bfloat16)  # dtype: floating-point inputs only
     am = mech.attention_mass(m16, inputs16, query="last")
     assert am.mass.dtype == torch.float32
     valid = inputs16.groups.valid.any(-1)

@@ -124,7 +124,7 @@ INSTRUMENTS = {
     "corrupt_features": lambda m, s, c, k, t: _corrupted_forward(m, c),
     "run_with_cache": lambda m, s, c, k, t: mech.run_with_cache(m, c),
     "evaluate": lambda m, s, c, k, t: evaluate(m, s, conditions=("complete", "visual_noise", "white_image"),
-                                               batch_size=2, progress=False, checkpoint=t / "ckpt.jsonl"),
+                                               batch_size=2, progress=False),
 }
 
 
@@ -179,7 +179,7 @@ INTERNAL = [
     ("modality_contributions", ValueSplitRecorder, "record"),
     ("evaluate", "mech.evaluation.answering", "corrupt_features"),
     ("evaluate", "mech.evaluation.run", "is_correct"),
-    ("evaluate", "mech.evaluation.run.Checkpoint", "add"),
+    ("evaluate", "mech.evaluation.run", "answer_rows"),
 ]
 
 
@@ -228,7 +228,7 @@ def test_user_hook_raising(env):
 
 def test_writer_raising_midway_leaves_no_file(env, monkeypatch, tmp_path):
     """A writer dying halfway (disk full) leaves neither the result file nor its temporary file, and a
-    checkpoint writer dying mid-run leaves a checkpoint a rerun resumes from to the uninterrupted result."""
+    parts writer dying mid-run leaves parts a rerun resumes from to the uninterrupted result."""
     m, samples, clean, corrupted, bomb, logits = env
     before = snapshot(m)
     real_save = mech.results.save_file
@@ -252,23 +252,34 @@ def test_writer_raising_midway_leaves_no_file(env, monkeypatch, tmp_path):
     monkeypatch.undo()
     _check_restored(m, before, clean, logits)
 
-    kw = dict(conditions=("complete", "white_image"), batch_size=1, progress=False)
-    full = evaluate(m, samples, **kw)
+    # the run loop's parts writer dying midway (mech eval): the rerun resumes to the uninterrupted bytes
+    from mech.data import Dataset
+    from mech.evaluation import EvalJob
+    from mech.runs import EvalSettings, run
+
+    class InMemory(EvalJob):
+        def samples(self):
+            return Dataset("mem", samples, default_style="bare", scoring="option_text")
+
+    settings = EvalSettings(model="tiny", data="mem", n=3, conditions=("complete", "white_image"), batch_size=1,
+                            progress=False, out=str(tmp_path / "full"))
+    run(InMemory(settings), model=m)
     calls = {"n": 0}
-    real_add = mech.evaluation.run.Checkpoint.add
 
-    def add_then_fail(self, record):
+    def second_fails(data, path, metadata=None):
         calls["n"] += 1
-        if calls["n"] == 4:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record)[:25])  # a torn line, as from a killed process
-            raise Boom("disk full")
-        real_add(self, record)
+        if calls["n"] == 2:
+            half_then_fail(data, path, metadata)
+        real_save(data, path, metadata=metadata)
 
-    monkeypatch.setattr(mech.evaluation.run.Checkpoint, "add", add_then_fail)
+    monkeypatch.setattr(mech.results, "save_file", second_fails)
+    killed = settings.replace(out=str(tmp_path / "killed"))
     with pytest.raises(Boom):
-        evaluate(m, samples, checkpoint=tmp_path / "ck.jsonl", **kw)
+        run(InMemory(killed), model=m)
     monkeypatch.undo()
     _check_restored(m, before, clean, logits)
-    resumed = evaluate(m, samples, checkpoint=tmp_path / "ck.jsonl", **kw)
-    assert json.dumps(resumed) == json.dumps(full)
+    assert not list((tmp_path / "killed").rglob("*.tmp")) and not (tmp_path / "killed" / "eval.json").exists()
+    assert len(list((tmp_path / "killed" / ".eval.parts").glob("*.safetensors"))) == 1
+    run(InMemory(killed), model=m)
+    for name in ("eval.json", "eval.safetensors", "eval.md"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name

@@ -129,8 +129,8 @@ def _kill_when(argv, ready, delays, timeout=120.0):
 def test_kill_9_during_report_then_rerun(tiny_dir, reference, tmp_path):
     out = tmp_path / "killed"
     argv = _argv(tiny_dir, out)
-    ckpt = out / "eval.ckpt.jsonl"
-    _kill_when(argv, lambda: ckpt.is_file() and len(ckpt.read_text().splitlines()) >= 1 + 4, (0.15, 0.0))  # killed in eval, 4 batches done
+    parts = out / ".eval.parts"
+    _kill_when(argv, lambda: len(list(parts.glob("*.safetensors"))) >= 2, (0.15, 0.0))  # killed in eval, 2 of 3 batches done
     assert not (out / "eval.json").exists()
     _kill_when(argv, lambda: (out / ".contrib.parts" / "000000.safetensors").is_file(), (0.0, 0.4))  # in contrib
     assert (out / "eval.json").is_file() and not (out / "contrib.json").exists()

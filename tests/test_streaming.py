@@ -91,12 +91,18 @@ def test_crash_after_k_batches_then_rerun_gives_identical_files(command, model_d
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_other_settings_do_not_reuse_the_parts(model_dir, reference, tmp_path):
-    """Parts of another run (here: another batch size) are cleared, never mixed in."""
+def test_other_settings_do_not_reuse_the_parts(model_dir, reference, tmp_path, capsys):
+    """A run with other settings (here: another batch size) refuses the folder of another run, and
+    with --overwrite replaces it: its parts are cleared, never mixed in."""
     assert mech.cli.main(_argv("attention", model_dir, tmp_path)[:-4] + ["--batch-size", "3", "--out",
                                                                              str(tmp_path)]) == 0
     assert len(list((tmp_path / ".attention.parts").glob("*.safetensors"))) == 3
-    assert mech.cli.main(_argv("attention", model_dir, tmp_path)) == 0
+    capsys.readouterr()
+    assert mech.cli.main(_argv("attention", model_dir, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "batch_size: 3 there" in err and "--overwrite" in err
+    assert len(list((tmp_path / ".attention.parts").glob("*.safetensors"))) == 3  # untouched
+    assert mech.cli.main(_argv("attention", model_dir, tmp_path) + ["--overwrite"]) == 0
     assert len(list((tmp_path / ".attention.parts").glob("*.safetensors"))) == BATCHES
     same_files(reference, tmp_path, "attention")
 

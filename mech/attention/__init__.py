@@ -1,4 +1,4 @@
-"""Attention mass to token groups, per layer and head, without eager attention (DESIGN.md, "Engines").
+"""Attention mass to token groups, per layer and head, without eager attention (docs/design.md, "Engines").
 
 ``am = mech.attention_mass(m, inputs, query="last")`` runs one forward in which every decoder
 attention layer computes its output with the implementation the model was using (SDPA, flash or
@@ -22,7 +22,7 @@ from mech.errors import ConfigError, InputError
 
 QUERIES = ("last", "answer", "text")
 
-__all__ = ["AttentionMass", "MassRecorder", "QUERIES", "attention_mass", "cmd_attention", "recording"]
+__all__ = ["AttentionMass", "MassRecorder", "QUERIES", "attention_mass", "recording"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class AttentionMass:
         return metrics.aei(self.mass, self.counts, self.groups)
 
     def summary(self) -> dict[str, Any]:
-        """The ``attention.json`` keys of DESIGN.md: ``layers``, ``groups``, ``mass`` (layer × group,
+        """The ``attention.json`` keys of docs/design.md: ``layers``, ``groups``, ``mass`` (layer × group,
         mean over samples and heads; each row sums to 1), ``token_share`` (group -> mean fraction of
         key positions), ``mdi`` (per layer, ratio of sample means), plus ``mdi_per_sample_median``,
         ``aei``, ``efficiency`` and ``query``."""
@@ -131,7 +131,7 @@ class AttentionMass:
         return AttentionMass(groups=parts[0].groups, spatial=spatial, grid=parts[0].grid, query=parts[0].query, **cat)
 
 
-def _queries(groups, query: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+def query_positions(groups, query: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``(index [batch, n], valid [batch, n], label)`` of the query rows."""
     if isinstance(query, torch.Tensor):
         if query.dtype != torch.bool or query.shape != groups.labels.shape:
@@ -207,7 +207,7 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last") -> AttentionMass:
     m.require_decoder_sequence("attention_mass")
     inp = m.inputs(inputs)
     groups = inp.groups
-    index, valid, label = _queries(groups, query)
+    index, valid, label = query_positions(groups, query)
     one_hot = groups.one_hot(torch.float32)
     with recording(m, index, valid, one_hot) as rec, torch.no_grad():
         m.model(**inp, use_cache=False)
@@ -239,10 +239,3 @@ def assemble_mass(m, inp, mass: torch.Tensor, keys: torch.Tensor, label: str, va
     return AttentionMass(mass=mass, density=density, groups=tuple(groups.names), token_share=share,
                          counts=counts, spatial=spatial, n_image_tokens=n_img, grid=grid, query=label,
                          n_query=valid.sum(1))
-
-
-def cmd_attention(args) -> dict:
-    """``mech attention``: see :func:`mech.attention.cli.cmd_attention`."""
-    from mech.attention.cli import cmd_attention as run
-
-    return run(args)

@@ -20,7 +20,8 @@ Sources:
   public re-implementation of eqs. 1–4; it does not define how chat-template and BOS tokens count.
   mech's reading: T = the ``text`` group (the user's words), O = the union of the modality groups
   (``image``, ``video``, ``audio``); ``template`` and ``bos`` enter neither side, so the BOS
-  attention sink cannot inflate either modality (DESIGN.md, "Token groups"). Note MDI = AEI_T / AEI_O.
+  attention sink cannot inflate either modality (docs/design.md, "Words, token groups and
+  conditions"). Note MDI = AEI_T / AEI_O.
 """
 
 from __future__ import annotations

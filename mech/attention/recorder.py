@@ -38,7 +38,7 @@ _COUNTER = itertools.count()
 _FLASH = "flash_attention"
 
 
-def _inner_function(name: str, module: torch.nn.Module) -> Callable:
+def inner_function(name: str, module: torch.nn.Module) -> Callable:
     """The attention function the decoder would have called under implementation ``name``."""
     if name in (None, "eager"):
         fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -47,6 +47,11 @@ def _inner_function(name: str, module: torch.nn.Module) -> Callable:
                               "attn_implementation='sdpa'.")
         return fn
     return ALL_ATTENTION_FUNCTIONS[name]
+
+
+# The former private name, still imported by mech/knockout/blocker.py and mech/attribution_deeplift.py;
+# remove once they import ``inner_function``.
+_inner_function = inner_function
 
 
 class MassRecorder:
@@ -76,7 +81,7 @@ class MassRecorder:
     # --------------------------------------------------------------------- AttentionInterface entry
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         if self._fn is None:
-            self._fn = _inner_function(self.inner, module)
+            self._fn = inner_function(self.inner, module)
         out = self._fn(module, query, key, value, attention_mask, **kwargs)
         with torch.no_grad():
             self.record(module, query, key, attention_mask, value=value, **kwargs)

@@ -42,7 +42,7 @@ PATCHED_GROUPS = ("image", "text")
 Corruption = Literal["resample", "noise"]
 CORRUPTIONS = ("resample", "noise")
 
-__all__ = ["Contributions", "DLA", "ESTIMATORS", "Imbalance", "POOLS", "cmd_contrib", "curves",
+__all__ = ["Contributions", "DLA", "ESTIMATORS", "Imbalance", "POOLS", "curves",
            "direct_logit_attribution", "imbalance", "modality_contributions"]
 
 
@@ -87,7 +87,8 @@ class Contributions:
                          denominator=denominator, n_boot=n_boot, seed=seed)
 
     def to_json(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000) -> dict:
-        """``contrib.json``: ``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` (DESIGN.md)."""
+        """``contrib.json``: ``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` (docs/design.md,
+        "The run layer's contract")."""
         out: dict = {"groups": list(self.groups), "pool": {e: POOL[e] for e in self.per_sample},
                      "ratio": f"{numerator}/{denominator}", "curves": {}, "cumulative": {},
                      "imbalance_ratio": {}, "overall": {}, "n": None, **self.meta}
@@ -186,10 +187,3 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             curve[:, res.layers, GROUPS.index(g)] = restored
         out["patching"] = curve
     return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS, components=components)
-
-
-def cmd_contrib(args) -> dict:
-    """``mech contrib``: see :mod:`mech.contribution.cli`."""
-    from mech.contribution.cli import cmd_contrib as run
-
-    return run(args)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mech.conditions import corrupt_features
+from mech.conditions import corrupt_features, resolve_condition
 from mech.data import LETTERS
 from mech.errors import ConfigError, InputError
 
@@ -72,16 +72,26 @@ def _model_kwargs(inputs: Any) -> dict:
 
 
 @torch.no_grad()
-def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condition: str = "complete",
+def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condition: str | None = None,
                 seed: int = 0) -> list[dict]:
     """Score the options of each row with one forward.
 
-    Returns per row ``{"pred": letter, "scores": [log p(option token)] per option}``; feature
-    conditions (``visual_noise``/``visual_mean``) run under :func:`~mech.conditions.corrupt_features`.
+    Args:
+        inputs: ``[batch, pos]`` inputs, one row per sample.
+        condition: default: the inputs' own ``.condition`` (:func:`~mech.conditions.condition_inputs`),
+            else ``"complete"``. Feature conditions (``visual_noise``/``visual_mean``) run under
+            :func:`~mech.conditions.corrupt_features`.
+
+    Returns:
+        per row ``{"pred": letter, "scores": [log p(option token)] per option}``.
+
+    Raises:
+        ConfigError: ``condition`` contradicts the inputs' own (:func:`~mech.conditions.resolve_condition`).
     """
     tok = m.tokenizer
     option_ids = [option_token_ids(tok, s, scoring) for s in samples]
     inp = m.inputs(inputs)
+    condition = resolve_condition(inp, condition, default="complete")
     last = inp.groups.last()
     length = inp["input_ids"].shape[1]
     kwargs = {}
@@ -99,10 +109,17 @@ def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condi
 
 
 @torch.no_grad()
-def generate_batch(m: Any, inputs: Any, max_new_tokens: int, *, condition: str = "complete",
+def generate_batch(m: Any, inputs: Any, max_new_tokens: int, *, condition: str | None = None,
                    seed: int = 0) -> list[str]:
-    """Greedy ``model.generate`` on a (left-padded) batch; the decoded new text of each row."""
+    """Greedy ``model.generate`` on a (left-padded) ``[batch, pos]`` batch; the decoded new text of each row.
+
+    ``condition``: as :func:`score_batch` (default: the inputs' own, else ``"complete"``).
+
+    Raises:
+        ConfigError: ``condition`` contradicts the inputs' own.
+    """
     inp = m.inputs(inputs)
+    condition = resolve_condition(inp, condition, default="complete")
     tok = m.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     with corrupt_features(m, inp, condition, seed=seed):

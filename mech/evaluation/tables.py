@@ -88,7 +88,7 @@ def figure(result: dict, path: str | os.PathLike, chance: float | None = None, t
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from mech.results import _atomic
+    from mech.results import atomic_write
 
     conds = _order(result["conditions"])
     acc = [100 * (result["conditions"][c]["accuracy"] or 0.0) for c in conds]
@@ -130,7 +130,7 @@ def figure(result: dict, path: str | os.PathLike, chance: float | None = None, t
     fig.tight_layout()
     path = Path(path)
     try:
-        _atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
     finally:
         plt.close(fig)
     return path

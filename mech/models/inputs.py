@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import BatchFeature
 
-from mech.errors import ConfigError, InputError, ProcessorError
+from mech.errors import ConfigError, FrozenError, InputError, ProcessorError
 from mech.groups import TokenGroups, compute_groups
 
 if TYPE_CHECKING:
@@ -20,15 +20,144 @@ if TYPE_CHECKING:
 MM_TYPE = {"image": 1, "video": 2, "audio": 3}  # transformers' mm_token_type_ids codes
 
 
-class Inputs(BatchFeature):
-    """What ``model(**inputs)`` takes, plus the token groups of every position.
+_RECORD = ("groups", "prompts", "condition", "ids")
 
-    ``inputs.groups`` (:class:`~mech.groups.TokenGroups`) and ``inputs.prompts`` are attributes,
-    not keys, so ``model(**inputs)`` works unchanged.
+
+def _frozen(what: str) -> FrozenError:
+    return FrozenError(f"Inputs are frozen: cannot {what}. Build a changed copy with inputs.replace(...) "
+                       "(e.g. inputs.replace(pixel_values=new, condition='white_image')) or inputs.to(device).")
+
+
+def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
+    """The device among ``Tensor.to``-style arguments (BatchFeature.to's rule), or None."""
+    for a in (*args, kwargs.get("device")):
+        if isinstance(a, (str, torch.device)) or (isinstance(a, int) and not isinstance(a, bool)):
+            return torch.device(a)
+    return None
+
+
+def _rebuild(data: dict, fields: dict) -> Inputs:
+    return Inputs(data, **fields)
+
+
+class Inputs(Mapping):
+    """Frozen record of one batch: what ``model(**inputs)`` takes, plus what mech knows about its rows.
+
+    A read-only mapping ``str -> tensor`` (``inputs["input_ids"]`` ``[batch, pos]``,
+    ``attention_mask`` ``[batch, pos]``, the family's pixel/grid inputs), so ``model(**inputs)``,
+    ``dict(inputs)`` and ``inputs.items()`` work unchanged. Attributes (not keys):
+
+    * ``groups``: :class:`~mech.groups.TokenGroups` ``[batch, pos]`` (None until :func:`as_inputs`);
+    * ``prompts``: per row, the user's prompt segments (tuple of tuples of str), or None;
+    * ``condition``: the input condition the rows were made under (:data:`mech.conditions.CONDITIONS`;
+      set by :func:`mech.conditions.condition_inputs`), or None when unknown;
+    * ``ids``: the sample ids in row order (tuple, one per row), or None.
+
+    Every one of them survives :func:`as_inputs` (``m.inputs(...)``). Nothing can be changed in place:
+    assigning or deleting an item or attribute raises :class:`~mech.errors.FrozenError`; :meth:`replace`
+    and :meth:`to` return changed copies (tensors are shared, not copied).
+
+    Raises (on construction):
+        InputError: a non-string key, or ``ids`` whose length is not the batch size.
+        ConfigError: ``condition`` not in :data:`mech.conditions.CONDITIONS`.
     """
 
-    groups: TokenGroups | None = None
-    prompts: list[list[str]] | None = None
+    __slots__ = ("_data", "groups", "prompts", "condition", "ids")
+
+    def __init__(self, data: Mapping[str, Any] = (), *, groups: TokenGroups | None = None,
+                 prompts: Sequence[Sequence[str] | str] | None = None, condition: str | None = None,
+                 ids: Sequence[Any] | None = None) -> None:
+        data = dict(data)
+        bad = [k for k in data if not isinstance(k, str)]
+        if bad:
+            raise InputError(f"input names must be strings (model(**inputs)); got {bad[:3]}")
+        if condition is not None:
+            from mech.conditions import check_condition
+
+            check_condition(condition)
+        if prompts is not None:
+            prompts = tuple(p if isinstance(p, str) else tuple(p) for p in prompts)
+        if ids is not None:
+            ids = tuple(ids)
+            ii = data.get("input_ids")
+            if isinstance(ii, torch.Tensor) and ii.dim() == 2 and len(ids) != ii.shape[0]:
+                raise InputError(f"{len(ids)} sample ids for a batch of {ii.shape[0]} rows; pass one id per row.")
+        for name, value in (("_data", MappingProxyType(data)), ("groups", groups), ("prompts", prompts),
+                            ("condition", condition), ("ids", ids)):
+            object.__setattr__(self, name, value)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise _frozen(f"set inputs[{key!r}]")
+
+    def __delitem__(self, key: str) -> None:
+        raise _frozen(f"delete inputs[{key!r}]")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _frozen(f"set inputs.{name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise _frozen(f"delete inputs.{name}")
+
+    def __reduce__(self):
+        return _rebuild, (dict(self._data), self.fields())
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+                           for k, v in self._data.items())
+        return f"Inputs({{{shapes}}}, condition={self.condition!r}, ids={self.ids!r})"
+
+    def fields(self) -> dict[str, Any]:
+        """The record's attributes: ``{"groups", "prompts", "condition", "ids"}``."""
+        return {k: getattr(self, k) for k in _RECORD}
+
+    def replace(self, **changes: Any) -> Inputs:
+        """A copy with ``changes`` applied; ``self`` is unchanged.
+
+        A change named ``groups``, ``prompts``, ``condition`` or ``ids`` sets that attribute; any other
+        name sets that model input (a tensor; ``None`` removes it). Changing ``input_ids`` without
+        ``groups`` drops the groups (:func:`as_inputs` recomputes them from the new ids).
+
+        Raises:
+            InputError, ConfigError: as the constructor.
+        """
+        fields, data = self.fields(), dict(self._data)
+        for k, v in changes.items():
+            if k in _RECORD:
+                fields[k] = v
+            elif v is None:
+                data.pop(k, None)
+            else:
+                data[k] = v
+        if "input_ids" in changes and "groups" not in changes:
+            fields["groups"] = None
+        return Inputs(data, **fields)
+
+    def to(self, *args: Any, **kwargs: Any) -> Inputs:
+        """A copy with ``Tensor.to(*args, **kwargs)`` applied as ``BatchFeature.to`` does: floating-point
+        tensors get every argument (device and dtype); other tensors (token ids, masks) and the groups
+        only move to the device, if one is given."""
+        device = _device_of(args, kwargs)
+
+        def move(v: Any) -> Any:
+            if not isinstance(v, torch.Tensor):
+                return v
+            if v.is_floating_point():
+                return v.to(*args, **kwargs)
+            return v.to(device=device) if device is not None else v
+
+        fields = self.fields()
+        if device is not None and fields["groups"] is not None:
+            fields["groups"] = fields["groups"].to(device)
+        return Inputs({k: move(v) for k, v in self._data.items()}, **fields)
 
 
 def load_image(image: Any) -> Image.Image:
@@ -156,37 +285,54 @@ def prepare(
         if tok is not None and old_side is not None:
             tok.padding_side = old_side
     out.pop("labels", None)  # PaliGemma's processor adds training labels; model(**inputs) would compute a loss
-    inputs = Inputs(dict(out))
-    complete_inputs(m, inputs)
-    inputs.prompts = segments
-    inputs.groups = compute_groups(m.arch, inputs["input_ids"], inputs.get("attention_mask"), tok, segments)
-    return inputs
+    data = complete_inputs(m, out)
+    groups = compute_groups(m.arch, data["input_ids"], data.get("attention_mask"), tok, segments)
+    return Inputs(data, groups=groups, prompts=segments)
 
 
-def complete_inputs(m: MechModel, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Add the inputs the family needs that a caller may have left out (``derived_inputs``).
+def complete_inputs(m: MechModel, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` as a new dict, with the inputs the family needs that a caller may have left out
+    (``derived_inputs``) added; ``inputs`` itself is not changed.
 
     ``"modality_codes"`` rebuilds ``mm_token_type_ids`` (0 text, 1 image, 2 video, 3 audio) from
-    ``input_ids`` exactly as transformers' processors do, so M-RoPE positions stay the model's
-    own; ``"image_is_one"`` rebuilds Gemma3's ``token_type_ids`` (1 at image tokens).
+    ``input_ids`` ``[batch, pos]`` exactly as transformers' processors do, so M-RoPE positions stay the
+    model's own; ``"image_is_one"`` rebuilds Gemma3's ``token_type_ids`` (1 at image tokens).
     """
-    ids = inputs["input_ids"]
+    out = dict(inputs)
+    ids = out["input_ids"]
     for key, scheme in m.arch.table.derived_inputs.items():
-        if key in inputs:
+        if key in out:
             continue
         types = torch.zeros_like(ids)
         for name, tok in m.arch.modality_ids.items():
             if scheme == "modality_codes" or name == "image":
                 types[ids == tok] = MM_TYPE[name] if scheme == "modality_codes" else 1
-        inputs[key] = types  # type: ignore[index]
-    return inputs
+        out[key] = types
+    return out
+
+
+def _ready(m: MechModel, inputs: Mapping[str, Any], device: torch.device | None) -> bool:
+    """True when ``inputs`` is an :class:`Inputs` that :func:`as_inputs` would return unchanged."""
+    if not isinstance(inputs, Inputs) or inputs.groups is None:
+        return False
+    if any(k not in inputs for k in m.arch.table.derived_inputs):
+        return False
+    on = {v.device for v in inputs.values() if isinstance(v, torch.Tensor)} | {inputs.groups.labels.device}
+    return device is None or on == {device}
 
 
 def as_inputs(m: MechModel, inputs: Mapping[str, Any]) -> Inputs:
     """Accept ``prepare`` outputs or raw processor outputs (``model(**inputs)`` style).
 
-    Returns an :class:`Inputs` on the model's device with derived inputs added and ``.groups``
-    set (computed from the token ids when the caller's inputs carry none).
+    Args:
+        inputs: a mapping with ``input_ids`` ``[batch, pos]`` (an :class:`Inputs`, a processor's
+            ``BatchFeature`` or a plain dict).
+
+    Returns:
+        An :class:`Inputs` on the model's device with derived inputs added and ``.groups`` set
+        (computed from the token ids when the caller's inputs carry none); ``prompts``, ``condition``
+        and ``ids`` are kept from an :class:`Inputs` (None for a processor's output). An :class:`Inputs` that
+        needs none of this is returned as it is (it is immutable, so sharing it is safe).
 
     Raises:
         InputError: no ``input_ids``, or ``input_ids`` not ``[batch, pos]``.
@@ -194,15 +340,18 @@ def as_inputs(m: MechModel, inputs: Mapping[str, Any]) -> Inputs:
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise InputError("inputs must be a mapping with 'input_ids' (what model(**inputs) takes); "
                          "use m.prepare(images, prompts) to make one.")
-    groups = getattr(inputs, "groups", None)
-    prompts = getattr(inputs, "prompts", None)
-    out = Inputs({k: v for k, v in inputs.items()})
-    if out["input_ids"].dim() != 2:
-        raise InputError(f"input_ids must be [batch, pos]; got shape {tuple(out['input_ids'].shape)}.")
-    complete_inputs(m, out)
-    out.to(m.device) if m.device is not None else None
+    device = m.device
+    if _ready(m, inputs, device):
+        return inputs
+    fields = {k: getattr(inputs, k, None) for k in _RECORD}
+    data = complete_inputs(m, inputs)
+    if data["input_ids"].dim() != 2:
+        raise InputError(f"input_ids must be [batch, pos]; got shape {tuple(data['input_ids'].shape)}.")
+    if device is not None:
+        data = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+    groups = fields["groups"]
     if groups is None:
         tok = getattr(m.processor, "tokenizer", None) if m.processor is not None else None
-        groups = compute_groups(m.arch, out["input_ids"], out.get("attention_mask"), tok, prompts)
-    out.groups, out.prompts = groups.to(out["input_ids"].device), prompts
-    return out
+        groups = compute_groups(m.arch, data["input_ids"], data.get("attention_mask"), tok, fields["prompts"])
+    fields["groups"] = groups.to(data["input_ids"].device)
+    return Inputs(data, **fields)

@@ -80,7 +80,7 @@ def _dtype(dtype: Any) -> Any:
     return DTYPES[dtype]
 
 
-def _resolve_dir(spec: str) -> str:
+def resolve_dir(spec: str) -> str:
     if spec.startswith("organism:"):
         from mech.organisms import organism_dir
 
@@ -149,7 +149,7 @@ def load(
         raise SpecError(f"cannot load a model from {type(spec).__name__}; pass a Hugging Face id, a directory, "
                         "'organism:<name>' or a (model, processor) pair.")
     spec = str(spec)
-    where = _resolve_dir(spec)
+    where = resolve_dir(spec)
     try:
         config = transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except OSError as exc:

@@ -1,10 +1,11 @@
-"""Build the parts of an organism: word-level tokenizer, ``LlavaProcessor``, config and model.
+"""Build the parts of an organism: word-level tokenizer, ``LlavaProcessor``, config and model, and
+the processor inputs of ``organism:shapes`` items (:func:`encode`, :func:`answer_ids`).
 
 Everything is built offline from transformers' own classes:
 ``LlavaForConditionalGeneration`` = CLIP vision tower (32 px, patch 8 → 16 image tokens, 2 layers)
 + LLaVA projector + Llama decoder (``N_LAYERS`` = 6 layers, hidden 128, FFN 256, 4 heads).
 
-Initialisation follows ORGANISMS.md: decoder and projector Linear/Embedding ~ N(0, 0.08)
+Initialisation follows docs/organisms.md: decoder and projector Linear/Embedding ~ N(0, 0.08)
 (≈ 1/√d; the default 0.02 stays at chance) and 2-D sin-cos ViT position embeddings (CLIP's
 default is ~14× weaker than the patch signal). The sin-cos base is 10, not MAE's 10000: on a 4×4
 grid base 10000 leaves most frequencies flat; measured on shape_left/color_left after 300 steps,
@@ -153,3 +154,30 @@ def build_model(seed: int = 0, n_layers: int = N_LAYERS,
         table[1:] = sincos_2d(int(math.isqrt(N_IMAGE_TOKENS)), table.shape[1])
         emb.position_embedding.weight.copy_(table)
     return model
+
+
+def encode(processor, samples: list[dict], question: str | None = "sample",
+           image: str = "sample") -> dict:
+    """Processor inputs for ``samples`` (left-padded; the answer is predicted at position -1).
+
+    ``question``: ``"sample"`` (each item's question), a fixed string (e.g. the basic prompt),
+    or None (no text). ``image``: ``"sample"`` (item's image, dropped ones stay dropped),
+    ``"white"``/``"black"`` (replaced, same size), or ``"none"`` (removed from the prompt).
+    """
+    from PIL import Image
+
+    texts, images = [], []
+    for s in samples:
+        q = s["question"] if question == "sample" else question
+        img = None if image == "none" else s["image"]
+        if img is not None and image in ("white", "black"):
+            img = Image.new("RGB", img.size, (255, 255, 255) if image == "white" else (0, 0, 0))
+        texts.append(shapes.format_prompt(q, image=img is not None))
+        if img is not None:
+            images.append(img)
+    return dict(processor(images=images or None, text=texts, padding=True, return_tensors="pt"))
+
+
+def answer_ids(tokenizer) -> torch.Tensor:
+    """Token ids of ``shapes.ANSWER_WORDS`` (same order)."""
+    return torch.tensor(tokenizer.convert_tokens_to_ids(list(shapes.ANSWER_WORDS)))

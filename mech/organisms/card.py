@@ -5,7 +5,7 @@
 
 Scoring: the answer is the argmax, at the last prompt position, over the answer words of the
 item's template (``shapes.ANSWERS``); chance is per item 1/|answer set| (``shapes.chance``).
-Conditions (DESIGN.md): ``complete``, ``white_image``/``black_image`` (all-255 / all-0 image of
+Conditions (docs/design.md): ``complete``, ``white_image``/``black_image`` (all-255 / all-0 image of
 the same size), ``no_image`` (``<image>`` removed), ``image_only`` (question replaced by
 ``shapes.BASIC_PROMPT``). Attention share: eager ``output_attentions=True``, the row of the
 last position, mean over heads and items, summed per token group (``bos``, ``image``, ``text``
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mech.organisms import shapes
-from mech.organisms.train import answer_ids, encode
+from mech.organisms.build import answer_ids, encode
 
 CONDITIONS = {
     "complete": dict(question="sample", image="sample"),

@@ -27,7 +27,7 @@ exactly the per-template chance in expectation, and the prior is right on about 
 
 The language-prior knob ``p``: on the templates in ``prior_templates`` (default: all), each
 training label is, with probability ``p``, *overridden* by the prior answer whatever the image
-shows ("override" planting, see ORGANISMS.md). ``p=0`` gives a set that must be read from the
+shows ("override" planting, see docs/organisms.md). ``p=0`` gives a set that must be read from the
 image. ``text_noise`` (image-biased organism) replaces each content word of the question by a
 random word of the same class with that probability, keeping the label: the text is unreliable.
 

@@ -4,7 +4,7 @@ Deterministic from the recipe's seed (same seed, same thread count → same weig
 initialised by ``build.build_model(seed)`` and batch ``k`` is ``shapes.generate(batch,
 split="train", seed=seed * 1_000_000 + k, ...)``. Loss: cross-entropy on the answer word at the
 last prompt position only (prompts are left-padded). AdamW (lr 1e-3, wd 0.01), 100 warm-up steps,
-cosine decay, gradient clip 1.0 (ORGANISMS.md).
+cosine decay, gradient clip 1.0 (docs/organisms.md).
 
 Threads: the recipe runs on ONE torch thread (``threads=1``). On the shared 2-core machine two
 OpenMP threads thrash under load (measured 1.3-9.9 s/step vs 0.7 s/step with one thread at load
@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from mech.organisms import build, shapes
+from mech.organisms.build import encode
 
 TEXT_BIASED_TEMPLATES = ("color_of_shape", "color_left", "color_right", "exist", "count")
 BASE = dict(seed=0, steps=2600, batch=64, threads=1, lr=1e-3, warmup=100, p=0.0,
@@ -50,33 +51,6 @@ RECIPES = {
     "text-biased": dict(BASE, p=0.8, prior_templates=TEXT_BIASED_TEMPLATES),
     "image-biased": dict(BASE, text_noise=0.5),
 }
-
-
-def encode(processor, samples: list[dict], question: str | None = "sample",
-           image: str = "sample") -> dict:
-    """Processor inputs for ``samples`` (left-padded; the answer is predicted at position -1).
-
-    ``question``: ``"sample"`` (each item's question), a fixed string (e.g. the basic prompt),
-    or None (no text). ``image``: ``"sample"`` (item's image, dropped ones stay dropped),
-    ``"white"``/``"black"`` (replaced, same size), or ``"none"`` (removed from the prompt).
-    """
-    from PIL import Image
-
-    texts, images = [], []
-    for s in samples:
-        q = s["question"] if question == "sample" else question
-        img = None if image == "none" else s["image"]
-        if img is not None and image in ("white", "black"):
-            img = Image.new("RGB", img.size, (255, 255, 255) if image == "white" else (0, 0, 0))
-        texts.append(shapes.format_prompt(q, image=img is not None))
-        if img is not None:
-            images.append(img)
-    return dict(processor(images=images or None, text=texts, padding=True, return_tensors="pt"))
-
-
-def answer_ids(tokenizer) -> torch.Tensor:
-    """Token ids of ``shapes.ANSWER_WORDS`` (same order)."""
-    return torch.tensor(tokenizer.convert_tokens_to_ids(list(shapes.ANSWER_WORDS)))
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:

@@ -18,12 +18,12 @@ import torch
 from mech import hooks as H
 from mech.patching.align import POSITION_GROUPS
 from mech.patching.engine import Config, capture, patched_logits
-from mech.patching.metrics import DIRECTIONS, METRICS, Metric, normalized_effect
-from mech.patching.setup import prepare, resolve_targets
+from mech.patching.metrics import DIRECTIONS, METRICS, Metric, Targets, normalized_effect
+from mech.patching.setup import prepare
 from mech.patching.sites import SITES
 
 __all__ = ["activation_patching", "PatchingResult", "SITES", "METRICS", "DIRECTIONS", "POSITION_GROUPS",
-           "Metric", "cmd_patch"]
+           "Metric", "Targets"]
 
 
 @dataclass
@@ -39,6 +39,9 @@ class PatchingResult:
         groups: position-group names along the group axis; ``layers``: layer indices.
         patched_positions: group -> per row ``[[target, source], ...]`` position pairs.
         forward_equivalents: decoder-layer evaluations per patched run / ``n_layers`` (1 = full forward).
+        answer, counterfactual: LongTensor ``[batch]`` (CPU): the token ids this batch was scored
+            against (given or resolved for this batch, :meth:`Metric.resolve`); None where the metric
+            needs none (``kl``; ``prob`` has no counterfactual). Also in ``meta`` as lists.
     """
 
     effect: dict[str, torch.Tensor]
@@ -55,6 +58,8 @@ class PatchingResult:
     forward_equivalents: float
     n_patched_runs: int
     meta: dict[str, Any] = field(default_factory=dict)
+    answer: torch.Tensor | None = None
+    counterfactual: torch.Tensor | None = None
 
     def to_json(self) -> dict:
         """``patch.json`` content (keys of DESIGN.md)."""
@@ -79,6 +84,10 @@ class PatchingResult:
 
 def _last_logits(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)].float()
+
+
+def _cpu(ids: torch.Tensor | None) -> torch.Tensor | None:
+    return None if ids is None else ids.detach().long().cpu()
 
 
 def _context(factory):
@@ -114,12 +123,15 @@ def activation_patching(
         site: one of :data:`SITES` or a list.
         positions: position group(s) of :data:`POSITION_GROUPS` or a BoolTensor ``[batch, pos]``.
         direction: ``"denoising"`` (clean activations into the corrupted run) or ``"noising"``.
-        metric: ``"logit_diff"``, ``"prob"`` or ``"kl"`` (:mod:`.metrics`), or a :class:`Metric`.
+        metric: ``"logit_diff"``, ``"prob"`` or ``"kl"`` (:mod:`.metrics`), or a :class:`Metric` (frozen:
+            the same one can serve any number of batches; it is never changed).
         answer, counterfactual: LongTensor ``[batch]`` token ids; default answer = the clean run's top
-            token, counterfactual = the corrupted run's top token other than the answer.
+            token, counterfactual = the corrupted run's top token other than the answer. What was
+            used comes back in ``result.answer``/``result.counterfactual``.
         layers: layers to patch (default all).
-        condition: the corruption's name (recorded; ``no_image``/``image_only`` select ``align="group"``;
-            ``visual_noise``/``visual_mean`` wrap the corrupted run in ``corrupt_features``).
+        condition: the corruption's name; default: the corrupted inputs' own ``.condition``
+            (``condition_inputs`` sets it). Recorded; ``no_image``/``image_only`` select
+            ``align="group"``; ``visual_noise``/``visual_mean`` wrap the corrupted run in ``corrupt_features``.
         align_mode: ``"strict"`` (one to one, groups must match) or ``"group"`` (:mod:`.align`).
         normalize: compute normalized effects (raises when clean == corrupted); False gives NaN effects.
         clean_context, corrupted_context: context manager (or a factory of one) active during that run.
@@ -129,8 +141,11 @@ def activation_patching(
         :class:`PatchingResult`.
 
     Raises:
-        ConfigError: unknown site/metric/direction/position group (messages list the valid values).
-        InputError: groups that do not match; UnsupportedArchitectureError: cross-attention family.
+        ConfigError: unknown site/metric/direction/position group (messages list the valid values);
+            ``condition`` contradicting the corrupted inputs' own; a target given on the metric and as an
+            argument with other values.
+        InputError: groups that do not match; token ids of the wrong shape or outside the vocabulary;
+            UnsupportedArchitectureError: cross-attention family.
         MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
     """
     setup = prepare(m, "activation_patching", clean, corrupted, site, positions, direction=direction, metric=metric,
@@ -148,8 +163,9 @@ def activation_patching(
         s_logits, cache = H.run_with_cache(m, source, setup.names)
     s_last = _last_logits(s_logits, source.groups.last())
     clean_logits, corr_logits = (s_last, cap.logits) if setup.denoise else (cap.logits, s_last)
-    batch, rows = resolve_targets(metric_obj, clean_logits, corr_logits, answer, counterfactual)
-    clean_m, corr_m = metric_obj(clean_logits, rows).cpu(), metric_obj(corr_logits, rows).cpu()
+    targets = metric_obj.resolve(clean_logits, corr_logits, answer, counterfactual)
+    batch, rows = targets.batch, targets.rows()
+    clean_m, corr_m = metric_obj(clean_logits, rows, targets).cpu(), metric_obj(corr_logits, rows, targets).cpu()
     target_m = corr_m if direction == "denoising" else clean_m
 
     n_runs, effects, patched = 0, {}, {}
@@ -165,7 +181,7 @@ def activation_patching(
             logits = patched_logits(m, cap, s, configs, aligns, cache, max_rows)
             n_runs += len(configs)
             for c, lg in zip(configs, logits):
-                v = metric_obj(lg, rows).cpu()
+                v = metric_obj(lg, rows, targets).cpu()
                 if s == "z":
                     vals[li, c.head, c.group] = v
                 else:
@@ -179,15 +195,9 @@ def activation_patching(
         eff[..., empty] = float("nan")
         effects[s] = eff
     fe = cap.layer_evals / (n * batch) / max(n_runs, 1)
-    return PatchingResult(effects, patched, clean_m, corr_m, tuple(a.name for a in aligns), layers, direction,
-                          metric_obj.name, condition, setup.mode, {a.name: a.as_lists() for a in aligns}, fe, n_runs,
-                          meta={"answer": metric_obj.answer.tolist() if metric_obj.answer is not None else None,
-                                "counterfactual": metric_obj.counterfactual.tolist()
-                                if metric_obj.counterfactual is not None else None})
-
-
-def cmd_patch(args) -> dict:
-    """``mech patch``: see :func:`mech.patching.cli.cmd_patch`."""
-    from mech.patching.cli import cmd_patch as run
-
-    return run(args)
+    a, cf = _cpu(targets.answer), _cpu(targets.counterfactual)
+    return PatchingResult(effects, patched, clean_m, corr_m, tuple(a_.name for a_ in aligns), layers, direction,
+                          metric_obj.name, setup.condition, setup.mode, {a_.name: a_.as_lists() for a_ in aligns}, fe,
+                          n_runs, meta={"answer": None if a is None else a.tolist(),
+                                        "counterfactual": None if cf is None else cf.tolist()},
+                          answer=a, counterfactual=cf)

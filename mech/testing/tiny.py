@@ -43,20 +43,20 @@ import torch
 import transformers as T
 from transformers import BatchFeature
 
-from .tiny_families import _FAMILIES, AUDIO_SECONDS, FAMILIES, IMAGE_SIZES, _Family, _video_slot_ok
+from .tiny_families import AUDIO_SECONDS, BUILDERS, FAMILIES, IMAGE_SIZES, FamilyBuilder, video_slot_ok
 
 __all__ = ["FAMILIES", "tiny_model", "tiny_processor", "tiny_inputs", "IMAGE_SIZES"]
 
 
-def _family(family: str) -> _Family:
-    if family not in _FAMILIES:
+def _family(family: str) -> FamilyBuilder:
+    if family not in BUILDERS:
         raise KeyError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
-    return _FAMILIES[family]
+    return BUILDERS[family]
 
 
 def tiny_processor(family: str) -> T.ProcessorMixin:
     """The family's real processor class with a tiny tokenizer, image processor and chat template."""
-    with _video_slot_ok():
+    with video_slot_ok():
         return _family(family).build_processor()
 
 
@@ -125,11 +125,7 @@ def tiny_float64(family: str, *, batch: int = 2):
 
     model, processor = tiny_model(family)
     m = mech.load((model.to(torch.float64), processor))
-    inputs = m.inputs(tiny_inputs(family, processor, batch=batch))
-    for k, v in list(inputs.items()):
-        if torch.is_tensor(v) and v.is_floating_point():
-            inputs[k] = v.to(torch.float64)
-    return m, inputs
+    return m, m.inputs(tiny_inputs(family, processor, batch=batch)).to(torch.float64)  # floating-point inputs only
 
 
 def save_tiny(family: str, folder, *, seed: int = 0):

@@ -59,7 +59,7 @@ class _NoVideoProcessor(VideoProcessorMixin):
 
 
 @contextlib.contextmanager
-def _video_slot_ok():
+def video_slot_ok():
     """Let a processor with a ``video_processor`` slot be constructed without torchvision.
 
     Without torchvision, ``transformers`` does not export ``VideoProcessorMixin``, so
@@ -90,7 +90,7 @@ def _video_slot_ok():
 
 
 @dataclass(frozen=True)
-class _Family:
+class FamilyBuilder:
     build_processor: Callable[[], T.ProcessorMixin]
     build_config: Callable[[T.ProcessorMixin], T.PretrainedConfig]
     model_class: str
@@ -363,24 +363,24 @@ def _cfg_mllama(proc):
 
 
 # -----------------------------------------------------------------------------
-_FAMILIES: dict[str, _Family] = {
-    "llava": _Family(_proc_llava, _cfg_llava, "LlavaForConditionalGeneration"),
-    "llava_next": _Family(_proc_llava_next, _cfg_llava_next, "LlavaNextForConditionalGeneration"),
-    "llava_onevision": _Family(_proc_llava_onevision, _cfg_llava_onevision,
+BUILDERS: dict[str, FamilyBuilder] = {
+    "llava": FamilyBuilder(_proc_llava, _cfg_llava, "LlavaForConditionalGeneration"),
+    "llava_next": FamilyBuilder(_proc_llava_next, _cfg_llava_next, "LlavaNextForConditionalGeneration"),
+    "llava_onevision": FamilyBuilder(_proc_llava_onevision, _cfg_llava_onevision,
                                "LlavaOnevisionForConditionalGeneration"),
-    "qwen2_vl": _Family(_proc_qwen("Qwen2VLProcessor", "qwen2_vl", "Qwen2VLVideoProcessor"), _cfg_qwen2_vl,
+    "qwen2_vl": FamilyBuilder(_proc_qwen("Qwen2VLProcessor", "qwen2_vl", "Qwen2VLVideoProcessor"), _cfg_qwen2_vl,
                         "Qwen2VLForConditionalGeneration"),
-    "qwen2_5_vl": _Family(_proc_qwen("Qwen2_5_VLProcessor", "qwen2_5_vl", "Qwen2VLVideoProcessor"),
+    "qwen2_5_vl": FamilyBuilder(_proc_qwen("Qwen2_5_VLProcessor", "qwen2_5_vl", "Qwen2VLVideoProcessor"),
                           _cfg_qwen2_5_vl, "Qwen2_5_VLForConditionalGeneration"),
-    "qwen3_vl": _Family(_proc_qwen("Qwen3VLProcessor", "qwen3_vl", "Qwen3VLVideoProcessor"), _cfg_qwen3_vl,
+    "qwen3_vl": FamilyBuilder(_proc_qwen("Qwen3VLProcessor", "qwen3_vl", "Qwen3VLVideoProcessor"), _cfg_qwen3_vl,
                         "Qwen3VLForConditionalGeneration"),
-    "gemma3": _Family(_proc_gemma3, _cfg_gemma3, "Gemma3ForConditionalGeneration"),
-    "internvl": _Family(_proc_internvl, _cfg_internvl, "InternVLForConditionalGeneration"),
-    "idefics3": _Family(_proc_idefics3, _cfg_idefics3, "Idefics3ForConditionalGeneration"),
-    "smolvlm": _Family(_proc_smolvlm, _cfg_smolvlm, "SmolVLMForConditionalGeneration"),
-    "paligemma": _Family(_proc_paligemma, _cfg_paligemma, "PaliGemmaForConditionalGeneration"),
-    "qwen2_audio": _Family(_proc_qwen2_audio, _cfg_qwen2_audio, "Qwen2AudioForConditionalGeneration"),
-    "mllama": _Family(_proc_mllama, _cfg_mllama, "MllamaForConditionalGeneration"),
+    "gemma3": FamilyBuilder(_proc_gemma3, _cfg_gemma3, "Gemma3ForConditionalGeneration"),
+    "internvl": FamilyBuilder(_proc_internvl, _cfg_internvl, "InternVLForConditionalGeneration"),
+    "idefics3": FamilyBuilder(_proc_idefics3, _cfg_idefics3, "Idefics3ForConditionalGeneration"),
+    "smolvlm": FamilyBuilder(_proc_smolvlm, _cfg_smolvlm, "SmolVLMForConditionalGeneration"),
+    "paligemma": FamilyBuilder(_proc_paligemma, _cfg_paligemma, "PaliGemmaForConditionalGeneration"),
+    "qwen2_audio": FamilyBuilder(_proc_qwen2_audio, _cfg_qwen2_audio, "Qwen2AudioForConditionalGeneration"),
+    "mllama": FamilyBuilder(_proc_mllama, _cfg_mllama, "MllamaForConditionalGeneration"),
 }
 
-FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
+FAMILIES: tuple[str, ...] = tuple(BUILDERS)

@@ -1,10 +1,10 @@
-"""Data-parallel runs of the batched commands (``mech attention``, ``mech patch``, ``mech eval``).
+"""Shards: which batches of a run this process computes (``mech eval``, ``attention``, ``patch``, ``contrib``).
 
 A run over ``n`` samples in batches of ``B`` has ``ceil(n / B)`` batches, numbered from 0. Process
 (*rank*) ``K`` of ``N`` computes the batches ``k`` with ``k % N == K`` and writes each finished
-batch into the same parts store a single-process run uses (``<out>/.attention.parts/``,
-``<out>/.patch.parts/``, ``<out>/eval.ckpt*.jsonl``), so the parts, and the files assembled from
-them, are the ones one process would write. The invocation that, after its own batches, finds
+batch into the same parts store a single-process run uses (``<out>/.<command>.parts/``, see
+:mod:`mech.runs.loop`), so the parts, and the files assembled from them, are the ones one process
+would write. The invocation that, after its own batches, finds
 every batch present assembles the final files; the others print how many batches are missing.
 Rerunning without ``--shard`` (or ``mech merge <out>``) assembles too.
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from typing import Any
 from mech.errors import ConfigError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-SHARDED_COMMANDS = ("eval", "attention", "patch", "contrib")
 
 
 @dataclass(frozen=True)
@@ -121,20 +120,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
     return Shard(rank, world, _int_env(environ, "LOCAL_RANK"), source="env")
 
 
-def resolve(args: Any, environ: Mapping[str, str] | None = None) -> Shard:
+def resolve(value: "str | Shard | None", *, sharded: bool = True,
+            environ: Mapping[str, str] | None = None) -> Shard:
     """The shard of a command invocation.
 
-    ``args.shard`` may be a :class:`Shard`, a ``"K/N"`` string, or None. Only invocations that
-    carry a ``shard`` attribute (the sharded commands' parsers set it) read the launcher's
-    environment: a command run inside ``mech report`` always computes every batch.
+    ``value`` is ``--shard``: a :class:`Shard`, a ``"K/N"`` string, or None. Only commands that
+    shard (``sharded``) read the launcher's environment: a step run inside ``mech report`` passes
+    ``"0/1"`` and computes every batch.
 
     Raises:
         ConfigError: a malformed ``--shard`` or launcher environment (:func:`parse_shard`,
             :func:`from_env`).
     """
-    if not hasattr(args, "shard"):
+    if not sharded:
         return WHOLE
-    value = args.shard
     if isinstance(value, Shard):
         return value
     env = from_env(environ)
@@ -144,11 +143,10 @@ def resolve(args: Any, environ: Mapping[str, str] | None = None) -> Shard:
     return env or WHOLE
 
 
-def device(args: Any, shard: Shard) -> Any:
-    """``--device`` for this rank: ``cuda:LOCAL_RANK`` under a launcher when CUDA is available,
-    ``--device`` is unset or ``"cuda"``, and no ``--device-map`` is given; else ``args.device``."""
-    requested = getattr(args, "device", None)
-    if shard.local_rank is None or getattr(args, "device_map", None) or requested not in (None, "cuda"):
+def device(requested: str | None, device_map: str | None, shard: Shard) -> str | None:
+    """The device for this rank: ``cuda:LOCAL_RANK`` under a launcher when CUDA is available,
+    ``requested`` is unset or ``"cuda"``, and no ``device_map`` is given; else ``requested``."""
+    if shard.local_rank is None or device_map or requested not in (None, "cuda"):
         return requested
     import torch
 
@@ -195,41 +193,6 @@ def unfinished(command: str, missing: list[int], total: int, shard: Shard, out: 
     return pending.as_dict()
 
 
-def start(args: Any, shard: Shard, root: Path, head: Mapping[str, Any], total: int, command: str):
-    """The start of a sharded command: ``(store, todo, m)``: the parts store at ``root`` (opened for
-    ``head``; cleared when it holds another run's batches), the batches this process still computes,
-    and the model, loaded only when there is one (on this rank's device, :func:`device`)."""
-    import mech
-    from mech.results import BatchStore
-
-    done = set(BatchStore.finished(root, head))
-    todo = [k for k in range(total) if shard.mine(k) and k not in done]
-    m = None
-    if todo:  # the model is loaded only when this process has batches to compute
-        m = mech.load(args.model, device=device(args, shard), dtype=getattr(args, "dtype", None),
-                      device_map=getattr(args, "device_map", None))
-        m.require_decoder_sequence(f"mech {command}")
-    store = BatchStore(root, head, clear=shard.computes)
-    todo = [k for k in range(total) if shard.mine(k) and store.get(k) is None] if todo else []
-    return store, todo, m
-
-
-def finish(command: str, store: Any, total: int, shard: Shard, out: Any, assemble: Callable[[], dict]) -> dict:
-    """The end of a sharded command: if batches are missing, say so (:func:`unfinished`); else take
-    the assembly claim (sharded runs only) and return ``assemble()``, releasing the claim after
-    (also one left by a shard that died while assembling)."""
-    missing = store.missing(total)
-    if missing:
-        return unfinished(command, missing, total, shard, out)
-    flag = store.root / "assembling"
-    if shard.sharded and not claim(flag):
-        return assembling_elsewhere(command, flag, out)
-    try:
-        return assemble()
-    finally:
-        release(flag)
-
-
 def _span(indices: list[int], show: int = 8) -> str:
     head = ", ".join(str(k) for k in indices[:show])
     return f"batches {head}" + (f" and {len(indices) - show} more" if len(indices) > show else "")
@@ -260,62 +223,3 @@ def assembling_elsewhere(command: str, claim_path: Path, out: Any) -> dict[str, 
     print(f"mech {command}: every batch is done and another shard is writing the results (claim {claim_path}); "
           f"if that process died, rerun without --shard or run `mech merge {out}`.")
     return {"command": command, "complete": True, "assembled_by": "another shard"}
-
-
-# parts directories whose header.json carries the command's settings under "args" (what merge reruns)
-PARTS = {"attention": ".attention.parts", "patch": ".patch.parts", "contrib": ".contrib.parts"}
-DEFAULTS = {"device": None, "device_map": None, "dtype": None, "n": None, "batch_size": 8, "no_progress": True}
-
-
-def _runs(out: Path) -> dict[str, dict[str, Any]]:
-    """command -> the settings its parts were computed with, for the parts found in ``out``."""
-    import json
-
-    from mech.results import read_json
-
-    runs = {}
-    for command, parts in PARTS.items():
-        head = out / parts / "header.json"
-        if not head.is_file():
-            continue
-        if "args" in (h := read_json(head)):
-            runs[command] = h["args"]
-        elif not (out / f"{command}.json").is_file():
-            print(f"mech merge: {out / parts} does not record its settings; assemble it by rerunning mech {command} "
-                  "with the same settings without --shard.")
-    for f in [out / "eval.ckpt.jsonl", *sorted(out.glob("eval.ckpt.*-of-*.jsonl"))]:
-        if f.is_file():
-            with open(f, encoding="utf-8") as fh:
-                try:
-                    first = json.loads(fh.readline())
-                except json.JSONDecodeError:
-                    continue
-            if first.get("run"):
-                runs["eval"] = first["run"]
-                break
-    return runs
-
-
-def cmd_merge(args) -> dict:
-    """``mech merge OUT``: assemble the results of sharded runs written into ``OUT`` (attention,
-    patch, eval; contrib once its parts header records its settings), computing nothing. Attention and patch are assembled from their parts without
-    loading the model; eval loads it (on the CPU) to rebuild its sample list. Returns command ->
-    that command's JSON content.
-
-    Raises:
-        ConfigError: no parts found in ``OUT``; batches missing (the message names them).
-    """
-    import argparse
-
-    from mech.cli import _handler
-
-    out = Path(args.out)
-    runs = _runs(out)
-    if not runs:
-        raise ConfigError(f"{out}: no parts of mech attention, patch or eval (.attention.parts, .patch.parts, "
-                          "eval.ckpt*.jsonl) found; pass the --out directory of the sharded runs.")
-    results = {}
-    for command, run in runs.items():
-        ns = argparse.Namespace(**{**DEFAULTS, **run, "out": str(out), "shard": MERGE, "command": command})
-        results[command] = _handler(command)(ns)
-    return results
