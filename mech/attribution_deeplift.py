@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mech.attention.recorder import _inner_function, swap_attention
+from mech.attention.recorder import inner_function, swap_attention
 from mech.errors import ConfigError
 from mech.knockout.blocker import EdgeBlocker
 
@@ -150,7 +150,7 @@ class _Attention:
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         if self._fn is None:
-            self._fn = _inner_function(self.inner, module)
+            self._fn = inner_function(self.inner, module)
         layer = int(module.layer_idx)
         if self.record:
             self.refs.attn[layer] = (query.detach(), key.detach(), value.detach())

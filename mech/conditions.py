@@ -162,10 +162,13 @@ def resolve_condition(inputs: Any, condition: str | None, *, default: str | None
     ``visual_mean``): those leave the tokens as they are and change the forward pass.
 
     Raises:
-        ConfigError: an unknown condition, or an explicit ``condition`` that contradicts the inputs'
-            own (e.g. ``condition="no_image"`` for inputs made under ``"white_image"``).
+        ConfigError: an unknown condition (given, or the inputs' own), or an explicit ``condition``
+            that contradicts the inputs' own (e.g. ``condition="no_image"`` for inputs made under
+            ``"white_image"``).
     """
     own = getattr(inputs, "condition", None)
+    if own is not None:
+        check_condition(own)
     if condition is None:
         return own if own is not None else default
     check_condition(condition)

@@ -84,7 +84,8 @@ def resolve(m, name: str, points: HookRegistry | None = None) -> HookPoint:
     return _points(points).resolve(name, m.arch.n_layers)
 
 
-def _first(out: Any) -> torch.Tensor:
+def first_output(out: Any) -> torch.Tensor:
+    """The hidden states of a module's output: ``out[0]`` for a tuple or list, else ``out``."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -144,7 +145,7 @@ def _hidden_pre_hook(module: torch.nn.Module, fn: Callable, d_model: int | None 
 
 def _output_hook(module: torch.nn.Module, fn: Callable) -> Any:
     def hook(mod, args, out):
-        new = fn(_first(out))
+        new = fn(first_output(out))
         return None if new is None else _with_first(out, new)
 
     return module.register_forward_hook(hook)
@@ -174,7 +175,7 @@ def _attach_resid_mid(m, p: HookPoint, fn: Callable) -> list:
 
     def on_layer(out):
         delta = state.pop("delta", None)
-        return None if delta is None else _first(out) + delta
+        return None if delta is None else first_output(out) + delta
 
     return [_hidden_pre_hook(m.arch.module(m.model, "ln2", p.layer), on_ln2),
             _output_hook(m.arch.module(m.model, "layer", p.layer), on_layer)]

@@ -126,7 +126,7 @@ INTRO = """# mech report
 Model(s) measured on `{data}`. Each instrument answers a different question — where attention goes
 (attention mass), what the answer causally needs (activation patching), what each group writes
 directly into the answer logit (DLA) — so where they disagree, the disagreement is part of the
-result (see ORGANISMS.md: attention mass alone does not detect a planted text bias).
+result (see docs/organisms.md: attention mass alone does not detect a planted text bias).
 """
 
 

@@ -136,8 +136,10 @@ def test_inputs_keep_condition_and_ids_and_are_frozen(balanced):
     assert white["pixel_values"].dtype == torch.float32 and dbl.condition == "white_image"
     with pytest.raises(InputError, match="sample ids"):
         white.replace(ids=ids[:1])
-    with pytest.raises(ConfigError, match="unknown condition"):
-        white.replace(condition="blurred")
+    with pytest.raises(ConfigError, match="condition name"):
+        white.replace(condition=3)
+    with pytest.raises(ConfigError, match="unknown condition"):  # checked where an instrument reads it
+        activation_patching(m, clean, white.replace(condition="blurred"), positions="last", layers=[0])
 
 
 def test_instruments_read_the_condition_and_refuse_a_contradiction(balanced):

@@ -172,7 +172,7 @@ INTERNAL = [
     ("dla", ValueSplitRecorder, "record"),
     ("attention_knockout", EdgeBlocker, "edited_mask"),
     ("activation_patching", "mech.patching.engine", "run_from"),
-    ("activation_patching", "mech.patching.engine.H", "_first"),
+    ("activation_patching", "mech.patching.engine.H", "first_output"),
     ("attribution_patching", "mech.attribution", "_last"),
     ("attribution_patching", "torch.autograd", "grad"),
     ("modality_contributions", "mech.patching.engine", "run_from"),

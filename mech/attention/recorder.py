@@ -51,7 +51,6 @@ def inner_function(name: str, module: torch.nn.Module) -> Callable:
 
 # The former private name, still imported by mech/knockout/blocker.py and mech/attribution_deeplift.py;
 # remove once they import ``inner_function``.
-_inner_function = inner_function
 
 
 class MassRecorder:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from mech.attention.recorder import _inner_function, swap_attention
+from mech.attention.recorder import inner_function, swap_attention
 from mech.errors import ConfigError
 
 
@@ -107,7 +107,7 @@ class EdgeBlocker:
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         if self._fn is None:
-            self._fn = _inner_function(self.inner, module)
+            self._fn = inner_function(self.inner, module)
         layer = int(module.layer_idx)
         act = self.active[:, layer]
         if query.shape[0] != act.shape[0]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,9 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from mech.errors import ConfigError, FrozenError, InputError, ProcessorError
 from mech.groups import TokenGroups, compute_groups
 
-if TYPE_CHECKING:
-    from mech.models.load import MechModel
-
+# ``MechModel`` (mech.models.load) in the annotations below: a name only, never imported here, so
+# that load -> inputs stays the one direction between the two modules
 MM_TYPE = {"image": 1, "video": 2, "audio": 3}  # transformers' mm_token_type_ids codes
 
 
@@ -59,7 +58,8 @@ class Inputs(Mapping):
 
     Raises (on construction):
         InputError: a non-string key, or ``ids`` whose length is not the batch size.
-        ConfigError: ``condition`` not in :data:`mech.conditions.CONDITIONS`.
+        ConfigError: ``condition`` not a string (its name is checked where it is used:
+            :func:`mech.conditions.resolve_condition`).
     """
 
     __slots__ = ("_data", "groups", "prompts", "condition", "ids")
@@ -71,10 +71,9 @@ class Inputs(Mapping):
         bad = [k for k in data if not isinstance(k, str)]
         if bad:
             raise InputError(f"input names must be strings (model(**inputs)); got {bad[:3]}")
-        if condition is not None:
-            from mech.conditions import check_condition
-
-            check_condition(condition)
+        if condition is not None and not isinstance(condition, str):
+            raise ConfigError(f"condition must be a condition name (mech.conditions.CONDITIONS) or None; "
+                              f"got {type(condition).__name__}")
         if prompts is not None:
             prompts = tuple(p if isinstance(p, str) else tuple(p) for p in prompts)
         if ids is not None:

@@ -72,7 +72,7 @@ def capture(m, inputs, context=None) -> Capture:
 
     def post(l):
         def hook(mod, args, out):
-            outs[l] = H._first(out).detach()
+            outs[l] = H.first_output(out).detach()
         return hook
 
     try:
@@ -121,7 +121,7 @@ def run_from(m, cap: Capture, start: int, hidden: torch.Tensor, rows: torch.Tens
     h = hidden
     for l in range(start, arch.n_layers):
         kw = {k: _rows(v, rows, batch) for k, v in cap.layer_kwargs[l].items()}
-        h = H._first(arch.module(model, "layer", l)(h, **kw))
+        h = H.first_output(arch.module(model, "layer", l)(h, **kw))
         if l in cap.inject:
             h = h + cap.inject[l][rows.to(h.device)]
         cap.layer_evals += len(rows)
