@@ -7,7 +7,7 @@ What is timed: the decoder (``arch.module(model, "language_model")``) on ``[bos,
 random input embeddings, batch 1, no cache, under ``torch.no_grad``:
 
 * ``plain``  — the model's own implementation (SDPA; on a GPU SDPA dispatches to flash/cuDNN);
-* ``record`` — the same forward inside :func:`mech.attention.recorder.recording` (query = the last
+* ``record`` — the same forward inside :func:`mech.engines.attention_fn.recording` (query = the last
   position, and all text positions), i.e. what :func:`mech.attention_mass` runs;
 * ``eager``  — ``attn_implementation="eager"`` with ``output_attentions=True`` (what FastV /
   LVLM-Interpret need), reported as ``OOM`` when it runs out of memory.
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import mech  # noqa: E402
-from mech.attention.recorder import recording  # noqa: E402
-from mech.groups import GROUPS, TokenGroups  # noqa: E402
+from mech.engines.attention_fn import recording  # noqa: E402
+from mech.prepare.groups import GROUPS, TokenGroups  # noqa: E402
 
 
 def organism_model():

@@ -13,12 +13,12 @@ difference; denoising (``--direction noising`` for the other one). Methods:
 * ``atp`` — gradient at the corrupted run (Nanda 2023; Kramár et al. 2024, eq. 3);
 * ``deeplift`` — gradient at the corrupted run with every nonlinearity's local derivative replaced by
   the finite-difference multiplier between the two runs (DeepLIFT, Shrikumar et al. 2017;
-  :mod:`mech.attribution_deeplift`);
+  :mod:`mech.measure.patching.attribution_deeplift`);
 * ``ig×k`` — gradient averaged over ``k`` midpoints of the straight path between the two runs'
   decoder inputs (Sundararajan et al. 2017; EAP-IG, Hanna et al. 2024 §3).
 
 Pearson r against exact patching (``mech.activation_patching``) two ways
-(:func:`mech.attribution.compare_to_exact`):
+(:func:`mech.measure.patching.attribution.compare_to_exact`):
 
 * ``grid`` — over the normalized effects of the batch means, ``[layer, group]`` entries (6 × 3 = 18
   per site, 54 overall): the heatmap a researcher reads;
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import mech  # noqa: E402
-from mech.attribution import attribution_patching, compare_to_exact  # noqa: E402
-from mech.patching import activation_patching  # noqa: E402
+from mech.measure.patching.attribution import attribution_patching, compare_to_exact  # noqa: E402
+from mech.measure.patching import activation_patching  # noqa: E402
 
 SITES = ("resid_pre", "attn_out", "mlp_out")
 POSITIONS = ("image", "text", "last")

@@ -13,7 +13,7 @@ activation_patching         ``resid_post`` × {image, text, last}, ``white_image
 attention_knockout          edges image→last and text→last, window 2, every window start
 attribution_patching        AtP, default sites (resid_pre, attn_out, mlp_out) × {image, text, last}, as above
 modality_contributions      estimators attention + patching + dla, the model's own decision
-                            (:func:`mech.targets.decision_tokens`, computed outside the timing)
+                            (:func:`mech.prepare.targets.decision_tokens`, computed outside the timing)
 evaluate                    option scoring under complete, white_image, image_only, no_image (with its own prep)
 mech report                 ``mech.cli.main(["report", --n N, --batch-size B])`` for the model: eval (all 6
                             default conditions) → attention → patch → contrib, every file and figure, 4 model
@@ -133,11 +133,11 @@ def plain_forward(m, batches):
 
 def instruments(m, batches) -> dict:
     """name -> zero-argument callable running the instrument over every batch."""
-    from mech.attention import attention_mass
-    from mech.attribution import attribution_patching
-    from mech.contribution import modality_contributions
-    from mech.knockout import attention_knockout
-    from mech.patching import activation_patching
+    from mech.measure.attention import attention_mass
+    from mech.measure.patching.attribution import attribution_patching
+    from mech.curves import modality_contributions
+    from mech.measure.knockout import attention_knockout
+    from mech.measure.patching import activation_patching
 
     def each(f):
         return lambda: [f(b) for b in batches]
@@ -172,9 +172,9 @@ def _time_plain(m, batches, gpu: bool = False) -> dict:
 # ---------------------------------------------------------------- organisms (CPU)
 def bench_organism(spec: str, n: int, bs: int, report_n: int | None) -> list[dict]:
     from mech.conditions import condition_inputs
-    from mech.data import Dataset, load_data
-    from mech.evaluation.run import evaluate
-    from mech.targets import decision_tokens
+    from mech.prepare.data import Dataset, load_data
+    from mech.measure.evaluation.run import evaluate
+    from mech.prepare.targets import decision_tokens
 
     m = mech.load(spec)
     data = load_data("organism:shapes", n=n, seed=0)

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mech  # noqa: E402
-from mech.patching import activation_patching  # noqa: E402
+from mech.measure.patching import activation_patching  # noqa: E402
 from mech.results import write_json  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     import torch.nn.functional as F
     from transformer_lens.patching import get_act_patch_resid_pre
 
-    from mech.patching.tl import WithInputs, boot_bridge
+    from mech.engines.transformerlens import WithInputs, boot_bridge
 
     row = int(clean["attention_mask"].sum(1).argmax())
     c1 = m.inputs({k: v[row:row + 1] for k, v in clean.items()})

@@ -4,14 +4,14 @@ See docs/design.md for the path of the data: load -> prepare -> conditions -> en
 curves -> results -> runs -> figures -> report -> cli.
 """
 
-from mech.attention import AttentionMass, attention_mass
-from mech.attribution import AtPResult, attribution_patching, compare_to_exact
+from mech.measure.attention import AttentionMass, attention_mass
+from mech.measure.patching.attribution import AtPResult, attribution_patching, compare_to_exact
 from mech.errors import MechError
-from mech.groups import GROUPS, TokenGroups
-from mech.hooks import run_with_cache, run_with_hooks
-from mech.knockout import KnockoutResult, attention_knockout
+from mech.prepare.groups import GROUPS, TokenGroups
+from mech.engines.hooks import run_with_cache, run_with_hooks
+from mech.measure.knockout import KnockoutResult, attention_knockout
 from mech.models import MechModel, load, supported
-from mech.patching import PatchingResult, activation_patching
+from mech.measure.patching import PatchingResult, activation_patching
 
 __version__ = "0.1.0"
 

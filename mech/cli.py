@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
 def cmd_inspect(st) -> dict:
     """Load, prepare ``--n`` samples, label token groups; write ``inspect.json``."""
     import mech
-    from mech.data import load_data
+    from mech.prepare.data import load_data
     from mech.results import write_json
 
     m = mech.load(st.model, device=st.device, dtype=st.dtype, device_map=st.device_map)

@@ -2,7 +2,7 @@
 feature-level corruptions of causal tracing (Meng et al. 2022), as composable transforms.
 
 Input conditions (:data:`INPUT_CONDITIONS`) rewrite a *sample* (a plain dict of
-:mod:`mech.data`) and keep its ``id``, so that predictions line up across conditions:
+:mod:`mech.prepare.data`) and keep its ``id``, so that predictions line up across conditions:
 
 ==============  ===============================================================================
 ``complete``    nothing changes
@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from mech.errors import ConfigError, InputError
-from mech.hooks import find_hidden, with_hidden
+from mech.engines.hooks import find_hidden, with_hidden
 
 CONDITIONS = ("complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
               "visual_noise", "visual_mean")
@@ -72,7 +72,7 @@ def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
 
 
 def _replace(image: Any, condition: str, seed: int) -> Image.Image:
-    from mech.models.inputs import load_image
+    from mech.prepare.inputs import load_image
 
     size = load_image(image).size
     if condition == "white_image":
@@ -115,8 +115,8 @@ def apply_condition(sample: dict, condition: str, *, seed: int = 0) -> dict:
 
 
 def default_prompt(sample: dict) -> str:
-    """The prompt text of ``sample`` as its data set formats it (:func:`mech.data.format_prompt`)."""
-    from mech.data import format_prompt
+    """The prompt text of ``sample`` as its data set formats it (:func:`mech.prepare.data.format_prompt`)."""
+    from mech.prepare.data import format_prompt
 
     return format_prompt(sample)
 
@@ -127,17 +127,17 @@ def condition_inputs(m: Any, samples: Sequence[dict], condition: str, *, seed: i
 
     Args:
         m: a :class:`~mech.models.MechModel`.
-        samples: sample dicts from :func:`mech.data.load_data`.
+        samples: sample dicts from :func:`mech.prepare.data.load_data`.
         condition: one of :data:`CONDITIONS`. For feature conditions these are the complete
             inputs; wrap the forward in :func:`corrupt_features`.
         seed: seeds the noise images.
         prompt: ``sample -> prompt text`` applied to the *transformed* sample; default: the data
-            set's own formatting (:func:`mech.data.format_prompt`: the bare question for
+            set's own formatting (:func:`mech.prepare.data.format_prompt`: the bare question for
             ``organism:shapes``, question + lettered options + the Direct instruction for MMMU-Pro).
         padding_side: passed to ``prepare`` (generation needs ``"left"``).
 
     Returns:
-        a frozen :class:`~mech.models.inputs.Inputs` ``[batch, pos]`` with ``.groups``,
+        a frozen :class:`~mech.prepare.inputs.Inputs` ``[batch, pos]`` with ``.groups``,
         ``.condition`` (= ``condition``) and ``.ids`` (the sample ids, in row order); both survive
         ``m.inputs(...)``, and instruments with a ``condition=`` argument read it from there
         (:func:`resolve_condition`).
@@ -198,7 +198,7 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
     the contribution estimator passes ``("text",)`` to corrupt the question the same way.
 
     A forward pre-hook on the decoder (``arch.module(model, "language_model")``) edits
-    its input embeddings (found by type: :func:`mech.hooks.find_hidden`) ``[batch, pos, d_model]`` at the image/video positions of
+    its input embeddings (found by type: :func:`mech.engines.hooks.find_hidden`) ``[batch, pos, d_model]`` at the image/video positions of
     ``inputs.groups`` (only when the sequence length equals the groups' length, i.e. at the
     prefill of a generation; later decoding steps pass through):
 
@@ -324,7 +324,7 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
 
     Raises:
         InputError: row counts differ, or a swapped row's group lengths differ (choose donors with
-            equal group lengths, e.g. :func:`mech.contribution.donors.pair_donors`).
+            equal group lengths, e.g. :func:`mech.curves.donors.pair_donors`).
     """
     m.require_decoder_sequence("resample_features")
     inputs = m.inputs(inputs)
@@ -342,7 +342,7 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
     bad = [i for i in range(mask.shape[0]) if rows[i] and int(mask[i].sum()) != int(dmask[i].sum())]
     if bad:
         raise InputError(f"rows {bad[:8]} have a different number of {'/'.join(groups)} positions than their donors; "
-                         "pick donors with equal group lengths (mech.contribution.donors.pair_donors) or pass rows=.")
+                         "pick donors with equal group lengths (mech.curves.donors.pair_donors) or pass rows=.")
     donor_emb = None if index is not None else decoder_input_embeds(m, donors)
 
     def hook(module, args, kwargs):

@@ -51,7 +51,7 @@ class RunConflictError(MechError, RuntimeError):
 
 class FrozenError(MechError, FrozenInstanceError, TypeError):
     """An attempt to change an immutable mech record in place (assigning or deleting an attribute
-    or an item of :class:`mech.models.Inputs`, a :class:`mech.patching.Metric`, a hook registry, or
-    rebinding a table of :mod:`mech.hooks`). The message names the method that builds a changed copy
+    or an item of :class:`mech.models.Inputs`, a :class:`mech.measure.patching.Metric`, a hook registry, or
+    rebinding a table of :mod:`mech.engines.hooks`). The message names the method that builds a changed copy
     (e.g. ``inputs.replace(...)``). An ``AttributeError`` (as ``dataclasses.FrozenInstanceError``) and a
     ``TypeError`` (as item assignment on an immutable mapping)."""

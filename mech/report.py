@@ -132,7 +132,7 @@ result (see docs/organisms.md: attention mass alone does not detect a planted te
 
 def report(settings: ReportSettings) -> dict:
     """Run the report (module docstring); returns ``compare.json`` content (or the single model's)."""
-    from mech.contribution.plots import compare_figure
+    from mech.figures.contributions import compare_figure
     from mech.runs.folder import check_out
 
     out = check_out(settings.out)

@@ -33,7 +33,7 @@ def parse(description: str, n: int) -> argparse.Namespace:
 def load(args):
     """``{spec: MechModel}`` and the samples (with images) of ``args.data``."""
     import mech
-    from mech.data import load_data
+    from mech.prepare.data import load_data
 
     models = {spec: mech.load(spec, device=args.device, dtype=args.dtype) for spec in args.model}
     data = load_data(args.data, n=args.n)

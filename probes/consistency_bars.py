@@ -5,7 +5,7 @@ from _common import save, load, parse, short
 
 import matplotlib.pyplot as plt
 
-from mech.evaluation import evaluate
+from mech.measure.evaluation import evaluate
 
 CONDITIONS = ("complete", "white_image", "image_only", "no_image")
 PAIRS = ("complete&white_image", "complete&image_only", "white_image&image_only", "all")

@@ -3,9 +3,9 @@
 
 from _common import load, parse, short
 
-from mech.contribution import PATCHED_GROUPS, Contributions
-from mech.contribution.donors import contributions_for_rows, pair_donors
-from mech.contribution.plots import compare_figure, contribution_figure
+from mech.curves import PATCHED_GROUPS, Contributions
+from mech.curves.donors import contributions_for_rows, pair_donors
+from mech.figures.contributions import compare_figure, contribution_figure
 
 
 def main():

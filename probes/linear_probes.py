@@ -5,7 +5,7 @@ from _common import save, load, parse, short
 
 import matplotlib.pyplot as plt
 
-from mech.probing import linear_probe
+from mech.measure.probing import linear_probe
 
 
 def colour(sample):

@@ -8,7 +8,7 @@ import torch
 
 import mech
 from mech.conditions import condition_inputs
-from mech.targets import answer_tokens
+from mech.prepare.targets import answer_tokens
 
 
 def main():

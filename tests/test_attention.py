@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mech
-from mech.attention import AttentionMass, attention_mass, query_positions
-from mech.attention.recorder import decoder_configs
+from mech.measure.attention import AttentionMass, attention_mass, query_positions
+from mech.engines.attention_fn import decoder_configs
 from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
 from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS

@@ -1,8 +1,8 @@
-"""mech.attribution (AtP and its integrated-gradients variant) against exact activation patching, plus invariants.
+"""mech.measure.patching.attribution (AtP and its integrated-gradients variant) against exact activation patching, plus invariants.
 
 * First order: when the corrupted run is the clean run plus ``eps``·noise on the visual embeddings,
   activation patching is linear in the patched difference up to O(eps²), so AtP (and IG) must equal
-  exact patching (``mech.patching.activation_patching``) up to O(eps) in normalized effect: the error
+  exact patching (``mech.measure.patching.activation_patching``) up to O(eps) in normalized effect: the error
   must be small and shrink linearly with ``eps`` (float64 model).
 * Completeness (integrated gradients, Sundararajan et al. 2017, Prop. 1): patching the decoder input
   at every position is the whole clean run, so IG's estimate there must converge to exact patching
@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 
 import mech
-from mech.attribution import AtPResult, attribution_patching, compare_to_exact, pearson
-from mech.attribution_grad import decoder_inputs
+from mech.measure.patching.attribution import AtPResult, attribution_patching, compare_to_exact, pearson
+from mech.measure.patching.attribution_grad import decoder_inputs
 from mech.conditions import corrupt_features
 from mech.errors import ConfigError
-from mech.patching import activation_patching
+from mech.measure.patching import activation_patching
 from mech.testing.tiny import IMAGE_SIZES, tiny_float64, tiny_inputs, tiny_model
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z")

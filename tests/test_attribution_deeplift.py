@@ -1,4 +1,4 @@
-"""``attribution_patching(method="deeplift")`` (mech.attribution_deeplift) against exact activation
+"""``attribution_patching(method="deeplift")`` (mech.measure.patching.attribution_deeplift) against exact activation
 patching and plain Hugging Face forwards.
 
 * Complete cuts: patching ``resid_pre`` / ``resid_mid`` / ``resid_post`` at *every* position of a layer
@@ -21,11 +21,11 @@ import pytest
 import torch
 
 import mech
-from mech.attribution import attribution_patching
-from mech.attribution_deeplift import References, difference_run, reference_run
+from mech.measure.patching.attribution import attribution_patching
+from mech.measure.patching.attribution_deeplift import References, difference_run, reference_run
 from mech.conditions import corrupt_features
 from mech.errors import ConfigError
-from mech.patching import activation_patching
+from mech.measure.patching import activation_patching
 from mech.testing.tiny import tiny_float64, tiny_inputs, tiny_model
 
 CUTS = ["resid_pre", "resid_mid", "resid_post"]

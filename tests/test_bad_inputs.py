@@ -17,15 +17,15 @@ from PIL import Image
 
 import mech
 import mech.cli
-from mech.attribution import attribution_patching
+from mech.measure.patching.attribution import attribution_patching
 from mech.conditions import condition_inputs
-from mech.contribution import modality_contributions
-from mech.contribution.dla import direct_logit_attribution
-from mech.contribution.ratio import imbalance
-from mech.data import load_data
+from mech.curves import modality_contributions
+from mech.measure.dla import direct_logit_attribution
+from mech.curves.ratio import imbalance
+from mech.prepare.data import load_data
 from mech.errors import ConfigError, DataError, InputError, SpecError
-from mech.knockout import attention_knockout
-from mech.patching import activation_patching
+from mech.measure.knockout import attention_knockout
+from mech.measure.patching import activation_patching
 from mech.testing.tiny import save_tiny, tiny_model
 
 

@@ -14,11 +14,11 @@ from PIL import Image
 
 import mech
 from mech.conditions import condition_inputs
-from mech.contribution.dla import direct_logit_attribution
-from mech.evaluation import evaluate
-from mech.evaluation.answering import score_batch
-from mech.knockout import attention_knockout
-from mech.patching import activation_patching
+from mech.measure.dla import direct_logit_attribution
+from mech.measure.evaluation import evaluate
+from mech.measure.evaluation.answering import score_batch
+from mech.measure.knockout import attention_knockout
+from mech.measure.patching import activation_patching
 from mech.testing.tiny import IMAGE_SIZES, tiny_model
 
 FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mech
-from mech.contribution.dla import direct_logit_attribution
-from mech.contribution.ratio import curves, imbalance
+from mech.measure.dla import direct_logit_attribution
+from mech.curves.ratio import curves, imbalance
 from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
 from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
 
@@ -151,7 +151,7 @@ def test_modality_contributions_estimators_and_layer0_invariant():
     """Patching estimator: restoring every corrupted position of a group at layer 0 gives back the
     whole effect clean − corrupted, computed here by hand from two plain forwards."""
     from mech.conditions import corrupt_features
-    from mech.contribution import Contributions, modality_contributions
+    from mech.curves import Contributions, modality_contributions
 
     m = mech.load(tiny_model("llava"))
     inputs = m.inputs(tiny_inputs("llava", m.processor, batch=2))
@@ -182,9 +182,9 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
     """Oracle: resampling a group from a donor equals a plain forward on a hand-built sample that has
     the donor's question (text) or the donor's image, with everything else kept."""
     from mech.conditions import condition_inputs, resample_features
-    from mech.contribution import modality_contributions
-    from mech.contribution.donors import donor_batch, pair_donors
-    from mech.data import load_data
+    from mech.curves import modality_contributions
+    from mech.curves.donors import donor_batch, pair_donors
+    from mech.prepare.data import load_data
 
     m = mech.load("organism:balanced")
     samples = load_data("organism:shapes", n=24, seed=3)
@@ -207,7 +207,7 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
         want = m.logits(condition_inputs(m, mixed, "complete"))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     # donors from inside the batch (row indices, no extra pass) give the forward of the mixed samples too
-    from mech.contribution.donors import batch_donors
+    from mech.curves.donors import batch_donors
 
     index, ok = batch_donors(clean, "image", seed=5)
     assert ok.all() and (index != torch.arange(len(rows))).all()
@@ -234,8 +234,8 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
 
 def test_resample_bad_donors_and_missing_donors():
     from mech.conditions import condition_inputs, resample_features
-    from mech.contribution import modality_contributions
-    from mech.data import load_data
+    from mech.curves import modality_contributions
+    from mech.prepare.data import load_data
 
     m = mech.load("organism:balanced")
     samples = load_data("organism:shapes", n=40, seed=1)
@@ -256,9 +256,9 @@ def test_resample_bad_donors_and_missing_donors():
 def organism_deltas():
     """Δ(text/image) of both shipped organisms, n=256 held-out items, the model's own decisions,
     patching by resample ablation with data-set-wide donors (what ``mech contrib`` does)."""
-    from mech.contribution import ESTIMATORS, PATCHED_GROUPS, Contributions
-    from mech.contribution.donors import contributions_for_rows, pair_donors
-    from mech.data import load_data
+    from mech.curves import ESTIMATORS, PATCHED_GROUPS, Contributions
+    from mech.curves.donors import contributions_for_rows, pair_donors
+    from mech.prepare.data import load_data
     from mech.organisms import organism_dir
 
     try:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mech.data import COT, COT_VISION, DIRECT, format_prompt, load_data
+from mech.prepare.data import COT, COT_VISION, DIRECT, format_prompt, load_data
 from mech.errors import ConfigError, DataError, SpecError
 
 

@@ -1,4 +1,4 @@
-"""Prefix reuse (mech.patching.engine) and hook points recognise transformers' arguments by type, not by name."""
+"""Prefix reuse (mech.engines.prefix) and hook points recognise transformers' arguments by type, not by name."""
 
 import warnings
 
@@ -9,8 +9,8 @@ from PIL import Image
 from transformers import Cache, DynamicCache
 
 import mech
-from mech.hooks import find_hidden
-from mech.patching.engine import capture, run_from
+from mech.engines.hooks import find_hidden
+from mech.engines.prefix import capture, run_from
 from mech.testing.tiny import IMAGE_SIZES, tiny_model
 
 

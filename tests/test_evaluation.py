@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import mech
-from mech.data import Dataset, load_data
+from mech.prepare.data import Dataset, load_data
 from mech.errors import ConfigError, DataError, RunConflictError
-from mech.evaluation import (EvalJob, accuracy_table, consistency_table, evaluate, generate_batch,
+from mech.measure.evaluation import (EvalJob, accuracy_table, consistency_table, evaluate, generate_batch,
                              parse_multi_choice_response, parse_response, score_batch, write_outputs)
-from mech.evaluation import run as run_mod
+from mech.measure.evaluation import run as run_mod
 from mech.conditions import condition_inputs
 from mech.results import read_json, read_tensors
 from mech.runs import EvalSettings, run, run_settings

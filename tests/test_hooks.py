@@ -1,11 +1,11 @@
-"""mech.hooks: TransformerLens hook names on tiny models, checked against hand-written torch hooks."""
+"""mech.engines.hooks: TransformerLens hook names on tiny models, checked against hand-written torch hooks."""
 
 import pytest
 import torch
 
 import mech
 from mech.errors import ConfigError
-from mech.hooks import run_with_cache, run_with_hooks, valid_names
+from mech.engines.hooks import run_with_cache, run_with_hooks, valid_names
 from mech.testing.tiny import tiny_inputs, tiny_model
 
 FAMILIES = ["llava", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3", "internvl"]

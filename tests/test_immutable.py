@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import mech
-import mech.hooks as H
-from mech.attribution import attribution_patching
+import mech.engines.hooks as H
+from mech.measure.patching.attribution import attribution_patching
 from mech.conditions import condition_inputs
-from mech.data import load_data
+from mech.prepare.data import load_data
 from mech.errors import ConfigError, FrozenError, InputError, MechError
-from mech.evaluation.answering import score_batch
-from mech.hook_points import HookRegistry
-from mech.models.inputs import Inputs
-from mech.patching import Metric, activation_patching
+from mech.measure.evaluation.answering import score_batch
+from mech.engines.hook_points import HookRegistry
+from mech.prepare.inputs import Inputs
+from mech.measure.patching import Metric, activation_patching
 from mech.testing.tiny import tiny_inputs, tiny_model
 
 

@@ -1,4 +1,4 @@
-"""mech.knockout.attention_knockout against a hand-written eager oracle, plus invariants.
+"""mech.measure.knockout.attention_knockout against a hand-written eager oracle, plus invariants.
 
 Oracle: the same weights loaded with ``attn_implementation="eager"``; a forward pre-hook on each
 window layer's ``self_attn`` edits ``kwargs["attention_mask"]`` (the 4-D additive mask eager
@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import mech
-import mech.knockout as K
-from mech.attention.recorder import decoder_configs
+import mech.measure.knockout as K
+from mech.engines.attention_fn import decoder_configs
 from mech.errors import ConfigError
-from mech.knockout import attention_knockout, blocking
+from mech.measure.knockout import attention_knockout, blocking
 from mech.testing.tiny import tiny_inputs, tiny_model
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS

@@ -21,11 +21,11 @@ import torch
 from safetensors import safe_open
 
 import mech
-import mech.attention
+import mech.measure.attention
 import mech.cli
-import mech.contribution
-import mech.evaluation.run
-import mech.patching
+import mech.curves
+import mech.measure.evaluation.run
+import mech.measure.patching
 from mech.runs import shards as parallel
 from mech.errors import ConfigError
 from mech.testing.tiny import save_tiny, save_tiny_jsonl
@@ -78,9 +78,9 @@ def single(root, tmp_path_factory):
     return out
 
 
-COMPUTE = {"attention": (mech.attention, "attention_mass"), "patch": (mech.patching, "activation_patching"),
-           "eval": (mech.evaluation.run, "_answer_batch"),
-           "contrib": (mech.contribution, "modality_contributions")}
+COMPUTE = {"attention": (mech.measure.attention, "attention_mass"), "patch": (mech.measure.patching, "activation_patching"),
+           "eval": (mech.measure.evaluation.run, "_answer_batch"),
+           "contrib": (mech.curves, "modality_contributions")}
 
 
 @pytest.mark.parametrize("command", list(FILES))
@@ -246,7 +246,7 @@ def dispatched(root, tmp_path_factory):
         where, device_map=placement, offload_folder=str(tmp_path_factory.mktemp("offload"))).eval()
     assert sum(hasattr(x, "_hf_hook") for x in model.modules()) > 0
     assert any(p.device.type == "meta" for p in model.parameters())  # layer 1 lives on disk
-    from mech.data import load_data
+    from mech.prepare.data import load_data
 
     return mech.load((model, plain.processor)), plain, list(load_data(f"jsonl:{root / 'data.jsonl'}", n=3))
 
@@ -257,9 +257,9 @@ A, C = torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])
 def test_instruments_under_accelerate_dispatch_hooks(dispatched):
     """Every instrument gives the plain model's numbers under accelerate's hooks. Several GPUs are
     not testable on this machine."""
-    from mech.attribution import attribution_patching
+    from mech.measure.patching.attribution import attribution_patching
     from mech.conditions import condition_inputs
-    from mech.knockout import attention_knockout
+    from mech.measure.knockout import attention_knockout
 
     hooked, plain, samples = dispatched
     got, want = {}, {}
@@ -279,7 +279,7 @@ def test_instruments_under_accelerate_dispatch_hooks(dispatched):
 
 def test_dla_under_accelerate_offload(dispatched):
     from mech.conditions import condition_inputs
-    from mech.contribution.dla import direct_logit_attribution
+    from mech.measure.dla import direct_logit_attribution
 
     hooked, plain, samples = dispatched
     got = direct_logit_attribution(hooked, condition_inputs(hooked, samples, "complete"), A, C)

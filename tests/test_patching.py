@@ -7,7 +7,7 @@ from PIL import Image
 
 import mech
 from mech.errors import ConfigError, InputError, MechError
-from mech.patching import Metric, activation_patching
+from mech.measure.patching import Metric, activation_patching
 from mech.testing.tiny import IMAGE_SIZES, tiny_model
 
 PROMPTS = ["what colour is the shape ?", "please what colour is the shape on the left ?"]
@@ -232,7 +232,7 @@ def test_transformer_lens_get_act_patch_resid_pre_llava():
     import pandas as pd
     from transformer_lens.patching import get_act_patch_resid_pre
 
-    from mech.patching.tl import WithInputs, boot_bridge
+    from mech.engines.transformerlens import WithInputs, boot_bridge
 
     m, clean, corrupted = _setup("llava", attn="eager")
     row = 1  # the longer prompt: no padding (TL's patching passes tokens only, no attention mask)
@@ -259,7 +259,7 @@ def test_tl_boot_never_pip_installs(monkeypatch):
 
     import transformer_lens.model_bridge.sources.transformers.helpers as helpers
 
-    from mech.patching.tl import no_runtime_install
+    from mech.engines.transformerlens import no_runtime_install
 
     def refuse(*a, **k):
         raise AssertionError(f"subprocess called: {a}")
@@ -313,7 +313,7 @@ def test_organisms_image_positions_restore_more_in_balanced():
     from mech.conditions import condition_inputs
     from mech.organisms import shapes
     from mech.organisms.train import TEXT_BIASED_TEMPLATES
-    from mech.targets import answer_tokens
+    from mech.prepare.targets import answer_tokens
 
     out = {}
     for name in ("balanced", "text-biased"):

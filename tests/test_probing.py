@@ -9,7 +9,7 @@ from PIL import Image
 
 import mech
 from mech.errors import InputError
-from mech.probing import linear_probe, residual_features
+from mech.measure.probing import linear_probe, residual_features
 from mech.testing.tiny import tiny_model
 
 

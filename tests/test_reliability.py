@@ -22,16 +22,16 @@ from transformers.modeling_utils import AttentionInterface
 
 import mech
 import mech.cli
-import mech.evaluation.run
+import mech.measure.evaluation.run
 import mech.results
-from mech.attention.recorder import MassRecorder
-from mech.attribution import attribution_patching
+from mech.engines.attention_fn import MassRecorder
+from mech.measure.patching.attribution import attribution_patching
 from mech.conditions import condition_inputs, corrupt_features
-from mech.contribution import modality_contributions
-from mech.contribution.dla import ValueSplitRecorder, direct_logit_attribution
-from mech.evaluation import evaluate
-from mech.knockout import EdgeBlocker, attention_knockout
-from mech.patching import activation_patching
+from mech.curves import modality_contributions
+from mech.measure.dla import ValueSplitRecorder, direct_logit_attribution
+from mech.measure.evaluation import evaluate
+from mech.measure.knockout import EdgeBlocker, attention_knockout
+from mech.measure.patching import activation_patching
 from mech.testing.tiny import tiny_model
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
@@ -171,15 +171,15 @@ INTERNAL = [
     ("attention_mass", MassRecorder, "record"),
     ("dla", ValueSplitRecorder, "record"),
     ("attention_knockout", EdgeBlocker, "edited_mask"),
-    ("activation_patching", "mech.patching.engine", "run_from"),
-    ("activation_patching", "mech.patching.engine.H", "first_output"),
-    ("attribution_patching", "mech.attribution", "_last"),
+    ("activation_patching", "mech.engines.prefix", "run_from"),
+    ("activation_patching", "mech.engines.prefix.H", "first_output"),
+    ("attribution_patching", "mech.measure.patching.attribution", "_last"),
     ("attribution_patching", "torch.autograd", "grad"),
-    ("modality_contributions", "mech.patching.engine", "run_from"),
+    ("modality_contributions", "mech.engines.prefix", "run_from"),
     ("modality_contributions", ValueSplitRecorder, "record"),
-    ("evaluate", "mech.evaluation.answering", "corrupt_features"),
-    ("evaluate", "mech.evaluation.run", "is_correct"),
-    ("evaluate", "mech.evaluation.run", "answer_rows"),
+    ("evaluate", "mech.measure.evaluation.answering", "corrupt_features"),
+    ("evaluate", "mech.measure.evaluation.run", "is_correct"),
+    ("evaluate", "mech.measure.evaluation.run", "answer_rows"),
 ]
 
 
@@ -188,7 +188,7 @@ def test_exception_in_internal_function_restores_everything(env, name, target, a
     m, samples, clean, corrupted, bomb, logits = env
     before = snapshot(m)
     if attr == "corrupt_features":  # the corruption's own hook raises inside the forward
-        import mech.evaluation.answering as answering
+        import mech.measure.evaluation.answering as answering
 
         def bad(m_, inputs, condition, **kw):
             cm = corrupt_features(m_, inputs, condition, **kw)
@@ -253,8 +253,8 @@ def test_writer_raising_midway_leaves_no_file(env, monkeypatch, tmp_path):
     _check_restored(m, before, clean, logits)
 
     # the run loop's parts writer dying midway (mech eval): the rerun resumes to the uninterrupted bytes
-    from mech.data import Dataset
-    from mech.evaluation import EvalJob
+    from mech.prepare.data import Dataset
+    from mech.measure.evaluation import EvalJob
     from mech.runs import EvalSettings, run
 
     class InMemory(EvalJob):

@@ -1,4 +1,4 @@
-"""nnsight path of attention mass (issue 8, :mod:`mech.remote`), the part of NDIF's ``remote=True``
+"""nnsight path of attention mass (issue 8, :mod:`mech.engines.nnsight_remote`), the part of NDIF's ``remote=True``
 that can be tested offline: the trace gives mech's recorder's numbers on every decoder-sequence
 family (with padding, either side, for the last position and for every text row); the request
 serialized as for NDIF and run here with mech hidden (nnsight's ``remote="local"``) gives them too;
@@ -21,7 +21,7 @@ from mech.testing import tiny as T
 from mech.testing.tiny import save_tiny, tiny_model
 
 pytest.importorskip("nnsight")
-from mech.remote import RemoteModel, attention_mass_nnsight, load_remote  # noqa: E402
+from mech.engines.nnsight_remote import RemoteModel, attention_mass_nnsight, load_remote  # noqa: E402
 
 FAMILIES = [f for f in T.FAMILIES if f not in ("mllama", "qwen2_audio")]
 

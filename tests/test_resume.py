@@ -95,7 +95,7 @@ def test_same_seed_same_json(tiny_dir, reference, tmp_path):
 
 _DELAYED = """
 import sys, time
-import mech.evaluation.run as run, mech.contribution as cc
+import mech.measure.evaluation.run as run, mech.curves as cc
 eval_delay, contrib_delay = float(sys.argv[1]), float(sys.argv[2])
 answer, contrib = run._answer_batch, cc.modality_contributions
 run._answer_batch = lambda *a, **k: (time.sleep(eval_delay), answer(*a, **k))[1]

@@ -87,15 +87,15 @@ def test_settings_are_frozen_checked_and_give_the_identity():
 
 
 def test_the_literals_equal_the_instruments_constants():
-    from mech.attention import QUERIES
+    from mech.measure.attention import QUERIES
     from mech.conditions import CONDITIONS
-    from mech.contribution import CORRUPTIONS, ESTIMATORS
-    from mech.data import SCORINGS
-    from mech.evaluation.answering import METHODS
-    from mech.evaluation.run import DEFAULT_CONDITIONS
-    from mech.patching.align import POSITION_GROUPS
-    from mech.patching.metrics import DIRECTIONS, METRICS
-    from mech.patching.sites import SITES
+    from mech.curves import CORRUPTIONS, ESTIMATORS
+    from mech.prepare.data import SCORINGS
+    from mech.measure.evaluation.answering import METHODS
+    from mech.measure.evaluation.run import DEFAULT_CONDITIONS
+    from mech.measure.patching.align import POSITION_GROUPS
+    from mech.measure.patching.metrics import DIRECTIONS, METRICS
+    from mech.measure.patching.sites import SITES
 
     pairs = [(S.Condition, CONDITIONS), (S.Query, QUERIES), (S.Estimator, ESTIMATORS), (S.Ablation, CORRUPTIONS),
              (S.Scoring, SCORINGS), (S.Method, METHODS), (S.Position, POSITION_GROUPS), (S.Direction, DIRECTIONS),

@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 
 import mech
-import mech.attention
+import mech.measure.attention
 import mech.cli
-import mech.patching
+import mech.measure.patching
 from mech.testing.tiny import save_tiny
 
 N, BATCH = 7, 2  # 4 batches, the last one smaller
@@ -63,7 +63,7 @@ def reference(model_dir, tmp_path_factory):
 
 
 # command -> (module attribute computing one batch, what the command's parts hold per batch)
-TARGETS = {"attention": (mech.attention, "attention_mass"), "patch": (mech.patching, "activation_patching")}
+TARGETS = {"attention": (mech.measure.attention, "attention_mass"), "patch": (mech.measure.patching, "activation_patching")}
 
 
 @pytest.mark.parametrize("command", ["attention", "patch"])
@@ -111,7 +111,7 @@ def test_attention_parts_equal_one_in_memory_run(model_dir, reference):
     """Oracle: one ``attention_mass`` call over all samples, padded as one batch (padding invariance
     makes the per-sample mass equal up to float rounding)."""
     from mech.conditions import condition_inputs
-    from mech.data import load_data
+    from mech.prepare.data import load_data
 
     m = mech.load(str(model_dir))
     whole = mech.attention_mass(m, condition_inputs(m, list(load_data("organism:shapes", n=N)), "complete"))

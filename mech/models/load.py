@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from mech.errors import ConfigError, SpecError, UnsupportedArchitectureError
-from mech.groups import TokenGroups
+from mech.prepare.groups import TokenGroups
 from mech.models.processor import load_processor
 from mech.models.table import Architecture, resolve
 
@@ -44,14 +44,14 @@ class MechModel:
         return getattr(self.processor, "tokenizer", self.processor)
 
     def prepare(self, images: Any, prompts: Any, **kwargs: Any):
-        """See :func:`mech.models.inputs.prepare`."""
-        from mech.models.inputs import prepare
+        """See :func:`mech.prepare.inputs.prepare`."""
+        from mech.prepare.inputs import prepare
 
         return prepare(self, images, prompts, **kwargs)
 
     def inputs(self, inputs: Any):
-        """Normalise ``prepare`` or raw processor outputs; see :func:`mech.models.inputs.as_inputs`."""
-        from mech.models.inputs import as_inputs
+        """Normalise ``prepare`` or raw processor outputs; see :func:`mech.prepare.inputs.as_inputs`."""
+        from mech.prepare.inputs import as_inputs
 
         return as_inputs(self, inputs)
 

@@ -1,0 +1,189 @@
+"""Layerwise modality-contribution curves from three estimators, and the imbalance ratio Δ.
+
+For each sample, layer and token group, a contribution C from:
+
+* ``attention`` — attention mass from the answer position to the group's keys, mean over heads
+  (:func:`mech.attention_mass`; a fraction of the attention, 0..1). Pooled over layers by mean.
+* ``patching`` — for the group g ∈ {image, text}: its content is removed by *resample ablation*
+  (default; :func:`mech.conditions.resample_features`: g's embeddings become those of a donor
+  sample of the same kind, :mod:`mech.curves.donors`; Zhang & Nanda 2024 §3 recommend this
+  over Gaussian noise, which also destroys what the question asks) or by Gaussian noise
+  (``corruption="noise"``: std = 3 × their std, Meng et al. 2022); then the clean ``resid_pre`` of
+  g's positions at layer l is patched back (denoising). C_l(g) = patched − corrupted logit
+  difference: how much of the decision still travels through g's positions at layer l (in
+  logits). At layer 0 this is the group's total effect clean − corrupted (signed: positive when g
+  supports the decision), the overall C(g). Samples without a donor are NaN and left out.
+* ``dla`` — modality-resolved direct logit attribution (:mod:`mech.measure.dla`): the part of
+  each layer's attention write at the answer position that comes from the group's values, in
+  logits of the answer-vs-counterfactual direction. Pooled over layers by the sum of |.|.
+
+Δ(text/image) = C(text) / C(image) per layer and overall, with bootstrap 95% intervals over samples
+(:mod:`mech.curves.ratio`; Zheng et al. 2025, eq. 2). The three estimators measure different
+things (where attention goes; what the answer causally needs; what is written directly to the
+logits): where they disagree, the report shows the disagreement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from mech.measure.dla import DLA, direct_logit_attribution
+from mech.curves.ratio import POOLS, Imbalance, Pool, curves, imbalance
+from mech.errors import ConfigError
+from mech.prepare.groups import GROUPS
+
+ESTIMATORS = ("attention", "patching", "dla")
+POOL: dict[str, Pool] = {"attention": "mean", "patching": "first", "dla": "abs_sum"}
+PATCHED_GROUPS = ("image", "text")
+Corruption = Literal["resample", "noise"]
+CORRUPTIONS = ("resample", "noise")
+
+__all__ = ["Contributions", "DLA", "ESTIMATORS", "Imbalance", "POOLS", "curves",
+           "direct_logit_attribution", "imbalance", "modality_contributions"]
+
+
+@dataclass
+class Contributions:
+    """Per-sample contributions ``per_sample[estimator]`` ``[sample, layer, group]``.
+
+    Groups a patching estimate does not cover (template, bos, ...) are NaN there.
+    ``components`` (with ``dla``) holds the rest of the logit difference per sample ``[sample]``, in
+    logits: ``dla.mlp`` (MLP writes, all layers), ``dla.other`` (embedding and biases) and
+    ``dla.logit_diff`` (the total), so the report can say how much of a decision no attention
+    group writes directly.
+    """
+
+    per_sample: dict[str, torch.Tensor]
+    groups: tuple[str, ...] = GROUPS
+    meta: dict = field(default_factory=dict)
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def concat(parts: Sequence[Contributions]) -> Contributions:
+        keys, comp = parts[0].per_sample, parts[0].components
+        return Contributions({k: torch.cat([p.per_sample[k] for p in parts]) for k in keys}, parts[0].groups,
+                             dict(parts[0].meta), {k: torch.cat([p.components[k] for p in parts]) for k in comp})
+
+    def dla_decomposition(self) -> dict[str, float]:
+        """Sample-mean decomposition of the decision's logit difference (DLA), in logits:
+        ``attn.<group>`` (summed over layers, signed), ``mlp``, ``other`` and ``logit_diff``."""
+        if "dla" not in self.per_sample or not self.components:
+            return {}
+        attn = self.per_sample["dla"].double().sum(1).mean(0)
+        out = {f"attn.{g}": float(attn[k]) for k, g in enumerate(self.groups)}
+        out.update({k.split(".", 1)[1]: float(v.double().mean()) for k, v in self.components.items()})
+        return out
+
+    def imbalance(self, estimator: str, numerator: str = "text", denominator: str = "image",
+                  n_boot: int = 1000, seed: int = 0) -> Imbalance:
+        """Δ(numerator/denominator) of one estimator (see :func:`mech.curves.ratio.imbalance`)."""
+        if estimator not in self.per_sample:
+            raise ConfigError(f"estimator {estimator!r} was not computed; computed: {', '.join(self.per_sample)}")
+        return imbalance(self.per_sample[estimator], self.groups, pool=POOL[estimator], numerator=numerator,
+                         denominator=denominator, n_boot=n_boot, seed=seed)
+
+    def to_json(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000) -> dict:
+        """``contrib.json``: ``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` (docs/design.md,
+        "The run layer's contract")."""
+        out: dict = {"groups": list(self.groups), "pool": {e: POOL[e] for e in self.per_sample},
+                     "ratio": f"{numerator}/{denominator}", "curves": {}, "cumulative": {},
+                     "imbalance_ratio": {}, "overall": {}, "n": None, **self.meta}
+        for est, x in self.per_sample.items():
+            keep = [g for g in self.groups if not torch.isnan(x[..., self.groups.index(g)]).all()]
+            sub = x[..., [self.groups.index(g) for g in keep]]
+            out["curves"][est] = curves(sub, tuple(keep))
+            if est != "patching":  # restoration curves are already cumulative over the layers below
+                out["cumulative"][est] = curves(sub, tuple(keep), cumulative=True)
+            r = self.imbalance(est, numerator, denominator, n_boot=n_boot)
+            out["imbalance_ratio"][est] = r.per_layer.tolist()
+            out["overall"][est] = r.to_json()
+            out["n"] = int(x.shape[0])
+        if self.dla_decomposition():
+            out["dla_decomposition"] = self.dla_decomposition()
+        return out
+
+
+def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor, *,
+                           estimators: Sequence[str] = ESTIMATORS, seed: int = 0,
+                           corruption: Corruption = "resample", donors: Mapping[str, tuple] | None = None,
+                           noise_scale: float = 3.0) -> Contributions:
+    """Contributions of every token group per layer for one batch, from each estimator.
+
+    Args:
+        m: a :class:`~mech.MechModel` whose images are decoder tokens.
+        inputs: the complete (clean) inputs ``[batch, pos]``.
+        answer, counterfactual: LongTensor ``[batch]``: the logit difference answer − counterfactual
+            is what ``patching`` and ``dla`` attribute. ``mech contrib`` passes the model's own
+            decision (:func:`mech.prepare.targets.decision_tokens`: top option vs runner-up), so that a
+            modality's contribution is its support for the answer the model gives.
+        estimators: any of ``("attention", "patching", "dla")``.
+        corruption: how ``patching`` removes a group: ``"resample"`` (default; the group's embeddings
+            are those of a donor sample, :func:`mech.conditions.resample_features`) or ``"noise"``
+            (Gaussian noise of ``noise_scale`` × the group's embedding std, seeded by ``seed``).
+        donors: for ``"resample"``: group -> ``(donor_inputs, rows)`` as
+            :func:`mech.curves.donors.donor_batch` returns (``mech contrib`` pairs donors over the
+            whole data set); default: other rows of this batch with as many positions of the group
+            (:func:`mech.curves.donors.batch_donors`). Rows without a donor get NaN.
+
+    Returns:
+        :class:`Contributions` with ``[batch, layer, group]`` per estimator.
+
+    Raises:
+        ConfigError: unknown estimator or corruption (the message lists them).
+        UnsupportedArchitectureError: cross-attention family.
+    """
+    from mech.measure.attention import attention_mass
+    from mech.conditions import corrupt_features, resample_features
+    from mech.curves.donors import batch_donors
+    from mech.measure.patching import activation_patching
+
+    bad = [e for e in estimators if e not in ESTIMATORS]
+    if bad:
+        raise ConfigError(f"unknown estimators {bad}; allowed: {', '.join(ESTIMATORS)}")
+    if corruption not in CORRUPTIONS:
+        raise ConfigError(f"corruption={corruption!r}; allowed: {', '.join(CORRUPTIONS)}")
+    m.require_decoder_sequence("modality contributions")
+    inputs = m.inputs(inputs)
+    out: dict[str, torch.Tensor] = {}
+    components: dict[str, torch.Tensor] = {}
+    if "dla" in estimators:  # one forward serves both: DLA records the answer row's mass as well
+        d = direct_logit_attribution(m, inputs, answer, counterfactual)
+        out["dla"] = d.attn.float().cpu()
+        components = {"dla.mlp": d.mlp.sum(1).float().cpu(), "dla.logit_diff": d.logit_diff.float().cpu(),
+                      "dla.other": (d.embed + d.attn_bias.sum(1) + d.unembed_bias).float().cpu()}
+        if "attention" in estimators:
+            out["attention"] = d.mass.mean(dim=2).float().cpu()
+    elif "attention" in estimators:
+        out["attention"] = attention_mass(m, inputs, query="last").mass.mean(dim=2).float().cpu()
+    if "patching" in estimators:
+        batch = inputs["input_ids"].shape[0]
+        curve = torch.full((batch, m.arch.n_layers, len(GROUPS)), float("nan"))
+        for g in PATCHED_GROUPS:
+            if not bool(inputs.groups.mask(g).any()):
+                continue
+            rows = torch.ones(batch, dtype=torch.bool)
+            if corruption == "resample":
+                donor_inputs, rows = donors[g] if donors is not None and g in donors else batch_donors(inputs, g,
+                                                                                                     seed=seed)
+                if not bool(rows.any()):
+                    continue
+
+                def corrupted(g=g, d=donor_inputs, r=rows):
+                    return resample_features(m, inputs, d, groups=(g,), rows=r)
+            else:
+                def corrupted(g=g):
+                    return corrupt_features(m, inputs, "visual_noise", groups=(g,), seed=seed,
+                                            noise_scale=noise_scale)
+
+            res = activation_patching(m, inputs, inputs, site="resid_pre", positions=(g,), metric="logit_diff",
+                                      answer=answer, counterfactual=counterfactual, normalize=False,
+                                      corrupted_context=corrupted, seed=seed)
+            restored = (res.patched["resid_pre"][:, 0, :] - res.corrupted_metric[None, :]).T.float().cpu()
+            restored[~rows.cpu()] = float("nan")  # [batch, layer]
+            curve[:, res.layers, GROUPS.index(g)] = restored
+        out["patching"] = curve
+    return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS, components=components)

@@ -1,0 +1,86 @@
+"""The ``mech contrib`` job: contribution curves and Δ over a data set, on the run loop.
+
+Writes ``contrib.json`` (``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` per estimator),
+``contrib.safetensors`` (per-sample ``[sample, layer, group]`` per estimator, plus the answer and
+counterfactual token ids) and ``contrib.png``. The ``patching`` estimator's corruption is
+``--ablation resample`` (default: donors paired once over the whole data set,
+:mod:`mech.curves.donors`, so results do not depend on the batch size) or ``noise``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mech.errors import DataError
+from mech.runs.settings import ContribSettings
+
+
+@dataclass(frozen=True)
+class ContribJob:
+    """``mech contrib`` as a :class:`~mech.runs.loop.Job`."""
+
+    settings: ContribSettings
+
+    def samples(self) -> list[dict]:
+        from mech.prepare.data import load_data
+
+        s = self.settings
+        data = load_data(s.data, n=s.n)
+        samples = [x for x in data if x.get("images")]
+        if not samples:
+            raise DataError(f"{s.data}: no sample with an image; contributions need images — pass a data set with "
+                            "images.")
+        return samples
+
+    def _donors(self, samples: list[dict]) -> dict:
+        from mech.curves import PATCHED_GROUPS
+        from mech.curves.donors import pair_donors
+
+        s = self.settings
+        if s.ablation != "resample" or "patching" not in s.estimators:
+            return {}
+        return {g: pair_donors(samples, g, seed=s.seed) for g in PATCHED_GROUPS}
+
+    def measure(self, m: Any, samples: list[dict], rows: range):
+        from mech.curves.donors import contributions_for_rows
+
+        s = self.settings
+        # donors are paired over the whole data set (the same pairs whatever the batching)
+        c, answer, cf = contributions_for_rows(m, samples, rows, self._donors(samples), estimators=s.estimators,
+                                               seed=s.seed, corruption=s.ablation)
+        return {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf}, {}
+
+    def assemble(self, store, samples: list[dict], out: Path) -> dict:
+        from mech.curves import PATCHED_GROUPS, Contributions
+        from mech.figures.contributions import contribution_figure
+        from mech.prepare.groups import GROUPS
+        from mech.results import write_tensors
+
+        s = self.settings
+        data = store.gather()
+        meta = {"corruption": s.ablation if "patching" in s.estimators else None}
+        if self._donors_used():
+            meta["patching_without_donor"] = {g: int(torch.isnan(data["patching"][:, 0, GROUPS.index(g)]).sum())
+                                              for g in PATCHED_GROUPS}
+        contrib = Contributions({e: data[e] for e in s.estimators}, meta=meta,
+                                components={k: v for k, v in data.items() if k.startswith("dla.")})
+        result = {"model": s.model, "data": s.data, **contrib.to_json()}
+        write_tensors(out / "contrib.safetensors", data, {"groups": list(contrib.groups)})
+        contribution_figure(result, out / "contrib.png", f"{s.model} on {s.data} (n={result['n']})")
+        result["figures"] = ["contrib.png"]
+        return result
+
+    def _donors_used(self) -> bool:
+        return self.settings.ablation == "resample" and "patching" in self.settings.estimators
+
+    def summary(self, result: dict) -> list[str]:
+        lines = []
+        for est, o in result["overall"].items():
+            lo, hi = o["ci95"]
+            lines.append(f"{est}: Δ(text/image) {o['delta']:.2f} [{lo:.2f}, {hi:.2f}], dominant {o['dominant']} "
+                         f"(n={result['n']})")
+        return lines

@@ -1,0 +1,2 @@
+"""Measure: one instrument each (attention mass, activation and attribution patching, knockout, DLA,
+probing, the missing-modality evaluation), each returning a result."""

@@ -1,0 +1,70 @@
+"""The ``mech attention`` job: attention mass over a data set, on the run loop (:mod:`mech.runs.loop`).
+
+Writes into ``--out``: ``attention.json`` (``layers``, ``groups``, ``mass``, ``token_share``,
+``mdi``; plus ``aei``, ``efficiency``, ``model``, ``data``, ``n``, ``query``), ``attention.safetensors``
+(per-sample ``mass [sample, layer, head, group]``, ``density``, ``token_share``, ``counts``,
+``spatial``) and the figures ``attention_mass.png``, ``attention_heads.png``, ``attention_image.png``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mech.runs.settings import AttentionSettings
+
+
+@dataclass(frozen=True)
+class AttentionJob:
+    """``mech attention`` as a :class:`~mech.runs.loop.Job`."""
+
+    settings: AttentionSettings
+
+    def samples(self):
+        from mech.prepare.data import load_data
+
+        return load_data(self.settings.data, n=self.settings.n)
+
+    def measure(self, m: Any, samples: list[dict], rows: range):
+        from mech.measure.attention import attention_mass
+        from mech.conditions import condition_inputs
+
+        batch = [samples[i] for i in rows]
+        am = attention_mass(m, condition_inputs(m, batch, "complete"), query=self.settings.query)
+        grid = torch.tensor(am.grid if am.grid else (-1, -1)).expand(len(batch), 2)
+        return {**am.tensors(), "grid": grid}, {"groups": list(am.groups), "query": am.query}
+
+    def assemble(self, store, samples: list[dict], out: Path) -> dict:
+        from mech.figures import attention as plots
+        from mech.measure.attention import AttentionMass
+
+        s = self.settings
+        cat = store.collect()
+        first = store.meta(0)
+        grid = cat.pop("grid")[0].tolist()
+        am = AttentionMass(mass=cat["mass"], density=cat["density"], groups=tuple(first["groups"]),
+                           token_share=cat["token_share"], counts=cat["counts"], spatial=cat["spatial"],
+                           n_image_tokens=cat["n_image_tokens"], grid=None if grid[0] < 0 else tuple(grid),
+                           query=first["query"], n_query=cat["n_query"])
+        meta = {"model": s.model, "data": s.data, "n": len(samples), "query": am.query,
+                "ids": [x.get("id") for x in samples]}
+        am.save(out, meta)
+        title = f"{s.model} on {s.data}"
+        figures = [plots.mass_curves(am, out / "attention_mass.png", f"Attention mass per group: {title}")]
+        if "image" in am.groups and float(am.token_share[:, am.groups.index("image")].max()) > 0:
+            figures.append(plots.head_heatmap(am, out / "attention_heads.png", "image"))
+            row = next((i for i, x in enumerate(samples) if x.get("images")), None)
+            if row is not None:
+                fig = plots.image_overlay(am, samples[row]["images"][0], out / "attention_image.png", row=row)
+                if fig is not None:
+                    figures.append(fig)
+        # names relative to --out: the same JSON whatever the directory
+        return {**am.summary(), **meta, "figures": [Path(f).name for f in figures]}
+
+    def summary(self, result: dict) -> list[str]:
+        groups, last = result["groups"], result["mass"][-1]
+        share = ", ".join(f"{g} {v:.2f}" for g, v in zip(groups, last) if v > 0)
+        return [f"n={result['n']}, query {result['query']}; attention mass at the last layer: {share}"]

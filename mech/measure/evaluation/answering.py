@@ -1,0 +1,217 @@
+"""Answering a batch: option scoring (one deterministic forward) or generation with answer parsing.
+
+* ``method="score"``: the log-softmax of the logits at the answer position (the last non-padding
+  position, ``groups.last()``) restricted to one token per option: the option letter
+  (``scoring="letter"``, MMMU-Pro's prompt asks for it) or the first token of the option text
+  (``scoring="option_text"``, for models that answer a word, such as the organisms). The
+  prediction is the argmax over the sample's options.
+* ``method="direct"`` / ``"cot"``: greedy ``model.generate`` (left padding) with
+  ``max_new_tokens``, then :func:`parse_multi_choice_response` (MMMU / MMMU-Pro's parser,
+  ``eval_utils.parse_multi_choice_response``, with the ``Answer: X`` line of the CoT prompt read
+  first); an unparseable response is recorded as ``None`` (wrong, and consistent with nothing)
+  instead of MMMU's random guess, so that results are deterministic.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import string
+from typing import Any
+
+import torch
+
+from mech.conditions import corrupt_features, resolve_condition
+from mech.prepare.data import LETTERS
+from mech.errors import ConfigError, InputError
+
+METHODS = ("score", "direct", "cot")
+DEFAULT_MAX_NEW_TOKENS = {"direct": 16, "cot": 512}
+
+
+def option_token_ids(tokenizer: Any, sample: dict, scoring: str) -> list[int]:
+    """One token id per option of ``sample``: the first token of the letter or of the option text.
+
+    Raises:
+        ConfigError: unknown ``scoring``; a tokenizer that maps two letters to one token.
+        InputError: a sample without options; two options sharing their first token; an option
+            that tokenizes to nothing.
+    """
+    if scoring not in ("letter", "option_text"):
+        raise ConfigError(f"scoring={scoring!r}; allowed: letter, option_text")
+    options = sample.get("options") or []
+    if not options:
+        raise InputError(f"sample {sample.get('id')!r} has no options, so it cannot be scored by options; "
+                         "use method='direct' (generation) for open-ended questions.")
+    texts = list(LETTERS[:len(options)]) if scoring == "letter" else [str(o).strip() for o in options]
+    ids = []
+    for t in texts:
+        enc = tokenizer.encode(t, add_special_tokens=False)
+        if not enc:
+            raise InputError(f"option {t!r} of sample {sample.get('id')!r} tokenizes to nothing.")
+        ids.append(int(enc[0]))
+    if len(set(ids)) != len(ids):
+        if scoring == "letter":
+            raise ConfigError(f"the tokenizer maps the option letters {texts} to the tokens {ids} (not distinct); "
+                              "use scoring='option_text' or method='direct'.")
+        raise InputError(f"options {texts} of sample {sample.get('id')!r} share a first token; "
+                         "use scoring='letter' or method='direct'.")
+    return ids
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_kwargs(inputs: Any) -> dict:
+    """The forward's keyword arguments, without training ``labels`` (PaliGemma's processor adds them)."""
+    return {k: v for k, v in inputs.items() if k != "labels"}
+
+
+@torch.no_grad()
+def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condition: str | None = None,
+                seed: int = 0) -> list[dict]:
+    """Score the options of each row with one forward.
+
+    Args:
+        inputs: ``[batch, pos]`` inputs, one row per sample.
+        condition: default: the inputs' own ``.condition`` (:func:`~mech.conditions.condition_inputs`),
+            else ``"complete"``. Feature conditions (``visual_noise``/``visual_mean``) run under
+            :func:`~mech.conditions.corrupt_features`.
+
+    Returns:
+        per row ``{"pred": letter, "scores": [log p(option token)] per option}``.
+
+    Raises:
+        ConfigError: ``condition`` contradicts the inputs' own (:func:`~mech.conditions.resolve_condition`).
+    """
+    tok = m.tokenizer
+    option_ids = [option_token_ids(tok, s, scoring) for s in samples]
+    inp = m.inputs(inputs)
+    condition = resolve_condition(inp, condition, default="complete")
+    last = inp.groups.last()
+    length = inp["input_ids"].shape[1]
+    kwargs = {}
+    if bool((last == length - 1).all()) and _accepts(m.model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1  # only the answer position: O(batch x vocab) logits
+    with corrupt_features(m, inp, condition, seed=seed):
+        logits = m.model(**_model_kwargs(inp), **kwargs).logits
+    rows = logits[:, -1] if logits.shape[1] == 1 else logits[torch.arange(len(samples)), last.to(logits.device)]
+    logp = torch.log_softmax(rows.float(), dim=-1).cpu()
+    out = []
+    for i, ids in enumerate(option_ids):
+        scores = logp[i, ids]
+        out.append({"pred": LETTERS[int(scores.argmax())], "scores": scores.tolist()})
+    return out
+
+
+@torch.no_grad()
+def generate_batch(m: Any, inputs: Any, max_new_tokens: int, *, condition: str | None = None,
+                   seed: int = 0) -> list[str]:
+    """Greedy ``model.generate`` on a (left-padded) ``[batch, pos]`` batch; the decoded new text of each row.
+
+    ``condition``: as :func:`score_batch` (default: the inputs' own, else ``"complete"``).
+
+    Raises:
+        ConfigError: ``condition`` contradicts the inputs' own.
+    """
+    inp = m.inputs(inputs)
+    condition = resolve_condition(inp, condition, default="complete")
+    tok = m.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with corrupt_features(m, inp, condition, seed=seed):
+        out = m.model.generate(**_model_kwargs(inp), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    new = out[:, inp["input_ids"].shape[1]:]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+_ANSWER_LINE = re.compile(r"(?i:answer)\s*(?:(?i:is))?\s*[:：]\s*\**\(?([A-Z])\)?(?![A-Za-z])")
+
+
+def parse_multi_choice_response(response: str, all_choices: list[str], index2ans: dict[str, str] | None = None
+                                ) -> str | None:
+    """The option letter a free-form ``response`` gives, or None.
+
+    Order (MMMU ``eval_utils.parse_multi_choice_response``, with MMMU-Pro's CoT answer line):
+    the last ``Answer: X`` line; then ``(X)``; then `` X `` between spaces; then ``X.``; then,
+    for responses longer than five words, the text of an option; with several candidates the
+    one that occurs last. Letters outside ``all_choices`` are never returned.
+    """
+    if not response:
+        return None
+    hits = [h for h in _ANSWER_LINE.findall(response) if h in all_choices]
+    if hits:
+        return hits[-1]
+    for ch in [",", ".", "!", "?", ";", ":", "'"]:
+        response = response.strip(ch)
+    response = " " + response + " "
+    candidates, kind = [c for c in all_choices if f"({c})" in response], "bracket"
+    if not candidates:
+        candidates, kind = [c for c in all_choices if f" {c} " in response], "space"
+    if not candidates:
+        candidates, kind = [c for c in all_choices if f"{c}." in response], "period"
+    if not candidates and index2ans and len(response.split()) > 5:
+        low = response.lower()
+        candidates, kind = [c for c in all_choices if c in index2ans and str(index2ans[c]).lower() in low], "text"
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    pattern = {"bracket": "({})", "space": " {} ", "period": "{}."}.get(kind)
+    if pattern is None:
+        pos = [response.lower().rfind(str(index2ans[c]).lower()) for c in candidates]
+    else:
+        pos = [response.rfind(pattern.format(c)) for c in candidates]
+    return candidates[max(range(len(pos)), key=pos.__getitem__)]
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (VQA-style answer normalisation)."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def parse_open_response(response: str) -> str | None:
+    """An open answer: the text after the last ``Answer:``, else the first line; normalised."""
+    if not response or not response.strip():
+        return None
+    parts = re.split(r"answer\s*[:：]", response, flags=re.IGNORECASE)
+    text = parts[-1] if len(parts) > 1 else response.strip().splitlines()[0]
+    return normalize_answer(text) or None
+
+
+def parse_response(response: str, sample: dict) -> str | None:
+    """The prediction of ``sample`` from a generated ``response``: a letter, normalised text, or None."""
+    options = sample.get("options") or []
+    if not options:
+        return parse_open_response(response)
+    choices = list(LETTERS[:len(options)])
+    letter = parse_multi_choice_response(response, choices, dict(zip(choices, options)))
+    if letter is None and response:  # a model that answers with the option's words (the organisms)
+        norm = normalize_answer(response)
+        for c, o in zip(choices, options):
+            opt = normalize_answer(str(o))
+            if opt and (norm == opt or norm.startswith(opt + " ")):
+                return c
+    return letter
+
+
+def is_correct(pred: str | None, sample: dict) -> bool:
+    """Whether ``pred`` answers ``sample``: the gold letter, or (open) the normalised gold text."""
+    if pred is None:
+        return False
+    if sample.get("options"):
+        return pred == sample["answer"]
+    return pred == normalize_answer(str(sample["answer"]))
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r}; allowed: {', '.join(METHODS)}")
+    return method

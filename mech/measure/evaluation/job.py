@@ -1,0 +1,113 @@
+"""The ``mech eval`` job: ``eval.json``, ``eval.md``, ``eval.safetensors`` and ``eval.png`` (:mod:`mech.runs.loop`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mech.prepare.data import LETTERS
+from mech.runs.settings import EvalSettings
+
+
+def per_sample_tensors(result: dict) -> dict[str, torch.Tensor]:
+    """``pred_index`` LongTensor ``[sample, condition]`` (option index; -1 = unparsed or open
+    answer), ``correct`` uint8 ``[sample, condition]``, and for option scoring ``scores``
+    ``[sample, condition, option]`` (log-probabilities, NaN beyond a sample's options)."""
+    conds = list(result["predictions"])
+    n = len(result["ids"])
+    pred = torch.full((n, len(conds)), -1, dtype=torch.long)
+    correct = torch.zeros((n, len(conds)), dtype=torch.uint8)
+    for j, c in enumerate(conds):
+        for i, (p, ok) in enumerate(zip(result["predictions"][c], result["correct"][c])):
+            if isinstance(p, str) and len(p) == 1 and p in LETTERS and result["n_options"][i]:
+                pred[i, j] = LETTERS.index(p)
+            correct[i, j] = int(ok)
+    out = {"pred_index": pred, "correct": correct}
+    if "scores" in result:
+        width = max(result["n_options"]) if result["n_options"] else 0
+        scores = torch.full((n, len(conds), width), math.nan, dtype=torch.float32)
+        for j, c in enumerate(conds):
+            for i, row in enumerate(result["scores"][c]):
+                scores[i, j, :len(row)] = torch.tensor(row, dtype=torch.float32)
+        out["scores"] = scores
+    return out
+
+
+def write_outputs(result: dict, out_dir: str | Path, *, model: str | None = None, chance: float | None = None,
+                  json_too: bool = True) -> dict:
+    """Write ``eval.json`` (unless ``json_too`` is False: the run loop writes it), ``eval.md``,
+    ``eval.safetensors`` and ``eval.png`` to ``out_dir``, each atomically."""
+    from mech.measure.evaluation.tables import figure, markdown
+    from mech.results import write_json, write_tensors, write_text
+
+    out = Path(out_dir)
+    paths = {"json": write_json(out / "eval.json", result)} if json_too else {}
+    paths["md"] = write_text(out / "eval.md", markdown(result, model))
+    meta = {"ids": result["ids"], "conditions": list(result["predictions"]),
+            "axes": "pred_index/correct: [sample, condition]; scores: [sample, condition, option]"}
+    paths["safetensors"] = write_tensors(out / "eval.safetensors", per_sample_tensors(result), meta)
+    title = f"{model or result['settings'].get('model')} on {result['settings'].get('data')}"
+    paths["png"] = figure(result, out / "eval.png", chance=chance, title=title)
+    return paths
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """``mech eval`` as a :class:`~mech.runs.loop.Job`: per batch, the answers under every condition
+    (:func:`mech.measure.evaluation.run.answer_rows`, kept as the part's metadata); assembled into the
+    accuracy and consistency tables (:func:`mech.measure.evaluation.run.assemble`)."""
+
+    settings: EvalSettings
+
+    def samples(self):
+        from mech.prepare.data import load_data
+
+        return load_data(self.settings.data, n=self.settings.n, seed=self.settings.seed)
+
+    def load(self, shard):
+        from mech.runs.loop import load_model
+
+        return load_model(self.settings, shard, decoder_sequence=False)  # cross-attention families too
+
+    def _plan(self, data):
+        from mech.prepare.data import Dataset
+        from mech.measure.evaluation.run import plan
+
+        s = self.settings
+        dataset = data if isinstance(data, Dataset) else Dataset(s.data, list(data))
+        return plan(dataset, conditions=s.conditions, method=s.method, scoring=s.scoring, batch_size=s.batch_size,
+                    max_new_tokens=s.max_new_tokens, seed=s.seed)
+
+    def measure(self, m: Any, samples, rows: range):
+        from mech.measure.evaluation.run import answer_rows, model_fingerprint
+
+        part = answer_rows(m, self._plan(samples), [samples[i] for i in rows])
+        return {"rows": torch.tensor(list(rows), dtype=torch.long)}, {**part, "fingerprint": model_fingerprint(m.model)}
+
+    def assemble(self, store, samples, out: Path) -> dict:
+        from mech.measure.evaluation.run import assemble
+
+        s = self.settings
+        parts = [store.meta(k) for k in store.indices()]
+        result = assemble(self._plan(samples), list(samples), parts, model=s.model,
+                          fingerprint=parts[0]["fingerprint"], data_skipped=getattr(samples, "skipped", []))
+        opts = [len(x.get("options") or []) for x in samples if x.get("options")]
+        chance = sum(1 / k for k in opts) / len(opts) if opts else None  # uniform guessing over the options
+        result["settings"]["chance"] = chance
+        result["model"], result["figures"] = s.model, ["eval.png"]
+        write_outputs(result, out, model=s.model, chance=chance, json_too=False)
+        return result
+
+    def summary(self, result: dict) -> list[str]:
+        acc = {c: v["accuracy"] for c, v in result["conditions"].items()}
+        lines = ["accuracy: " + ", ".join(f"{c} {100 * a:.1f}%" for c, a in acc.items() if a is not None)]
+        cons = (result.get("consistency") or {}).get("all", {}).get("complete&white_image")
+        if cons:
+            lines.append(f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)")
+        sk = result["skipped"]
+        lines.append(f"n={len(result['ids'])}, skipped {sk['count']}" + (f" ({sk['reasons']})" if sk["count"] else ""))
+        return lines

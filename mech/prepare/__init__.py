@@ -1,0 +1,1 @@
+"""Prepare: data specs -> samples -> frozen inputs with token groups; answer and option targets."""

@@ -1,0 +1,378 @@
+"""Data specs: ``organism:shapes`` | ``mmmu-pro:<dir>[#config]`` | ``jsonl:<file>``.
+
+Every loader returns a :class:`Dataset`: a list of plain sample dicts with at least ``id``,
+``question``, ``images`` (list of PIL images, possibly empty), ``options`` (list of str, possibly
+empty) and ``answer`` (option letter, or answer text when there are no options), plus
+``prompt_style`` and ``source``; and the list of skipped rows with reasons (nothing is dropped
+silently). ``strict=True`` raises :class:`~mech.errors.DataError` at the first bad row instead.
+
+``mmmu-pro:<dir>`` reads local MMMU-Pro parquet files (columns ``id, question, options, answer,
+image_1 … image_7, subject, …``; the ``vision`` configuration has one ``image`` column and the
+question inside the image). ``<dir>`` holds the parquet files directly, or is the MMMU-Pro root
+with the configuration folders ``standard (4 options)``, ``standard (10 options)``, ``vision``;
+pick one with ``#standard-4``, ``#standard-10`` (default) or ``#vision``, e.g.
+``mmmu-pro:/data/MMMU_Pro#vision``. ``options`` is a string holding a Python list literal (parsed
+with ``ast.literal_eval``, never ``eval``); images are structs ``{bytes, path}``. The images of
+a standard row are those its question and options mention (``<image 2>``), in order of first
+mention, as in MMMU-Pro's inference code; all non-empty image columns when none is mentioned.
+
+``jsonl:<file>``: one JSON object per line with ``id``, ``question``, ``image`` or ``images``
+(paths relative to the file), ``options`` (optional list) and ``answer`` (a letter or the text of
+an option; free text without options).
+
+Prompt formatting lives here so that every instrument formats the same way:
+:func:`format_prompt` / :meth:`Dataset.prompt` (styles :data:`PROMPT_STYLES`).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mech.errors import ConfigError, DataError, SpecError
+
+SCHEMES = ("organism", "mmmu-pro", "jsonl")
+PROMPT_STYLES = ("bare", "direct", "cot")
+SCORINGS = ("letter", "option_text")
+LETTERS = string.ascii_uppercase
+MMMU_CONFIGS = {"standard-4": "standard (4 options)", "standard-10": "standard (10 options)", "vision": "vision"}
+#: the paper's "Direct" and "CoT" instructions (MMMU-Pro's prompts, standard and vision settings)
+DIRECT = "Answer with the option letter from the given choices directly."
+COT = ("Answer the preceding multiple choice question. The last line of your response should be of the following "
+       "format: 'Answer: $LETTER' (without quotes) where LETTER is one of options. Think step by step before "
+       "answering.")
+COT_VISION = ("Write out the multiple-choice question in the image and then solve it. The last line of your response "
+              "should be of the following format: 'Answer: $LETTER' (without quotes) where LETTER is one of options. "
+              "Think step by step before answering.")
+DIRECT_OPEN = "Answer the question using a single word or phrase."
+COT_OPEN = ("Think step by step. The last line of your response should be of the following format: "
+            "'Answer: $ANSWER' (without quotes).")
+
+
+@dataclass
+class Dataset:
+    """Samples of one data spec, plus every row that was skipped and why.
+
+    ``default_style``: prompt style of :meth:`prompt`; ``scoring``: the default way to score
+    multiple-choice answers (``"letter"``: option-letter logits; ``"option_text"``: the first
+    token of each option's text, for models that answer a word, such as the organisms).
+    """
+
+    name: str
+    samples: list[dict[str, Any]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    default_style: str = "direct"
+    scoring: str = "letter"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def prompt(self, sample: dict, style: str | None = None) -> str:
+        """The prompt text of ``sample`` (see :func:`format_prompt`); style defaults to ``default_style``."""
+        return format_prompt(sample, style or sample.get("prompt_style") or self.default_style)
+
+
+def format_prompt(sample: dict, style: str | None = None) -> str:
+    """The prompt text of ``sample`` in ``style`` (without image placeholders).
+
+    * ``"bare"``: the question as it is (the organisms' training format).
+    * ``"direct"``: question, the options as ``"A. …"`` lines, and :data:`DIRECT` (MMMU-Pro's
+      standard prompt); without options :data:`DIRECT_OPEN`.
+    * ``"cot"``: the same with :data:`COT` (:data:`COT_VISION` when the options are inside the
+      image, MMMU-Pro ``vision``).
+
+    ``style`` defaults to ``sample["prompt_style"]`` (else ``"direct"``).
+
+    Raises:
+        ConfigError: unknown style (the message lists :data:`PROMPT_STYLES`).
+    """
+    style = style or sample.get("prompt_style") or "direct"
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"prompt style {style!r}; allowed: {', '.join(PROMPT_STYLES)}")
+    question = (sample.get("question") or "").strip()
+    if style == "bare":
+        return question
+    options = list(sample.get("options") or [])
+    parts = [question] if question else []
+    if sample.get("options_in_image"):
+        parts.append(DIRECT if style == "direct" else COT_VISION)
+    elif options:
+        parts.append("\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)))
+        parts.append(DIRECT if style == "direct" else COT)
+    else:
+        parts.append(DIRECT_OPEN if style == "direct" else COT_OPEN)
+    return "\n".join(parts)
+
+
+def answer_index(sample: dict) -> int | None:
+    """Index of the gold option (``answer`` is a letter), or None for open-ended samples."""
+    if not sample.get("options"):
+        return None
+    return LETTERS.index(sample["answer"])
+
+
+# ---------------------------------------------------------------------------------- validation
+
+class _Skip(Exception):
+    """A row that cannot be used; the message is the reason, ``key`` the row's id if known."""
+
+    def __init__(self, reason: str, key: str | None = None):
+        super().__init__(reason)
+        self.key = key
+
+
+def _check_options(options: Any) -> list[str]:
+    if isinstance(options, str):
+        try:
+            options = ast.literal_eval(options)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+            raise _Skip(f"malformed options (not a Python list literal: {type(exc).__name__})") from None
+    if not isinstance(options, (list, tuple)) or not options:
+        raise _Skip("malformed options (need a non-empty list of strings)")
+    if len(options) > len(LETTERS):
+        raise _Skip(f"too many options ({len(options)} > {len(LETTERS)})")
+    if not all(isinstance(o, (str, int, float)) for o in options):
+        raise _Skip("malformed options (an option is not text)")
+    return [str(o) for o in options]
+
+
+def _check_answer(answer: Any, options: list[str]) -> str:
+    if options:
+        text = str(answer).strip() if answer is not None else ""
+        if len(text) == 1 and text.upper() in LETTERS:
+            if LETTERS.index(text.upper()) >= len(options):
+                raise _Skip(f"answer letter {text!r} outside the options A-{LETTERS[len(options) - 1]}")
+            return text.upper()
+        if text in options:
+            return LETTERS[options.index(text)]
+        raise _Skip(f"answer {text[:40]!r} is neither an option letter nor an option text")
+    if answer is None or not str(answer).strip():
+        raise _Skip("missing answer")
+    return str(answer).strip()
+
+
+def _decode_image(data: bytes, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _Skip(f"corrupt image bytes in {what} ({type(exc).__name__})") from None
+
+
+def _image_from_cell(cell: Any, what: str, base: Path):
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return _decode_image(cell["bytes"], what)
+        path = cell.get("path")
+        if path and (base / path).is_file():
+            return _decode_image((base / path).read_bytes(), what)
+        raise _Skip(f"{what} has neither image bytes nor a readable path")
+    if isinstance(cell, (bytes, bytearray)):
+        return _decode_image(bytes(cell), what)
+    raise _Skip(f"{what} is not an image struct {{bytes, path}}")
+
+
+def _empty(cell: Any) -> bool:
+    if cell is None:
+        return True
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(cell)) if not isinstance(cell, (dict, bytes, bytearray, list)) else False
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------------- loaders
+
+def _collect(rows, make, n: int | None, strict: bool, name: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    samples, skipped = [], []
+    for key, row in rows:
+        if n is not None and len(samples) >= n:
+            break
+        try:
+            samples.append(make(key, row))
+        except _Skip as exc:
+            key = exc.key or key
+            if strict:
+                raise DataError(f"{name}: row {key}: {exc}. Fix or remove the row, or load with strict=False "
+                                "to skip it (skips are counted and reported).") from None
+            skipped.append((str(key), str(exc)))
+    return samples, skipped
+
+
+def _mmmu_files(root: Path, config: str | None) -> tuple[list[Path], str]:
+    if not root.is_dir():
+        raise SpecError(f"MMMU-Pro directory {str(root)!r} does not exist; pass mmmu-pro:<dir> with the parquet "
+                        "files or the MMMU-Pro root holding 'standard (10 options)' etc.")
+    direct = sorted(root.glob("*.parquet"))
+    if direct and config is None:
+        return direct, "auto"
+    key = config or "standard-10"
+    folder = MMMU_CONFIGS.get(key) or (key if key in MMMU_CONFIGS.values() else None)
+    if folder is None:
+        raise SpecError(f"MMMU-Pro configuration {key!r}; allowed: {', '.join(MMMU_CONFIGS)} "
+                        f"(e.g. mmmu-pro:{root}#vision)")
+    files = sorted((root / folder).glob("**/*.parquet"))
+    if not files:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise SpecError(f"no parquet files in {str(root / folder)!r}; folders found: {found or 'none'}. Pass a "
+                        "directory holding *.parquet or the MMMU-Pro root with its configuration folders.")
+    return files, folder
+
+
+def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
+    import pandas as pd
+
+    path, _, config = rest.partition("#")
+    files, folder = _mmmu_files(Path(path).expanduser(), config or None)
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception as exc:  # pyarrow raises several types for unreadable files
+            raise DataError(f"cannot read parquet file {str(f)!r} ({exc}); re-download it.") from exc
+    df = pd.concat(frames, ignore_index=True)
+    vision = "image" in df.columns and "image_1" not in df.columns
+    need = {"id", "options", "answer"} | (set() if vision else {"question"})
+    if not need <= set(df.columns):
+        raise DataError(f"{files[0]} lacks the MMMU-Pro columns {sorted(need - set(df.columns))}; columns found: "
+                        f"{list(df.columns)}.")
+    base = files[0].parent
+    image_cols = [c for c in df.columns if re.fullmatch(r"image_\d+", c)]
+
+    def make(key, row) -> dict:
+        options = _check_options(row["options"])
+        answer = _check_answer(row["answer"], options)
+        if vision:
+            if _empty(row["image"]):
+                raise _Skip("no image in the 'image' column")
+            images, question = [_image_from_cell(row["image"], "image", base)], ""
+        else:
+            question = str(row["question"]) if not _empty(row["question"]) else ""
+            text = question + " " + " ".join(options)
+            mentioned = list(dict.fromkeys(int(k) for k in re.findall(r"<image (\d+)>", text)))
+            cols = [f"image_{k}" for k in mentioned] or [c for c in image_cols if not _empty(row[c])]
+            images = []
+            for c in cols:
+                if c not in row.index or _empty(row[c]):
+                    raise _Skip(f"the question refers to <{c.replace('_', ' ')}> but {c} is empty")
+                images.append(_image_from_cell(row[c], c, base))
+        return dict(id=str(row["id"]), question=question, options=options, answer=answer, images=images,
+                    subject=None if "subject" not in row.index or _empty(row["subject"]) else str(row["subject"]),
+                    options_in_image=vision, prompt_style="direct", source="mmmu-pro")
+
+    samples, skipped = _collect(((str(r["id"]) if "id" in r.index else i, r) for i, (_, r) in enumerate(df.iterrows())),
+                                make, n, strict, f"mmmu-pro:{rest}")
+    name = f"mmmu-pro:{path}" + (f"#{config}" if config else "") + ("" if folder == "auto" else f" ({folder})")
+    return Dataset(name, samples, skipped, default_style="direct", scoring="letter")
+
+
+def _jsonl(rest: str, n: int | None, strict: bool) -> Dataset:
+    from mech.errors import InputError
+    from mech.prepare.inputs import load_image
+
+    path = Path(rest).expanduser()
+    if not path.is_file():
+        raise SpecError(f"jsonl file {rest!r} does not exist; pass jsonl:<path to a .jsonl file>.")
+    base = path.parent
+
+    def rows():
+        with open(path, encoding="utf-8") as fh:
+            for k, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield k, line
+
+    def make(k, line) -> dict:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _Skip(f"line {k} is not JSON ({exc.msg})", f"line-{k}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise _Skip(f"line {k} has no 'question' string", f"line-{k}")
+        try:
+            return _jsonl_sample(row, k)
+        except _Skip as exc:
+            raise _Skip(str(exc), str(row.get("id", f"line-{k}"))) from None
+
+    def _jsonl_sample(row: dict, k: int) -> dict:
+        options = _check_options(row["options"]) if row.get("options") is not None else []
+        answer = _check_answer(row.get("answer"), options)
+        paths = row.get("images", row.get("image"))
+        paths = [] if paths is None else ([paths] if isinstance(paths, str) else list(paths))
+        images = []
+        for p in paths:
+            try:
+                images.append(load_image(base / str(p)))
+            except InputError as exc:
+                raise _Skip(f"image {p!r}: {exc}") from None
+        return dict(id=str(row.get("id", f"line-{k}")), question=row["question"], options=options, answer=answer,
+                    images=images, prompt_style="direct", source="jsonl")
+
+    samples, skipped = _collect(rows(), make, n, strict, f"jsonl:{rest}")
+    ids = [s["id"] for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise DataError(f"jsonl:{rest}: duplicate ids {dup}; give every line a unique 'id'.")
+    return Dataset(f"jsonl:{rest}", samples, skipped, default_style="direct", scoring="letter")
+
+
+def _organism(name: str, n: int | None, seed: int) -> Dataset:
+    from mech.organisms import shapes
+
+    if name != "shapes":
+        raise SpecError(f"unknown organism data set {name!r}; the organisms' data set is 'organism:shapes'.")
+    samples = shapes.generate(n or 1000, split="test", seed=seed)
+    for s in samples:
+        s["images"] = [] if s["image"] is None else [s["image"]]
+        s["prompt_style"], s["source"] = "bare", "organism:shapes"
+        # resample donors share the answer space: the question still asks the same kind of thing
+        s["pair_key"] = "answers:" + ",".join(shapes.ANSWERS[s["template"]])
+    return Dataset("organism:shapes", samples, default_style="bare", scoring="option_text")
+
+
+def load_data(spec: str, n: int | None = None, seed: int = 0, *, strict: bool = False) -> Dataset:
+    """Resolve a data spec into a :class:`Dataset` of at most ``n`` samples.
+
+    ``n`` counts usable samples: rows are read in file order until ``n`` are usable; the rows
+    skipped on the way are in ``dataset.skipped`` as ``(id, reason)``. ``seed`` seeds the
+    generated ``organism:shapes`` set; file data sets keep file order.
+
+    Raises:
+        SpecError: unknown scheme (the message lists the valid ones), missing path or folder.
+        DataError: unreadable parquet file, missing columns, duplicate ids, no usable sample at all
+            (an empty file, or every row skipped), or (``strict=True``) the first bad row.
+    """
+    scheme, _, rest = spec.partition(":")
+    if scheme not in SCHEMES or not rest:
+        raise SpecError(f"data spec {spec!r} not understood; use one of organism:shapes, mmmu-pro:<dir>[#config], "
+                        "jsonl:<file>.")
+    if n is not None and n < 1:
+        raise ConfigError(f"n={n}; pass a positive number of samples (or None for all).")
+    if scheme == "organism":
+        data = _organism(rest, n, seed)
+    elif scheme == "mmmu-pro":
+        data = _mmmu(rest, n, strict)
+    else:
+        data = _jsonl(rest, n, strict)
+    if not data.samples:
+        reasons = sorted({r for _, r in data.skipped})[:3]
+        raise DataError(f"{spec}: no usable sample ({len(data.skipped)} rows skipped"
+                        + (f": {'; '.join(reasons)}" if reasons else ", the file has no rows")
+                        + "); fix the rows or pass a data spec with at least one valid sample.")
+    return data

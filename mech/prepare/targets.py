@@ -1,0 +1,89 @@
+"""Which logit difference an instrument explains: the answer token and its counterfactual.
+
+Two choices, both per sample ``[batch]`` token ids:
+
+* :func:`answer_tokens` — the **gold** answer against a counterfactual: the sample's language-prior
+  answer when it differs (organisms), else the clean run's best wrong option. Used by ``mech patch``
+  to ask where the correct answer comes from.
+* :func:`decision_tokens` — the model's **own decision**: its top option in the clean run against
+  its runner-up option. Used by the contribution estimators: a modality contributes to the answer
+  the model actually gives, right or wrong, which is what a modality-bias analysis explains (a
+  text-biased model's wrong answers come from the text).
+
+Options are scored by their first token: the option text for word-answer data sets (the
+organisms), else the option letter, as :func:`mech.measure.evaluation.answering.option_token_ids`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mech.errors import ConfigError
+
+
+def _token(tok, word: str) -> int:
+    ids = tok(str(word), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ConfigError(f"the answer {word!r} encodes to no token")
+    return int(ids[0])
+
+
+def _scoring(sample: dict) -> str:
+    return "option_text" if "answer_text" in sample else "letter"
+
+
+def option_tokens(m, sample: dict) -> list[int]:
+    """First-token ids of the sample's options (option words or letters, see the module docstring)."""
+    from mech.measure.evaluation.answering import option_token_ids
+
+    return option_token_ids(m.tokenizer, sample, _scoring(sample))
+
+
+def answer_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gold answer and counterfactual token ids ``[batch]``.
+
+    Answer: ``answer_text`` (organisms: a single word) else the option letter ``answer``.
+    Counterfactual: the sample's ``prior_answer`` when it differs from the answer (organisms), else the
+    highest-scoring wrong option of the clean run (``clean_logits`` ``[batch, vocab]``, last position).
+
+    Raises:
+        ConfigError: a sample with no wrong option.
+    """
+    tok = m.tokenizer
+    ans, cf = [], []
+    for i, s in enumerate(samples):
+        words = "answer_text" in s
+        a = _token(tok, s["answer_text"] if words else s["answer"])
+        ans.append(a)
+        prior = s.get("prior_answer")
+        if words and prior is not None and prior != s["answer_text"]:
+            cf.append(_token(tok, prior))
+            continue
+        cands = [c for c in (option_tokens(m, s) if s.get("options") else []) if c != a]
+        if not cands:
+            raise ConfigError(f"sample {s.get('id')!r} has no wrong option to use as the counterfactual")
+        cf.append(max(cands, key=lambda c: float(clean_logits[i, c])))
+    return torch.tensor(ans), torch.tensor(cf)
+
+
+def decision_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's top option and its runner-up option in the clean run, token ids ``[batch]``.
+
+    Args:
+        clean_logits: ``[batch, vocab]`` at the answer position of the clean (complete) run.
+
+    Raises:
+        InputError / ConfigError: a sample with fewer than two options, or options sharing a token.
+    """
+    top, second = [], []
+    for i, s in enumerate(samples):
+        ids = option_tokens(m, s)
+        if len(ids) < 2:
+            raise ConfigError(f"sample {s.get('id')!r} has {len(ids)} option(s); a decision needs at least two.")
+        scores = clean_logits[i, torch.tensor(ids, device=clean_logits.device)]
+        order = scores.argsort(descending=True).tolist()
+        top.append(ids[order[0]])
+        second.append(ids[order[1]])
+    return torch.tensor(top), torch.tensor(second)
