@@ -6,7 +6,6 @@ rows picked and summed over each group's key positions by hand.
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch

@@ -194,7 +194,7 @@ def test_cli_help_lists_the_contract(capsys):
         assert command in out
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if mech.models.REGISTRY[f].derived_inputs])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if mech.models.TABLES[f].derived_inputs])
 def test_derived_inputs_restore_the_models_own_logits(family):
     """Dropping an input the family needs (mm_token_type_ids, Gemma3's token_type_ids) changes
     nothing through mech: it is rebuilt from input_ids as the processor builds it."""

@@ -10,7 +10,6 @@ tokenizer's padding side, grad mode; and the logits, equal to those before to th
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
