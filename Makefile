@@ -50,7 +50,9 @@ test-latest:
 	python3 -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,tl]"
+	$(LATEST)/bin/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(LATEST)/torch-pin.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-pin.txt -e ".[dev,tl]"
+	$(LATEST)/bin/python -m pip check
 	$(LATEST)/bin/python -m pip list --format freeze | grep -iE '^(transformers|tokenizers|nnsight|transformer-lens|accelerate|numpy)=='
 	$(ENV) $(LATEST)/bin/python -m pytest -q -p no:cacheprovider
 

@@ -30,7 +30,10 @@ def cmd_inspect(st) -> dict:
     from mech.prepare.data import load_data
     from mech.results import write_json
 
-    m = mech.load(st.model, device=st.device, dtype=st.dtype, device_map=st.device_map)
+    from mech.models.load import loading_bars
+
+    with loading_bars(st.verbose):
+        m = mech.load(st.model, device=st.device, dtype=st.dtype, device_map=st.device_map)
     samples = load_data(st.data, n=st.n)
     inputs = m.prepare([s["images"] for s in samples], [s["question"] for s in samples])
     groups = inputs.groups

@@ -26,65 +26,139 @@ def _slug(spec: str) -> str:
 
 
 def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
-    """Run every step for ``model`` into ``out``; their JSON by step. A step whose result in ``out``
-    has the same identity is read back, not rerun; each step resumes its own finished batches."""
+    """Run every step for ``model`` into ``out``, loading the model once; their JSON by step. A
+    step whose result in ``out`` has the same identity is read back, not rerun; each step resumes
+    its own finished batches."""
     from mech.runs.jobs import job_for
-    from mech.runs.loop import identity, run
+    from mech.runs.loop import identity, load_model, run
     from mech.runs.shards import WHOLE
 
-    results = {}
+    results, todo = {}, []
     for cls in ReportSettings.steps:
         job = job_for(settings.step(cls, model, str(out)))
         path = out / f"{cls.command}.json"
         if path.is_file():
             done = read_json(path)
-            data = job.samples()
-            if done.get("identity") == identity(job.settings, list(data)):
+            if done.get("identity") == identity(job.settings, list(job.samples())):
                 results[cls.command] = done
                 continue
-        results[cls.command] = run(job, shard=WHOLE)
-    return results
+        todo.append(job)
+    m = load_model(todo[0].settings, WHOLE) if todo else None  # one load serves every step
+    for job in todo:
+        results[job.settings.command] = run(job, shard=WHOLE, model=m)
+    return {cls.command: results[cls.command] for cls in ReportSettings.steps}
 
 
 def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def present_groups(att: dict) -> list[str]:
+    """The token groups of ``attention.json`` that the inputs have: a group with no token in any
+    sample (token share 0 and no mass in any layer, e.g. video and audio for an image model) is
+    left out of the report."""
+    share = att["token_share"]
+    return [g for i, g in enumerate(att["groups"])
+            if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att["mass"])]
+
+
+def _figure(name: str, prefix: str, caption: str | None) -> list[str]:
+    """A figure and its caption (what is plotted and the n) as Markdown lines."""
+    alt = name.rsplit(".", 1)[0]
+    return [f"![{alt}]({prefix}{name})", ""] + ([f"*Figure ({alt}).* {caption}", ""] if caption else [])
+
+
+def _patch_scale(direction: str) -> str:
+    return ("0 = the corrupted run, 1 = the clean run restored" if direction == "denoising"
+            else "0 = the clean run unchanged, 1 = as broken as the corrupted run")
+
+
+def captions(ev: dict, att: dict, pa: dict, co: dict) -> dict[str, str]:
+    """Figure file name -> caption: what the figure plots and over how many samples."""
+    from mech.figures.attention import MAX_PANELS, QUERY_WORDS
+    from mech.measure.evaluation.tables import chance_level
+
+    q = QUERY_WORDS.get(att["query"], att["query"])
+    chance = ev.get("settings", {}).get("chance")
+    chance = chance_level(ev) if chance is None else chance
+    n_ev = next(iter(ev["conditions"].values()))["n"] if ev["conditions"] else 0
+    miss = co.get("patching_without_donor") or {}
+    shown = "every layer" if len(att["layers"]) <= MAX_PANELS else f"{MAX_PANELS} evenly spaced layers"
+    out = {
+        "eval.png": "Top: accuracy per input condition"
+                    + (f" (dashed: chance {chance:.3f}, the mean over samples of 1 / number of options)"
+                       if chance is not None else "")
+                    + "; bottom: the share of predictions that agree between two conditions, over all, "
+                    f"correctly and wrongly answered samples. n = {n_ev} samples.",
+        "attention_mass.png": f"Attention mass from {q} on each token group the inputs have "
+                              f"({', '.join(present_groups(att))}) per decoder layer, mean over heads and "
+                              f"n = {att['n']} samples (solid), and each group's token share, the mass under "
+                              "uniform attention (dashed).",
+        "attention_heads.png": f"Attention mass from {q} on the image tokens per decoder layer and head, mean "
+                               f"over n = {att['n']} samples.",
+        "attention_image.png": f"Attention from {q} on each image patch of one sample (the first with an image; "
+                               f"its id is above the input panel), for {shown} and their mean, mean over heads, "
+                               "drawn over the image in grey on one colour scale; Σ image is the layer's total "
+                               "mass on the image. n = 1 sample.",
+        "contrib.png": "Per-layer contribution of each token group by each estimator ("
+                       + ", ".join(co["curves"]) + (f"; patching by {co['corruption']} ablation"
+                                                    if co.get("corruption") else "")
+                       + f") and Δ({co.get('ratio', 'text/image')}) per layer (log scale, dashed: Δ = 1; legend: "
+                       f"overall Δ and its bootstrap 95% interval). n = {co['n']} samples"
+                       + (" (patching: " + ", ".join(f"{g} of {co['n'] - k}" for g, k in miss.items())
+                          + ", the others have no donor)" if any(miss.values()) else "") + ".",
+    }
+    for site in pa["effect"]:
+        out[f"patch_{site}.png"] = (f"Normalized effect of {pa['direction']} activation patching of `{site}` from "
+                                    f"`{pa['corruption']}` per decoder layer and position group ({pa['metric']}; "
+                                    f"{_patch_scale(pa['direction'])}), of the means over n = {pa['n']} samples; "
+                                    "'–': no sample has a position of that group.")
+    return out
+
+
 def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
     ev, att, pa, co = (res[s] for s in STEPS)
+    caption = captions(ev, att, pa, co)
     lines = [f"## {name}", ""]
     md = Path(prefix or ".") / "eval.md"
     lines += ["### Behaviour: accuracy per condition and prediction consistency", ""]
     conds = ev["conditions"]
     lines += ["| condition | accuracy | n |", "|---|---|---|"]
     lines += [f"| {c} | {_fmt(v['accuracy'])} | {v['n']} |" for c, v in conds.items()]
+    chance = ev.get("settings", {}).get("chance")
+    if chance is not None:
+        lines += [f"| chance (mean 1 / options) | {_fmt(chance)} | |"]
     cons = ev["consistency"]["all"]
     lines += ["", "| pair (all samples) | consistent | % |", "|---|---|---|"]
     lines += [f"| {p} | {v['num']} | {_fmt(v['pct'], 1)} |" for p, v in cons.items()]
     lines += ["", f"Full Table 1/2 layout: [{md.as_posix()}]({md.as_posix()})", ""]
     for fig in ev.get("figures", ["eval.png"]):
-        lines.append(f"![eval]({prefix}{fig})")
-    lines += ["", "### Attention mass from the answer position (mean over heads and samples)", ""]
-    groups = att["groups"]
+        lines += _figure(fig, prefix, caption.get(fig))
+    lines += [f"### Attention mass from the answer position (mean over heads and n = {att['n']} samples)", ""]
+    groups = present_groups(att)
+    cols = [att["groups"].index(g) for g in groups]
     lines += ["| layer | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
     for layer, row in zip(att["layers"], att["mass"]):
-        lines.append(f"| {layer} | " + " | ".join(_fmt(v) for v in row) + " |")
+        lines.append(f"| {layer} | " + " | ".join(_fmt(row[i]) for i in cols) + " |")
     share = att["token_share"]
     lines += ["| token share | " + " | ".join(_fmt(share.get(g)) for g in groups) + " |", ""]
+    left_out = [g for g in att["groups"] if g not in groups]
+    if left_out:
+        lines += [f"Left out: {', '.join(left_out)} (no such tokens in these inputs).", ""]
     for fig in att.get("figures", []):
-        lines.append(f"![attention]({prefix}{fig})")
-    lines += ["", f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}", "",
-              f"clean {_fmt(pa['clean_metric'])}, corrupted {_fmt(pa['corrupted_metric'])} (mean over samples); "
-              "normalized effect per layer:", ""]
+        lines += _figure(fig, prefix, caption.get(fig))
+    lines += [f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}", "",
+              f"clean {_fmt(pa['clean_metric'])}, corrupted {_fmt(pa['corrupted_metric'])} (mean over "
+              f"n = {pa['n']} samples); normalized effect per layer ({_patch_scale(pa['direction'])}):", ""]
     for site, eff in pa["effect"].items():
-        gs = list(eff)
+        gs = [g for g in eff if any(v is not None for v in eff[g])] or list(eff)
         lines += [f"**{site}**", "", "| layer | " + " | ".join(gs) + " |", "|---" * (len(gs) + 1) + "|"]
         for layer in range(len(eff[gs[0]])):
             lines.append(f"| {layer} | " + " | ".join(_fmt(eff[g][layer]) for g in gs) + " |")
         lines.append("")
     for fig in pa.get("figures", []):
-        lines.append(f"![patching]({prefix}{fig})")
-    lines += ["", "### Modality contributions and the imbalance ratio Δ(text/image)", "",
+        lines += _figure(fig, prefix, caption.get(fig))
+    lines += [f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co['n']} samples)", "",
               "| estimator | C(text) | C(image) | Δ | 95% CI | dominant |", "|---|---|---|---|---|---|"]
     for est, o in co["overall"].items():
         c = o["contribution"]
@@ -103,7 +177,9 @@ def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
                   f"sample mean): attention writes from {attn}; MLPs {_fmt(dec['mlp'], 2)}; embedding and biases "
                   f"{_fmt(dec['other'], 2)}. Modality-resolved DLA splits attention writes only: what MLPs write "
                   "at the answer position (e.g. a prior computed from question words moved there) has no group."]
-    lines += ["", f"![contributions]({prefix}contrib.png)", ""]
+    lines += [""]
+    for fig in co.get("figures", ["contrib.png"]):
+        lines += _figure(fig, prefix, caption.get(fig))
     return lines
 
 
@@ -132,7 +208,7 @@ result (see docs/organisms.md: attention mass alone does not detect a planted te
 
 def report(settings: ReportSettings) -> dict:
     """Run the report (module docstring); returns ``compare.json`` content (or the single model's)."""
-    from mech.figures.contributions import compare_figure
+    from mech.figures import compare_figure, save_figure
     from mech.runs.folder import check_out
 
     out = check_out(settings.out)
@@ -156,8 +232,11 @@ def report(settings: ReportSettings) -> dict:
                 cis.append(o["ci95"])
             overlap = max(c[0] for c in cis) <= min(c[1] for c in cis)
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
-        compare_figure({_slug(s): results[s]["contrib"] for s in models}, out / "compare.png")
-        lines += [""] + _agreement(results, models) + ["![compare](compare.png)", ""]
+        save_figure(compare_figure({_slug(s): results[s]["contrib"] for s in models}), out / "compare.png")
+        ns = sorted({results[s]["contrib"]["n"] for s in models})
+        lines += [""] + _agreement(results, models) + _figure(
+            "compare.png", "", "Overall Δ(text/image) per estimator with its bootstrap 95% interval, one bar per "
+            "model (log scale; dashed: Δ = 1, no imbalance). n = " + " / ".join(map(str, ns)) + " samples per model.")
         for s in models:
             ev = results[s]["eval"]["consistency"]["all"].get("complete&white_image", {})
             lines.append(f"- `{s}`: complete&white_image consistency {_fmt(ev.get('pct'), 1)}%")

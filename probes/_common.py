@@ -8,10 +8,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 DEFAULT_MODELS = ["organism:balanced", "organism:text-biased"]
 
 
@@ -50,9 +46,9 @@ def batches(items, size: int):
 
 
 def save(fig, args, name: str) -> str:
-    """Lay out, write ``<out>/<name>.png`` at 120 dpi, print and return its path."""
-    fig.tight_layout()
-    path = f"{args.out}/{name}.png"
-    fig.savefig(path, dpi=120)
+    """Write ``fig`` to ``<out>/<name>.png`` (:func:`mech.figures.save_figure`), print and return its path."""
+    from mech.figures import save_figure
+
+    path = str(save_figure(fig, f"{args.out}/{name}.png"))
     print(path)
     return path

@@ -3,32 +3,37 @@ per model, with the image token-share baseline -> figures/attention_curves.png."
 
 from _common import save, batches, load, parse, short
 
-import matplotlib.pyplot as plt
 import torch
 
 import mech
 from mech.conditions import condition_inputs
+from mech.figures.style import SERIES, finish, new_figure, style
 
 
 def main():
     args = parse(__doc__, n=200)
     models, data = load(args)
     samples = [s for s in data if s["images"]]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    for spec, m in models.items():
-        am = mech.AttentionMass.concat([mech.attention_mass(m, condition_inputs(m, b, "complete"))
-                                        for b in batches(samples, 50)])
+    with style():
+        fig = new_figure(5.0, 2.6)
+        axes = fig.subplots(1, 2, sharey=True)
+        for k, (spec, m) in enumerate(models.items()):
+            am = mech.AttentionMass.concat([mech.attention_mass(m, condition_inputs(m, b, "complete"))
+                                            for b in batches(samples, 50)])
+            for ax, group in zip(axes, ("image", "text")):
+                g = am.groups.index(group)
+                y = am.mass[..., g].mean(dim=(0, 2))
+                ax.plot(range(len(y)), y, marker="o", color=SERIES[k], label=short(spec))
+                ax.axhline(float(am.token_share[:, g].mean()), color=SERIES[k], ls=":", lw=1)
         for ax, group in zip(axes, ("image", "text")):
-            k = am.groups.index(group)
-            y = am.mass[..., k].mean(dim=(0, 2))
-            line, = ax.plot(range(len(y)), y, marker="o", label=short(spec))
-            ax.axhline(float(am.token_share[:, k].mean()), color=line.get_color(), ls=":", lw=1)
-    for ax, group in zip(axes, ("image", "text")):
-        ax.set_title(f"attention to {group} tokens (dotted: token share)")
-        ax.set_xlabel("decoder layer")
-        ax.legend()
-    axes[0].set_ylabel("attention mass from the answer position")
-    save(fig, args, "attention_curves")
+            ax.set_title(f"to {group} tokens")
+            ax.set_xlabel("decoder layer")
+            ax.grid(alpha=0.3, lw=0.5)
+        axes[0].set_ylabel("attention mass (fraction)")
+        axes[0].legend()
+        fig.suptitle(f"Attention mass from the answer position (dotted: token share)\n"
+                     f"mean over heads and n = {len(samples)} samples of {args.data}")
+    save(finish(fig), args, "attention_curves")
 
 
 if __name__ == "__main__":

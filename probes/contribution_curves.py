@@ -1,11 +1,11 @@
 """Figure: per-layer modality contributions from three estimators and Δ(text/image) per model
 (figures/contrib_<model>.png), and the overall Δ side by side (figures/contrib_compare.png)."""
 
-from _common import load, parse, short
+from _common import load, parse, save, short
 
 from mech.curves import PATCHED_GROUPS, Contributions
 from mech.curves.donors import contributions_for_rows, pair_donors
-from mech.figures.contributions import compare_figure, contribution_figure
+from mech.figures import compare_figure, contribution_figure
 
 
 def main():
@@ -20,9 +20,9 @@ def main():
             rows = range(start, min(start + 16, len(samples)))
             parts.append(contributions_for_rows(m, samples, rows, pairs)[0])
         results[short(spec)] = Contributions.concat(parts).to_json()
-        print(contribution_figure(results[short(spec)], f"{args.out}/contrib_{short(spec)}.png",
-                                  f"{spec} on {args.data} (n={len(samples)})"))
-    print(compare_figure(results, f"{args.out}/contrib_compare.png"))
+        save(contribution_figure(results[short(spec)], f"{spec} on {args.data} (n = {len(samples)})"), args,
+             f"contrib_{short(spec)}")
+    save(compare_figure(results), args, "contrib_compare")
 
 
 if __name__ == "__main__":

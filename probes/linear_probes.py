@@ -3,8 +3,7 @@ read at the image tokens and at the answer position -> figures/linear_probes.png
 
 from _common import save, load, parse, short
 
-import matplotlib.pyplot as plt
-
+from mech.figures.style import SERIES, finish, new_figure, style
 from mech.measure.probing import linear_probe
 
 
@@ -16,19 +15,22 @@ def main():
     args = parse(__doc__, n=400)
     models, data = load(args)
     samples = [s for s in data if s["images"]]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for spec, m in models.items():
-        r = linear_probe(m, samples, colour)
-        for i, readout in enumerate(r.readouts):
-            ax.plot(r.accuracy[:, i], marker="o", ls="-" if readout == "image" else "--",
-                    label=f"{short(spec)} @ {readout}")
-    ax.axhline(r.majority, color="gray", lw=0.8, label="majority baseline")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("decoder layer (resid_post)")
-    ax.set_ylabel("held-out probe accuracy")
-    ax.set_title("Is the left shape's colour linearly decodable?")
-    ax.legend(fontsize=7)
-    save(fig, args, "linear_probes")
+    with style():
+        fig = new_figure(3.5, 3.2)
+        ax = fig.add_subplot()
+        for k, (spec, m) in enumerate(models.items()):
+            r = linear_probe(m, samples, colour)
+            for i, readout in enumerate(r.readouts):
+                ax.plot(r.accuracy[:, i], marker="o", ls="-" if readout == "image" else "--", color=SERIES[k],
+                        label=f"{short(spec)} @ {readout}")
+        ax.axhline(r.majority, color="gray", lw=0.8, label="majority baseline")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("decoder layer (resid_post)")
+        ax.set_ylabel("held-out probe accuracy")
+        ax.set_title(f"Is the left shape's colour linearly decodable?\n"
+                     f"(n = {r.n_train} train / {r.n_test} test)")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    save(finish(fig), args, "linear_probes")
 
 
 if __name__ == "__main__":

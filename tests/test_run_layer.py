@@ -125,3 +125,20 @@ def test_the_report_composes_the_steps_settings():
     assert steps["eval"].n == EvalSettings.n and steps["patch"].n == PatchSettings.n  # each step's own default
     assert ReportSettings(compare=()).models() == list(S.DEFAULT_COMPARE) and r.models() == ["a", "b"]
     assert r.step(AttentionSettings, "a", "o").replace(n=7) == r.replace(n=7).step(AttentionSettings, "a", "o")
+
+
+def test_help_loads_neither_torch_nor_transformers():
+    """``mech --help`` and ``mech <command> --help`` parse without importing torch (issue 16; the
+    time ratio to ``import torch`` is measured in benchmarks/bench_cli.py)."""
+    code = ("import sys, contextlib, io, mech.cli\n"
+            "for argv in (['--help'], ['patch', '--help'], ['report', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            "        mech.cli.main(argv)\n"
+            "    assert '--n' in out.getvalue() or 'command' in out.getvalue(), out.getvalue()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'pandas', 'numpy')))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+    help_text = subprocess.run([sys.executable, "-m", "mech.cli", "patch", "--help"], env=_env(), capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "(default: white_image)" in help_text and "(default: 64)" in help_text  # --help shows the defaults

@@ -86,6 +86,31 @@ class Contributions:
         return imbalance(self.per_sample[estimator], self.groups, pool=POOL[estimator], numerator=numerator,
                          denominator=denominator, n_boot=n_boot, seed=seed)
 
+    def to_frame(self, per_sample: bool = True):
+        """Tidy ``pandas.DataFrame`` (:func:`mech.frames.tidy`); ``estimator`` and ``group`` are Categoricals.
+
+        ``per_sample=True``: one row per cell of every ``per_sample[estimator]``, columns ``estimator,
+        sample, layer, group, contribution`` (NaN where an estimator does not cover a group or sample).
+        ``per_sample=False``: the curves (sample means, NaN samples left out, as ``contrib.json``'s
+        ``curves``), columns ``estimator, layer, group, contribution``.
+        """
+        from mech.frames import concat, tidy
+
+        if per_sample:
+            return concat({e: tidy(x, {"sample": None, "layer": None, "group": self.groups}, value="contribution")
+                           for e, x in self.per_sample.items()}, "estimator")
+        return concat({e: tidy(x.double().nanmean(0), {"layer": None, "group": self.groups}, value="contribution")
+                       for e, x in self.per_sample.items()}, "estimator")
+
+    def imbalance_frame(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000,
+                        seed: int = 0):
+        """Δ(numerator/denominator) per layer of every estimator (:meth:`imbalance`), as a tidy
+        ``pandas.DataFrame`` with columns ``estimator, layer, delta``."""
+        from mech.frames import concat
+
+        return concat({e: self.imbalance(e, numerator, denominator, n_boot=n_boot, seed=seed).to_frame()
+                       for e in self.per_sample}, "estimator")
+
     def to_json(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000) -> dict:
         """``contrib.json``: ``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` (docs/design.md,
         "The run layer's contract")."""

@@ -56,7 +56,7 @@ class ContribJob:
 
     def assemble(self, store, samples: list[dict], out: Path) -> dict:
         from mech.curves import PATCHED_GROUPS, Contributions
-        from mech.figures.contributions import contribution_figure
+        from mech.figures import contribution_figure, save_figure
         from mech.prepare.groups import GROUPS
         from mech.results import write_tensors
 
@@ -70,7 +70,7 @@ class ContribJob:
                                 components={k: v for k, v in data.items() if k.startswith("dla.")})
         result = {"model": s.model, "data": s.data, **contrib.to_json()}
         write_tensors(out / "contrib.safetensors", data, {"groups": list(contrib.groups)})
-        contribution_figure(result, out / "contrib.png", f"{s.model} on {s.data} (n={result['n']})")
+        save_figure(contribution_figure(result, f"{s.model} on {s.data} (n = {result['n']})"), out / "contrib.png")
         result["figures"] = ["contrib.png"]
         return result
 

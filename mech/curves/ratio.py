@@ -68,6 +68,12 @@ class Imbalance:
     contribution: dict[str, float]
     n: int = 0
 
+    def to_frame(self):
+        """``per_layer`` as a tidy ``pandas.DataFrame``: columns ``layer, delta`` (:func:`mech.frames.tidy`)."""
+        from mech.frames import tidy
+
+        return tidy(self.per_layer, {"layer": None}, value="delta")
+
     def to_json(self) -> dict:
         return {"dominant": self.dominant, "underutilized": self.underutilized, "delta": self.delta,
                 "ci95": list(self.ci95), "contribution": self.contribution, "n": self.n}

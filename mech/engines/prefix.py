@@ -24,7 +24,16 @@ from transformers import Cache
 
 from mech.engines import hooks as H
 from mech.errors import InputError
-from mech.measure.patching.sites import RESIDUAL_INPUT, hook_name, start_layer
+from mech.engines.hooks import site_hook
+
+
+#: sites whose replacement is the input of the first layer run (handled without a hook)
+RESIDUAL_INPUT = ("resid_pre", "resid_post")
+
+
+def start_layer(site: str, layer: int) -> int:
+    """First decoder layer a patched run at (``site``, ``layer``) has to evaluate."""
+    return layer + 1 if site == "resid_post" else layer
 
 
 @dataclass
@@ -155,7 +164,7 @@ def patched_logits(m, cap: Capture, site: str, configs: list[Config], alignments
     layer = configs[0].layer
     assert all(c.layer == layer for c in configs)
     batch = cap.resid[0].shape[0]
-    name = hook_name(site, layer)
+    name = site_hook(site, layer)
     src = source[name]
     per = max(1, max_rows // batch)
     out = []

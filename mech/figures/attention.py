@@ -1,96 +1,127 @@
-"""Figures of attention mass (matplotlib, Agg backend): per-layer mass curves with the token-share
-baseline, a layer × head heatmap, and the attention over an image's patch grid overlaid on it."""
+"""Figures of attention mass: per-layer mass curves with the token-share baseline, a layer × head
+heatmap, and the attention over one sample's image patch grid. Each returns a
+:class:`matplotlib.figure.Figure`; write it with :func:`mech.figures.save_figure`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from mech.figures.style import GROUP_COLORS, RC, finish, new_figure, style, wrap
 
-COLORS = {"image": "tab:blue", "video": "tab:purple", "audio": "tab:cyan", "text": "tab:orange",
-          "template": "tab:gray", "bos": "tab:red"}
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+#: what the query rows of ``attention_mass(query=...)`` are, in words
+QUERY_WORDS = {"last": "the answer position", "answer": "the answer tokens", "text": "the text tokens",
+               "mask": "the chosen rows"}
+#: at most this many single layers in :func:`image_overlay` (more layers: evenly spaced ones)
+MAX_PANELS = 7
 
 
-def mass_curves(am: Any, path: str | Path, title: str = "") -> Path:
-    """Per-layer attention mass of each present group (mean over samples and heads, solid) with its
-    token share (dashed: the mass under uniform attention over the key positions)."""
+def _query(am: Any) -> str:
+    return QUERY_WORDS.get(am.query, am.query)
+
+
+def mass_curves(am: Any, title: str = "") -> Figure:
+    """Per-layer attention mass of each group the inputs have (mean over samples and heads, solid),
+    with its token share (dashed: the mass under uniform attention over the key positions).
+    Groups without tokens (e.g. video and audio for an image model) are left out."""
     lam = am.allocation().mean(0).numpy()  # [layer, group]
     share = am.token_share.mean(0).numpy()
     layers = np.arange(lam.shape[0])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for g, name in enumerate(am.groups):
-        if share[g] <= 0:
-            continue
-        c = COLORS.get(name)
-        ax.plot(layers, lam[:, g], marker="o", ms=3, color=c, label=f"{name} (mass)")
-        ax.axhline(share[g], color=c, ls="--", lw=1, alpha=0.7, label=f"{name} token share {share[g]:.2f}")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel(f"attention mass from query ({am.query}), fraction")
-    ax.set_ylim(0, 1)
-    ax.set_title(title or f"Attention mass per token group (n = {am.mass.shape[0]})")
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    with style():
+        fig = new_figure(3.5, 3.0)
+        ax = fig.add_subplot()
+        for g, name in enumerate(am.groups):
+            if share[g] <= 0:
+                continue
+            c = GROUP_COLORS.get(name)
+            ax.plot(layers, lam[:, g], marker="o", color=c, label=name)
+            ax.axhline(share[g], color=c, ls="--", lw=0.9, alpha=0.8)
+        ax.plot([], [], color="black", label="mass")  # line-style key
+        ax.plot([], [], color="black", ls="--", lw=0.9, label="token share")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("decoder layer")
+        ax.set_ylabel("fraction of the query's attention")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.set_title(wrap(title or f"Attention mass from {_query(am)} (n = {am.mass.shape[0]})", 3.3))
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=4, handlelength=1.8,
+                   columnspacing=1.0)
+    return finish(fig)
 
 
-def head_heatmap(am: Any, path: str | Path, group: str = "image", title: str = "") -> Path:
-    """Layer × head heatmap of the mass on ``group`` (mean over samples)."""
+def head_heatmap(am: Any, group: str = "image", title: str = "") -> Figure:
+    """Layer × head heatmap of the mass on ``group`` (mean over samples), layer 0 at the bottom."""
     g = am.groups.index(group)
     data = am.mass[..., g].mean(0).numpy()  # [layer, head]
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * data.shape[1] + 2), max(3, 0.3 * data.shape[0] + 1.5)))
-    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, float(data.max())), origin="lower")
-    ax.set_xlabel("head")
-    ax.set_ylabel("decoder layer")
-    ax.set_xticks(range(data.shape[1]))
-    ax.set_yticks(range(data.shape[0]))
-    ax.set_title(title or f"Attention mass on {group} tokens, per head (query: {am.query})")
-    fig.colorbar(im, ax=ax, label=f"mass on {group}, fraction of the query's attention")
-    return _save(fig, path)
+    n_layers, n_heads = data.shape
+    with style():
+        fig = new_figure(min(7.0, max(3.3, 0.28 * n_heads + 1.6)), min(9.0, max(2.6, 0.2 * n_layers + 1.4)))
+        ax = fig.add_subplot()
+        im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, float(data.max())),
+                       origin="lower", interpolation="nearest")
+        ax.set_xlabel("head")
+        ax.set_ylabel("decoder layer")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=12))
+        ax.set_title(wrap(title or f"Attention mass on {group} tokens per head\n"
+                          f"(from {_query(am)}; mean over n = {am.mass.shape[0]})", fig.get_figwidth() - 0.3))
+        fig.colorbar(im, ax=ax, label=f"mass on {group}", shrink=0.9)
+    return finish(fig)
 
 
-def image_overlay(am: Any, image: Any, path: str | Path, row: int = 0, layers: list[int] | None = None,
-                  title: str = "") -> Path | None:
-    """The attention on each image patch (head- and query-mean), upsampled onto the image, for a few
-    layers and their mean. Returns None when the patch grid is unknown (``am.grid is None``) or the
-    sample's image tokens do not fill exactly one grid."""
+def overlay_layers(n_layers: int) -> list[int]:
+    """The layers :func:`image_overlay` shows by default: all of them up to ``MAX_PANELS``, else
+    ``MAX_PANELS`` evenly spaced ones from the first to the last."""
+    if n_layers <= MAX_PANELS:
+        return list(range(n_layers))
+    return sorted(set(np.linspace(0, n_layers - 1, MAX_PANELS).round().astype(int).tolist()))
+
+
+def image_overlay(am: Any, image: Any, row: int = 0, layers: list[int] | None = None, title: str = "",
+                  sample: str | None = None) -> Figure | None:
+    """The attention of row ``row`` (sample id ``sample``) on each image patch (head- and
+    query-mean), drawn over the image in grey, for each layer (or ``layers``; default
+    :func:`overlay_layers`) and the mean over layers, with one colour scale for all panels. The first
+    panel is the input image. Returns None when the patch grid is unknown (``am.grid is None``) or
+    the sample's image tokens do not fill exactly one grid."""
     if am.grid is None or image is None:
         return None
     rows, cols = am.grid
     n = int(am.n_image_tokens[row])
     if n != rows * cols:
         return None
-    spatial = am.spatial[row, :, :n].reshape(am.n_layers, rows, cols)
-    layers = layers if layers is not None else sorted(set(np.linspace(0, am.n_layers - 1, min(4, am.n_layers))
-                                                          .round().astype(int).tolist()))
-    panels = [(f"layer {i}", spatial[i]) for i in layers] + [("mean over layers", spatial.mean(0))]
-    img = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    h, w = img.shape[:2]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0))
-    axes = np.atleast_1d(axes)
-    for ax, (name, heat) in zip(axes, panels):
-        up = torch.nn.functional.interpolate(heat[None, None], size=(h, w), mode="nearest")[0, 0].numpy()
-        ax.imshow(img, interpolation="nearest")
-        im = ax.imshow(up, cmap="inferno", alpha=0.55, interpolation="nearest", vmin=0)
-        ax.set_title(f"{name}\nΣ image = {float(heat.sum()):.2f}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    fig.suptitle(title or f"Attention from the query ({am.query}) on image patches "
-                 f"({rows}×{cols} grid; colour: attention weight per patch)", fontsize=9)
-    return _save(fig, path)
+    spatial = am.spatial[row, :, :n].reshape(am.n_layers, rows, cols).float().numpy()
+    chosen = layers if layers is not None else overlay_layers(am.n_layers)
+    panels = [(f"layer {i}", spatial[i]) for i in chosen] + [("mean over layers", spatial.mean(0))]
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    h, w = rgb.shape[:2]
+    vmax = max(1e-6, max(float(p.max()) for _, p in panels))
+    ncols = min(4, len(panels) + 1)
+    nrows = -(-(len(panels) + 1) // ncols)
+    which = "all layers" if layers is None and len(chosen) == am.n_layers else (
+        "evenly spaced layers" if layers is None else "chosen layers")
+    with style():
+        fig = new_figure(1.1 * ncols + 0.8, 1.3 * nrows + 0.7)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        axes[0].imshow(rgb, interpolation="nearest")
+        axes[0].set_title("input" + (f"\n{sample}" if sample else ""), fontsize=7)
+        for ax, (name, heat) in zip(axes[1:], panels):
+            ax.imshow(grey, cmap="gray", vmin=-0.2, vmax=1, interpolation="nearest")
+            im = ax.imshow(heat, cmap="inferno", alpha=0.7, vmin=0, vmax=vmax, interpolation="nearest",
+                           extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            ax.set_title(f"{name}\nΣ image = {float(heat.sum()):.2f}", fontsize=7)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in axes[len(panels) + 1:]:
+            ax.set_axis_off()
+        fig.colorbar(im, ax=list(axes), shrink=0.8, label="attention per patch (fraction)")
+        who = f"sample {sample}" if sample else f"row {row}"
+        fig.suptitle(wrap(title or f"Attention from {_query(am)} to the image patches of {who}\n"
+                          f"({rows}×{cols} grid, {which}; one colour scale)", fig.get_figwidth() - 0.2,
+                          RC["figure.titlesize"]))
+    return finish(fig)

@@ -1,75 +1,113 @@
-"""Figures of the contribution curves and the imbalance ratio (matplotlib, Agg)."""
+"""Figures of the contribution curves and the imbalance ratio. Each returns a
+:class:`matplotlib.figure.Figure`; write it with :func:`mech.figures.save_figure`."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
-import matplotlib
+import matplotlib.ticker
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from mech.figures.style import GROUP_COLORS, RC, SERIES, finish, new_figure, style, wrap
 
 UNITS = {"attention": "attention mass (fraction)", "patching": "restored logit diff (logits)",
          "dla": "direct logit attribution (logits)"}
-COLORS = {"image": "tab:blue", "text": "tab:orange", "template": "tab:gray", "bos": "tab:green",
-          "video": "tab:purple", "audio": "tab:brown"}
+TITLES = {"attention": "attention mass", "patching": "patching (restore a removed group)",
+          "dla": "direct logit attribution"}
 
 
-def contribution_figure(contrib: dict, path: str | Path, title: str) -> Path:
-    """One panel per estimator: per-layer contribution of each group; last panel: Δ(text/image) per
-    layer for every estimator (log scale), with the overall Δ and its 95% interval in the legend."""
+def _values(ys) -> list[float]:
+    return [math.nan if y is None else float(y) for y in ys]
+
+
+def _present(ys) -> bool:
+    """Whether a curve has any non-zero value (a group the model has no tokens of is all zero)."""
+    return any(y == y and y != 0 for y in _values(ys))
+
+
+def _ratio_label(contrib: dict) -> str:
+    num, _, den = str(contrib.get("ratio", "text/image")).partition("/")
+    return f"Δ = C({num}) / C({den or 'image'})"
+
+
+def _headroom(ax, ys, share: float = 0.45) -> None:
+    """Log-scale y limits with the top ``share`` of the axes free for the legend."""
+    ys = [float(y) for y in ys if y == y and y > 0]
+    if not ys:
+        return
+    lo, hi = min(min(ys), 1.0) / 1.5, max(max(ys), 1.0) * 1.5
+    ax.set_ylim(lo, hi * (hi / lo) ** (share / (1 - share)))
+
+
+def contribution_figure(contrib: dict, title: str = "") -> Figure:
+    """A grid of panels: one per estimator with the per-layer contribution of each group the model
+    has (all-zero groups, e.g. video and audio for an image model, are left out), and a last panel
+    with Δ (``contrib["ratio"]``) per layer for every estimator (log scale; dashed: Δ = 1), the
+    overall Δ and its 95% interval in its legend. One legend of the groups for all panels."""
     ests = list(contrib["curves"])
-    fig, axes = plt.subplots(1, len(ests) + 1, figsize=(4.2 * (len(ests) + 1), 3.6))
-    for ax, est in zip(axes, ests):
-        for g, ys in contrib["curves"][est].items():
-            if g in ("video", "audio") and not any(ys):
-                continue
-            ax.plot(range(len(ys)), ys, marker="o", ms=3, label=g, color=COLORS.get(g))
-        ax.set_title(est)
-        ax.set_xlabel("decoder layer")
-        ax.set_ylabel(UNITS.get(est, est))
-        ax.axhline(0, color="black", lw=0.5)
-        ax.legend(fontsize=8)
-    ax = axes[-1]
-    for est in ests:
-        ys = contrib["imbalance_ratio"][est]
-        o = contrib["overall"][est]
-        ax.plot(range(len(ys)), ys, marker="o", ms=3,
-                label=f"{est}: Δ={o['delta']:.2f} [{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]")
-    ax.axhline(1, color="black", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_title(f"Δ({contrib['ratio']}) per layer")
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("C(text) / C(image)")
-    ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    n_panels = len(ests) + 1
+    ncols = 2 if n_panels > 1 else 1
+    nrows = -(-n_panels // ncols)
+    handles = {}
+    with style():
+        fig = new_figure(3.5 * ncols / 1.45 + 0.3, 2.05 * nrows + 0.75)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, est in zip(axes, ests):
+            for g, ys in contrib["curves"][est].items():
+                if not _present(ys):
+                    continue
+                line, = ax.plot(range(len(ys)), _values(ys), marker="o", label=g, color=GROUP_COLORS.get(g))
+                handles.setdefault(g, line)
+            ax.set_title(TITLES.get(est, est))
+            ax.set_ylabel(UNITS.get(est, est))
+            ax.axhline(0, color="black", lw=0.5)
+        ax = axes[len(ests)]
+        for k, est in enumerate(ests):
+            ys = [y if y is not None and y > 0 else math.nan for y in _values(contrib["imbalance_ratio"][est])]
+            o = contrib["overall"][est]
+            lo, hi = o["ci95"]
+            ax.plot(range(len(ys)), ys, marker="o", color=SERIES[k % len(SERIES)],
+                    label=f"{est}: {o['delta']:.2f} [{lo:.2f}, {hi:.2f}]")
+        ax.axhline(1, color="black", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        _headroom(ax, [y for line in ax.get_lines() for y in line.get_ydata()])
+        ax.set_title("Δ per layer (overall Δ [95% CI])")
+        ax.set_ylabel(_ratio_label(contrib))
+        ax.legend(fontsize=6.5, loc="upper right", handlelength=1.2)
+        for ax in axes[:n_panels]:
+            ax.set_xlabel("decoder layer")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3, lw=0.5)
+        for ax in axes[n_panels:]:
+            ax.set_axis_off()
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(handles))
+        if title:
+            fig.suptitle(wrap(title, fig.get_figwidth() - 0.2, RC["figure.titlesize"]))
+    return finish(fig)
 
 
-def compare_figure(results: dict[str, dict], path: str | Path) -> Path:
-    """Overall Δ(text/image) with 95% intervals per estimator, one bar group per model."""
+def compare_figure(results: dict[str, dict], title: str = "") -> Figure:
+    """Overall Δ with 95% intervals per estimator (log scale; dashed: Δ = 1), one bar per model."""
     models = list(results)
-    ests = list(next(iter(results.values()))["overall"])
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(ests), 3.6))
+    first = next(iter(results.values()))
+    ests = list(first["overall"])
     width = 0.8 / len(models)
-    for k, name in enumerate(models):
-        o = results[name]["overall"]
-        xs = [i + k * width for i in range(len(ests))]
-        d = [o[e]["delta"] for e in ests]
-        err = [[d[i] - o[e]["ci95"][0] for i, e in enumerate(ests)], [o[e]["ci95"][1] - d[i] for i, e in enumerate(ests)]]
-        ax.bar(xs, d, width, yerr=err, capsize=3, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(ests))], ests)
-    ax.axhline(1, color="black", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_ylabel("overall Δ(text/image), 95% CI")
-    ax.set_title("Modality imbalance ratio by estimator")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    with style():
+        fig = new_figure(max(3.5, 1.2 + 0.45 * len(ests) * len(models)), 2.7)
+        ax = fig.add_subplot()
+        for k, name in enumerate(models):
+            o = results[name]["overall"]
+            xs = [i + k * width for i in range(len(ests))]
+            d = [o[e]["delta"] for e in ests]
+            err = [[d[i] - o[e]["ci95"][0] for i, e in enumerate(ests)],
+                   [o[e]["ci95"][1] - d[i] for i, e in enumerate(ests)]]
+            n = results[name].get("n")
+            ax.bar(xs, d, width, yerr=err, capsize=2.5, error_kw={"lw": 0.8}, color=SERIES[k % len(SERIES)],
+                   label=name + (f" (n = {n})" if n else ""))
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(ests))], ests)
+        ax.axhline(1, color="black", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"overall {_ratio_label(first)}")
+        ax.set_title(wrap(title or "Modality imbalance ratio by estimator (95% CI)", fig.get_figwidth() - 0.5))
+        ax.legend(loc="best")
+    return finish(fig)

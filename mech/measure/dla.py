@@ -77,6 +77,31 @@ class DLA:
     groups: tuple[str, ...]
     mass: torch.Tensor
 
+    def to_frame(self, components: bool = False):
+        """Tidy ``pandas.DataFrame`` (:func:`mech.frames.tidy`). ``components=False``: one row per cell of
+        ``attn``, columns ``sample, layer, group, attn`` (logits). ``components=True``: every component,
+        columns ``sample, component, layer, group, logits`` with ``component`` in ``attn, attn_bias, mlp,
+        embed, unembed_bias``; ``layer`` (nullable Int64) is ``<NA>`` for ``embed`` and ``unembed_bias``,
+        ``group`` (Categorical) is NaN except for ``attn``. A sample's rows sum to :meth:`total`."""
+        import pandas as pd
+
+        from mech.frames import concat, tidy
+
+        attn = tidy(self.attn, {"sample": None, "layer": None, "group": self.groups}, value="attn")
+        if not components:
+            return attn
+        parts = {"attn": attn.rename(columns={"attn": "logits"})}
+        for name in ("attn_bias", "mlp", "embed", "unembed_bias"):
+            t = getattr(self, name)
+            f = tidy(t, {"sample": None, "layer": None} if t.dim() == 2 else {"sample": None}, value="logits")
+            if "layer" not in f:
+                f.insert(1, "layer", pd.NA)
+            f.insert(2, "group", pd.Categorical([None] * len(f), categories=attn["group"].cat.categories))
+            parts[name] = f
+        for f in parts.values():
+            f["layer"] = f["layer"].astype("Int64")
+        return concat(parts, "component")[["sample", "component", "layer", "group", "logits"]]
+
     def total(self) -> torch.Tensor:
         """``[batch]``: the sum of every component (equals ``logit_diff`` up to float error)."""
         return (self.attn.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.embed

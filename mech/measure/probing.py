@@ -38,6 +38,13 @@ class ProbeResult:
     n_train: int
     n_test: int
 
+    def to_frame(self):
+        """Tidy ``pandas.DataFrame``, one row per cell of ``accuracy``: columns ``layer, readout, accuracy``
+        (``readout`` a Categorical in ``readouts``' order; :func:`mech.frames.tidy`)."""
+        from mech.frames import tidy
+
+        return tidy(self.accuracy, {"layer": None, "readout": self.readouts}, value="accuracy")
+
     def to_json(self) -> dict:
         return {"readouts": list(self.readouts), "classes": [str(c) for c in self.classes],
                 "accuracy": {r: self.accuracy[:, i].tolist() for i, r in enumerate(self.readouts)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,20 @@ class MechModel:
                 f"{instrument} needs image tokens in the decoder sequence, but {self.arch.model_type} feeds "
                 f"images through cross-attention ({self.arch.table.notes}). Use mech eval (input conditions) "
                 "for this model, or a family whose images are decoder tokens.")
+
+
+@contextlib.contextmanager
+def loading_bars(enabled: bool):
+    """Show (``enabled``) or hide transformers' progress bars ("Loading weights", ...) inside the
+    block; transformers' previous setting is restored on exit, exceptions included."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 def _dtype(dtype: Any) -> Any:

@@ -101,6 +101,15 @@ class AttentionMass:
             "n": int(self.mass.shape[0]),
         }
 
+    def to_frame(self):
+        """Tidy ``pandas.DataFrame``, one row per cell of ``mass``: columns ``sample, layer, head, group,
+        mass, density`` (``sample`` the row of the batch, ``group`` a Categorical in ``groups``' order;
+        :func:`mech.frames.tidy`)."""
+        from mech.frames import tidy
+
+        return tidy({"mass": self.mass, "density": self.density},
+                    {"sample": None, "layer": None, "head": None, "group": self.groups})
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"mass": self.mass, "density": self.density, "token_share": self.token_share,
                 "counts": self.counts, "spatial": self.spatial, "n_image_tokens": self.n_image_tokens,

@@ -39,6 +39,7 @@ class AttentionJob:
 
     def assemble(self, store, samples: list[dict], out: Path) -> dict:
         from mech.figures import attention as plots
+        from mech.figures import save_figure
         from mech.measure.attention import AttentionMass
 
         s = self.settings
@@ -53,14 +54,15 @@ class AttentionJob:
                 "ids": [x.get("id") for x in samples]}
         am.save(out, meta)
         title = f"{s.model} on {s.data}"
-        figures = [plots.mass_curves(am, out / "attention_mass.png", f"Attention mass per group: {title}")]
+        figures = [save_figure(plots.mass_curves(am, f"{title}\nattention mass from the answer position "
+                                                     f"(n = {len(samples)})"), out / "attention_mass.png")]
         if "image" in am.groups and float(am.token_share[:, am.groups.index("image")].max()) > 0:
-            figures.append(plots.head_heatmap(am, out / "attention_heads.png", "image"))
+            figures.append(save_figure(plots.head_heatmap(am, "image"), out / "attention_heads.png"))
             row = next((i for i, x in enumerate(samples) if x.get("images")), None)
             if row is not None:
-                fig = plots.image_overlay(am, samples[row]["images"][0], out / "attention_image.png", row=row)
+                fig = plots.image_overlay(am, samples[row]["images"][0], row=row, sample=samples[row].get("id"))
                 if fig is not None:
-                    figures.append(fig)
+                    figures.append(save_figure(fig, out / "attention_image.png"))
         # names relative to --out: the same JSON whatever the directory
         return {**am.summary(), **meta, "figures": [Path(f).name for f in figures]}
 

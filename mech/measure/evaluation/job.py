@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def write_outputs(result: dict, out_dir: str | Path, *, model: str | None = None
                   json_too: bool = True) -> dict:
     """Write ``eval.json`` (unless ``json_too`` is False: the run loop writes it), ``eval.md``,
     ``eval.safetensors`` and ``eval.png`` to ``out_dir``, each atomically."""
+    from mech.figures import save_figure
     from mech.measure.evaluation.tables import figure, markdown
     from mech.results import write_json, write_tensors, write_text
 
@@ -51,7 +53,7 @@ def write_outputs(result: dict, out_dir: str | Path, *, model: str | None = None
             "axes": "pred_index/correct: [sample, condition]; scores: [sample, condition, option]"}
     paths["safetensors"] = write_tensors(out / "eval.safetensors", per_sample_tensors(result), meta)
     title = f"{model or result['settings'].get('model')} on {result['settings'].get('data')}"
-    paths["png"] = figure(result, out / "eval.png", chance=chance, title=title)
+    paths["png"] = save_figure(figure(result, chance=chance, title=title), out / "eval.png")
     return paths
 
 
@@ -62,16 +64,13 @@ class EvalJob:
     accuracy and consistency tables (:func:`mech.measure.evaluation.run.assemble`)."""
 
     settings: EvalSettings
+    #: input conditions work on cross-attention families (Mllama) too
+    decoder_sequence: typing.ClassVar[bool] = False
 
     def samples(self):
         from mech.prepare.data import load_data
 
         return load_data(self.settings.data, n=self.settings.n, seed=self.settings.seed)
-
-    def load(self, shard):
-        from mech.runs.loop import load_model
-
-        return load_model(self.settings, shard, decoder_sequence=False)  # cross-attention families too
 
     def _plan(self, data):
         from mech.prepare.data import Dataset
@@ -108,6 +107,5 @@ class EvalJob:
         cons = (result.get("consistency") or {}).get("all", {}).get("complete&white_image")
         if cons:
             lines.append(f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)")
-        sk = result["skipped"]
-        lines.append(f"n={len(result['ids'])}, skipped {sk['count']}" + (f" ({sk['reasons']})" if sk["count"] else ""))
+        lines.append(f"n={len(result['ids'])} answered")
         return lines

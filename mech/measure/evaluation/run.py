@@ -194,6 +194,30 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
                     fingerprint=model_fingerprint(m.model), data_skipped=dataset.skipped)
 
 
+def to_frame(result: dict):
+    """The per-sample answers of an :func:`evaluate` result (or ``eval.json``) as a tidy ``pandas.DataFrame``,
+    one row per sample × condition (sample-major), columns ``sample, id, condition, prediction, correct,
+    answer, n_options``: ``sample`` the position in ``result["ids"]`` (int64), ``id`` and ``condition``
+    Categoricals (conditions in the result's order), ``prediction`` the parsed option letter (missing
+    where none was parsed), ``correct`` bool, ``answer`` the gold letter, ``n_options`` int64.
+    Scores and responses are left out (a list per sample, see ``result["scores"|"responses"]``)."""
+    import numpy as np
+
+    from mech.frames import tidy
+
+    conds = list(result["predictions"])
+    ids, n = list(result["ids"]), len(result["ids"])
+    pred = np.empty((n, len(conds)), dtype=object)
+    for j, c in enumerate(conds):
+        pred[:, j] = result["predictions"][c]
+    correct = np.array([[bool(result["correct"][c][i]) for c in conds] for i in range(n)], dtype=bool).reshape(n, -1)
+    answer = np.empty((n, 1), dtype=object)
+    answer[:, 0] = result["answers"]
+    options = np.asarray(result["n_options"], dtype=np.int64).reshape(n, 1)
+    return tidy({"prediction": pred, "correct": correct, "answer": answer, "n_options": options},
+                {"sample": {"sample": None, "id": ids}, "condition": conds})
+
+
 def _assemble(samples, ids, conditions, results, skipped, settings) -> dict:
     predictions = {c: [p for rec in results[c] for p in rec["pred"]] for c in conditions}
     correct = {c: [is_correct(p, s) for p, s in zip(predictions[c], samples)] for c in conditions}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from mech.conditions import PAPER_NAMES
 from mech.measure.evaluation.consistency import PAIR_LABELS, PAIRS, SUBSETS
 
@@ -79,58 +76,65 @@ def markdown(result: dict, model: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(result: dict, path: str | os.PathLike, chance: float | None = None, title: str | None = None) -> Path:
-    """PNG: accuracy per condition (bars, drop labels, chance line) and consistency (% consistent
-    per comparison, grouped by all / correct / wrong samples). Written atomically."""
-    import matplotlib
+def chance_level(result: dict) -> float | None:
+    """Accuracy of uniform guessing: the mean over samples of 1 / (the sample's number of options),
+    from the data's own option counts (``result["n_options"]``, 0 for an open question); None
+    without options."""
+    opts = [k for k in result.get("n_options") or [] if k]
+    return sum(1 / k for k in opts) / len(opts) if opts else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def figure(result: dict, chance: float | None = None, title: str | None = None):
+    """A :class:`matplotlib.figure.Figure`: accuracy per condition (bars, chance line) above the
+    consistency (% consistent per comparison, over all / correct / wrong samples). ``chance``
+    defaults to :func:`chance_level` of the data. Write it with :func:`mech.figures.save_figure`."""
     import numpy as np
 
-    from mech.results import atomic_write
+    from mech.figures.style import OKABE_ITO, RC, finish, new_figure, style, wrap
 
+    chance = chance_level(result) if chance is None else chance
     conds = _order(result["conditions"])
     acc = [100 * (result["conditions"][c]["accuracy"] or 0.0) for c in conds]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.15]})
-    colors = ["#4c72b0" if c == "complete" else "#dd8452" for c in conds]
-    bars = ax1.bar(range(len(conds)), acc, color=colors)
-    for b, c, a in zip(bars, conds, acc):
-        ax1.text(b.get_x() + b.get_width() / 2, a + 1, f"{a:.1f}", ha="center", va="bottom", fontsize=9)
-    if chance is not None:
-        ax1.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance {100 * chance:.1f}%")
-        ax1.legend(loc="upper right", fontsize=8)
-    ax1.set_xticks(range(len(conds)), [PAPER_NAMES.get(c, c) for c in conds], rotation=25, ha="right", fontsize=9)
-    ax1.set_ylabel("accuracy (%)")
-    ax1.set_ylim(0, 105)
-    ax1.set_title("Accuracy per input condition (Table 1)")
-    cons = result.get("consistency")
-    keys = [k for k, _ in PAIRS]
-    width = 0.26
-    for j, subset in enumerate(SUBSETS):
-        vals = []
-        for k in keys:
-            cell = cons[subset].get(k) if cons else None
-            vals.append(np.nan if cell is None or cell["pct"] is None else cell["pct"])
-        xs = np.arange(len(keys)) + (j - 1) * width
-        total = next((cons[subset][k]["total"] for k in keys if cons and cons[subset].get(k)), 0)
-        ax2.bar(xs, vals, width, label=f"{SUBSET_LABELS[subset]} (n={total})",
-                color=["#55a868", "#4c72b0", "#c44e52"][j])
-        for x, v in zip(xs, vals):
-            if not np.isnan(v):
-                ax2.text(x, v + 1, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
-    ax2.set_xticks(range(len(keys)), [PAIR_LABELS[k] for k in keys], rotation=15, ha="right", fontsize=9)
-    ax2.set_ylabel("consistent predictions (%)")
-    ax2.set_ylim(0, 128)
-    ax2.set_yticks(range(0, 101, 20))
-    ax2.set_title("Prediction consistency (Table 2)")
-    ax2.legend(fontsize=7.5, loc="upper center", ncol=3, frameon=False, columnspacing=0.8, handlelength=1.2)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    n = result["conditions"][conds[0]]["n"] if conds else 0
+    with style():
+        fig = new_figure(4.6, 5.2)
+        ax1, ax2 = fig.subplots(2, 1)
+        colors = [OKABE_ITO["blue"] if c == "complete" else OKABE_ITO["orange"] for c in conds]
+        bars = ax1.bar(range(len(conds)), acc, color=colors, width=0.7)
+        for b, a in zip(bars, acc):
+            ax1.text(b.get_x() + b.get_width() / 2, a + 1.5, f"{a:.1f}", ha="center", va="bottom", fontsize=7,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6}, zorder=3)
+        if chance is not None:
+            ax1.axhline(100 * chance, color="black", ls="--", lw=0.9,
+                        label=f"chance {chance:.3f} (mean 1 / #options)")
+            ax1.legend(loc="upper right")
+        ax1.set_xticks(range(len(conds)), [PAPER_NAMES.get(c, c) for c in conds], rotation=20, ha="right")
+        ax1.set_ylabel("accuracy (%)")
+        ax1.set_ylim(0, 112)
+        ax1.set_yticks(range(0, 101, 20))
+        ax1.set_title(f"Accuracy per input condition (Table 1; n = {n})")
+        cons = result.get("consistency")
+        keys = [k for k, _ in PAIRS]
+        width = 0.27
+        palette = [OKABE_ITO["green"], OKABE_ITO["blue"], OKABE_ITO["vermillion"]]
+        for j, subset in enumerate(SUBSETS):
+            vals = []
+            for k in keys:
+                cell = cons[subset].get(k) if cons else None
+                vals.append(np.nan if cell is None or cell["pct"] is None else cell["pct"])
+            xs = np.arange(len(keys)) + (j - 1) * width
+            total = next((cons[subset][k]["total"] for k in keys if cons and cons[subset].get(k)), 0)
+            ax2.bar(xs, vals, width, label=f"{SUBSET_LABELS[subset].split()[0].lower()} (n = {total})",
+                    color=palette[j])
+            for x, v in zip(xs, vals):
+                if not np.isnan(v):
+                    ax2.text(x, v + 1.5, f"{v:.0f}", ha="center", va="bottom", fontsize=6)
+        ax2.set_xticks(range(len(keys)), [PAIR_LABELS[k] for k in keys], rotation=12, ha="right")
+        ax2.set_ylabel("consistent predictions (%)")
+        ax2.set_ylim(0, 125)
+        ax2.set_yticks(range(0, 101, 20))
+        ax2.set_title("Prediction consistency (Table 2)")
+        ax2.legend(loc="upper center", ncol=3, columnspacing=0.9, handlelength=1.0)
+        if title:
+            fig.suptitle(wrap(title, fig.get_figwidth() - 0.2, RC["figure.titlesize"]))
+    return finish(fig)

@@ -93,6 +93,23 @@ class KnockoutResult:
             "answer": self.answer.tolist(), "forward_equivalents": self.forward_equivalents, **self.meta,
         }
 
+    def to_frame(self, per_sample: bool = False):
+        """Tidy ``pandas.DataFrame`` (:func:`mech.frames.tidy`). ``per_sample=False``: one row per cell of
+        ``change``, columns ``layer, first, stop, edge, change`` (``layer`` the window's anchor, ``first <=
+        l < stop`` its layers, ``edge`` a Categorical in ``edges``' order). ``per_sample=True``: one row
+        per sample, window and edge, columns ``sample, layer, first, stop, edge, change, p_knocked,
+        p_clean, n_source, n_target`` (the per-sample tensors; ``p_clean`` repeated per window and edge)."""
+        from mech.frames import tidy
+
+        window = {"layer": self.layers, "first": [w[0] for w in self.windows], "stop": [w[1] for w in self.windows]}
+        if not per_sample:
+            return tidy(self.change, {"window": window, "edge": self.edges}, value="change")
+        first = (2, 0, 1)  # [window, edge, batch] -> [batch, window, edge]
+        return tidy({"change": self.change_per_sample.permute(first), "p_knocked": self.p_knocked.permute(first),
+                     "p_clean": self.p_clean[:, None, None], "n_source": self.n_source.T[:, None, :],
+                     "n_target": self.n_target.T[:, None, :]},
+                    {"sample": None, "window": window, "edge": self.edges})
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """safetensors content: ``change``, ``change_per_sample``, ``p_clean``, ``p_knocked``, ``answer``."""
         return {"change": self.change, "change_per_sample": self.change_per_sample, "p_clean": self.p_clean,

@@ -73,6 +73,16 @@ class PatchingResult:
             "n_patched_runs": self.n_patched_runs, **self.meta,
         }
 
+    def to_frame(self, per_sample: bool = False):
+        """Tidy ``pandas.DataFrame`` (:func:`mech.frames.patching_frame`). ``per_sample=False``: one row
+        per cell of every ``effect[site]``, columns ``site, layer, head, group, effect``;
+        ``per_sample=True``: one row per cell of every ``patched[site]``, columns ``site, sample, layer,
+        head, group, patched, clean_metric, corrupted_metric``. ``head`` is ``<NA>`` (nullable Int64)
+        for sites without a head axis; ``site`` and ``group`` are Categoricals."""
+        from mech.frames import patching_frame
+
+        return patching_frame(self, per_sample)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """``patch.safetensors`` content: ``effect.{site}``, ``patched.{site}``, ``clean_metric``, ``corrupted_metric``."""
         out = {"clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric}

@@ -109,6 +109,11 @@ class AtPResult:
             "forward_equivalents": self.forward_equivalents, **self.meta,
         }
 
+    def to_frame(self, per_sample: bool = False):
+        """As :meth:`mech.measure.patching.PatchingResult.to_frame`; per sample also ``delta`` (after ``patched``)."""
+        from mech.frames import patching_frame
+        return patching_frame(self, per_sample)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """safetensors content: ``effect.{site}``, ``patched.{site}``, ``delta.{site}``, the two metrics."""
         out = {"clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric}

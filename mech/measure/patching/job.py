@@ -56,7 +56,7 @@ class PatchJob:
     def assemble(self, store, samples: list[dict], out: Path) -> dict:
         from mech.measure.patching import PatchingResult
         from mech.measure.patching.metrics import normalized_effect
-        from mech.figures.patching import heatmap
+        from mech.figures import patching_heatmap, save_figure
         from mech.results import write_tensors
 
         s = self.settings
@@ -81,8 +81,10 @@ class PatchJob:
                   "figures": []}
         for site in s.sites:
             if res.effect[site].dim() == 2:
-                png = heatmap(res.effect[site], res.groups, res.layers, out / f"patch_{site}.png",
-                              f"{s.model}: {s.direction} {s.corruption}, {first['metric']}, {site}")
+                fig = patching_heatmap(res.effect[site], res.groups, res.layers,
+                                       f"{s.model}: {site}\n{s.direction} from {s.corruption}, "
+                                       f"normalized {first['metric']}, n = {len(samples)}")
+                png = save_figure(fig, out / f"patch_{site}.png")
                 result["figures"].append(str(png.name))
         write_tensors(out / "patch.safetensors", res.tensors(), {"corruption": s.corruption, "direction": s.direction,
                                                                   "metric": first["metric"], "groups": list(groups)})

@@ -18,12 +18,10 @@ Definitions of each activation per family: :mod:`mech.engines.hooks`.
 from __future__ import annotations
 
 from mech.engines.hooks import SITE_HOOKS, site_hook
+from mech.engines.prefix import RESIDUAL_INPUT, start_layer  # noqa: F401  (re-exported)
 from mech.errors import ConfigError
 
 SITES = tuple(SITE_HOOKS)
-#: sites whose replacement is the input of the first layer run (handled without a hook)
-RESIDUAL_INPUT = ("resid_pre", "resid_post")
-
 
 def check_site(site: str) -> str:
     """Return ``site`` if valid. Raises ConfigError listing :data:`SITES` otherwise."""
@@ -36,8 +34,3 @@ def check_site(site: str) -> str:
 def hook_name(site: str, layer: int) -> str:
     """TransformerLens hook name of ``site`` at ``layer`` (e.g. ``blocks.3.hook_resid_post``)."""
     return site_hook(check_site(site), layer)
-
-
-def start_layer(site: str, layer: int) -> int:
-    """First decoder layer a patched run at (``site``, ``layer``) has to evaluate."""
-    return layer + 1 if site == "resid_post" else layer
