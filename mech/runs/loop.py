@@ -1,0 +1,175 @@
+"""One run loop for every command: batches, shards, resume, the parts store, the assembly, the write.
+
+A command is a :class:`Job`: its frozen settings, the samples it measures, the measurement of one
+batch (tensors with the sample axis first, plus JSON-able metadata) and the assembly of every
+batch's part into a result. :func:`run` owns everything else:
+
+1. the output folder is checked and taken for the run's identity (:mod:`mech.runs.folder`);
+2. the batches ``0 .. ceil(n / batch_size) - 1`` are split over shards (``--shard K/N`` or a
+   launcher's ``RANK``/``WORLD_SIZE``, :mod:`mech.runs.shards`); this process computes the batches
+   ``k % N == K`` that the parts store ``<out>/.<command>.parts/`` does not hold yet, loading the
+   model only when there is one, and writes each finished batch there atomically;
+3. the invocation that finds every batch present (one process, the last shard, or ``mech merge``)
+   takes the assembly claim, assembles, and writes ``<out>/<command>.json`` atomically, with the
+   run's ``identity`` (settings, data ids hash) and provenance.
+
+A killed run, rerun with the same settings, continues from its last finished batch and writes the
+same bytes as an uninterrupted one. Adding an instrument is writing one :class:`Job`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from mech.results import BatchStore, write_json
+from mech.runs import folder, shards
+from mech.runs.settings import Settings
+
+
+class Job(Protocol):
+    """What a command gives the run loop.
+
+    Attributes:
+        settings: the command's frozen :class:`~mech.runs.settings.Settings` (``.command`` names
+            the files: ``<command>.json``, ``.<command>.parts/``).
+    """
+
+    settings: Settings
+
+    def samples(self) -> Sequence[dict]:
+        """The samples to measure, in order (cheap: no model; the ids make the run's identity); a
+        :class:`~mech.prepare.data.Dataset` (its ``skipped`` rows are counted in the result) or a list."""
+
+    def measure(self, m: Any, samples: Sequence[dict], rows: range) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """One batch, ``samples[rows]`` (the whole list is given for jobs that pair samples across
+        batches), on the loaded model ``m``: ``(tensors, metadata)``, every tensor's first axis the
+        batch's samples; metadata JSON-able."""
+
+    def assemble(self, store: BatchStore, samples: Sequence[dict], out: Path) -> dict[str, Any]:
+        """The result from every finished part (``samples``: what :meth:`samples` returned) (``store.collect()``, ``store.meta(k)``); writes the
+        command's tensor files and figures into ``out`` and returns the JSON content."""
+
+
+def ids_hash(samples: Sequence[dict]) -> str:
+    """A short hash of the samples' ids, in order: part of a run's identity."""
+    return hashlib.sha256("\n".join(str(s.get("id")) for s in samples).encode()).hexdigest()[:16]
+
+
+def skipped_summary(skipped: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``{"count", "reasons": reason -> count, "items": [{"id", "reason"}]}`` of the data rows left out."""
+    reasons: dict[str, int] = {}
+    for _, reason in skipped:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {"count": len(skipped), "reasons": reasons, "items": [{"id": i, "reason": r} for i, r in skipped]}
+
+
+def identity(settings: Settings, samples: Sequence[dict]) -> dict[str, Any]:
+    """The run's identity: its command, :meth:`Settings.identity` and the data's ids."""
+    return {"command": settings.command, "settings": settings.identity(), "n_samples": len(samples),
+            "ids_hash": ids_hash(samples)}
+
+
+def load_model(settings: Settings, shard: shards.Shard):
+    """``mech.load`` with the settings' model, dtype and device map, on this shard's device;
+    transformers' loading bars only with ``settings.verbose``.
+
+    Raises:
+        SpecError, ConfigError, ProcessorError: as :func:`mech.load`.
+    """
+    import mech
+    from mech.models.load import loading_bars
+
+    with loading_bars(getattr(settings, "verbose", False)):
+        return mech.load(settings.model, device=shards.device(settings.device, settings.device_map, shard),
+                         dtype=settings.dtype, device_map=settings.device_map)
+
+
+def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, str] | None = None,
+        model: Any = None) -> dict[str, Any]:
+    """Run ``job`` (module docstring) and return its JSON content, or, for a shard that finished
+    while other shards' batches are missing, ``{"complete": False, "missing": [...], ...}``.
+
+    Args:
+        shard: which batches to compute (default: from ``settings.shard`` or the launcher's
+            environment; :data:`mech.runs.shards.MERGE` computes none and only assembles).
+        model: an already loaded :class:`~mech.MechModel` to use instead of loading ``settings.model``.
+
+    Raises:
+        RunConflictError: ``settings.out`` holds this command's run with other settings.
+        ConfigError: ``--out`` is a file; a malformed ``--shard``; batches missing under merge.
+        MechError: whatever the job's data loading and measurement raise.
+    """
+    s = job.settings
+    shard = shard or shards.resolve(getattr(s, "shard", None), sharded=s.sharded, environ=environ)
+    out = folder.check_out(s.out)
+    data = job.samples()
+    samples, skipped = list(getattr(data, "samples", data)), list(getattr(data, "skipped", []))
+    ident = identity(s, samples)
+    folder.claim(out, s.command, ident, overwrite=s.overwrite and shard.computes)
+    size = s.batch_size
+    total = shards.n_batches(len(samples), size)
+    root = out / f".{s.command}.parts"
+    done = set(BatchStore.finished(root, ident))
+    todo = [k for k in range(total) if shard.mine(k) and k not in done]
+    store = None
+    try:
+        m = model if model is not None or not todo else load_model(s, shard)
+        if m is not None and getattr(job, "decoder_sequence", True):
+            m.require_decoder_sequence(f"mech {s.command}")  # before anything is computed
+        store = BatchStore(root, ident, clear=shard.computes)
+        _compute(job, m, store, data, todo, size, shard)
+    except BaseException:
+        if store is not None:
+            store.remove_if_empty()
+        folder.release_if_empty(out, s.command, ident)
+        raise
+    missing = store.missing(total)
+    if missing:
+        return shards.unfinished(s.command, missing, total, shard, out)
+    flag = root / "assembling"
+    if shard.sharded and not shards.claim(flag):
+        return shards.assembling_elsewhere(s.command, flag, out)
+    try:
+        result = job.assemble(store, data, out)
+        folder.still_owned(out, s.command, ident)
+        result.setdefault("skipped", skipped_summary(skipped))
+        result = {**result, "identity": ident}
+        write_json(out / f"{s.command}.json", result)
+    finally:
+        shards.release(flag)
+    summary = getattr(job, "summary", None)
+    for line in (summary(result) if summary else []) + _summary_lines(result, out, s.command):
+        print(f"mech {s.command}: {line}")
+    return result
+
+
+def _summary_lines(result: Mapping[str, Any], out: Path, command: str) -> list[str]:
+    """What every command prints at the end: the skipped rows with their reasons, the files written."""
+    lines = []
+    sk = result.get("skipped") or {}
+    if sk.get("count"):
+        reasons = "; ".join(f"{r} ({k})" for r, k in sorted(sk.get("reasons", {}).items(), key=lambda x: -x[1])[:5])
+        lines.append(f"skipped {sk['count']} data rows: {reasons}")
+    names = [f"{command}.json"] + [f"{command}{ext}" for ext in (".safetensors", ".md") if (out / f"{command}{ext}").is_file()]
+    names += [str(f) for f in result.get("figures", [])]
+    lines.append(f"wrote {out}/: {', '.join(names)}")
+    return lines
+
+
+def _compute(job: Job, m: Any, store: BatchStore, samples: Sequence[dict], todo: list[int], size: int,
+             shard: shards.Shard) -> None:
+    from tqdm.auto import tqdm
+
+    s = job.settings
+    desc = f"mech {s.command}" + (f" (shard {shard})" if shard.sharded else "")
+    n = sum(len(range(k * size, min((k + 1) * size, len(samples)))) for k in todo)
+    with tqdm(total=n, unit="sample", desc=desc, disable=not getattr(s, "progress", True) or not todo) as bar:
+        for k in todo:
+            rows = range(k * size, min((k + 1) * size, len(samples)))
+            if not store.has(k):  # another process of the same run may have finished it meanwhile
+                tensors, meta = job.measure(m, samples, rows)
+                store.put(k, tensors, meta)
+            bar.update(len(rows))

@@ -1,0 +1,230 @@
+"""Settings as data: one frozen dataclass per command, every default in one place.
+
+A command's settings are a frozen :class:`Settings` subclass. Fields typed ``Literal[...]`` (or a
+tuple of such) are checked on construction: a value outside the allowed ones raises
+:class:`~mech.errors.ConfigError` listing them. The command line is derived from these classes
+(:mod:`mech.runs.args`); the report composes them; no library code reads an argparse Namespace.
+
+A run's *identity* is :meth:`Settings.identity` (every field that changes the numbers: model, data,
+n, batch size, seed, dtype and the command's own options; not where the output goes or which
+device or shard computes it) plus the hash of the data's sample ids. It is stored in every parts
+store and result (:mod:`mech.runs.loop`), and an output folder holds one identity per command.
+
+This module imports neither torch nor transformers, so ``mech --help`` stays fast; the allowed
+values of the ``Literal`` types equal the constants of the modules that use them (a test checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mech.errors import ConfigError
+
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+Condition = Literal["complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
+                    "visual_noise", "visual_mean"]
+Query = Literal["last", "answer", "text"]
+Method = Literal["score", "direct", "cot"]
+Scoring = Literal["letter", "option_text"]
+Direction = Literal["denoising", "noising"]
+PatchMetric = Literal["logit_diff", "prob", "kl"]
+Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
+Position = Literal["image", "video", "audio", "text", "template", "bos", "last", "all"]
+Estimator = Literal["attention", "patching", "dla"]
+Ablation = Literal["resample", "noise"]
+
+#: fields that say where and how a run is computed, not what it computes (outside the identity)
+EXECUTION = ("out", "device", "device_map", "shard", "overwrite", "progress", "verbose")
+DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image")
+DEFAULT_COMPARE = ("organism:balanced", "organism:text-biased")
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+def allowed(tp: Any) -> tuple | None:
+    """The allowed values of a ``Literal`` type, of ``tuple[Literal, ...]``, or of ``X | None``
+    around either; None when ``tp`` is not such a type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return typing.get_args(tp)
+    if origin in (tuple, typing.Union) or str(origin) == "<class 'types.UnionType'>":
+        for arg in typing.get_args(tp):
+            if arg is not type(None) and arg is not Ellipsis and (found := allowed(arg)) is not None:
+                return found
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every computing command takes. Subclasses add their options and their own ``n``."""
+
+    model: str = field(default="organism:balanced", metadata=_help("HF id | local dir | organism:<name>"))
+    data: str = field(default="organism:shapes",
+                      metadata=_help("organism:shapes | mmmu-pro:<dir>[#standard-10|standard-4|vision] | jsonl:<file>"))
+    n: int = field(default=64, metadata=_help("number of samples"))
+    batch_size: int = field(default=8, metadata=_help("samples per forward"))
+    seed: int = field(default=0, metadata=_help("seeds noise images, feature noise and donor pairing"))
+    dtype: Dtype | None = field(default=None, metadata=_help("model dtype (default: the checkpoint's)"))
+    out: str = field(default="runs/mech", metadata=_help("output directory"))
+    device: str | None = field(default=None, metadata=_help("cpu | cuda | cuda:1 ..."))
+    device_map: str | None = field(default=None, metadata=_help("e.g. auto (shards the model over GPUs with accelerate)"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "replace a result of other settings in --out (default: refuse, so that runs never mix)"))
+    verbose: bool = field(default=False, metadata=_help("show transformers' loading bars and messages"))
+
+    command: typing.ClassVar[str] = ""
+    #: commands that shard their batches (--shard K/N, torchrun)
+    sharded: typing.ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):  # a list from Python code or argparse: keep settings hashable
+                object.__setattr__(self, f.name, value := tuple(value))
+            choices = allowed(hints[f.name])
+            if choices is None or value is None:
+                continue
+            for v in value if isinstance(value, tuple) else (value,):
+                if v not in choices:
+                    raise ConfigError(f"{self.command or type(self).__name__} {f.name}={v!r}; allowed: "
+                                      f"{', '.join(map(str, choices))}")
+        for name in ("n", "batch_size"):
+            value = getattr(self, name, None)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r}; pass a positive integer (or leave it out for the default, "
+                                  f"{getattr(type(self), name, None)}).")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the numbers (every field but :data:`EXECUTION`), JSON-able."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k not in EXECUTION}
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` (checked like a new object)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ShardedSettings(Settings):
+    shard: str | None = field(default=None, metadata=_help(
+        "compute only the batches k with k %% N == K (0 <= K < N) into the same output (K/N); "
+        "default: torchrun's RANK/WORLD_SIZE, else every batch"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+
+    sharded: typing.ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class EvalSettings(ShardedSettings):
+    """``mech eval``: accuracy per input condition and prediction consistency (the paper's Tables 1-2)."""
+
+    n: int = field(default=1000, metadata=_help("number of samples"))
+    conditions: tuple[Condition, ...] = field(default=DEFAULT_CONDITIONS, metadata=_help("input conditions"))
+    method: Method = field(default="score", metadata=_help("score the options (one forward) or generate"))
+    scoring: Scoring | None = field(default=None, metadata=_help("option scoring (default: the data set's)"))
+    max_new_tokens: int | None = field(default=None, metadata=_help("generation budget (default 16 direct, 512 cot)"))
+
+    command: typing.ClassVar[str] = "eval"
+
+    def __post_init__(self) -> None:
+        conditions = self.conditions
+        if isinstance(conditions, str) or any("," in c for c in conditions):  # "a,b" or ["a,b"]: a comma list
+            parts = [conditions] if isinstance(conditions, str) else list(conditions)
+            object.__setattr__(self, "conditions", tuple(c.strip() for p in parts for c in p.split(",") if c.strip()))
+        super().__post_init__()
+        if not self.conditions or len(set(self.conditions)) != len(self.conditions):
+            raise ConfigError(f"conditions {list(self.conditions)} must be a non-empty list without repeats.")
+
+
+@dataclass(frozen=True)
+class AttentionSettings(ShardedSettings):
+    """``mech attention``: attention mass to image / text / template / bos tokens per layer and head."""
+
+    n: int = field(default=200, metadata=_help("number of samples"))
+    query: Query = field(default="last", metadata=_help("the query positions whose attention is recorded"))
+
+    command: typing.ClassVar[str] = "attention"
+
+
+@dataclass(frozen=True)
+class PatchSettings(ShardedSettings):
+    """``mech patch``: activation patching between complete and ablated inputs."""
+
+    n: int = field(default=64, metadata=_help("number of samples"))
+    corruption: Condition = field(default="white_image", metadata=_help("the corrupted input condition"))
+    direction: Direction = field(default="denoising", metadata=_help("denoising: clean into corrupted"))
+    metric: PatchMetric = field(default="logit_diff", metadata=_help("the patching metric"))
+    sites: tuple[Site, ...] = field(default=("resid_post", "attn_out", "mlp_out"), metadata=_help("patched sites"))
+    positions: tuple[Position, ...] = field(default=("image", "text", "last"), metadata=_help("position groups"))
+
+    command: typing.ClassVar[str] = "patch"
+
+
+@dataclass(frozen=True)
+class ContribSettings(ShardedSettings):
+    """``mech contrib``: layerwise modality-contribution curves and the imbalance ratio Δ."""
+
+    n: int = field(default=256, metadata=_help("number of samples"))
+    estimators: tuple[Estimator, ...] = field(default=("attention", "patching", "dla"), metadata=_help("estimators"))
+    ablation: Ablation = field(default="resample", metadata=_help(
+        "how the patching estimator removes a token group: resample (another sample's embeddings of the group) "
+        "or noise (Gaussian)"))
+
+    command: typing.ClassVar[str] = "contrib"
+
+
+@dataclass(frozen=True)
+class InspectSettings(Settings):
+    """``mech inspect``: load a model, prepare samples, print the architecture table and token groups."""
+
+    n: int = field(default=4, metadata=_help("number of samples"))
+
+    command: typing.ClassVar[str] = "inspect"
+
+
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    """``mech report``: eval -> attention -> patch -> contrib, written to report.md."""
+
+    n: int | None = field(default=None, metadata=_help("samples per step (default: each step's own)"))
+    compare: tuple[str, ...] | None = field(default=None, metadata=_help(
+        "two or more model specs side by side (without names: " + " ".join(DEFAULT_COMPARE) + ")", nargs="*"))
+    ablation: Ablation = field(default="resample", metadata=_help("the contrib step's --ablation"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar per step"))
+
+    command: typing.ClassVar[str] = "report"
+    steps: typing.ClassVar[tuple[type[Settings], ...]] = (EvalSettings, AttentionSettings, PatchSettings,
+                                                          ContribSettings)
+
+    def models(self) -> list[str]:
+        """The model specs this report measures."""
+        if self.compare is None:
+            return [self.model]
+        return list(self.compare) or list(DEFAULT_COMPARE)
+
+    def step(self, cls: type[Settings], model: str, out: str) -> Settings:
+        """The settings of one step: this report's shared fields, the step's own defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        shared = {k: v for k, v in dataclasses.asdict(self).items()
+                  if k in names and k not in ("model", "out", "n", "compare")}
+        return cls(**shared, model=model, out=out, n=self.n or cls.n)
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """``mech merge OUT``: assemble the results of sharded runs found in an output directory."""
+
+    out: str = field(default="runs/mech", metadata=_help("the --out directory of the sharded runs", positional=True))
+
+    command: typing.ClassVar[str] = "merge"
+
+
+COMMANDS: dict[str, type] = {cls.command: cls for cls in (EvalSettings, AttentionSettings, PatchSettings,
+                                                          ContribSettings, ReportSettings, InspectSettings,
+                                                          MergeSettings)}
