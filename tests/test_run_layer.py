@@ -142,3 +142,21 @@ def test_help_loads_neither_torch_nor_transformers():
     help_text = subprocess.run([sys.executable, "-m", "mech.cli", "patch", "--help"], env=_env(), capture_output=True,
                                text=True, timeout=120).stdout
     assert "(default: white_image)" in help_text and "(default: 64)" in help_text  # --help shows the defaults
+
+
+def test_report_loads_each_model_once(model_dir, tmp_path, monkeypatch, capsys):
+    """``mech report`` runs eval, attention, patch and contrib on one loaded model; a rerun with the
+    same settings reads every step back and loads nothing. Every step prints its summary and files."""
+    import mech
+
+    load, loaded = mech.load, []
+    monkeypatch.setattr(mech, "load", lambda *a, **k: loaded.append(a[0]) or load(*a, **k))
+    argv = ["report", "--model", str(model_dir), "--data", "organism:shapes", "--n", "3", "--batch-size", "3",
+            "--out", str(tmp_path), "--no-progress"]
+    assert mech.cli.main(argv) == 0
+    assert loaded == [str(model_dir)]
+    cap = capsys.readouterr()
+    for command in ("eval", "attention", "patch", "contrib"):
+        assert f"mech {command}: wrote {tmp_path}/: {command}.json" in cap.out, cap.out
+    assert "Loading weights" not in cap.out + cap.err  # transformers' bars only with --verbose
+    assert mech.cli.main(argv) == 0 and loaded == [str(model_dir)]
