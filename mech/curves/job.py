@@ -36,25 +36,26 @@ class ContribJob:
                             "images.")
         return samples
 
-    def _donors(self, samples: list[dict]) -> dict:
+    def context(self, samples: list[dict]) -> dict:
+        """Donor pairs over the whole data set, once per run (group -> donor index per sample)."""
         from mech.curves import PATCHED_GROUPS
         from mech.curves.donors import pair_donors
 
         s = self.settings
         if s.ablation != "resample" or "patching" not in s.estimators:
-            return {}
+            return {}  # no donors: noise ablation, or no patching estimator
         return {g: pair_donors(samples, g, seed=s.seed) for g in PATCHED_GROUPS}
 
-    def measure(self, m: Any, samples: list[dict], rows: range):
+    def measure(self, m: Any, samples: list[dict], rows: range, context: dict):
         from mech.curves.donors import contributions_for_rows
 
         s = self.settings
         # donors are paired over the whole data set (the same pairs whatever the batching)
-        c, answer, cf = contributions_for_rows(m, samples, rows, self._donors(samples), estimators=s.estimators,
+        c, answer, cf = contributions_for_rows(m, samples, rows, context, estimators=s.estimators,
                                                seed=s.seed, corruption=s.ablation)
         return {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf}, {}
 
-    def assemble(self, store, samples: list[dict], out: Path) -> dict:
+    def assemble(self, store, samples: list[dict], out: Path, context: dict) -> dict:
         from mech.curves import PATCHED_GROUPS, Contributions
         from mech.figures import contribution_figure, save_figure
         from mech.prepare.groups import GROUPS
@@ -63,7 +64,7 @@ class ContribJob:
         s = self.settings
         data = store.gather()
         meta = {"corruption": s.ablation if "patching" in s.estimators else None}
-        if self._donors_used():
+        if context:  # resample donors were paired
             meta["patching_without_donor"] = {g: int(torch.isnan(data["patching"][:, 0, GROUPS.index(g)]).sum())
                                               for g in PATCHED_GROUPS}
         contrib = Contributions({e: data[e] for e in s.estimators}, meta=meta,
@@ -73,9 +74,6 @@ class ContribJob:
         save_figure(contribution_figure(result, f"{s.model} on {s.data} (n = {result['n']})"), out / "contrib.png")
         result["figures"] = ["contrib.png"]
         return result
-
-    def _donors_used(self) -> bool:
-        return self.settings.ablation == "resample" and "patching" in self.settings.estimators
 
     def summary(self, result: dict) -> list[str]:
         lines = []

@@ -31,6 +31,7 @@ import io
 import json
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,16 @@ class Dataset:
     def prompt(self, sample: dict, style: str | None = None) -> str:
         """The prompt text of ``sample`` (see :func:`format_prompt`); style defaults to ``default_style``."""
         return format_prompt(sample, style or sample.get("prompt_style") or self.default_style)
+
+
+def skipped_summary(skipped: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``{"count", "reasons": reason -> count, "items": [{"id", "reason"[, "stage"]}]}`` of the rows
+    left out; ``skipped`` holds ``(id, reason)`` or ``(id, reason, stage)`` tuples."""
+    reasons: dict[str, int] = {}
+    for row in skipped:
+        reasons[row[1]] = reasons.get(row[1], 0) + 1
+    items = [dict(zip(("id", "reason", "stage"), row)) for row in skipped]
+    return {"count": len(skipped), "reasons": reasons, "items": items}
 
 
 def format_prompt(sample: dict, style: str | None = None) -> str:

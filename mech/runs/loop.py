@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from mech.prepare.data import skipped_summary
 from mech.results import BatchStore, write_json
 from mech.runs import folder, shards
 from mech.runs.settings import Settings
@@ -43,12 +44,17 @@ class Job(Protocol):
         """The samples to measure, in order (cheap: no model; the ids make the run's identity); a
         :class:`~mech.prepare.data.Dataset` (its ``skipped`` rows are counted in the result) or a list."""
 
-    def measure(self, m: Any, samples: Sequence[dict], rows: range) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    def context(self, samples: Sequence[dict]) -> Any:
+        """What the run derives once from all its samples, before any batch (donor pairs, checked
+        options); given to every :meth:`measure` and to :meth:`assemble`. None when there is nothing."""
+
+    def measure(self, m: Any, samples: Sequence[dict], rows: range,
+                context: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         """One batch, ``samples[rows]`` (the whole list is given for jobs that pair samples across
         batches), on the loaded model ``m``: ``(tensors, metadata)``, every tensor's first axis the
         batch's samples; metadata JSON-able."""
 
-    def assemble(self, store: BatchStore, samples: Sequence[dict], out: Path) -> dict[str, Any]:
+    def assemble(self, store: BatchStore, samples: Sequence[dict], out: Path, context: Any) -> dict[str, Any]:
         """The result from every finished part (``samples``: what :meth:`samples` returned) (``store.collect()``, ``store.meta(k)``); writes the
         command's tensor files and figures into ``out`` and returns the JSON content."""
 
@@ -56,14 +62,6 @@ class Job(Protocol):
 def ids_hash(samples: Sequence[dict]) -> str:
     """A short hash of the samples' ids, in order: part of a run's identity."""
     return hashlib.sha256("\n".join(str(s.get("id")) for s in samples).encode()).hexdigest()[:16]
-
-
-def skipped_summary(skipped: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """``{"count", "reasons": reason -> count, "items": [{"id", "reason"}]}`` of the data rows left out."""
-    reasons: dict[str, int] = {}
-    for _, reason in skipped:
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return {"count": len(skipped), "reasons": reasons, "items": [{"id": i, "reason": r} for i, r in skipped]}
 
 
 def identity(settings: Settings, samples: Sequence[dict]) -> dict[str, Any]:
@@ -108,6 +106,7 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     data = job.samples()
     samples, skipped = list(getattr(data, "samples", data)), list(getattr(data, "skipped", []))
     ident = identity(s, samples)
+    context = job.context(data)
     folder.claim(out, s.command, ident, overwrite=s.overwrite and shard.computes)
     size = s.batch_size
     total = shards.n_batches(len(samples), size)
@@ -120,7 +119,7 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         if m is not None and getattr(job, "decoder_sequence", True):
             m.require_decoder_sequence(f"mech {s.command}")  # before anything is computed
         store = BatchStore(root, ident, clear=shard.computes)
-        _compute(job, m, store, data, todo, size, shard)
+        _compute(job, m, store, data, context, todo, size, shard)
     except BaseException:
         if store is not None:
             store.remove_if_empty()
@@ -133,9 +132,9 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     if shard.sharded and not shards.claim(flag):
         return shards.assembling_elsewhere(s.command, flag, out)
     try:
-        result = job.assemble(store, data, out)
+        result = job.assemble(store, data, out, context)
         folder.still_owned(out, s.command, ident)
-        result.setdefault("skipped", skipped_summary(skipped))
+        result.setdefault("skipped", skipped_summary(skipped))  # the data set's rows left out
         result = {**result, "identity": ident}
         write_json(out / f"{s.command}.json", result)
     finally:
@@ -159,7 +158,7 @@ def _summary_lines(result: Mapping[str, Any], out: Path, command: str) -> list[s
     return lines
 
 
-def _compute(job: Job, m: Any, store: BatchStore, samples: Sequence[dict], todo: list[int], size: int,
+def _compute(job: Job, m: Any, store: BatchStore, samples: Sequence[dict], context: Any, todo: list[int], size: int,
              shard: shards.Shard) -> None:
     from tqdm.auto import tqdm
 
@@ -170,6 +169,6 @@ def _compute(job: Job, m: Any, store: BatchStore, samples: Sequence[dict], todo:
         for k in todo:
             rows = range(k * size, min((k + 1) * size, len(samples)))
             if not store.has(k):  # another process of the same run may have finished it meanwhile
-                tensors, meta = job.measure(m, samples, rows)
+                tensors, meta = job.measure(m, samples, rows, context)
                 store.put(k, tensors, meta)
             bar.update(len(rows))

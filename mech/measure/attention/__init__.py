@@ -118,15 +118,19 @@ class AttentionMass:
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write ``attention.json`` (:meth:`summary` + ``metadata``) and ``attention.safetensors``
         (the per-sample tensors) into ``directory``, atomically."""
-        from mech.results import write_json, write_tensors
+        from mech.results import write_json
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        st = self.save_tensors(directory)
+        js = write_json(Path(directory) / "attention.json", {**self.summary(), "grid": self.grid, **(metadata or {})})
+        return {"json": Path(js), "safetensors": st}
+
+    def save_tensors(self, directory: str | Path) -> Path:
+        """Write ``attention.safetensors`` (the per-sample tensors) into ``directory``, atomically."""
+        from mech.results import write_tensors
+
         meta = {"groups": ",".join(self.groups), "query": self.query, "grid": str(self.grid)}
         tensors = {k: v.contiguous() for k, v in self.tensors().items()}
-        st = write_tensors(directory / "attention.safetensors", tensors, meta)
-        js = write_json(directory / "attention.json", {**self.summary(), "grid": self.grid, **(metadata or {})})
-        return {"json": Path(js), "safetensors": Path(st)}
+        return write_tensors(Path(directory) / "attention.safetensors", tensors, meta)
 
     @staticmethod
     def concat(parts: list[AttentionMass]) -> AttentionMass:

@@ -28,7 +28,10 @@ class AttentionJob:
 
         return load_data(self.settings.data, n=self.settings.n)
 
-    def measure(self, m: Any, samples: list[dict], rows: range):
+    def context(self, samples) -> None:
+        return None
+
+    def measure(self, m: Any, samples: list[dict], rows: range, context: None = None):
         from mech.measure.attention import attention_mass
         from mech.conditions import condition_inputs
 
@@ -37,7 +40,7 @@ class AttentionJob:
         grid = torch.tensor(am.grid if am.grid else (-1, -1)).expand(len(batch), 2)
         return {**am.tensors(), "grid": grid}, {"groups": list(am.groups), "query": am.query}
 
-    def assemble(self, store, samples: list[dict], out: Path) -> dict:
+    def assemble(self, store, samples: list[dict], out: Path, context: None = None) -> dict:
         from mech.figures import attention as plots
         from mech.figures import save_figure
         from mech.measure.attention import AttentionMass
@@ -52,7 +55,7 @@ class AttentionJob:
                            query=first["query"], n_query=cat["n_query"])
         meta = {"model": s.model, "data": s.data, "n": len(samples), "query": am.query,
                 "ids": [x.get("id") for x in samples]}
-        am.save(out, meta)
+        am.save_tensors(out)
         title = f"{s.model} on {s.data}"
         figures = [save_figure(plots.mass_curves(am, f"{title}\nattention mass from the answer position "
                                                      f"(n = {len(samples)})"), out / "attention_mass.png")]
@@ -64,7 +67,7 @@ class AttentionJob:
                 if fig is not None:
                     figures.append(save_figure(fig, out / "attention_image.png"))
         # names relative to --out: the same JSON whatever the directory
-        return {**am.summary(), **meta, "figures": [Path(f).name for f in figures]}
+        return {**am.summary(), "grid": am.grid, **meta, "figures": [Path(f).name for f in figures]}
 
     def summary(self, result: dict) -> list[str]:
         groups, last = result["groups"], result["mass"][-1]

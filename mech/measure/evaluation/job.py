@@ -72,7 +72,8 @@ class EvalJob:
 
         return load_data(self.settings.data, n=self.settings.n, seed=self.settings.seed)
 
-    def _plan(self, data):
+    def context(self, data):
+        """The checked answering options (:func:`mech.measure.evaluation.run.plan`), once per run."""
         from mech.prepare.data import Dataset
         from mech.measure.evaluation.run import plan
 
@@ -81,18 +82,18 @@ class EvalJob:
         return plan(dataset, conditions=s.conditions, method=s.method, scoring=s.scoring, batch_size=s.batch_size,
                     max_new_tokens=s.max_new_tokens, seed=s.seed)
 
-    def measure(self, m: Any, samples, rows: range):
+    def measure(self, m: Any, samples, rows: range, context):
         from mech.measure.evaluation.run import answer_rows, model_fingerprint
 
-        part = answer_rows(m, self._plan(samples), [samples[i] for i in rows])
+        part = answer_rows(m, context, [samples[i] for i in rows])
         return {"rows": torch.tensor(list(rows), dtype=torch.long)}, {**part, "fingerprint": model_fingerprint(m.model)}
 
-    def assemble(self, store, samples, out: Path) -> dict:
+    def assemble(self, store, samples, out: Path, context) -> dict:
         from mech.measure.evaluation.run import assemble
 
         s = self.settings
         parts = [store.meta(k) for k in store.indices()]
-        result = assemble(self._plan(samples), list(samples), parts, model=s.model,
+        result = assemble(context, list(samples), parts, model=s.model,
                           fingerprint=parts[0]["fingerprint"], data_skipped=getattr(samples, "skipped", []))
         opts = [len(x.get("options") or []) for x in samples if x.get("options")]
         chance = sum(1 / k for k in opts) / len(opts) if opts else None  # uniform guessing over the options

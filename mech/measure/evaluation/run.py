@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mech.conditions import NEEDS_IMAGE, check_condition, condition_inputs
-from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt
+from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
 from mech.errors import ConfigError, DataError, InputError, MechError
 from mech.measure.evaluation.answering import (DEFAULT_MAX_NEW_TOKENS, check_method, generate_batch, is_correct,
                                        option_token_ids, parse_response, score_batch)
@@ -226,11 +226,7 @@ def _assemble(samples, ids, conditions, results, skipped, settings) -> dict:
            "settings": settings}
     out["consistency"] = (consistency_table(predictions, complete_correct) if complete_correct is not None
                           else None)
-    reasons: dict[str, int] = {}
-    for _, r, _ in skipped:
-        reasons[r] = reasons.get(r, 0) + 1
-    out["skipped"] = {"count": len(skipped), "reasons": reasons,
-                      "items": [{"id": i, "reason": r, "stage": st} for i, r, st in skipped]}
+    out["skipped"] = skipped_summary(skipped)
     out["ids"] = ids
     out["answers"] = [s["answer"] for s in samples]
     out["n_options"] = [len(s.get("options") or []) for s in samples]

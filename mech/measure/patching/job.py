@@ -28,7 +28,10 @@ class PatchJob:
 
         return load_data(self.settings.data, n=self.settings.n)
 
-    def measure(self, m: Any, samples: list[dict], rows: range):
+    def context(self, samples) -> None:
+        return None
+
+    def measure(self, m: Any, samples: list[dict], rows: range, context: None = None):
         """Patch one batch; the part's tensors (sample axis first) and metadata."""
         batch = [samples[i] for i in rows]
         from mech.conditions import FEATURE_CONDITIONS, condition_inputs
@@ -53,7 +56,7 @@ class PatchJob:
         tensors.update({f"patched.{k}": v.movedim(-1, 0) for k, v in p.patched.items()})  # sample axis first
         return tensors, {"groups": list(p.groups), "layers": list(p.layers), "metric": p.metric, "align": p.align}
 
-    def assemble(self, store, samples: list[dict], out: Path) -> dict:
+    def assemble(self, store, samples: list[dict], out: Path, context: None = None) -> dict:
         from mech.measure.patching import PatchingResult
         from mech.measure.patching.metrics import normalized_effect
         from mech.figures import patching_heatmap, save_figure
