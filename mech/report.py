@@ -36,16 +36,16 @@ def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
     results, todo = {}, []
     for cls in ReportSettings.steps:
         job = job_for(settings.step(cls, model, str(out)))
+        data = job.samples()  # loaded once: for the identity check and for the run
         path = out / f"{cls.command}.json"
-        if path.is_file():
-            done = read_json(path)
-            if done.get("identity") == identity(job.settings, list(job.samples())):
-                results[cls.command] = done
-                continue
-        todo.append(job)
-    m = load_model(todo[0].settings, WHOLE) if todo else None  # one load serves every step
-    for job in todo:
-        results[job.settings.command] = run(job, shard=WHOLE, model=m)
+        done = read_json(path) if path.is_file() else {}
+        if done.get("identity") == identity(job.settings, list(data)):
+            results[cls.command] = done
+            continue
+        todo.append((job, data))
+    m = load_model(todo[0][0].settings, WHOLE) if todo else None  # one load serves every step
+    for job, data in todo:
+        results[job.settings.command] = run(job, shard=WHOLE, model=m, data=data)
     return {cls.command: results[cls.command] for cls in ReportSettings.steps}
 
 

@@ -86,7 +86,7 @@ def load_model(settings: Settings, shard: shards.Shard):
 
 
 def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, str] | None = None,
-        model: Any = None) -> dict[str, Any]:
+        model: Any = None, data: Any = None) -> dict[str, Any]:
     """Run ``job`` (module docstring) and return its JSON content, or, for a shard that finished
     while other shards' batches are missing, ``{"complete": False, "missing": [...], ...}``.
 
@@ -94,6 +94,7 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         shard: which batches to compute (default: from ``settings.shard`` or the launcher's
             environment; :data:`mech.runs.shards.MERGE` computes none and only assembles).
         model: an already loaded :class:`~mech.MechModel` to use instead of loading ``settings.model``.
+        data: what ``job.samples()`` returns, when the caller has it already (not loaded again).
 
     Raises:
         RunConflictError: ``settings.out`` holds this command's run with other settings.
@@ -103,7 +104,7 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     s = job.settings
     shard = shard or shards.resolve(getattr(s, "shard", None), sharded=s.sharded, environ=environ)
     out = folder.check_out(s.out)
-    data = job.samples()
+    data = job.samples() if data is None else data
     samples, skipped = list(getattr(data, "samples", data)), list(getattr(data, "skipped", []))
     ident = identity(s, samples)
     context = job.context(data)
