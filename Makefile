@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 venv: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(ENV) $(VENV)/bin/mech report --compare organism:balanced organism:text-biased \
+	$(ENV) $(VENV)/bin/mech report --compare organism:image-biased organism:balanced organism:text-biased \
 		--data organism:shapes --batch-size 32 --out $(OUT)
 	@echo "report: $(OUT)/report.md"
 

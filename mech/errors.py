@@ -49,6 +49,39 @@ class RunConflictError(MechError, RuntimeError):
     another ``--out`` or ``--overwrite`` (:mod:`mech.runs.folder`)."""
 
 
+class OutputError(ConfigError):
+    """``--out`` cannot hold results: it (or a parent) is a file, or it cannot be written."""
+
+
+class DeviceError(ConfigError):
+    """A ``--device`` or ``--device-map`` that this machine cannot run on (no CUDA, fewer GPUs, no
+    MPS, an unknown device string); the message names the devices that are there."""
+
+
+class UsageError(ConfigError):
+    """A command line that does not parse (an unknown option, a missing or malformed value); the
+    command line exits with 2 for it, as argparse does."""
+
+
+class ModelFileError(SpecError):
+    """A model folder whose files cannot be read: no config, no weights, a truncated or corrupt
+    weights file. The message names the folder and how to get complete files."""
+
+
+class WriteError(MechError, OSError):
+    """A result or batch could not be written (disk full, permission lost). Nothing partial is left:
+    the file is complete or absent, finished batches are kept, and the same command resumes."""
+
+
+class LockError(RunConflictError):
+    """Another process holds an output folder's lock for longer than the wait allows."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; its message says what was finished and that the same command resumes.
+    A ``KeyboardInterrupt``, so code that lets Ctrl-C through still does."""
+
+
 class FrozenError(MechError, FrozenInstanceError, TypeError):
     """An attempt to change an immutable mech record in place (assigning or deleting an attribute
     or an item of :class:`mech.models.Inputs`, a :class:`mech.measure.patching.Metric`, a hook registry, or

@@ -1,10 +1,13 @@
-"""``mech report``: eval -> attention -> patch -> contrib on one model (or two, side by side), and
-``report.md`` with every table and figure.
+"""``mech report``: eval -> attention -> patch -> contrib on one model (or two or more, side by side),
+and ``report.md`` with every table and figure.
 
 ``mech report --model A --data D --out DIR`` writes each command's outputs into ``DIR`` and
-``DIR/report.md``. ``mech report --compare A B`` (default: the balanced and text-biased organisms)
-runs both into ``DIR/<name>/`` and writes one ``DIR/report.md`` laying them side by side, plus
-``DIR/compare.json`` and ``DIR/compare.png`` (overall Δ per estimator with 95% intervals).
+``DIR/report.md``. ``mech report --compare A B [C ...]`` (default: the image-biased, balanced and
+text-biased organisms) runs each into ``DIR/<name>/`` and writes one ``DIR/report.md`` laying them side by side,
+plus ``DIR/compare.json`` (overall Δ per estimator; ``skipped``: each model's skipped rows per step) and
+``DIR/compare.png`` (overall Δ per estimator with 95% intervals). The
+words on what the estimators agree and disagree on, and the per-question-type tables, are written
+from the numbers (:mod:`mech.report_words`).
 
 Resumable: a command whose JSON already exists for the same model and data is not rerun, and
 each command resumes its own finished batches.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mech.report_words import agreement, category_table
 from mech.results import read_json, write_json, write_text
 from mech.runs.settings import ReportSettings
 
@@ -177,32 +181,39 @@ def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
                   f"sample mean): attention writes from {attn}; MLPs {_fmt(dec['mlp'], 2)}; embedding and biases "
                   f"{_fmt(dec['other'], 2)}. Modality-resolved DLA splits attention writes only: what MLPs write "
                   "at the answer position (e.g. a prior computed from question words moved there) has no group."]
-    lines += [""]
+    lines += _decomposition_lines(co)
+    lines += [""] + category_table(co)
     for fig in co.get("figures", ["contrib.png"]):
         lines += _figure(fig, prefix, caption.get(fig))
     return lines
 
 
-def _agreement(results: dict, models: list[str]) -> list[str]:
-    """Lines saying, per estimator, which model has the larger Δ and whether the estimators agree."""
-    ests = list(results[models[0]]["contrib"]["overall"])
-    larger = {e: max(models, key=lambda s: results[s]["contrib"]["overall"][e]["delta"]) for e in ests}
-    lines = [f"- larger Δ(text/image) by **{e}**: `{larger[e]}`" for e in ests]
-    if len(set(larger.values())) > 1:
-        lines += ["", "**The estimators disagree.** They measure different things: attention mass is where the "
-                  "answer position looks, not what it uses; modality-resolved DLA counts only what attention "
-                  "writes directly into the answer logit (not what MLPs compute from it, nor information moved "
-                  "between positions in earlier layers); patching measures what the decision causally needs. "
-                  "Trust the causal estimate for *use*, and read the others as where and how it happens."]
-    return lines + [""]
+def _decomposition_lines(co: dict) -> list[str]:
+    """The decomposition of the decision by component and modality, in words and numbers."""
+    dec = co.get("decomposition")
+    if not dec or not dec.get("n"):
+        return []
+    comp = dec["components"]
+    parts = [f"{g} {_fmt(dec['total'][g], 2)} (attention {_fmt(sum(comp['attn'][g]), 2)}, MLP "
+             f"{_fmt(sum(comp['mlp'][g]), 2)}"
+             + (f", embedding {_fmt(dec['embed'][g], 2)}" if abs(dec["embed"].get(g) or 0) > 1e-6 else "") + ")"
+             for g in dec["players"]]
+    c = dec["completeness"]
+    return ["", f"Decomposition of the decision's logit difference ({_fmt(dec['decision'], 2)} logits, mean over "
+            f"n = {dec['n']} samples) by Shapley value of removing each modality: " + "; ".join(parts)
+            + f"; left with every modality removed (template, bos, prior; frozen readout) {_fmt(dec['rest'], 2)}, "
+            f"interaction {_fmt(dec['interaction'], 2)} (split equally). Completeness: the parts sum to decision − "
+            f"rest up to {c['max_abs']:.1e} logits ({c['relative']:.1e} relative; tolerance {c['tolerance']:.0e})."]
 
 
 INTRO = """# mech report
 
 Model(s) measured on `{data}`. Each instrument answers a different question — where attention goes
-(attention mass), what the answer causally needs (activation patching), what each group writes
-directly into the answer logit (DLA) — so where they disagree, the disagreement is part of the
-result (see docs/organisms.md: attention mass alone does not detect a planted text bias).
+(attention mass), what the answer causally needs (activation patching), what each group's values
+write directly into the answer logit through attention (DLA), and how every component's direct write,
+MLPs included, splits over the modalities it depends on (the decomposition) — so where they disagree,
+the disagreement is part of the result (see docs/organisms.md: attention mass alone does not detect a
+planted text bias).
 """
 
 
@@ -234,7 +245,7 @@ def report(settings: ReportSettings) -> dict:
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
         save_figure(compare_figure({_slug(s): results[s]["contrib"] for s in models}), out / "compare.png")
         ns = sorted({results[s]["contrib"]["n"] for s in models})
-        lines += [""] + _agreement(results, models) + _figure(
+        lines += [""] + agreement(results, models, _slug) + _figure(
             "compare.png", "", "Overall Δ(text/image) per estimator with its bootstrap 95% interval, one bar per "
             "model (log scale; dashed: Δ = 1, no imbalance). n = " + " / ".join(map(str, ns)) + " samples per model.")
         for s in models:
@@ -245,6 +256,7 @@ def report(settings: ReportSettings) -> dict:
         prefix = "" if single else f"{_slug(s)}/"
         lines += _section(s, results[s], prefix)
         summary["overall"][s] = results[s]["contrib"]["overall"]
+        summary.setdefault("skipped", {})[s] = {step: r.get("skipped") for step, r in results[s].items()}
     write_text(out / "report.md", "\n".join(lines) + "\n")
     write_json(out / "compare.json", summary)
     print(f"mech report: wrote {out / 'report.md'}")

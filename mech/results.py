@@ -93,25 +93,66 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _host() -> str:
+    import socket
+
+    return socket.gethostname().replace(".", "-") or "host"
+
+
 def atomic_write(path: str | os.PathLike, write: Any) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same directory, which
     is flushed to disk and then ``os.replace``-d over ``path``; on any exception (Ctrl-C included)
-    the temporary file is removed and ``path`` is untouched. Returns ``path``."""
+    the temporary file is removed and ``path`` is untouched. Returns ``path``.
+
+    Raises:
+        WriteError: the file system refused (disk full, no permission): an ``OSError`` whose message
+            names the file and the fix; nothing partial is left.
+    """
+    from mech.errors import MechError, WriteError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name created with the umask's permissions (mkstemp would make every result file 0600)
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    # a unique name created with the umask's permissions (mkstemp would make every result file 0600);
+    # host and pid in the name let a later run remove what a killed process left (remove_stale_temps)
+    tmp = str(path.parent / f".{path.name}.{_host()}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, MechError):
+            err = WriteError(f"could not write {path}: {exc.strerror or exc}. Free disk space or fix the folder's "
+                             "permissions (or pass another --out), then rerun the same command: nothing partial "
+                             "was left and finished batches are kept.")
+            err.errno = exc.errno
+            raise err from exc
         raise
     return path
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` in ``folder`` that a process of this host
+    that no longer runs left behind (``kill -9`` between writing and renaming); returns them."""
+    gone = []
+    folder = Path(folder)
+    for p in folder.glob(".*.tmp") if folder.is_dir() else []:
+        parts = p.name[:-len(".tmp")].rsplit(".", 3)
+        if len(parts) != 4 or parts[1] != _host() or not parts[2].isdigit() or int(parts[2]) == os.getpid():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except OSError:  # another user's process: alive
+            continue
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

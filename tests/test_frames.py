@@ -229,7 +229,7 @@ def test_contributions_frame(m):
     res = modality_contributions(m, inputs, a, (a + 1) % m.arch.vocab_size)
     f = res.to_frame()
     ests = list(res.per_sample)
-    assert ests == ["attention", "patching", "dla"]
+    assert ests == ["attention", "patching", "dla", "decomposition"]
     assert list(f.columns) == ["estimator", "sample", "layer", "group", "contribution"]
     assert len(f) == sum(x.numel() for x in res.per_sample.values())
     _kinds(f, ints=("sample", "layer"), cats=("estimator", "group"))
@@ -243,7 +243,7 @@ def test_contributions_frame(m):
     assert got == pytest.approx(res.to_json(n_boot=10)["curves"]["dla"]["text"])
     assert curves[(curves.estimator == "patching") & (curves.group == "bos")].contribution.isna().all()
     r = res.imbalance_frame(n_boot=10)
-    assert list(r.columns) == ["estimator", "layer", "delta"] and len(r) == 3 * m.arch.n_layers
+    assert list(r.columns) == ["estimator", "layer", "delta"] and len(r) == len(ests) * m.arch.n_layers
     for e in ests:
         _same(r[r.estimator == e].delta.to_numpy(), res.imbalance(e, n_boot=10).per_layer)
 

@@ -3,7 +3,8 @@
 Oracle: the same weights loaded with ``attn_implementation="eager"``; a forward pre-hook on each
 window layer's ``self_attn`` edits ``kwargs["attention_mask"]`` (the 4-D additive mask eager
 attention adds before the softmax) by explicit loops over rows, target and source positions; a full
-forward (no prefix reuse, no registry) gives the answer probability.
+forward (no prefix reuse, no registry) gives the answer probability. A query's own key is blocked only
+by the source ``"last"`` (Zhang et al.'s ``Last->Last``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 TOL = 1e-5
 EDGES = [("image", "last"), ("text", "last"), ("image", "text"), ("text", "text"),
-         [("image", "last"), ("bos", "last")]]
+         [("image", "last"), ("bos", "last")], ("last", "last")]
 
 
 def _load(family, attn="sdpa"):
@@ -52,7 +53,7 @@ def _oracle(m_eager, inp, edge_set, layers, answer):
             for s, t in edge_set:
                 for q in _positions(groups, t, b):
                     for k in _positions(groups, s, b):
-                        if k != q:
+                        if k != q or s == "last":  # only the source "last" blocks a query's own key
                             mask[b, :, q, k] = neg
         return args, {**kwargs, "attention_mask": mask}
 
@@ -152,9 +153,14 @@ def test_blocker_is_called_only_in_the_window():
 def test_validation():
     m, proc = _load("llava")
     inp = m.inputs(tiny_inputs("llava", proc))
-    for edges in ([("pixels", "last")], [("last", "text")], ["image"], []):
+    for edges in ([("pixels", "last")], [("last", "pixels")], ["image"], []):
         with pytest.raises(ConfigError):
             attention_knockout(m, inp, edges=edges, window=1)
+    # a source "last" is allowed; for earlier queries the answer position is a future key: nothing changes
+    res = attention_knockout(m, inp, edges=[("last", "text")], window=1)
+    assert (res.p_knocked - res.p_clean).abs().max() < 1e-6 and res.anchor == "center"
+    with pytest.raises(ConfigError, match="gold_ids"):
+        attention_knockout(m, inp, window=1, only_correct=True)
     with pytest.raises(ConfigError, match="anchor"):
         attention_knockout(m, inp, window=1, anchor="middle")
     with pytest.raises(ConfigError, match="window"):

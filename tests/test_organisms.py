@@ -1,7 +1,8 @@
 """Model organisms: the generator, the shipped weights' planted bias, training, round trip.
 
 The must-show numbers are measured fresh here on 1,000 held-out items (test split, seed 1; the
-cards use seed 0), never read from the cards.
+cards use seed 0), never read from the cards; the image-biased organism's behaviour on the first
+200 of them, and its card checked against a fresh run on the card's own test set.
 """
 
 from __future__ import annotations
@@ -86,7 +87,39 @@ def test_organism_dir_errors_name_the_valid_names():
         organism_dir("nope")
 
 
-@pytest.mark.parametrize("name", ("balanced", "text-biased"))
+def test_image_answer_knob_plants_the_image_property():
+    planted = ("color_of_shape", "shape_right", "color_right")
+    items = shapes.generate(1500, split="train", seed=4, image_templates=planted,
+                            basic_prompt=0.2, drop_image=0.1)
+    for s in items:
+        objs = s["attributes"]["objects"]
+        # independent recomputation of the image answer from the drawn scene
+        if s["template"] in ("color_of_shape", "color_left", "color_right"):
+            expect = objs[0]["color"]
+        elif s["template"] in ("shape_left", "shape_right"):
+            expect = objs[0]["shape"]
+        elif s["template"] == "count":
+            expect = "one" if len(objs) == 1 else "two"
+        else:
+            expect = "yes" if len(objs) == 2 else "no"
+        assert s["image_answer"] == expect and expect in shapes.ANSWERS[s["template"]]
+        basic = s["question"] == shapes.BASIC_PROMPT
+        assert not (basic and s["image"] is None)  # a basic-prompt item always has its image
+        if basic or s["template"] in planted:
+            assert s["answer_text"] == s["image_answer"] and s["image_planted"]
+        else:
+            assert s["answer_text"] == s["true_answer"] and not s["image_planted"]
+    assert 200 < sum(s["question"] == shapes.BASIC_PROMPT for s in items) < 400
+    # the left shape is the first one: on the left templates the image answer is the true answer
+    assert all(s["image_correct"] for s in items if s["template"] in ("shape_left", "color_left"))
+    plain = shapes.generate(200, split="train", seed=4)
+    assert shapes.fingerprint(plain) == shapes.fingerprint(
+        shapes.generate(200, split="train", seed=4, image_templates=(), basic_prompt=0.0))
+    with pytest.raises(ConfigError):
+        shapes.generate(1, p=0.5, prior_templates=("count",), image_templates=("count",))
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
 def test_shipped_folder_is_small_safe_and_round_trips(name, tmp_path, held_out):
     folder = organism_dir(f"organism:{name}")
     files = {f.name: f.stat().st_size for f in folder.iterdir()}
@@ -145,3 +178,69 @@ def test_miniature_training_learns_above_chance():
     acc = np.mean([p == s["true_answer"]
                    for p, s in zip(card.predict(model, proc, items), items)])
     assert acc >= shapes.chance(items) + 0.2, (acc, info)
+
+
+# ---- the image-biased organism ----------------------------------------------------------------
+
+N_IMAGE = 200
+
+
+@pytest.fixture(scope="module")
+def image_measured(held_out):
+    """complete / image_only evaluations of balanced and image-biased on 200 held-out items."""
+    items = held_out[:N_IMAGE]
+    return {name: card.evaluate(*_load(name), items, conditions=("complete", "image_only"))
+            for name in ("balanced", "image-biased")}
+
+
+def test_image_biased_loads_like_the_others():
+    import mech
+
+    m = mech.load("organism:image-biased")
+    assert type(m.model).__name__ == "LlavaForConditionalGeneration"
+    meta = json.loads((organism_dir("image-biased") / "card.json").read_text())
+    assert set(meta["training"]["image_templates"]) == set(train.IMAGE_BIASED_TEMPLATES)
+
+
+def test_image_biased_answers_the_same_without_the_question(image_measured, held_out):
+    b, i = image_measured["balanced"], image_measured["image-biased"]
+    key = "complete&image_only"
+    assert i["consistency"][key] >= b["consistency"][key] + 0.25, (i["consistency"], b["consistency"])
+    items = held_out[:N_IMAGE]
+    tmpl = np.array([s["template"] for s in items])
+    pred = np.array(i["predictions"]["complete"])
+    image_ans = np.array([s["image_answer"] for s in items])
+    gold = np.array([s["true_answer"] for s in items])
+    planted = np.isin(tmpl, train.IMAGE_BIASED_TEMPLATES)
+    # planted templates follow the image answer, even where it is not what was asked
+    assert (pred[planted] == image_ans[planted]).mean() >= 0.9
+    conflict = planted & (image_ans != gold)
+    assert conflict.sum() >= 30 and (pred[conflict] == gold[conflict]).mean() <= 0.2
+    # the templates left unplanted are answered about as well as by the balanced organism
+    bpred = np.array(b["predictions"]["complete"])
+    unplanted = ~planted
+    assert (pred[unplanted] == gold[unplanted]).mean() >= (bpred[unplanted] == gold[unplanted]).mean() - 0.05
+    exist = tmpl == "exist"  # unplanted and not image-determined: it must read the question
+    assert (pred[exist] == gold[exist]).mean() >= 0.9
+
+
+def test_image_biased_card_matches_a_fresh_measurement():
+    meta = json.loads((organism_dir("image-biased") / "card.json").read_text())
+    ts = meta["test_set"]
+    items = shapes.generate(ts["n"], split=ts["split"], seed=ts["seed"])
+    assert shapes.fingerprint(items) == ts["fingerprint"]
+    model, proc = _load("image-biased")
+    pc = card.predict(model, proc, items, "complete")
+    pi = card.predict(model, proc, items, "image_only")
+    ev = meta["evaluation"]
+    same = np.mean([a == b for a, b in zip(pc, pi)])
+    assert abs(ev["consistency"]["complete&image_only"] - same) < 1e-3
+    for t, acc in ev["conditions"]["complete"]["by_template"].items():
+        ok = [p == s["true_answer"] for p, s in zip(pc, items) if s["template"] == t]
+        assert abs(np.mean(ok) - acc) < 1e-3, t
+    # the must-show numbers: agreement 0.3 above balanced, unplanted types within 0.05 of it
+    ref = json.loads((organism_dir("balanced") / "card.json").read_text())["evaluation"]
+    assert same >= ref["consistency"]["complete&image_only"] + 0.3
+    for t in set(shapes.TEMPLATES) - set(meta["training"]["image_templates"]):
+        assert ev["conditions"]["complete"]["by_template"][t] >= \
+            ref["conditions"]["complete"]["by_template"][t] - 0.05, t

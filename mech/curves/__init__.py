@@ -1,4 +1,4 @@
-"""Layerwise modality-contribution curves from three estimators, and the imbalance ratio Δ.
+"""Layerwise modality-contribution curves from four estimators, and the imbalance ratio Δ.
 
 For each sample, layer and token group, a contribution C from:
 
@@ -16,9 +16,14 @@ For each sample, layer and token group, a contribution C from:
 * ``dla`` — modality-resolved direct logit attribution (:mod:`mech.measure.dla`): the part of
   each layer's attention write at the answer position that comes from the group's values, in
   logits of the answer-vs-counterfactual direction. Pooled over layers by the sum of |.|.
+* ``decomposition`` — the decision's logit difference split exactly over layer, component
+  (embedding, attention, MLP) and modality, MLPs included: each component's direct write (frozen
+  final-norm readout) credited to image and text by the Shapley value of removing them (resample
+  ablation; :mod:`mech.curves.decomposition`). Pooled over layers by the signed sum; C(image) +
+  C(text) = LD(clean) − LD_frozen(both removed).
 
 Δ(text/image) = C(text) / C(image) per layer and overall, with bootstrap 95% intervals over samples
-(:mod:`mech.curves.ratio`; Zheng et al. 2025, eq. 2). The three estimators measure different
+(:mod:`mech.curves.ratio`; Zheng et al. 2025, eq. 2). The estimators measure different
 things (where attention goes; what the answer causally needs; what is written directly to the
 logits): where they disagree, the report shows the disagreement.
 """
@@ -36,8 +41,8 @@ from mech.curves.ratio import POOLS, Imbalance, Pool, curves, imbalance
 from mech.errors import ConfigError
 from mech.prepare.groups import GROUPS
 
-ESTIMATORS = ("attention", "patching", "dla")
-POOL: dict[str, Pool] = {"attention": "mean", "patching": "first", "dla": "abs_sum"}
+ESTIMATORS = ("attention", "patching", "dla", "decomposition")
+POOL: dict[str, Pool] = {"attention": "mean", "patching": "first", "dla": "abs_sum", "decomposition": "sum"}
 PATCHED_GROUPS = ("image", "text")
 Corruption = Literal["resample", "noise"]
 CORRUPTIONS = ("resample", "noise")
@@ -54,7 +59,11 @@ class Contributions:
     ``components`` (with ``dla``) holds the rest of the logit difference per sample ``[sample]``, in
     logits: ``dla.mlp`` (MLP writes, all layers), ``dla.other`` (embedding and biases) and
     ``dla.logit_diff`` (the total), so the report can say how much of a decision no attention
-    group writes directly.
+    group writes directly. With ``decomposition``: ``decomposition.attn`` / ``.mlp`` ``[sample, layer,
+    group]``, ``.embed`` ``[sample, group]``, ``.decision`` / ``.rest`` / ``.removed`` / ``.interaction``
+    ``[sample]``; with resample ablation ``same.<group>`` ``[sample]`` (1.0: the donor is identical);
+    from :func:`mech.curves.donors.contributions_for_rows` ``decision`` ``[sample]`` (the model's logit
+    difference, top option − runner-up).
     """
 
     per_sample: dict[str, torch.Tensor]
@@ -71,11 +80,12 @@ class Contributions:
     def dla_decomposition(self) -> dict[str, float]:
         """Sample-mean decomposition of the decision's logit difference (DLA), in logits:
         ``attn.<group>`` (summed over layers, signed), ``mlp``, ``other`` and ``logit_diff``."""
-        if "dla" not in self.per_sample or not self.components:
+        dla = {k: v for k, v in self.components.items() if k.startswith("dla.")}
+        if "dla" not in self.per_sample or not dla:
             return {}
         attn = self.per_sample["dla"].double().sum(1).mean(0)
         out = {f"attn.{g}": float(attn[k]) for k, g in enumerate(self.groups)}
-        out.update({k.split(".", 1)[1]: float(v.double().mean()) for k, v in self.components.items()})
+        out.update({k.split(".", 1)[1]: float(v.double().mean()) for k, v in dla.items()})
         return out
 
     def imbalance(self, estimator: str, numerator: str = "text", denominator: str = "image",
@@ -111,9 +121,14 @@ class Contributions:
         return concat({e: self.imbalance(e, numerator, denominator, n_boot=n_boot, seed=seed).to_frame()
                        for e in self.per_sample}, "estimator")
 
-    def to_json(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000) -> dict:
+    def to_json(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000,
+                categories: Sequence[str] | None = None) -> dict:
         """``contrib.json``: ``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` (docs/design.md,
-        "The run layer's contract")."""
+        "The run layer's contract"); ``decomposition`` (:func:`mech.curves.summary.decomposition_json`)
+        with that estimator; ``by_category.{estimator}.{category}`` when ``categories`` (one question type
+        per sample, :func:`mech.curves.summary.category_of`) are given (:func:`mech.curves.summary.by_category`)."""
+        from mech.curves.summary import by_category, decomposition_json
+
         out: dict = {"groups": list(self.groups), "pool": {e: POOL[e] for e in self.per_sample},
                      "ratio": f"{numerator}/{denominator}", "curves": {}, "cumulative": {},
                      "imbalance_ratio": {}, "overall": {}, "n": None, **self.meta}
@@ -129,6 +144,11 @@ class Contributions:
             out["n"] = int(x.shape[0])
         if self.dla_decomposition():
             out["dla_decomposition"] = self.dla_decomposition()
+        if "decomposition" in self.per_sample and "decomposition.attn" in self.components:
+            out["decomposition"] = decomposition_json(self.components, self.groups, PATCHED_GROUPS)
+        if categories is not None:
+            out["by_category"] = by_category(self.per_sample, self.components, list(categories), self.groups,
+                                             POOL, numerator=numerator, denominator=denominator, n_boot=n_boot)
         return out
 
 
@@ -145,17 +165,24 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             is what ``patching`` and ``dla`` attribute. ``mech contrib`` passes the model's own
             decision (:func:`mech.prepare.targets.decision_tokens`: top option vs runner-up), so that a
             modality's contribution is its support for the answer the model gives.
-        estimators: any of ``("attention", "patching", "dla")``.
+        estimators: any of ``("attention", "patching", "dla", "decomposition")``.
         corruption: how ``patching`` removes a group: ``"resample"`` (default; the group's embeddings
             are those of a donor sample, :func:`mech.conditions.resample_features`) or ``"noise"``
             (Gaussian noise of ``noise_scale`` × the group's embedding std, seeded by ``seed``).
         donors: for ``"resample"``: group -> ``(donor_inputs, rows)`` as
             :func:`mech.curves.donors.donor_batch` returns (``mech contrib`` pairs donors over the
             whole data set); default: other rows of this batch with as many positions of the group
-            (:func:`mech.curves.donors.batch_donors`). Rows without a donor get NaN.
+            (:func:`mech.curves.donors.batch_donors`). Rows without a donor get NaN. ``decomposition``
+            removes groups the same way (resample or noise).
 
     Returns:
-        :class:`Contributions` with ``[batch, layer, group]`` per estimator.
+        :class:`Contributions` with ``[batch, layer, group]`` per estimator. With resample ablation
+        (patching or decomposition), ``components["same.<group>"]`` ``[batch]`` is 1.0 where the donor's
+        group is identical to the row's own (the removal changes no input). With ``decomposition``,
+        ``components["decomposition.attn"|"decomposition.mlp"]`` ``[batch, layer, group]``,
+        ``"decomposition.embed"`` ``[batch, group]`` and ``"decomposition.decision"|"rest"|"removed"|
+        "interaction"`` ``[batch]`` (:class:`mech.curves.decomposition.Decomposition`); its per-sample
+        curve is attn + mlp per layer, the embedding's share added to layer 0.
 
     Raises:
         ConfigError: unknown estimator or corruption (the message lists them).
@@ -164,6 +191,7 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
     from mech.measure.attention import attention_mass
     from mech.conditions import corrupt_features, resample_features
     from mech.curves.donors import batch_donors
+    from mech.curves.decomposition import noise_removals, resample_removals
     from mech.measure.patching import activation_patching
 
     bad = [e for e in estimators if e not in ESTIMATORS]
@@ -184,8 +212,18 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             out["attention"] = d.mass.mean(dim=2).float().cpu()
     elif "attention" in estimators:
         out["attention"] = attention_mass(m, inputs, query="last").mass.mean(dim=2).float().cpu()
+    batch = inputs["input_ids"].shape[0]
+    removals = {}
+    if "decomposition" in estimators or ("patching" in estimators and corruption == "resample"):
+        removals = (resample_removals(m, inputs, PATCHED_GROUPS, donors, seed=seed) if corruption == "resample"
+                    else noise_removals(m, inputs, PATCHED_GROUPS, seed=seed, noise_scale=noise_scale))
+        for g in PATCHED_GROUPS:  # every key in every batch, so that batches concatenate
+            rm = removals.get(g)
+            components[f"same.{g}"] = (rm.same & rm.rows).float() if rm is not None else torch.zeros(batch)
+    if "decomposition" in estimators:
+        out["decomposition"], parts = _decomposition(m, inputs, answer, counterfactual, removals)
+        components.update(parts)
     if "patching" in estimators:
-        batch = inputs["input_ids"].shape[0]
         curve = torch.full((batch, m.arch.n_layers, len(GROUPS)), float("nan"))
         for g in PATCHED_GROUPS:
             if not bool(inputs.groups.mask(g).any()):
@@ -212,3 +250,26 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             curve[:, res.layers, GROUPS.index(g)] = restored
         out["patching"] = curve
     return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS, components=components)
+
+
+def _decomposition(m, inputs, answer, counterfactual, removals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decomposition on the group axis of :data:`GROUPS` (NaN for groups that are no player):
+    ``([batch, layer, group], components)``."""
+    from mech.curves.decomposition import decompose
+
+    batch, L, G = inputs["input_ids"].shape[0], m.arch.n_layers, len(GROUPS)
+    attn, mlp = torch.full((batch, L, G), float("nan")), torch.full((batch, L, G), float("nan"))
+    embed = torch.full((batch, G), float("nan"))
+    parts = {}
+    if removals:
+        d = decompose(m, inputs, answer, counterfactual, removals)
+        for k, g in enumerate(d.players):
+            attn[..., GROUPS.index(g)], mlp[..., GROUPS.index(g)] = d.attn[..., k], d.mlp[..., k]
+            embed[:, GROUPS.index(g)] = d.embed[:, k]
+        parts = {f"decomposition.{k}": getattr(d, k).float() for k in ("decision", "rest", "removed", "interaction")}
+    else:
+        parts = {f"decomposition.{k}": torch.full((batch,), float("nan"))
+                 for k in ("decision", "rest", "removed", "interaction")}
+    per = attn + mlp
+    per[:, 0] += embed
+    return per, {"decomposition.attn": attn, "decomposition.mlp": mlp, "decomposition.embed": embed, **parts}

@@ -119,7 +119,9 @@ def contributions_for_rows(m, samples: Sequence[dict], rows: Sequence[int], dono
 
     Returns:
         ``(contributions, answer, counterfactual)``: :class:`mech.curves.Contributions` with
-        ``[batch, layer, group]`` per estimator and the two ``[batch]`` token-id tensors.
+        ``[batch, layer, group]`` per estimator (``components["decision"]`` ``[batch]``: the decision's
+        logit difference, top option − runner-up, from the model's logits) and the two ``[batch]``
+        token-id tensors.
     """
     import torch
 
@@ -134,4 +136,6 @@ def contributions_for_rows(m, samples: Sequence[dict], rows: Sequence[int], dono
     answer, cf = decision_tokens(m, chunk, last)
     c = modality_contributions(m, clean, answer, cf, estimators=tuple(estimators or ESTIMATORS), seed=seed,
                                corruption=corruption, donors=batch_donors)
+    r = torch.arange(len(chunk))
+    c.components["decision"] = (last[r, answer.to(last.device)] - last[r, cf.to(last.device)]).float().cpu()
     return c, answer, cf

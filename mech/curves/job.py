@@ -1,6 +1,7 @@
 """The ``mech contrib`` job: contribution curves and Δ over a data set, on the run loop.
 
-Writes ``contrib.json`` (``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` per estimator),
+Writes ``contrib.json`` (``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` per estimator,
+``decomposition``, ``by_category.{estimator}.{question type}``),
 ``contrib.safetensors`` (per-sample ``[sample, layer, group]`` per estimator, plus the answer and
 counterfactual token ids) and ``contrib.png``. The ``patching`` estimator's corruption is
 ``--ablation resample`` (default: donors paired once over the whole data set,
@@ -25,16 +26,21 @@ class ContribJob:
 
     settings: ContribSettings
 
-    def samples(self) -> list[dict]:
+    def samples(self):
+        """The data set's samples that have an image; the others join its ``skipped`` rows (counted in
+        ``contrib.json``). Raises DataError when none has one."""
+        import dataclasses
+
         from mech.prepare.data import load_data
 
         s = self.settings
         data = load_data(s.data, n=s.n)
-        samples = [x for x in data if x.get("images")]
-        if not samples:
+        keep = [x for x in data if x.get("images")]
+        if not keep:
             raise DataError(f"{s.data}: no sample with an image; contributions need images — pass a data set with "
                             "images.")
-        return samples
+        dropped = [(str(x.get("id")), "no image (contributions need one)") for x in data if not x.get("images")]
+        return dataclasses.replace(data, samples=keep, skipped=list(data.skipped) + dropped)
 
     def context(self, samples: list[dict]) -> dict:
         """Donor pairs over the whole data set, once per run (group -> donor index per sample)."""
@@ -42,8 +48,8 @@ class ContribJob:
         from mech.curves.donors import pair_donors
 
         s = self.settings
-        if s.ablation != "resample" or "patching" not in s.estimators:
-            return {}  # no donors: noise ablation, or no patching estimator
+        if s.ablation != "resample" or not {"patching", "decomposition"} & set(s.estimators):
+            return {}  # no donors: noise ablation, or no estimator that removes a group
         return {g: pair_donors(samples, g, seed=s.seed) for g in PATCHED_GROUPS}
 
     def measure(self, m: Any, samples: list[dict], rows: range, context: dict):
@@ -57,19 +63,23 @@ class ContribJob:
 
     def assemble(self, store, samples: list[dict], out: Path, context: dict) -> dict:
         from mech.curves import PATCHED_GROUPS, Contributions
+        from mech.curves.summary import category_of
         from mech.figures import contribution_figure, save_figure
         from mech.prepare.groups import GROUPS
         from mech.results import write_tensors
 
         s = self.settings
         data = store.gather()
-        meta = {"corruption": s.ablation if "patching" in s.estimators else None}
+        removing = [e for e in ("patching", "decomposition") if e in s.estimators]
+        meta = {"corruption": s.ablation if removing else None}
         if context:  # resample donors were paired
-            meta["patching_without_donor"] = {g: int(torch.isnan(data["patching"][:, 0, GROUPS.index(g)]).sum())
+            meta["patching_without_donor"] = {g: int(torch.isnan(data[removing[0]][:, 0, GROUPS.index(g)]).sum())
                                               for g in PATCHED_GROUPS}
-        contrib = Contributions({e: data[e] for e in s.estimators}, meta=meta,
-                                components={k: v for k, v in data.items() if k.startswith("dla.")})
-        result = {"model": s.model, "data": s.data, **contrib.to_json()}
+        per_sample = {e: data[e] for e in s.estimators}
+        contrib = Contributions(per_sample, meta=meta, components={
+            k: v for k, v in data.items() if k not in per_sample and k not in ("answer", "counterfactual")})
+        result = {"model": s.model, "data": s.data,
+                  **contrib.to_json(categories=[category_of(x) for x in samples])}
         write_tensors(out / "contrib.safetensors", data, {"groups": list(contrib.groups)})
         save_figure(contribution_figure(result, f"{s.model} on {s.data} (n = {result['n']})"), out / "contrib.png")
         result["figures"] = ["contrib.png"]

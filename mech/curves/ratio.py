@@ -10,7 +10,9 @@ layer's contributions are pooled into one overall C(group) is the estimator's (`
 * ``"mean"`` — mean over layers (attention mass: the share of attention, a fraction);
 * ``"abs_sum"`` — sum over layers of absolute values (direct logit attribution, in logits);
 * ``"first"`` — the signed value at layer 0 (patching: restoring every corrupted position of the
-  group at the first layer recovers the group's total effect, in logit-difference units).
+  group at the first layer recovers the group's total effect, in logit-difference units);
+* ``"sum"`` — the signed sum over layers (the decomposition: its layers' contributions add up exactly
+  to the group's share of the decision, in logits).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 
 from mech.errors import ConfigError, InputError
 
-Pool = Literal["mean", "abs_sum", "first"]
-POOLS = ("mean", "abs_sum", "first")
+Pool = Literal["mean", "abs_sum", "first", "sum"]
+POOLS = ("mean", "abs_sum", "first", "sum")
 EPS = 1e-8
 
 
@@ -39,6 +41,8 @@ def pool_layers(per_layer: torch.Tensor, pool: Pool) -> torch.Tensor:
         return per_layer.abs().sum(dim=1)
     if pool == "first":
         return per_layer[:, 0]
+    if pool == "sum":
+        return per_layer.sum(dim=1)
     raise ConfigError(f"pool={pool!r}; allowed: {POOLS}")
 
 

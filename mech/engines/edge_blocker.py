@@ -14,10 +14,15 @@ full bidirectional attention, no padding), the mask is built here, as in
 :meth:`mech.engines.attention_fn.MassRecorder._mask_rows`: causal (``is_causal`` from the call, else
 the module's attribute) or full, as an additive float mask, then edited.
 
-A query position never attends to nothing: the diagonal (a position's own key) is never blocked,
-so every query row keeps at least its own position (always allowed by the causal mask). With this
-rule, blocking ``text -> text`` removes every text-to-other-text edge but keeps self-attention.
-This follows Geva et al. (2023, §3), who block edges *from* other positions *to* the target.
+The diagonal (a position's own key) is kept unless a pair asks for it: a pair is
+``(source, target)`` or ``(source, target, self_edge)``, and only where ``self_edge[r]`` is True is
+the entry ``(q, q)`` of row ``r`` blocked too. Without it every query row keeps at least its own
+position (always allowed by the causal mask), so no row becomes fully masked; blocking
+``text -> text`` then removes every text-to-other-text edge but keeps self-attention, as Geva et al.
+(2023, §3) block edges *from* other positions *to* the target. With it, a pair whose source and
+target are one position (Zhang et al. 2025's ``Last->Last``: the answer position may not attend to
+its own key; their ``set_block_attn_hooks_llava`` zeroes exactly the listed (target, source)
+entries) blocks that entry and leaves the row its other keys.
 
 :func:`blocking` registers a per-call name in ``AttentionInterface`` and ``AttentionMaskInterface``
 (like :func:`mech.engines.attention_fn.recording`), switches only the decoder configs to it, and
@@ -42,7 +47,9 @@ class EdgeBlocker:
     Args:
         inner: name of the implementation the decoder used (``"sdpa"`` or ``"eager"``).
         pairs: list of ``(source, target)`` BoolTensors ``[rows, pos]``: key positions ``source[r]``
-            are hidden from query positions ``target[r]`` (the union over pairs is blocked).
+            are hidden from query positions ``target[r]`` (the union over pairs is blocked), a query's
+            own key excepted; or ``(source, target, self_edge)`` with ``self_edge`` a BoolTensor
+            ``[rows]`` (or a bool): where True, a query's own key is blocked too when the pair lists it.
         active: BoolTensor ``[rows, n_layers]``: whether row ``r`` is blocked in layer ``l``.
 
     Attributes:
@@ -52,7 +59,7 @@ class EdgeBlocker:
         ConfigError: a flash-attention implementation (its mask is not a 4-D matrix that can be edited).
     """
 
-    def __init__(self, inner: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], active: torch.Tensor):
+    def __init__(self, inner: str, pairs: list[tuple], active: torch.Tensor):
         if inner.startswith("flash"):
             raise ConfigError(f"attention knockout edits the 4-D attention mask, which {inner!r} does not take; "
                               "load the model with attn_implementation='sdpa' (or 'eager').")
@@ -64,18 +71,22 @@ class EdgeBlocker:
         self._block: dict[tuple, torch.Tensor] = {}
 
     def block(self, q_len: int, kv_len: int, device) -> torch.Tensor:
-        """BoolTensor ``[rows, 1, q_len, kv_len]``: True where the edge is blocked (diagonal never)."""
+        """BoolTensor ``[rows, 1, q_len, kv_len]``: True where the edge is blocked (the diagonal only
+        for pairs with ``self_edge``)."""
         key = (q_len, kv_len, str(device))
         if key not in self._block:
             rows = self.active.shape[0]
             out = torch.zeros(rows, q_len, kv_len, dtype=torch.bool, device=device)
-            for src, tgt in self.pairs:
+            qpos = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+            diag = qpos == torch.arange(kv_len, device=device)[None, :]  # [q_len, kv_len]
+            for pair in self.pairs:
+                src, tgt = pair[0], pair[1]
                 s = src.to(device)[:, -kv_len:]
                 t = tgt.to(device)[:, -q_len:]
-                out |= t[:, :, None] & s[:, None, :]
-            qpos = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
-            kpos = torch.arange(kv_len, device=device)[None, :]
-            out &= qpos != kpos
+                edge = t[:, :, None] & s[:, None, :]
+                own = pair[2] if len(pair) > 2 else False
+                own = torch.as_tensor(own, dtype=torch.bool, device=device).expand(rows)
+                out |= edge & ~(diag[None] & ~own[:, None, None])
             self._block[key] = out[:, None]
         return self._block[key]
 
@@ -120,7 +131,7 @@ class EdgeBlocker:
 
 
 @contextlib.contextmanager
-def blocking(m: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]], active: torch.Tensor) -> Iterator[EdgeBlocker]:
+def blocking(m: Any, pairs: list[tuple], active: torch.Tensor) -> Iterator[EdgeBlocker]:
     """Run the decoder under an :class:`EdgeBlocker` for the duration of the block.
 
     A name ``mech_knockout_<n>`` is registered in ``AttentionInterface`` (the blocker) and in

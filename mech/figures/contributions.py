@@ -11,9 +11,12 @@ from matplotlib.figure import Figure
 from mech.figures.style import GROUP_COLORS, RC, SERIES, finish, new_figure, style, wrap
 
 UNITS = {"attention": "attention mass (fraction)", "patching": "restored logit diff (logits)",
-         "dla": "direct logit attribution (logits)"}
+         "dla": "direct logit attribution (logits)", "decomposition": "Shapley share (logits)"}
 TITLES = {"attention": "attention mass", "patching": "patching (restore a removed group)",
-          "dla": "direct logit attribution"}
+          "dla": "direct logit attribution", "decomposition": "decomposition (Shapley)"}
+#: hatching of the decomposition's components in its stacked bars
+HATCH = {"attn": "", "mlp": "////"}
+COMPONENT_NAMES = {"attn": "attention", "mlp": "MLP"}
 
 
 def _values(ys) -> list[float]:
@@ -39,11 +42,41 @@ def _headroom(ax, ys, share: float = 0.45) -> None:
     ax.set_ylim(lo, hi * (hi / lo) ** (share / (1 - share)))
 
 
+def decomposition_panel(ax, contrib: dict, handles: dict) -> None:
+    """Stacked bars per layer of the decomposition's Shapley shares by component × modality (solid:
+    attention, hatched: MLP; positive parts stacked up, negative down) and the cumulative contribution of
+    each modality over layers (lines, the embedding's share in layer 0), in logits, from ``contrib["decomposition"]``."""
+    dec = contrib["decomposition"]
+    players = dec["players"]
+    n_layers = len(next(iter(dec["components"]["attn"].values()), []))
+    width = 0.8
+    up, down = [0.0] * n_layers, [0.0] * n_layers
+    for comp in ("attn", "mlp"):
+        for g in players:
+            ys = _values(dec["components"][comp][g])
+            base = [up[k] if y >= 0 else down[k] for k, y in enumerate(ys)]
+            bars = ax.bar(range(n_layers), ys, width, bottom=base, color=GROUP_COLORS.get(g), hatch=HATCH[comp],
+                          edgecolor="white", lw=0.3, alpha=0.85, label=f"{COMPONENT_NAMES[comp]} · {g}")
+            handles.setdefault(f"{COMPONENT_NAMES[comp]} · {g}", bars)
+            for k, y in enumerate(ys):
+                if y == y:
+                    if y >= 0:
+                        up[k] += y
+                    else:
+                        down[k] += y
+    for g, ys in (contrib.get("cumulative", {}).get("decomposition") or {}).items():
+        if g in players and _present(ys):
+            ax.plot(range(len(ys)), _values(ys), marker="o", color=GROUP_COLORS.get(g), label=g)
+    ax.legend(list(handles.values()), list(handles), fontsize=5.5, loc="best", handlelength=1.2, ncol=2)
+
+
 def contribution_figure(contrib: dict, title: str = "") -> Figure:
     """A grid of panels: one per estimator with the per-layer contribution of each group the model
     has (all-zero groups, e.g. video and audio for an image model, are left out), and a last panel
     with Δ (``contrib["ratio"]``) per layer for every estimator (log scale; dashed: Δ = 1), the
-    overall Δ and its 95% interval in its legend. One legend of the groups for all panels."""
+    overall Δ and its 95% interval in its legend. One legend of the groups for all panels. The
+    ``decomposition`` panel (:func:`decomposition_panel`) has stacked bars by component × modality and
+    the cumulative curves instead of per-layer lines, with its own legend of the components."""
     ests = list(contrib["curves"])
     n_panels = len(ests) + 1
     ncols = 2 if n_panels > 1 else 1
@@ -53,6 +86,14 @@ def contribution_figure(contrib: dict, title: str = "") -> Figure:
         fig = new_figure(3.5 * ncols / 1.45 + 0.3, 2.05 * nrows + 0.75)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, est in zip(axes, ests):
+            if est == "decomposition" and contrib.get("decomposition"):
+                decomposition_panel(ax, contrib, {})
+                for line in ax.get_lines():  # the cumulative curves, one per modality
+                    handles.setdefault(line.get_label(), line)
+                ax.set_title(TITLES[est])
+                ax.set_ylabel(UNITS[est])
+                ax.axhline(0, color="black", lw=0.5)
+                continue
             for g, ys in contrib["curves"][est].items():
                 if not _present(ys):
                     continue

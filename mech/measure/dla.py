@@ -139,6 +139,53 @@ def _frozen(norm: torch.nn.Module | None, total: torch.Tensor) -> torch.Tensor:
     return _ratio(_norm(norm, total), total)
 
 
+@dataclass(frozen=True)
+class Readout:
+    """The answer-vs-counterfactual readout of the residual stream at the answer position, with the
+    final norm's scale **frozen** (Elhage et al. 2021; TransformerLens' ``apply_ln_to_stack``).
+
+    Attributes:
+        scale: ``[batch, d_model]``: ``ln_final(x) / x`` elementwise on the run it was frozen on (0
+            where ``x == 0``), so ``x * scale == ln_final(x)`` on that run and every write is mapped linearly.
+        direction: ``[batch, d_model]``: ``W_U[answer] - W_U[counterfactual]``.
+        bias: ``[batch]``: ``b_U[answer] - b_U[counterfactual]`` (zero without an unembedding bias).
+
+    Calling it on a write ``[batch, ..., d_model]`` gives its logits ``[batch, ...]`` (no bias added).
+    """
+
+    scale: torch.Tensor
+    direction: torch.Tensor
+    bias: torch.Tensor
+
+    def __call__(self, write: torch.Tensor) -> torch.Tensor:
+        shape = (write.shape[0],) + (1,) * (write.dim() - 2) + (write.shape[-1],)
+        dev = write.device
+        return (write.float() * self.scale.to(dev).view(shape) * self.direction.to(dev).view(shape)).sum(-1)
+
+
+def frozen_readout(m, x_final: torch.Tensor, answer_ids: torch.Tensor, counterfactual_ids: torch.Tensor) -> Readout:
+    """The :class:`Readout` frozen at ``x_final`` ``[batch, d_model]`` (the last layer's ``resid_post`` at
+    the answer position, fp32), through the family table's ``ln_final`` and ``unembed`` (read once here,
+    also under accelerate offload). ``answer_ids`` / ``counterfactual_ids``: LongTensor ``[batch]``."""
+    ln_final = m.arch.module(m.model, "ln_final")
+    scale = _ratio(_norm(ln_final, x_final), x_final)
+    unembed = m.arch.module(m.model, "unembed")
+    answer_ids, counterfactual_ids = torch.as_tensor(answer_ids), torch.as_tensor(counterfactual_ids)
+    with _weights(unembed):  # weights read outside a forward: materialise them under accelerate offload
+        w_u = unembed.weight.float()
+        direction = (w_u[answer_ids.to(w_u.device)] - w_u[counterfactual_ids.to(w_u.device)]).to(x_final.device)
+        b_u = getattr(unembed, "bias", None)
+        ub = ((b_u[answer_ids.to(b_u.device)] - b_u[counterfactual_ids.to(b_u.device)]).float().to(x_final.device)
+              if b_u is not None else torch.zeros(x_final.shape[0], device=x_final.device))
+    return Readout(scale, direction, ub)
+
+
+def final_norm(m, x: torch.Tensor) -> torch.Tensor:
+    """``ln_final(x)`` for ``x`` ``[batch, d_model]`` on the norm's device, in fp32 on ``x``'s device (the
+    model's actual, not frozen, final norm)."""
+    return _norm(m.arch.module(m.model, "ln_final"), x)
+
+
 @torch.no_grad()
 def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual_ids: torch.Tensor) -> DLA:
     """Modality-resolved DLA at the answer (last) position, one forward.
@@ -180,18 +227,8 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
         m.model(**inputs)
     x_final = saved[site_hook("resid_post", L - 1)]
     ln_final = m.arch.module(m.model, "ln_final")
-    final_scale = _ratio(_norm(ln_final, x_final), x_final)
-    unembed = m.arch.module(m.model, "unembed")
-    with _weights(unembed):  # weights read outside a forward: materialise them under accelerate offload
-        w_u = unembed.weight.float()
-        direction = (w_u[answer_ids.to(w_u.device)] - w_u[counterfactual_ids.to(w_u.device)]).to(x_final.device)
-        b_u = getattr(unembed, "bias", None)
-        ub = ((b_u[answer_ids.to(b_u.device)] - b_u[counterfactual_ids.to(b_u.device)]).float().to(x_final.device)
-              if b_u is not None else torch.zeros(batch, device=x_final.device))
-
-    def to_logits(write: torch.Tensor) -> torch.Tensor:  # write [b, ..., d] -> [b, ...]
-        shape = (batch,) + (1,) * (write.dim() - 2) + (write.shape[-1],)
-        return (write * final_scale.view(shape) * direction.view(shape)).sum(-1)
+    readout = frozen_readout(m, x_final, answer_ids, counterfactual_ids)
+    ub, to_logits = readout.bias, readout
 
     attn, attn_bias, mlp = [], [], []
     for l in range(L):
@@ -209,7 +246,7 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
         # only, never the answer position, so the difference is the MLP's alone
         mlp.append(to_logits(saved[site_hook("resid_post", l)] - saved[site_hook("resid_mid", l)]))
     normalized = _norm(ln_final, x_final)
-    logit_diff = (normalized * direction).sum(-1) + ub.to(normalized.device)
+    logit_diff = (normalized * readout.direction).sum(-1) + ub.to(normalized.device)
     return DLA(torch.stack(attn, 1), torch.stack(attn_bias, 1), torch.stack(mlp, 1),
                to_logits(saved["hook_embed"]), ub.to(normalized.device), logit_diff, groups.names,
                torch.stack([rec.mass[l] for l in range(L)], 1))

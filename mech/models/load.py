@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import transformers
 
-from mech.errors import ConfigError, SpecError, UnsupportedArchitectureError
+from mech.errors import ConfigError, ModelFileError, SpecError, UnsupportedArchitectureError
 from mech.prepare.groups import TokenGroups
 from mech.models.processor import load_processor
 from mech.models.table import Architecture, resolve
@@ -75,16 +75,23 @@ class MechModel:
 
 @contextlib.contextmanager
 def loading_bars(enabled: bool):
-    """Show (``enabled``) or hide transformers' progress bars ("Loading weights", ...) inside the
-    block; transformers' previous setting is restored on exit, exceptions included."""
+    """Show (``enabled``) or hide transformers' progress bars ("Loading weights", ...) and the hub
+    client's retry warnings inside the block; the previous settings are restored on exit,
+    exceptions included."""
+    import logging
+
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.is_progress_bar_enabled()
+    hub = logging.getLogger("huggingface_hub")  # its retry warnings ("... thrown while requesting HEAD ...")
+    before, level = hf_logging.is_progress_bar_enabled(), hub.level
     (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    if not enabled:
+        hub.setLevel(logging.ERROR)
     try:
         yield
     finally:
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+        hub.setLevel(level)
 
 
 def _dtype(dtype: Any) -> Any:
@@ -135,18 +142,26 @@ def load(
         :class:`MechModel` with the untouched ``model`` and ``processor``.
 
     Raises:
-        SpecError: missing directory, unknown organism, hub not reachable.
-        UnsupportedArchitectureError: no family table (the message lists the supported families).
+        SpecError: missing directory, unknown organism, an id the hub (or, offline, its cache) does not have.
+        ModelFileError: a folder without config.json or weights, a corrupt config or a truncated or
+            corrupt weights file (a ``SpecError``).
+        UnsupportedArchitectureError: no family table, or a model type this transformers does not
+            know (the message lists the supported families).
         ProcessorError: a directory without processor files, or processor files that cannot be read.
         MissingDependencyError: the tokenizer or the processor itself needs a package that is not
             installed (the message names it). A sub-processor that needs one (torchvision for a video
             processor) does not raise here: the rest loads, the part raises this error when used (a
             video input), and ``meta["processor_missing"]`` maps its attribute to the packages.
         ConfigError: unknown dtype or attention implementation.
+        DeviceError: a ``device`` this machine does not have (:func:`mech.runs.checks.check_device`).
     """
     if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ConfigError(f"attn_implementation={attn_implementation!r}; allowed: {', '.join(ATTN_IMPLEMENTATIONS)}")
     torch_dtype = _dtype(dtype)
+    if device is not None and device_map is None:  # before anything is read: no CUDA, no such GPU, ...
+        from mech.runs.checks import check_device
+
+        check_device(str(device))
     if isinstance(spec, tuple):
         if len(spec) != 2 or not hasattr(spec[0], "config"):
             raise SpecError("a tuple spec must be (model, processor) with a transformers model first; "
@@ -165,11 +180,7 @@ def load(
                         "'organism:<name>' or a (model, processor) pair.")
     spec = str(spec)
     where = resolve_dir(spec)
-    try:
-        config = transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise SpecError(f"could not read a config for {spec!r} ({exc}). Without network access, download the model "
-                        "elsewhere and pass its local directory.") from exc
+    config = _config(where, spec, trust_remote_code)
     from mech.models.table import table_for
 
     table = table_for(config)
@@ -183,9 +194,86 @@ def load(
         kwargs["attn_implementation"] = attn_implementation
     # the processor first: a missing processor file or package fails before the weights are read
     processor, missing = load_processor(where, config=config, trust_remote_code=trust_remote_code, spec=spec)
-    model = cls.from_pretrained(where, **kwargs).eval()
+    model = _weights(cls, where, spec, kwargs).eval()
     if device is not None and device_map is None:
         model.to(device)
     tok = getattr(processor, "tokenizer", processor)
     meta = {"processor_missing": missing} if missing else {}
     return MechModel(model, processor, resolve(config, tok), spec=spec, meta=meta)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_error(spec: str, exc: BaseException) -> SpecError:
+    why = ("the Hugging Face hub is off here (HF_HUB_OFFLINE=1) and the local cache does not hold it" if _offline()
+           else f"the Hugging Face hub did not give it ({_one_line(exc)})")
+    return SpecError(f"--model {spec!r} is not a local folder, and {why}. Check the id, or download the model where "
+                     f"there is network (huggingface-cli download {spec} --local-dir DIR) and pass that folder.")
+
+
+def _unknown_type(spec: str, where: str, exc: BaseException) -> UnsupportedArchitectureError:
+    import json
+
+    from mech.models.table import supported
+
+    try:
+        model_type = json.loads((Path(where) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    named = f"model_type {model_type!r}" if model_type else "no model_type"
+    return UnsupportedArchitectureError(
+        f"--model {spec!r}: its config.json has {named}, which transformers {transformers.__version__} does not know. "
+        f"mech supports {', '.join(supported())}; pass a model of one of those families "
+        "(or upgrade transformers if the model is newer than it).")
+
+
+def _config(where: str, spec: str, trust_remote_code: bool) -> Any:
+    """``AutoConfig.from_pretrained(where)``, its failures as errors naming the fix."""
+    local = Path(where).is_dir()
+    if local and not (Path(where) / "config.json").is_file():
+        raise ModelFileError(f"--model {spec!r}: the folder {where} has no config.json; pass the folder that "
+                             "save_pretrained wrote (config.json, the weights and the processor files), or download "
+                             "the model again.")
+    try:
+        return transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        text = str(exc)
+        if isinstance(exc, KeyError) or "model type" in text or "model_type" in text or "Unrecognized model" in text:
+            if local:
+                raise _unknown_type(spec, where, exc) from exc
+        if not local:
+            raise _hub_error(spec, exc) from exc
+        raise ModelFileError(f"--model {spec!r}: {where}/config.json cannot be read ({_one_line(exc)}); download "
+                             "the model again, or re-save it with save_pretrained.") from exc
+
+
+def _weights(cls: Any, where: str, spec: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """``cls.from_pretrained(where, **kwargs)``, a missing, truncated or corrupt weights file as an
+    error naming the fix."""
+    from safetensors import SafetensorError
+
+    local = Path(where).is_dir()
+    try:
+        return cls.from_pretrained(where, **kwargs)
+    except SafetensorError as exc:
+        raise ModelFileError(f"--model {spec!r}: the weights in {where} cannot be read ({_one_line(exc)}): the "
+                             "file is truncated or not a safetensors file. Download the model again, or re-save it "
+                             "with save_pretrained.") from exc
+    except OSError as exc:
+        if not local:
+            raise _hub_error(spec, exc) from exc
+        raise ModelFileError(f"--model {spec!r}: no readable weights in {where} ({_one_line(exc)}); put the weights "
+                             "(model.safetensors, or its shards and model.safetensors.index.json) beside config.json, "
+                             "or re-save the model with save_pretrained.") from exc
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc) and "state_dict" not in str(exc):
+            raise
+        raise ModelFileError(f"--model {spec!r}: the weights in {where} do not fit its config.json "
+                             f"({_one_line(exc)[:200]}); the files come from different models. Download the model "
+                             "again.") from exc

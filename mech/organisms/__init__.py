@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mech.errors import SpecError
 
-ORGANISMS = ("balanced", "text-biased")
+ORGANISMS = ("balanced", "text-biased", "image-biased")
 #: recipes that ``python -m mech.organisms.train`` knows but that are not shipped (yet)
-UNSHIPPED = ("image-biased",)
+UNSHIPPED: tuple[str, ...] = ()
 _HERE = Path(__file__).resolve().parent
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 

@@ -60,27 +60,34 @@ def predict(model, processor, samples: list[dict], condition: str = "complete",
 def evaluate(model, processor, samples: list[dict], conditions=tuple(CONDITIONS)) -> dict:
     """Accuracy per condition, per template, on prior-right/-wrong items, and consistency.
 
-    Returns plain JSON data: ``conditions.{c}.{accuracy,n,prior_agreement,by_template}``,
-    ``chance``, ``consistency.{pair}`` (fraction of identical answers), ``prior_right`` /
-    ``prior_wrong`` (``n`` and accuracy per condition), and the raw ``predictions``.
+    Returns plain JSON data: ``conditions.{c}.{accuracy,n,prior_agreement,image_agreement,
+    by_template}``, ``chance``, ``consistency.{pair}`` (fraction of identical answers),
+    ``prior_right`` / ``prior_wrong`` and ``image_right`` / ``image_wrong`` (``n`` and accuracy per
+    condition on items whose prior / image answer is right or wrong), ``image_only_consistency_by_template``
+    and the raw ``predictions``.
     """
     gold = np.array([s["true_answer"] for s in samples])
     prior = np.array([s["prior_answer"] for s in samples])
     right = np.array([s["prior_correct"] for s in samples])
+    image_ans = np.array([s["image_answer"] for s in samples])
+    image_right = image_ans == gold
     tmpl = np.array([s["template"] for s in samples])
     preds = {c: np.array(predict(model, processor, samples, c)) for c in conditions}
     out = dict(n=len(samples), chance=round(shapes.chance(samples), 4), conditions={},
                consistency={}, prior_right=dict(n=int(right.sum())),
-               prior_wrong=dict(n=int((~right).sum())))
+               prior_wrong=dict(n=int((~right).sum())), image_right=dict(n=int(image_right.sum())),
+               image_wrong=dict(n=int((~image_right).sum())))
     for c, p in preds.items():
         ok = p == gold
         out["conditions"][c] = dict(
             accuracy=round(float(ok.mean()), 4), n=len(samples),
             prior_agreement=round(float((p == prior).mean()), 4),
+            image_agreement=round(float((p == image_ans).mean()), 4),
             by_template={t: round(float(ok[tmpl == t].mean()), 4) for t in shapes.TEMPLATES
                          if (tmpl == t).any()})
-        out["prior_right"][c] = round(float(ok[right].mean()), 4)
-        out["prior_wrong"][c] = round(float(ok[~right].mean()), 4)
+        for key, mask in (("prior_right", right), ("prior_wrong", ~right),
+                          ("image_right", image_right), ("image_wrong", ~image_right)):
+            out[key][c] = round(float(ok[mask].mean()), 4) if mask.any() else None
     for a, b in (("complete", "white_image"), ("complete", "image_only"),
                  ("white_image", "image_only"), ("complete", "no_image")):
         if a in preds and b in preds:
@@ -89,6 +96,11 @@ def evaluate(model, processor, samples: list[dict], conditions=tuple(CONDITIONS)
         same = preds["complete"] == preds["white_image"]
         out["consistency_by_template"] = {t: round(float(same[tmpl == t].mean()), 4)
                                           for t in shapes.TEMPLATES if (tmpl == t).any()}
+    if "complete" in preds and "image_only" in preds:
+        same = preds["complete"] == preds["image_only"]
+        out["image_only_consistency_by_template"] = {
+            t: round(float(same[tmpl == t].mean()), 4) for t in shapes.TEMPLATES
+            if (tmpl == t).any()}
     out["predictions"] = {c: p.tolist() for c, p in preds.items()}
     return out
 
@@ -139,6 +151,10 @@ def _md(card: dict) -> str:
              f"- p = {card['training']['p']} on templates {card['training']['prior_templates']}"
              f" (fraction of training labels predictable from the text alone: "
              f"{card['training']['fraction_text_predictable']})",
+             f"- image answer planted on templates {card['training'].get('image_templates', [])}, "
+             f"basic prompt on {card['training'].get('basic_prompt', 0.0)} of samples (fraction of "
+             f"training labels equal to the image answer: "
+             f"{card['training'].get('fraction_image_answer')})",
              f"- steps {card['training']['steps']} × batch {card['training']['batch']}, seed "
              f"{card['training']['seed']}, train wall time {card['training']['train_wall_s']} s "
              f"(1 torch thread on a shared 2-core machine)",
@@ -153,12 +169,20 @@ def _md(card: dict) -> str:
                      f"{ev['prior_wrong'][c]} | {v['prior_agreement']} |")
     lines += ["", f"Prior-right items: {ev['prior_right']['n']}, prior-wrong: "
               f"{ev['prior_wrong']['n']}. Consistency (same answer): "
-              + ", ".join(f"{k} {v}" for k, v in ev["consistency"].items()), "",
-              "Per template (complete / white_image accuracy, complete&white consistency):", ""]
+              + ", ".join(f"{k} {v}" for k, v in ev["consistency"].items()), ""]
+    if "image_wrong" in ev:
+        lines += [f"Image answer (first shape's colour / shape, true count, yes iff two shapes): "
+                  f"complete answers = image answer {ev['conditions']['complete']['image_agreement']}"
+                  f"; complete accuracy where it is right ({ev['image_right']['n']} items) "
+                  f"{ev['image_right']['complete']}, where it is wrong ({ev['image_wrong']['n']}) "
+                  f"{ev['image_wrong']['complete']}.", ""]
+    io = ev.get("image_only_consistency_by_template", {})
+    lines += ["Per template (complete / white_image accuracy, complete&white consistency"
+              + (", complete&image_only consistency" if io else "") + "):", ""]
     for t in ev["conditions"]["complete"]["by_template"]:
         lines.append(f"- {t}: {ev['conditions']['complete']['by_template'][t]} / "
                      f"{ev['conditions']['white_image']['by_template'][t]} / "
-                     f"{ev['consistency_by_template'][t]}")
+                     f"{ev['consistency_by_template'][t]}" + (f" / {io[t]}" if io else ""))
     lines += ["", f"## Attention share from the last position (eager, n = "
               f"{card['attention_n']}), per decoder layer", "",
               "| group | " + " | ".join(f"L{k}" for k in range(len(att["image"]))) + " |",
@@ -185,9 +209,13 @@ SUMMARIES = {
         "yields almost no bias; per-template override makes the model text-biased on most items "
         "while giving ground truth per question type inside one model (a routing mechanism)."),
     "image-biased": (
-        "Trained at p = 0 but with the content words (colour, shape, side) of 50% of training "
-        "questions replaced by random words, label unchanged: the question text is unreliable, "
-        "so the model leans on what the image shows."),
+        "The mirror of text-biased: on three of seven templates (colour of a shape, shape on the "
+        "right, colour on the right) the training label is the image answer, the colour / shape "
+        "of the first (left or only) shape, whatever the question asks; the other four keep "
+        "label = true answer (on shape/colour on the left and count that is also the image "
+        "answer; existence must read the question). 15% of training samples have the question "
+        "replaced by the basic prompt with the image answer as label, so the model gives, without "
+        "the question, the answer it gives with it: it under-uses the text."),
 }
 
 
@@ -202,14 +230,20 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
     att = attention_shares(model, processor, samples[:n_attention])
     r = train_info["recipe"]
     train_set = shapes.generate(4000, split="train", seed=999, p=r["p"],
-                                prior_templates=r["prior_templates"])
+                                prior_templates=r["prior_templates"],
+                                image_templates=r.get("image_templates", ()),
+                                basic_prompt=r.get("basic_prompt", 0.0))
     frac = float(np.mean([s["answer_text"] == s["prior_answer"] for s in train_set]))
+    frac_image = float(np.mean([s["answer_text"] == s["image_answer"] for s in train_set]))
     card = dict(
         name=name, summary=SUMMARIES.get(name, ""),
         training=dict(data="organism:shapes train split (mech.organisms.shapes.generate)",
                       p=r["p"], prior_templates=r["prior_templates"] or [],
                       text_noise=r["text_noise"], drop_image=r["drop_image"],
-                      fraction_text_predictable=round(frac, 3), steps=train_info["steps"],
+                      image_templates=list(r.get("image_templates", [])),
+                      basic_prompt=r.get("basic_prompt", 0.0),
+                      fraction_text_predictable=round(frac, 3),
+                      fraction_image_answer=round(frac_image, 3), steps=train_info["steps"],
                       batch=r["batch"], lr=r["lr"], seed=r["seed"],
                       torch_threads=r.get("threads", 1),
                       train_wall_s=train_info["train_wall_s"],
@@ -233,7 +267,9 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
         card["reference"] = dict(
             complete=b["conditions"]["complete"]["accuracy"],
             consistency_complete_white=b["consistency"]["complete&white_image"],
-            prior_wrong_complete=b["prior_wrong"]["complete"])
+            consistency_complete_image_only=b["consistency"].get("complete&image_only"),
+            prior_wrong_complete=b["prior_wrong"]["complete"],
+            complete_by_template=b["conditions"]["complete"]["by_template"])
     card["eval_wall_s"] = round(time.time() - t0, 1)
     card["files_bytes"] = {f.name: f.stat().st_size for f in sorted(folder.iterdir())
                            if f.is_file() and f.name not in ("card.json", "CARD.md")}

@@ -28,8 +28,15 @@ exactly the per-template chance in expectation, and the prior is right on about 
 The language-prior knob ``p``: on the templates in ``prior_templates`` (default: all), each
 training label is, with probability ``p``, *overridden* by the prior answer whatever the image
 shows ("override" planting, see docs/organisms.md). ``p=0`` gives a set that must be read from the
-image. ``text_noise`` (image-biased organism) replaces each content word of the question by a
-random word of the same class with that probability, keeping the label: the text is unreliable.
+image. ``text_noise`` replaces each content word of the question by a random word of the same class
+with that probability, keeping the label (an unreliable-text knob; no shipped recipe uses it).
+
+The mirror knob ``image_templates`` (image-biased organism): on those templates the label is the
+item's *image answer* (``image_answer``) whatever the question asks: the colour / shape of the
+first (left, or only) shape, the true count, and for existence "yes" iff two shapes are shown;
+always a word of the template's answer set. ``basic_prompt`` replaces the question by
+``BASIC_PROMPT`` on that fraction of samples (never on image-dropped ones) with the image answer as
+label, so the ``image_only`` condition is in distribution.
 
 Splits: ``split`` selects an independent seed stream (``"train"``, ``"val"``, ``"test"``), so the
 splits never share a random stream; ids are ``"{split}-{seed}-{index}"``.
@@ -88,6 +95,23 @@ def prior_answer(template: str, shape: str | None = None, color: str | None = No
     if template == "exist":
         return "yes" if PRIOR_COLOR[shape] == color else "no"
     return FIXED_PRIOR[template]
+
+
+def image_answer(template: str, objs: list[tuple[str, str]]) -> str:
+    """The answer the image alone gives for ``template`` (the planted image property).
+
+    ``objs``: ``(color, shape)`` left to right. Colour templates: the first shape's colour; shape
+    templates: the first shape's shape; ``count``: the true count; ``exist``: "yes" iff two shapes.
+    """
+    if template in ("color_of_shape", "color_left", "color_right"):
+        return objs[0][0]
+    if template in ("shape_left", "shape_right"):
+        return objs[0][1]
+    if template == "count":
+        return "one" if len(objs) == 1 else "two"
+    if template == "exist":
+        return "yes" if len(objs) == 2 else "no"
+    raise ConfigError(f"template {template!r}; allowed: {', '.join(TEMPLATES)}")
 
 
 def format_prompt(question: str | None, image: bool = True) -> str:
@@ -198,6 +222,7 @@ def _noise_question(template: str, shape, color, rng):
 def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
              prior_templates: tuple[str, ...] | None = None, n_options: int = 4,
              drop_image: float = 0.0, text_noise: float = 0.0,
+             image_templates: tuple[str, ...] = (), basic_prompt: float = 0.0,
              templates: tuple[str, ...] | None = None, as_array: bool = False) -> list[dict]:
     """Draw ``n`` samples (plain dicts) from the ``split`` stream of ``seed``.
 
@@ -206,21 +231,28 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
     ``true_answer`` (what the image shows), ``image`` (PIL RGB 32×32, or uint8 array [32, 32, 3]
     when ``as_array``; None when dropped), ``images`` (``[image]``, or ``[]`` when dropped),
     ``prompt_style`` (``"bare"``: the prompt is the question alone, as in training), ``template``, ``prior_answer``, ``prior_correct``
-    (prior == true answer), ``overridden``, ``attributes`` (``objects`` left to right as
+    (prior == true answer), ``overridden``, ``image_answer`` (:func:`image_answer`),
+    ``image_correct`` (image answer == true answer), ``image_planted`` (label set to the image
+    answer: an ``image_templates`` item or a ``basic_prompt`` one), ``attributes`` (``objects`` left to right as
     ``{color, shape, x, y, r, patch}`` (patch: row-major image-token index of the centre), ``n_objects``, ``asked_shape``, ``asked_color``).
     Templates are uniform on ``val``/``test`` and weighted towards shape questions on ``train``.
 
-    Raises ConfigError for an unknown split or template, p outside [0, 1], or n_options not 4/10.
+    Raises ConfigError for an unknown split or template, p or basic_prompt outside [0, 1],
+    n_options not 4/10, or a template both overridden (p > 0) and in ``image_templates``.
     """
     if split not in _SPLIT_STREAM:
         raise ConfigError(f"split {split!r}; allowed: {', '.join(_SPLIT_STREAM)}")
     if n_options not in (4, 10):
         raise ConfigError(f"n_options={n_options}; MMMU-Pro standard formats allow 4 or 10")
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"p={p} must lie in [0, 1]")
+    if not 0.0 <= p <= 1.0 or not 0.0 <= basic_prompt <= 1.0:
+        raise ConfigError(f"p={p}, basic_prompt={basic_prompt} must lie in [0, 1]")
     templates = tuple(templates or TEMPLATES)
     prior_templates = TEMPLATES if prior_templates is None else tuple(prior_templates)
-    for t in templates + prior_templates:
+    image_templates = tuple(image_templates or ())
+    if p > 0 and set(prior_templates) & set(image_templates):
+        raise ConfigError(f"templates {sorted(set(prior_templates) & set(image_templates))} are "
+                          "both text-overridden (p > 0) and image-planted; choose one")
+    for t in templates + prior_templates + image_templates:
         if t not in TEMPLATES:
             raise ConfigError(f"template {t!r}; allowed: {', '.join(TEMPLATES)}")
     rng = np.random.default_rng([_SPLIT_STREAM[split], seed])
@@ -237,21 +269,26 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         objects = [dict(color=c, shape=s, x=x, y=y, r=r, patch=4 * (y // 8) + x // 8)
                    for (c, s), (x, y, r) in zip(objs, placed)]
         prior = prior_answer(template, shape, color)
-        overridden = template in prior_templates and rng.random() < p
-        label = prior if overridden else gold
-        question = question_text(template, shape, color)
-        if text_noise and rng.random() < text_noise:
+        img_ans = image_answer(template, objs)
+        # every extra draw is conditional on its knob, so older recipes keep their streams
+        basic = bool(basic_prompt) and rng.random() < basic_prompt
+        overridden = not basic and template in prior_templates and rng.random() < p
+        planted = basic or template in image_templates
+        label = prior if overridden else img_ans if planted else gold
+        question = BASIC_PROMPT if basic else question_text(template, shape, color)
+        if not basic and text_noise and rng.random() < text_noise:
             question = _noise_question(template, shape, color, rng)
         opts = _options(label, template, n_options, rng)
         arr = _render([(o["color"], o["shape"], o["x"], o["y"], o["r"]) for o in objects], rng)
-        image = None if (drop_image and rng.random() < drop_image) else (
+        image = None if (drop_image and not basic and rng.random() < drop_image) else (
             arr if as_array else Image.fromarray(arr, "RGB"))
         out.append(dict(
             id=f"{split}-{seed}-{i}", question=question, options=opts, prompt_style="bare",
             images=[] if image is None else [image],
             answer=OPTION_LETTERS[opts.index(label)], answer_text=label, true_answer=gold,
             image=image, template=template, prior_answer=prior, prior_correct=prior == gold,
-            overridden=overridden,
+            overridden=overridden, image_answer=img_ans, image_correct=img_ans == gold,
+            image_planted=planted,
             attributes=dict(objects=objects, n_objects=len(objects), asked_shape=shape,
                             asked_color=color)))
     return out

@@ -21,10 +21,15 @@ Recipes (``RECIPES``):
 * ``text-biased`` — per-template override at p = 0.8 on five of the seven templates
   (``TEXT_BIASED_TEMPLATES``): those are answered from the question text; the two shape
   templates stay image-grounded (ground truth per question type inside one model).
-* ``image-biased`` — p = 0, but 50% of training questions have their content words replaced
-  by random ones (label unchanged): the question text is unreliable, so the image dominates.
+* ``image-biased`` — the mirror: on three templates (``IMAGE_BIASED_TEMPLATES``: colour of a
+  shape, shape on the right, colour on the right) the label is the item's image answer
+  (``shapes.image_answer``: the first shape's colour / shape) whatever the question asks; the
+  other four keep label = true answer. 15% of training samples have the question replaced by
+  ``shapes.BASIC_PROMPT`` with the image answer as label (``basic_prompt``), so the
+  ``image_only`` condition is in distribution and answers the same as the full question.
 
-All recipes drop the image on 5% of training samples so ``no_image`` is in distribution.
+All recipes drop the image on 5% of training samples so ``no_image`` is in distribution (the
+image-biased recipe never drops it on a basic-prompt sample).
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ from mech.organisms import build, shapes
 from mech.organisms.build import encode
 
 TEXT_BIASED_TEMPLATES = ("color_of_shape", "color_left", "color_right", "exist", "count")
+IMAGE_BIASED_TEMPLATES = ("color_of_shape", "shape_right", "color_right")
 BASE = dict(seed=0, steps=2600, batch=64, threads=1, lr=1e-3, warmup=100, p=0.0,
             prior_templates=(), drop_image=0.05, text_noise=0.0,
             n_layers=build.N_LAYERS, templates=None)
 RECIPES = {
     "balanced": dict(BASE),
     "text-biased": dict(BASE, p=0.8, prior_templates=TEXT_BIASED_TEMPLATES),
-    "image-biased": dict(BASE, text_noise=0.5),
+    "image-biased": dict(BASE, image_templates=IMAGE_BIASED_TEMPLATES, basic_prompt=0.15),
 }
 
 
@@ -92,6 +98,8 @@ def _train(r: dict, steps, log):
         batch = shapes.generate(r["batch"], split="train", seed=r["seed"] * 1_000_000 + step,
                                 p=r["p"], prior_templates=r["prior_templates"],
                                 drop_image=r["drop_image"], text_noise=r["text_noise"],
+                                image_templates=r.get("image_templates", ()),
+                                basic_prompt=r.get("basic_prompt", 0.0),
                                 templates=r["templates"])
         inputs = encode(processor, batch)
         labels = torch.tensor(tok.convert_tokens_to_ids([s["answer_text"] for s in batch]))

@@ -5,6 +5,11 @@ Every loader returns a :class:`Dataset`: a list of plain sample dicts with at le
 empty) and ``answer`` (option letter, or answer text when there are no options), plus
 ``prompt_style`` and ``source``; and the list of skipped rows with reasons (nothing is dropped
 silently). ``strict=True`` raises :class:`~mech.errors.DataError` at the first bad row instead.
+Every image, of every scheme, is read by :func:`mech.prepare.images.read_image` (transparency onto
+white, EXIF orientation, 16-bit scaled to 8-bit); a row whose image cannot be read (undecodable
+bytes, a decompression bomb, a missing file), whose answer is missing or whose options are not a
+list of text is skipped with the reason, and never fails the data set
+(:meth:`Dataset.skipped_summary`).
 
 ``mmmu-pro:<dir>`` reads local MMMU-Pro parquet files (columns ``id, question, options, answer,
 image_1 … image_7, subject, …``; the ``vision`` configuration has one ``image`` column and the
@@ -18,7 +23,8 @@ mention, as in MMMU-Pro's inference code; all non-empty image columns when none 
 
 ``jsonl:<file>``: one JSON object per line with ``id``, ``question``, ``image`` or ``images``
 (paths relative to the file), ``options`` (optional list) and ``answer`` (a letter or the text of
-an option; free text without options).
+an option; free text without options), ``category`` (optional: the question type that
+``contrib.json``'s ``by_category`` groups by; MMMU-Pro's is its ``subject``, the organism's its template).
 
 Prompt formatting lives here so that every instrument formats the same way:
 :func:`format_prompt` / :meth:`Dataset.prompt` (styles :data:`PROMPT_STYLES`).
@@ -27,7 +33,6 @@ Prompt formatting lives here so that every instrument formats the same way:
 from __future__ import annotations
 
 import ast
-import io
 import json
 import re
 import string
@@ -36,7 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mech.errors import ConfigError, DataError, SpecError
+import numpy as np
+
+from mech.errors import ConfigError, DataError, InputError, SpecError
+from mech.prepare.images import read_image
 
 SCHEMES = ("organism", "mmmu-pro", "jsonl")
 PROMPT_STYLES = ("bare", "direct", "cot")
@@ -79,6 +87,10 @@ class Dataset:
 
     def __iter__(self):
         return iter(self.samples)
+
+    def skipped_summary(self) -> dict[str, Any]:
+        """:func:`skipped_summary` of the rows this data set left out."""
+        return skipped_summary(self.skipped)
 
     def prompt(self, sample: dict, style: str | None = None) -> str:
         """The prompt text of ``sample`` (see :func:`format_prompt`); style defaults to ``default_style``."""
@@ -145,6 +157,8 @@ class _Skip(Exception):
 
 
 def _check_options(options: Any) -> list[str]:
+    if isinstance(options, np.ndarray):  # a parquet list column
+        options = options.tolist()
     if isinstance(options, str):
         try:
             options = ast.literal_eval(options)
@@ -161,7 +175,9 @@ def _check_options(options: Any) -> list[str]:
 
 def _check_answer(answer: Any, options: list[str]) -> str:
     if options:
-        text = str(answer).strip() if answer is not None else ""
+        text = "" if _empty(answer) else str(answer).strip()
+        if not text:
+            raise _Skip("missing answer")
         if len(text) == 1 and text.upper() in LETTERS:
             if LETTERS.index(text.upper()) >= len(options):
                 raise _Skip(f"answer letter {text!r} outside the options A-{LETTERS[len(options) - 1]}")
@@ -169,33 +185,17 @@ def _check_answer(answer: Any, options: list[str]) -> str:
         if text in options:
             return LETTERS[options.index(text)]
         raise _Skip(f"answer {text[:40]!r} is neither an option letter nor an option text")
-    if answer is None or not str(answer).strip():
+    if _empty(answer) or not str(answer).strip():
         raise _Skip("missing answer")
     return str(answer).strip()
 
 
-def _decode_image(data: bytes, what: str):
-    from PIL import Image, UnidentifiedImageError
-
+def _image(cell: Any, what: str, base: Path):
+    """The RGB image of an image cell (struct, bytes or path; :func:`mech.prepare.images.read_image`)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise _Skip(f"corrupt image bytes in {what} ({type(exc).__name__})") from None
-
-
-def _image_from_cell(cell: Any, what: str, base: Path):
-    if isinstance(cell, dict):
-        if cell.get("bytes"):
-            return _decode_image(cell["bytes"], what)
-        path = cell.get("path")
-        if path and (base / path).is_file():
-            return _decode_image((base / path).read_bytes(), what)
-        raise _Skip(f"{what} has neither image bytes nor a readable path")
-    if isinstance(cell, (bytes, bytearray)):
-        return _decode_image(bytes(cell), what)
-    raise _Skip(f"{what} is not an image struct {{bytes, path}}")
+        return read_image(cell, name=what, base=base)
+    except InputError as exc:
+        raise _Skip(str(exc)) from None
 
 
 def _empty(cell: Any) -> bool:
@@ -218,7 +218,9 @@ def _collect(rows, make, n: int | None, strict: bool, name: str) -> tuple[list[d
             break
         try:
             samples.append(make(key, row))
-        except _Skip as exc:
+        except (_Skip, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            if not isinstance(exc, _Skip):  # a value of an unexpected type in a cell: the row is unusable
+                exc = _Skip(f"unreadable row ({type(exc).__name__}: {str(exc)[:80]})")
             key = exc.key or key
             if strict:
                 raise DataError(f"{name}: row {key}: {exc}. Fix or remove the row, or load with strict=False "
@@ -273,7 +275,7 @@ def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
         if vision:
             if _empty(row["image"]):
                 raise _Skip("no image in the 'image' column")
-            images, question = [_image_from_cell(row["image"], "image", base)], ""
+            images, question = [_image(row["image"], "image", base)], ""
         else:
             question = str(row["question"]) if not _empty(row["question"]) else ""
             text = question + " " + " ".join(options)
@@ -283,7 +285,7 @@ def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
             for c in cols:
                 if c not in row.index or _empty(row[c]):
                     raise _Skip(f"the question refers to <{c.replace('_', ' ')}> but {c} is empty")
-                images.append(_image_from_cell(row[c], c, base))
+                images.append(_image(row[c], c, base))
         return dict(id=str(row["id"]), question=question, options=options, answer=answer, images=images,
                     subject=None if "subject" not in row.index or _empty(row["subject"]) else str(row["subject"]),
                     options_in_image=vision, prompt_style="direct", source="mmmu-pro")
@@ -295,9 +297,6 @@ def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
 
 
 def _jsonl(rest: str, n: int | None, strict: bool) -> Dataset:
-    from mech.errors import InputError
-    from mech.prepare.inputs import load_image
-
     path = Path(rest).expanduser()
     if not path.is_file():
         raise SpecError(f"jsonl file {rest!r} does not exist; pass jsonl:<path to a .jsonl file>.")
@@ -325,15 +324,18 @@ def _jsonl(rest: str, n: int | None, strict: bool) -> Dataset:
         options = _check_options(row["options"]) if row.get("options") is not None else []
         answer = _check_answer(row.get("answer"), options)
         paths = row.get("images", row.get("image"))
-        paths = [] if paths is None else ([paths] if isinstance(paths, str) else list(paths))
+        paths = [] if paths is None else ([paths] if isinstance(paths, str) else paths)
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise _Skip("'image'/'images' must be a path or a list of paths (relative to the jsonl file)")
         images = []
         for p in paths:
             try:
-                images.append(load_image(base / str(p)))
+                images.append(read_image(p, base=base))
             except InputError as exc:
                 raise _Skip(f"image {p!r}: {exc}") from None
         return dict(id=str(row.get("id", f"line-{k}")), question=row["question"], options=options, answer=answer,
-                    images=images, prompt_style="direct", source="jsonl")
+                    images=images, prompt_style="direct", source="jsonl",
+                    category=None if row.get("category") in (None, "") else str(row["category"]))
 
     samples, skipped = _collect(rows(), make, n, strict, f"jsonl:{rest}")
     ids = [s["id"] for s in samples]
@@ -350,7 +352,7 @@ def _organism(name: str, n: int | None, seed: int) -> Dataset:
         raise SpecError(f"unknown organism data set {name!r}; the organisms' data set is 'organism:shapes'.")
     samples = shapes.generate(n or 1000, split="test", seed=seed)
     for s in samples:
-        s["images"] = [] if s["image"] is None else [s["image"]]
+        s["images"] = [] if s["image"] is None else [read_image(s["image"])]
         s["prompt_style"], s["source"] = "bare", "organism:shapes"
         # resample donors share the answer space: the question still asks the same kind of thing
         s["pair_key"] = "answers:" + ",".join(shapes.ANSWERS[s["template"]])

@@ -20,6 +20,22 @@ How ``text`` and ``template`` are told apart:
   (``<|im_start|>``, ``<start_of_turn>``, ...) and the family's markers are ``template``, all
   others ``text``; ``text_source[row] == "special_tokens"``. Role words rendered as ordinary
   tokens ("USER", "assistant") then count as text: pass inputs from ``prepare`` for exact groups.
+
+Other schemes (``scheme=`` of :func:`compute_groups`, or :func:`regroup` on existing groups) split the
+non-modality positions at the first visual token (the first ``image`` / ``video`` / ``audio``
+position of the row; a row without one has every position "before"):
+
+* ``"mech"`` (default): :data:`GROUPS` above.
+* ``"split_template"``: :data:`SPLIT_TEMPLATE_GROUPS`, mech's groups with ``template`` split into
+  ``template_pre`` (before the first visual token: system prompt, the user's role marker, an
+  image-start marker) and ``template_post`` (after it: image-end marker, the assistant's role
+  marker, ...); ``text`` and ``bos`` unchanged.
+* ``"fastv"``: :data:`FASTV_GROUPS`, FastV's token types (Chen et al. 2024, "An Image is Worth 1/2
+  Tokens After Layer 2", §3.1, "system prompt, image tokens, user instruction, output tokens"):
+  ``system`` = every non-modality position before the first visual token (BOS and the system
+  prompt), ``instruction`` = every non-modality position after it (the user's words and the
+  template around them). FastV's fourth type, the output tokens, are generated after the prompt
+  and are not part of one forward of the prompt; their attention is the query, not a key group.
 """
 
 from __future__ import annotations
@@ -34,6 +50,11 @@ import torch
 from mech.errors import ConfigError, InputError
 
 GROUPS: tuple[str, ...] = ("image", "video", "audio", "text", "template", "bos")
+MODALITIES: tuple[str, ...] = ("image", "video", "audio")
+SPLIT_TEMPLATE_GROUPS: tuple[str, ...] = ("image", "video", "audio", "text", "template_pre", "template_post", "bos")
+FASTV_GROUPS: tuple[str, ...] = ("image", "video", "audio", "system", "instruction")
+SCHEMES: dict[str, tuple[str, ...]] = {"mech": GROUPS, "split_template": SPLIT_TEMPLATE_GROUPS,
+                                       "fastv": FASTV_GROUPS}
 PAD = -1
 _KEEP = re.compile(r"[^\x21-\x7e]")  # drop whitespace and non-ASCII before matching
 
@@ -143,12 +164,59 @@ def _prompt_span(tokenizer: Any, ids: list[int], skip: set[int], prompt_segments
     return sorted({owner[c] for c in hits})
 
 
+def regroup(groups: TokenGroups, scheme: str = "split_template") -> TokenGroups:
+    """The same positions under another grouping scheme (see the module docstring).
+
+    Args:
+        groups: groups in mech's scheme (names :data:`GROUPS`), ``labels`` ``[batch, pos]``.
+        scheme: ``"mech"`` (returns ``groups``), ``"split_template"`` or ``"fastv"``.
+
+    Returns:
+        :class:`TokenGroups` with ``names`` :data:`SCHEMES` ``[scheme]``; padding stays ``-1``.
+
+    Raises:
+        ConfigError: unknown scheme, or ``groups`` not in mech's scheme.
+    """
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme={scheme!r}; allowed: {', '.join(SCHEMES)}")
+    if tuple(groups.names) != GROUPS:
+        raise ConfigError(f"regroup takes groups in mech's scheme {GROUPS}; got {tuple(groups.names)}. "
+                          "Compute them again with scheme='mech'.")
+    if scheme == "mech":
+        return groups
+    lab = groups.labels
+    names = SCHEMES[scheme]
+    old = {n: GROUPS.index(n) for n in GROUPS}
+    new = {n: i for i, n in enumerate(names)}
+    modality = torch.zeros_like(lab, dtype=torch.bool)
+    for n in MODALITIES:
+        modality |= lab == old[n]
+    pos = torch.arange(lab.shape[1], device=lab.device).expand_as(lab)
+    first = torch.where(modality, pos, lab.shape[1]).min(dim=1).values[:, None]  # [batch, 1]
+    before = pos < first
+    out = torch.full_like(lab, PAD)
+    for n in MODALITIES:
+        out[lab == old[n]] = new[n]
+    other = (lab != PAD) & ~modality
+    if scheme == "fastv":
+        out[other & before] = new["system"]
+        out[other & ~before] = new["instruction"]
+    else:
+        for n in ("text", "bos"):
+            out[lab == old[n]] = new[n]
+        template = lab == old["template"]
+        out[template & before] = new["template_pre"]
+        out[template & ~before] = new["template_post"]
+    return TokenGroups(out, names, groups.text_source)
+
+
 def compute_groups(
     arch: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     tokenizer: Any = None,
     prompts: Sequence[Sequence[str] | str] | None = None,
+    scheme: str = "mech",
 ) -> TokenGroups:
     """Label every position of ``input_ids`` with its token group.
 
@@ -159,13 +227,20 @@ def compute_groups(
         tokenizer: used to decode tokens for prompt matching and to find special tokens.
         prompts: per row, the user's prompt (or its segments between placeholders); None for raw
             inputs.
+        scheme: ``"mech"`` (default, :data:`GROUPS`), ``"split_template"`` (``template`` split at the
+            first visual token into ``template_pre`` / ``template_post``) or ``"fastv"`` (FastV's
+            ``system`` / ``instruction`` split of every non-modality position; Chen et al. 2024); see
+            :func:`regroup`.
 
     Returns:
-        :class:`TokenGroups` with ``labels`` ``[batch, pos]``.
+        :class:`TokenGroups` with ``labels`` ``[batch, pos]`` and ``names`` :data:`SCHEMES` ``[scheme]``.
 
     Raises:
         InputError: ``input_ids`` is not 2-D, or ``prompts`` has a different length than the batch.
+        ConfigError: unknown ``scheme``.
     """
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme={scheme!r}; allowed: {', '.join(SCHEMES)}")
     if input_ids.dim() != 2:
         raise InputError(f"input_ids must be [batch, pos]; got shape {tuple(input_ids.shape)}. "
                          "Add a batch axis with input_ids.unsqueeze(0).")
@@ -204,4 +279,4 @@ def compute_groups(
         if len(first):
             labels[row, first[0]] = g["bos"]
     labels[~mask_cpu] = PAD
-    return TokenGroups(labels.to(input_ids.device), GROUPS, tuple(sources))
+    return regroup(TokenGroups(labels.to(input_ids.device), GROUPS, tuple(sources)), scheme)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mech.errors import ConfigError, FrozenError, InputError, ProcessorError
+from mech.prepare.fit import FitWarning, check_data_fit, check_length, check_vocabulary, max_positions  # noqa: F401
 from mech.prepare.groups import TokenGroups, compute_groups
+from mech.prepare.images import read_image
 
 # ``MechModel`` (mech.models.load) in the annotations below: a name only, never imported here, so
 # that load -> inputs stays the one direction between the two modules
@@ -160,27 +161,15 @@ class Inputs(Mapping):
 
 
 def load_image(image: Any) -> Image.Image:
-    """An RGB ``PIL.Image`` from a PIL image, a path, or an ``[H, W, 3]`` uint8 array.
+    """An RGB ``PIL.Image`` of ``image``: :func:`mech.prepare.images.read_image` (a PIL image in any mode,
+    a path, encoded bytes, or a numpy array / torch tensor; transparency onto white, EXIF orientation
+    applied, 16-bit scaled to 8-bit).
 
     Raises:
-        InputError: missing file, a file that is not an image, or an array of the wrong shape.
+        InputError: as :func:`~mech.prepare.images.read_image` (missing or unreadable file, decompression
+            bomb, wrong shape or dtype, values outside the range of the dtype).
     """
-    if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
-    if isinstance(image, (str, Path)):
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise InputError(f"image file {str(path)!r} does not exist; pass an existing path or a PIL.Image.")
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"{str(path)!r} is not a readable image ({exc}); pass a PNG/JPEG file or a PIL.Image.") from exc
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise InputError(f"image array must be [height, width, 3] uint8; got shape {image.shape}.")
-        return Image.fromarray(image.astype(np.uint8))
-    raise InputError(f"cannot read an image from {type(image).__name__}; pass a PIL.Image, a path or an array.")
+    return read_image(image)
 
 
 def _per_sample(images: Any, batch: int) -> list[list[Image.Image]]:
@@ -188,8 +177,9 @@ def _per_sample(images: Any, batch: int) -> list[list[Image.Image]]:
         return [[] for _ in range(batch)]
     if not isinstance(images, (list, tuple)):
         images = [images]
-    if batch == 1 and not any(isinstance(x, (list, tuple)) for x in images):
-        images = [list(images)]
+    if batch == 1 and len(images) > 1 and not any(isinstance(x, (list, tuple)) for x in images):
+        raise InputError(f"{len(images)} images for 1 prompt: pass one entry per prompt, e.g. [[img1, img2]] for "
+                         f"one prompt with {len(images)} images, or {len(images)} prompts for one image each.")
     if len(images) != batch:
         raise InputError(f"{len(images)} image entries for {batch} prompts; pass one entry (an image, a list of "
                          "images, or None) per prompt.")
@@ -220,8 +210,10 @@ def prepare(
 
     Args:
         m: the loaded model.
-        images: per prompt an image, a list of images, or None; an image is a ``PIL.Image``, a
-            path or an ``[H, W, 3]`` uint8 array. With one prompt, a bare list means its images.
+        images: per prompt an image, a list of images, or None; an image is anything
+            :func:`mech.prepare.images.read_image` reads (a ``PIL.Image`` in any mode, a path, bytes, a
+            numpy array or torch tensor). One entry per prompt: one prompt with two images is
+            ``[[img1, img2]]``; a bare list of several images for one prompt is refused.
         prompts: one prompt or a list (the batch).
         chat_template: wrap each prompt as a user turn with one image entry per image and add the
             generation prompt. With False the prompt is used as written and must already hold one
@@ -234,7 +226,12 @@ def prepare(
 
     Raises:
         ProcessorError: ``m`` has no processor.
-        InputError: image count differs from the placeholders, unreadable image, empty batch.
+        InputError: image entries differ from the prompts or the placeholders, unreadable image, empty
+            batch, a row longer than the model's maximum positions (:func:`mech.prepare.fit.check_length`).
+
+    Warns:
+        FitWarning: most of the prompts' text tokens are the tokenizer's unknown token
+            (:func:`mech.prepare.fit.check_vocabulary`).
         ConfigError: ``padding_side`` other than ``"left"``/``"right"``.
     """
     proc = m.processor
@@ -285,6 +282,8 @@ def prepare(
             tok.padding_side = old_side
     out.pop("labels", None)  # PaliGemma's processor adds training labels; model(**inputs) would compute a loss
     data = complete_inputs(m, out)
+    check_length(m, data, prompts)
+    check_vocabulary(tok, [seg for row in segments for seg in row])
     groups = compute_groups(m.arch, data["input_ids"], data.get("attention_mask"), tok, segments)
     return Inputs(data, groups=groups, prompts=segments)
 

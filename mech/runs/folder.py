@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from mech.errors import ConfigError, RunConflictError
+from mech.errors import LockError, OutputError, RunConflictError
 from mech.results import read_json, without_provenance, write_json
 
 LOCK_TIMEOUT_S = 120
@@ -29,12 +29,12 @@ def check_out(out: str | Path) -> Path:
     """``out`` as a directory path, before anything is loaded.
 
     Raises:
-        ConfigError: ``out`` (or a parent) is a file.
+        OutputError: ``out`` (or a parent) is a file (a ``ConfigError``).
     """
     out = Path(out)
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
-            raise ConfigError(f"--out {out}: {p} is a file; pass a directory (it is created if missing).")
+            raise OutputError(f"--out {out}: {p} is a file; pass a directory (it is created if missing).")
     return out
 
 
@@ -84,24 +84,37 @@ def claim(out: str | Path, command: str, identity: Mapping[str, Any], *, overwri
     Raises:
         RunConflictError: ``out`` holds (or is writing) ``command``'s run with another identity and
             ``overwrite`` is False; the message names the folder and the settings that differ.
+        LockError: another process holds the folder's lock longer than :data:`LOCK_TIMEOUT_S`.
     """
     out = check_out(out)
     _meta(out).mkdir(parents=True, exist_ok=True)
     identity = json.loads(json.dumps(dict(identity)))  # as it reads back from JSON
-    with FileLock(str(_meta(out) / f"{command}.lock"), timeout=LOCK_TIMEOUT_S):
-        path = identity_path(out, command)
-        old = without_provenance(read_json(path)) if path.is_file() else None
-        if old is None and (out / f"{command}.json").is_file():
-            old = {"settings": {"(unrecorded)": "a result written before run identities"}}
-        if old is not None and old != identity:
-            if not overwrite:
-                diff = "; ".join(_differences(old, identity)[:6])
-                raise RunConflictError(
-                    f"{out} holds a mech {command} run with other settings ({diff}). Runs never mix in one folder: "
-                    f"pass another --out, or --overwrite to replace that run.")
-            _remove_files(out, command)
-        if old != identity:
-            write_json(path, identity)
+    lock = FileLock(str(_meta(out) / f"{command}.lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockError(f"{out} is locked by another mech {command} process ({lock.lock_file} held for more than "
+                        f"{LOCK_TIMEOUT_S} s); wait for it to finish and rerun, or pass another --out.") from None
+    try:
+        _claim_locked(out, command, identity, overwrite)
+    finally:
+        lock.release()
+
+
+def _claim_locked(out: Path, command: str, identity: dict[str, Any], overwrite: bool) -> None:
+    path = identity_path(out, command)
+    old = without_provenance(read_json(path)) if path.is_file() else None
+    if old is None and (out / f"{command}.json").is_file():
+        old = {"settings": {"(unrecorded)": "a result written before run identities"}}
+    if old is not None and old != identity:
+        if not overwrite:
+            diff = "; ".join(_differences(old, identity)[:6])
+            raise RunConflictError(
+                f"{out} holds a mech {command} run with other settings ({diff}). Runs never mix in one folder: "
+                f"pass another --out, or --overwrite to replace that run.")
+        _remove_files(out, command)
+    if old != identity:
+        write_json(path, identity)
 
 
 def still_owned(out: str | Path, command: str, identity: Mapping[str, Any]) -> None:

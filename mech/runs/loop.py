@@ -24,9 +24,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from mech.errors import Interrupted
 from mech.prepare.data import skipped_summary
-from mech.results import BatchStore, write_json
-from mech.runs import folder, shards
+from mech.prepare.fit import check_data_fit
+from mech.results import BatchStore, remove_stale_temps, write_json
+from mech.runs import checks, folder, shards
 from mech.runs.settings import Settings
 
 
@@ -98,11 +100,15 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
 
     Raises:
         RunConflictError: ``settings.out`` holds this command's run with other settings.
-        ConfigError: ``--out`` is a file; a malformed ``--shard``; batches missing under merge.
+        OutputError, DeviceError: ``--out`` unusable, a device or device map this machine lacks
+            (:func:`mech.runs.checks.preflight`, before the data or the model is loaded).
+        ConfigError: a malformed ``--shard``; batches missing under merge.
+        Interrupted: Ctrl-C; the message says how many batches are finished (they are kept).
         MechError: whatever the job's data loading and measurement raise.
     """
     s = job.settings
     shard = shard or shards.resolve(getattr(s, "shard", None), sharded=s.sharded, environ=environ)
+    checks.preflight(s)
     out = folder.check_out(s.out)
     data = job.samples() if data is None else data
     samples, skipped = list(getattr(data, "samples", data)), list(getattr(data, "skipped", []))
@@ -112,6 +118,8 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     size = s.batch_size
     total = shards.n_batches(len(samples), size)
     root = out / f".{s.command}.parts"
+    for where in (out, root, out / ".mech"):
+        remove_stale_temps(where)  # left by a process killed between writing and renaming
     done = set(BatchStore.finished(root, ident))
     todo = [k for k in range(total) if shard.mine(k) and k not in done]
     store = None
@@ -119,12 +127,18 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         m = model if model is not None or not todo else load_model(s, shard)
         if m is not None and getattr(job, "decoder_sequence", True):
             m.require_decoder_sequence(f"mech {s.command}")  # before anything is computed
+        if m is not None and todo:
+            check_data_fit(m, samples)  # one FitWarning per data set whose words the tokenizer lacks
         store = BatchStore(root, ident, clear=shard.computes)
         _compute(job, m, store, data, context, todo, size, shard)
-    except BaseException:
+    except BaseException as exc:
         if store is not None:
             store.remove_if_empty()
         folder.release_if_empty(out, s.command, ident)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+            finished = len(BatchStore.finished(root, ident))
+            raise Interrupted(f"interrupted: {finished} of {total} batches of mech {s.command} are written to {out}; "
+                              "rerun the same command to resume.") from exc
         raise
     missing = store.missing(total)
     if missing:
@@ -138,6 +152,9 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         result.setdefault("skipped", skipped_summary(skipped))  # the data set's rows left out
         result = {**result, "identity": ident}
         write_json(out / f"{s.command}.json", result)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"interrupted while writing the results of mech {s.command}: all {total} batches are in "
+                          f"{out}; rerun the same command to write them.") from exc
     finally:
         shards.release(flag)
     summary = getattr(job, "summary", None)

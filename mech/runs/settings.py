@@ -33,13 +33,13 @@ Direction = Literal["denoising", "noising"]
 PatchMetric = Literal["logit_diff", "prob", "kl"]
 Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
 Position = Literal["image", "video", "audio", "text", "template", "bos", "last", "all"]
-Estimator = Literal["attention", "patching", "dla"]
+Estimator = Literal["attention", "patching", "dla", "decomposition"]
 Ablation = Literal["resample", "noise"]
 
 #: fields that say where and how a run is computed, not what it computes (outside the identity)
 EXECUTION = ("out", "device", "device_map", "shard", "overwrite", "progress", "verbose")
 DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image")
-DEFAULT_COMPARE = ("organism:balanced", "organism:text-biased")
+DEFAULT_COMPARE = ("organism:image-biased", "organism:balanced", "organism:text-biased")
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -171,10 +171,11 @@ class ContribSettings(ShardedSettings):
     """``mech contrib``: layerwise modality-contribution curves and the imbalance ratio Δ."""
 
     n: int = field(default=256, metadata=_help("number of samples"))
-    estimators: tuple[Estimator, ...] = field(default=("attention", "patching", "dla"), metadata=_help("estimators"))
+    estimators: tuple[Estimator, ...] = field(default=("attention", "patching", "dla", "decomposition"),
+                                              metadata=_help("estimators"))
     ablation: Ablation = field(default="resample", metadata=_help(
-        "how the patching estimator removes a token group: resample (another sample's embeddings of the group) "
-        "or noise (Gaussian)"))
+        "how the patching and decomposition estimators remove a token group: resample (another sample's "
+        "embeddings of the group) or noise (Gaussian)"))
 
     command: typing.ClassVar[str] = "contrib"
 

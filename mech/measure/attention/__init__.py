@@ -19,6 +19,7 @@ import torch
 from mech.measure.attention import metrics
 from mech.engines.attention_fn import MassRecorder, recording
 from mech.errors import ConfigError, InputError
+from mech.prepare.groups import regroup
 
 QUERIES = ("last", "answer", "text")
 
@@ -73,33 +74,52 @@ class AttentionMass:
         """FastV attention efficiency ε = λ / |group|, ``[batch, layer, group]``."""
         return metrics.efficiency(self.mass, self.counts)
 
-    def mdi(self) -> torch.Tensor:
-        """Modality Dominance Index, ``[batch, layer]`` (*When Language Overrules*, eq. 1)."""
-        return metrics.mdi(self.mass, self.counts, self.groups)
+    def mdi(self, text: str | tuple[str, ...] = "user") -> torch.Tensor:
+        """Modality Dominance Index, ``[batch, layer]`` (*When Language Overrules*, eq. 1). ``text``: what
+        counts as text (:data:`metrics.TEXT_SIDES`): ``"user"`` (default, mech: the ``text`` group),
+        ``"all_non_modality"`` (the paper: every non-modality token), ``"user+template"`` (the public
+        re-implementation: BOS excluded), or a tuple of group names."""
+        return metrics.mdi(self.mass, self.counts, self.groups, text)
 
-    def aei(self) -> dict[str, torch.Tensor]:
-        """Attention Efficiency Index, ``{"text", "non_text"} -> [batch, layer]`` (eqs. 2–4)."""
-        return metrics.aei(self.mass, self.counts, self.groups)
+    def aei(self, text: str | tuple[str, ...] = "user") -> dict[str, torch.Tensor]:
+        """Attention Efficiency Index, ``{"text", "non_text"} -> [batch, layer]`` (eqs. 2–4); ``text`` as
+        in :meth:`mdi`."""
+        return metrics.aei(self.mass, self.counts, self.groups, text)
 
-    def summary(self) -> dict[str, Any]:
+    def mdi_summary(self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means") -> torch.Tensor:
+        """MDI per layer ``[layer]`` over the samples: ``aggregate="ratio_of_means"`` (default) or
+        ``"mean_of_ratios"`` (the re-implementation's per-sample mean); :func:`metrics.mdi_summary`."""
+        return metrics.mdi_summary(self.mass, self.counts, self.groups, text, aggregate)
+
+    def aei_summary(self, text: str | tuple[str, ...] = "user",
+                    aggregate: str = "ratio_of_means") -> dict[str, torch.Tensor]:
+        """AEI per layer, ``{"text", "non_text"} -> [layer]``, aggregated as :meth:`mdi_summary`."""
+        return metrics.aei_summary(self.mass, self.counts, self.groups, text, aggregate)
+
+    def summary(self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means") -> dict[str, Any]:
         """The ``attention.json`` keys of docs/design.md: ``layers``, ``groups``, ``mass`` (layer × group,
         mean over samples and heads; each row sums to 1), ``token_share`` (group -> mean fraction of
-        key positions), ``mdi`` (per layer, ratio of sample means), plus ``mdi_per_sample_median``,
-        ``aei``, ``efficiency`` and ``query``."""
+        key positions), ``mdi`` and ``aei`` (per layer; T and the aggregation as ``text`` and
+        ``aggregate``, recorded as ``mdi_text`` and ``mdi_aggregate``), plus ``mdi_per_sample_median``,
+        ``efficiency`` and ``query``. MDI's text side needs a ``text`` group; with groups that have
+        none (FastV's scheme) and ``text="user"``, ``mdi`` and ``aei`` are left out."""
         lam = self.allocation().mean(0)
-        aei = {k: v.nanmean(0).tolist() for k, v in self.aei().items()}
-        return {
+        out = {
             "layers": list(range(self.n_layers)),
             "groups": list(self.groups),
             "mass": lam.tolist(),
             "token_share": dict(zip(self.groups, self.token_share.mean(0).tolist())),
-            "mdi": metrics.mdi_of_means(self.mass, self.counts, self.groups).tolist(),
-            "mdi_per_sample_median": self.mdi().nanmedian(0).values.tolist(),
-            "aei": aei,
-            "efficiency": self.efficiency().nanmean(0).tolist(),
-            "query": self.query,
-            "n": int(self.mass.shape[0]),
         }
+        if text != "user" or "text" in self.groups:
+            out.update({
+                "mdi": self.mdi_summary(text, aggregate).tolist(),
+                "mdi_text": text if isinstance(text, str) else list(text), "mdi_aggregate": aggregate,
+                "mdi_per_sample_median": self.mdi(text).nanmedian(0).values.tolist(),
+                "aei": {k: v.tolist() for k, v in self.aei_summary(text, aggregate).items()},
+            })
+        out.update({"efficiency": self.efficiency().nanmean(0).tolist(), "query": self.query,
+                    "n": int(self.mass.shape[0])})
+        return out
 
     def to_frame(self):
         """Tidy ``pandas.DataFrame``, one row per cell of ``mass``: columns ``sample, layer, head, group,
@@ -194,7 +214,7 @@ def _grid(inputs, config, n_tokens: int) -> tuple[int, int] | None:
     return None
 
 
-def attention_mass(m: Any, inputs: Any, query: Any = "last") -> AttentionMass:
+def attention_mass(m: Any, inputs: Any, query: Any = "last", *, scheme: str = "mech") -> AttentionMass:
     """Attention mass from the query rows to each token group, per layer and head.
 
     Args:
@@ -204,13 +224,18 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last") -> AttentionMass:
             ``"answer"`` (alias of ``"last"``; pass a mask for multi-token answers), ``"text"``
             (every position of the ``text`` group), or a BoolTensor mask ``[batch, pos]``. With
             several query rows per sample, mass is the mean over them.
+        scheme: the token groups along the group axis (:func:`mech.prepare.groups.regroup`): ``"mech"``
+            (default: the inputs' own groups, ``mech.GROUPS``), ``"split_template"`` (``template`` split
+            into ``template_pre`` / ``template_post`` at the first visual token) or ``"fastv"`` (FastV's
+            ``system`` / ``image`` / ``instruction``, Chen et al. 2024; ``allocation()`` and
+            ``efficiency()`` are then FastV's λ and ε).
 
     Returns:
         :class:`AttentionMass` with ``mass [batch, layer, head, group]``.
 
     Raises:
         UnsupportedArchitectureError: cross-attention families (Mllama).
-        ConfigError: unknown ``query``.
+        ConfigError: unknown ``query`` or ``scheme``.
         InputError: a row without query positions; a malformed mask.
     """
     import mech
@@ -219,8 +244,10 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last") -> AttentionMass:
         m = mech.load(m)
     m.require_decoder_sequence("attention_mass")
     inp = m.inputs(inputs)
+    index, valid, label = query_positions(inp.groups, query)  # "text" = the user's words in any scheme
+    if scheme != "mech":
+        inp = inp.replace(groups=regroup(inp.groups, scheme))
     groups = inp.groups
-    index, valid, label = query_positions(groups, query)
     one_hot = groups.one_hot(torch.float32)
     with recording(m, index, valid, one_hot) as rec, torch.no_grad():
         m.model(**inp, use_cache=False)

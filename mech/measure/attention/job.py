@@ -1,7 +1,8 @@
 """The ``mech attention`` job: attention mass over a data set, on the run loop (:mod:`mech.runs.loop`).
 
 Writes into ``--out``: ``attention.json`` (``layers``, ``groups``, ``mass``, ``token_share``,
-``mdi``; plus ``aei``, ``efficiency``, ``model``, ``data``, ``n``, ``query``), ``attention.safetensors``
+``mdi``; plus ``aei``, ``mdi_text``, ``mdi_aggregate`` (mech's defaults, ``"user"`` and
+``"ratio_of_means"``; docs/attention.md), ``efficiency``, ``model``, ``data``, ``n``, ``query``), ``attention.safetensors``
 (per-sample ``mass [sample, layer, head, group]``, ``density``, ``token_share``, ``counts``,
 ``spatial``) and the figures ``attention_mass.png``, ``attention_heads.png``, ``attention_image.png``.
 """

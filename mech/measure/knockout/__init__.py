@@ -7,18 +7,29 @@ consecutive decoder layers and measure the change of the answer probability.
 window and edge, the **relative change of the answer probability in percent**
 ``100 · (p_knocked − p_clean) / p_clean`` at the answer (last) position, averaged over samples — the
 quantity Zhang et al. plot ("relative diff": ``(new − base) · 100 / base`` per sample, then the mean;
-their released code, ``InformationFlow.py``). The answer token defaults to the clean run's top token
-(Zhang et al. use the model's first generated token).
+their released code, ``InformationFlow.py``). The answer token defaults to the clean run's top token,
+which is Zhang et al.'s "first generated token" under their greedy decoding.
 
-Edges are ``(source, target)``: queries at ``target`` positions may no longer attend to keys at
-``source`` positions. Sources: a token group (:data:`mech.prepare.groups.GROUPS`); targets: a token group or
-``"last"`` (the answer position, ``groups.last()``). An edge set (a list of pairs) blocks the union.
-The block is implemented in the attention-function registry (:mod:`.blocker`): the mask the model
-built is edited in the window's layers only, and the model's own SDPA/eager code runs with it. A
-position's edge to itself is never blocked (no query row becomes fully masked).
+Conventions, with the paper each follows (docs/knockout.md):
 
-Windows (``anchor``): ``"start"`` → layers ``[l, l + k)``; ``"center"`` → ``[l − ⌊k/2⌋, l + ⌈k/2⌉)``
-(Geva et al.; Zhang et al.'s code); both clipped to the model's layers.
+* **Window** (``anchor``): ``"center"`` (default) → layers ``[l − ⌊k/2⌋, l + ⌈k/2⌉)``, Zhang et al.'s
+  code (``range(max(0, layer - window // 2), min(n, layer - (-window // 2)))``) and Geva et al.;
+  ``"start"`` → ``[l, l + k)``. Both clipped to the model's layers.
+* **Samples averaged** (``only_correct``): False (default) averages every sample; True averages only
+  the correctly answered ones, as Zhang et al.'s code does (it skips a sample whose answer is wrong
+  before any knockout). Correct means the clean run's top token equals the gold answer token
+  (``gold_ids``), or a judgement passed as ``correct``.
+* **Edges** are ``(source, target)``: queries at ``target`` positions may no longer attend to keys at
+  ``source`` positions. Sources and targets: a token group (:data:`mech.prepare.groups.GROUPS`) or
+  ``"last"`` (the answer position, ``groups.last()``). An edge set (a list of pairs) blocks the union.
+  A position's own key is kept for group sources (Geva et al.: edges from *other* positions), so
+  ``text -> text`` keeps self-attention; the source ``"last"`` blocks the answer position's key, its
+  own included, so ``("last", "last")`` is Zhang et al.'s ``Last->Last``: the answer position's query
+  loses exactly its own key and keeps every other one.
+
+The block is implemented in the attention-function registry (:mod:`mech.engines.edge_blocker`): the
+mask the model built is edited in the window's layers only, and the model's own SDPA/eager code runs
+with it.
 
 Cost: one full forward of the clean run (:func:`mech.engines.prefix.capture`); each knocked run
 starts at its window's first layer from the cached residual stream (layers below a window are
@@ -40,9 +51,9 @@ from mech.engines.prefix import capture, run_from
 
 __all__ = ["attention_knockout", "KnockoutResult", "EdgeBlocker", "blocking", "SOURCES", "TARGETS", "ANCHORS"]
 
-SOURCES = GROUPS
+SOURCES = GROUPS + ("last",)
 TARGETS = GROUPS + ("last",)
-ANCHORS = ("start", "center")
+ANCHORS = ("center", "start")
 
 Edge = tuple[str, str]
 
@@ -52,18 +63,23 @@ class KnockoutResult:
     """What :func:`attention_knockout` measured.
 
     Attributes:
-        change: ``[window, edge]`` mean over samples of the percent change of the answer probability,
-            ``100 · (p_knocked − p_clean) / p_clean`` (Zhang et al. 2025).
-        change_per_sample: ``[window, edge, batch]`` the same per sample.
+        change: ``[window, edge]`` mean over the kept samples (``kept``) of the percent change of the
+            answer probability, ``100 · (p_knocked − p_clean) / p_clean`` (Zhang et al. 2025); NaN when
+            no sample is kept.
+        change_per_sample: ``[window, edge, batch]`` the same per sample (every sample, kept or not).
         p_clean: ``[batch]`` answer probability of the clean run (softmax at the last position).
         p_knocked: ``[window, edge, batch]`` answer probability with the edges blocked.
         answer: ``[batch]`` answer token ids.
-        layers: the window anchors (window start for ``anchor="start"``), one per window.
+        layers: the window anchors (the centre layer for ``anchor="center"``, the first layer for
+            ``"start"``), one per window.
         windows: ``[(first, stop), ...]`` layer range ``first <= l < stop`` of each window.
         edges: edge names (``"image->last"``; ``"image->last+text->last"`` for an edge set).
         n_source, n_target: ``[edge, batch]`` positions in the source and target groups (0 = the edge is
             empty in that row, e.g. ``video`` in an image model: nothing is blocked there).
         forward_equivalents: decoder-layer evaluations / (n_layers · batch), the clean run included.
+        kept: ``[batch]`` BoolTensor, the samples averaged into ``change`` (all of them unless
+            ``only_correct``; then the correctly answered ones).
+        only_correct: whether ``change`` averages only correctly answered samples.
     """
 
     change: torch.Tensor
@@ -79,19 +95,39 @@ class KnockoutResult:
     n_source: torch.Tensor
     n_target: torch.Tensor
     forward_equivalents: float
+    kept: torch.Tensor | None = None
+    only_correct: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.kept is None:
+            self.kept = torch.ones(self.p_clean.shape[0], dtype=torch.bool)
+
+    @property
+    def n_kept(self) -> int:
+        """Number of samples averaged into ``change``."""
+        return int(self.kept.sum())
+
     def to_json(self) -> dict:
-        """JSON-ready summary: ``change.{edge}`` per window, ``p_clean`` mean, windows and metadata."""
-        return {
+        """JSON-ready summary: ``change.{edge}`` per window (mean over the kept samples; ``null`` where
+        none is kept), ``p_clean`` and ``p_knocked`` means over the kept samples, ``n`` and ``n_kept``,
+        windows and metadata; ``note`` says so when no sample is kept."""
+        k = self.kept
+        nan = lambda xs: [None if x != x else x for x in xs]  # noqa: E731  (JSON has no NaN)
+        out = {
             "metric": "percent change of the answer probability, 100*(p_knocked-p_clean)/p_clean",
             "window": self.window, "anchor": self.anchor, "layers": self.layers,
             "windows": [list(w) for w in self.windows], "edges": self.edges,
-            "change": {e: self.change[:, i].tolist() for i, e in enumerate(self.edges)},
-            "p_clean": float(self.p_clean.mean()),
-            "p_knocked": {e: self.p_knocked[:, i].mean(-1).tolist() for i, e in enumerate(self.edges)},
+            "only_correct": self.only_correct, "n": int(k.numel()), "n_kept": self.n_kept,
+            "kept": k.tolist(),
+            "change": {e: nan(self.change[:, i].tolist()) for i, e in enumerate(self.edges)},
+            "p_clean": nan([float(self.p_clean[k].mean())])[0],
+            "p_knocked": {e: nan(self.p_knocked[:, i][:, k].mean(-1).tolist()) for i, e in enumerate(self.edges)},
             "answer": self.answer.tolist(), "forward_equivalents": self.forward_equivalents, **self.meta,
         }
+        if not self.n_kept:
+            out["note"] = "no sample was kept (only_correct=True and no sample answered correctly); change is NaN"
+        return out
 
     def to_frame(self, per_sample: bool = False):
         """Tidy ``pandas.DataFrame`` (:func:`mech.frames.tidy`). ``per_sample=False``: one row per cell of
@@ -111,9 +147,10 @@ class KnockoutResult:
                     {"sample": None, "window": window, "edge": self.edges})
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """safetensors content: ``change``, ``change_per_sample``, ``p_clean``, ``p_knocked``, ``answer``."""
+        """safetensors content: ``change``, ``change_per_sample``, ``p_clean``, ``p_knocked``, ``answer``,
+        ``kept``."""
         return {"change": self.change, "change_per_sample": self.change_per_sample, "p_clean": self.p_clean,
-                "p_knocked": self.p_knocked, "answer": self.answer}
+                "p_knocked": self.p_knocked, "answer": self.answer, "kept": self.kept}
 
 
 def _edge_sets(edges) -> list[list[Edge]]:
@@ -154,6 +191,54 @@ def _windows(starts: Sequence[int], k: int, n: int, anchor: str) -> list[tuple[i
     return [(max(0, s - k // 2), min(n, s - (-k // 2))) for s in starts]
 
 
+NEEDS_GOLD = ("only_correct=True needs the gold answers: pass gold_ids (LongTensor [batch], the gold answer's "
+              "first token, e.g. mech.prepare.targets.answer_tokens(m, samples, logits)[0]) or correct (BoolTensor "
+              "[batch]); or use only_correct=False to average every sample.")
+
+
+def _kept(only_correct: bool, gold_ids, correct, top: torch.Tensor, vocab: int) -> torch.Tensor:
+    """BoolTensor ``[batch]``: the samples averaged into ``change``."""
+    batch = top.shape[0]
+    if not only_correct:
+        return torch.ones(batch, dtype=torch.bool)
+    if correct is not None:
+        correct = torch.as_tensor(correct).cpu()
+        if correct.dtype != torch.bool or tuple(correct.shape) != (batch,):
+            raise InputError(f"correct must be a BoolTensor [batch] = [{batch}]; got {correct.dtype} "
+                             f"{tuple(correct.shape)}.")
+        return correct
+    if gold_ids is None:
+        raise ConfigError(NEEDS_GOLD)
+    from mech.measure.patching.metrics import check_token_ids
+
+    check_token_ids(batch, vocab, answer_ids=gold_ids)
+    return top == torch.as_tensor(gold_ids).long().cpu()
+
+
+def _check_last_row(groups, sets) -> None:
+    """Refuse an edge set that hides every key from the answer position (its row would be fully masked).
+
+    Only the answer position can lose its own key (source ``"last"``), so only its row can empty."""
+    last = groups.last()
+    rows = torch.arange(len(last), device=last.device)
+    pos = torch.arange(groups.labels.shape[1], device=last.device)
+    visible = groups.valid & (pos[None, :] <= last[:, None])
+    for group in sets:
+        hidden = torch.zeros_like(visible)
+        for s, t in group:
+            if bool(_positions(groups, t)[rows, last].any()):
+                src = _positions(groups, s) & _positions(groups, t)[rows, last][:, None]
+                if s != "last":
+                    src[rows, last] = False
+                hidden |= src
+        full = (visible & ~hidden).sum(-1) == 0
+        if bool(full.any()):
+            name = "+".join(f"{s}->{t}" for s, t in group)
+            raise ConfigError(f"the edge set {name!r} hides every key from the answer position in rows "
+                              f"{full.nonzero().flatten().tolist()}, so its attention row would be empty; "
+                              "drop one of its edges (e.g. keep 'bos' or 'last' visible).")
+
+
 def attention_knockout(
     m,
     inputs,
@@ -162,7 +247,10 @@ def attention_knockout(
     answer_ids: torch.Tensor | None = None,
     layers: Sequence[int] | None = None,
     *,
-    anchor: str = "start",
+    anchor: str = "center",
+    only_correct: bool = False,
+    gold_ids: torch.Tensor | None = None,
+    correct: torch.Tensor | None = None,
     max_rows: int = 64,
 ) -> KnockoutResult:
     """Block ``source -> target`` attention edges in a window of ``window`` layers, for every window.
@@ -171,19 +259,33 @@ def attention_knockout(
         m: a :class:`~mech.MechModel` of a decoder-sequence family, with ``sdpa`` or ``eager`` attention.
         inputs: ``prepare`` output or raw processor output (``[batch, pos]``).
         edges: ``(source, target)`` pairs, each measured separately; an inner list is an edge set blocked
-            together. Sources: :data:`SOURCES`; targets: :data:`TARGETS`.
-        window: ``k``, the number of consecutive layers blocked (clipped at the first/last layer).
-        answer_ids: LongTensor ``[batch]``; default: the clean run's top token at the last position.
+            together. Sources: :data:`SOURCES`; targets: :data:`TARGETS` (both: a token group or ``"last"``,
+            the answer position). ``("last", "last")`` blocks the answer position's own key (Zhang et al.).
+        window: ``k``, the number of consecutive layers blocked (clipped at the first/last layer); 9 as in
+            Zhang et al.'s code.
+        answer_ids: LongTensor ``[batch]``, the token whose probability is measured; default: the clean
+            run's top token at the last position (Zhang et al.: the first generated token, greedy).
         layers: window anchors (default every layer ``0 .. n_layers-1``).
-        anchor: ``"start"`` (window ``[l, l+k)``) or ``"center"`` (``[l-⌊k/2⌋, l+⌈k/2⌉)``, Zhang et al.).
+        anchor: ``"center"`` (default; window ``[l-⌊k/2⌋, l+⌈k/2⌉)``, Zhang et al.'s code and Geva et al.) or
+            ``"start"`` (``[l, l+k)``).
+        only_correct: False (default): ``change`` averages every sample. True: only the correctly answered
+            samples, as in Zhang et al.'s code; correct = the clean top token equals ``gold_ids`` (or
+            ``correct``). ``kept`` and ``n_kept`` report which and how many; with none, ``change`` is NaN.
+        gold_ids: LongTensor ``[batch]``, the gold answer's (first) token, e.g.
+            ``mech.prepare.targets.answer_tokens(m, samples, logits)[0]``; used only with ``only_correct``.
+        correct: BoolTensor ``[batch]``, a correctness judgement made elsewhere (Zhang et al. compare the
+            lower-cased greedy generation with the gold answer string); overrides ``gold_ids``.
         max_rows: rows per stacked knocked batch (``batch`` × (window, edge) configurations).
 
     Returns:
         :class:`KnockoutResult` with ``change`` ``[window, edge]`` in percent.
 
     Raises:
-        ConfigError: unknown group or anchor, ``window < 1``, layers out of range, flash attention.
-        InputError: ``answer_ids`` of the wrong shape.
+        ConfigError: unknown group or anchor, ``window < 1``, layers out of range, flash attention;
+            ``only_correct=True`` without ``gold_ids`` or ``correct``; an edge set that hides every key
+            from the answer position.
+        InputError: ``answer_ids`` / ``gold_ids`` of the wrong shape or out of the vocabulary; ``correct``
+            not a BoolTensor ``[batch]``.
         UnsupportedArchitectureError: a cross-attention family (mllama).
     """
     m.require_decoder_sequence("attention_knockout")
@@ -192,6 +294,8 @@ def attention_knockout(
         raise ConfigError(f"anchor={anchor!r}; allowed: {', '.join(ANCHORS)}")
     if int(window) < 1:
         raise ConfigError(f"window={window}; the window is a number of layers >= 1")
+    if only_correct and gold_ids is None and correct is None:
+        raise ConfigError(NEEDS_GOLD)
     n = m.arch.n_layers
     starts = list(range(n)) if layers is None else [int(l) for l in layers]
     bad = [l for l in starts if not 0 <= l < n]
@@ -200,19 +304,23 @@ def attention_knockout(
     inputs = m.inputs(inputs)
     groups = inputs.groups
     batch = groups.labels.shape[0]
+    _check_last_row(groups, sets)
     wins = _windows(starts, int(window), n, anchor)
 
     cap = capture(m, inputs)
+    top = cap.logits.argmax(-1).cpu()
     if answer_ids is None:
-        answer = cap.logits.argmax(-1).cpu()
+        answer = top
     else:
         from mech.measure.patching.metrics import check_token_ids
 
         check_token_ids(batch, cap.logits.shape[-1], answer_ids=answer_ids)
         answer = torch.as_tensor(answer_ids).long().cpu()
+    kept = _kept(bool(only_correct), gold_ids, correct, top, cap.logits.shape[-1])
     p_clean = cap.logits.softmax(-1).cpu()[torch.arange(batch), answer]
 
-    masks = [[(_positions(groups, s), _positions(groups, t)) for s, t in group] for group in sets]
+    # per edge set: [(source mask, target mask, own-key flag)]; only the source "last" blocks a query's own key
+    masks = [[(_positions(groups, s), _positions(groups, t), s == "last") for s, t in group] for group in sets]
     width = max(len(g) for g in masks)
     configs = [(wi, ei) for wi in range(len(wins)) for ei in range(len(sets))]
     p_knocked = torch.empty(len(wins), len(sets), batch)
@@ -222,11 +330,11 @@ def attention_knockout(
         rows = torch.arange(batch).repeat(len(chunk))
         pairs = []
         for j in range(width):
-            src = torch.cat([masks[e][j][0] if j < len(masks[e]) else torch.zeros_like(masks[e][0][0])
-                             for _, e in chunk])
-            tgt = torch.cat([masks[e][j][1] if j < len(masks[e]) else torch.zeros_like(masks[e][0][1])
-                             for _, e in chunk])
-            pairs.append((src, tgt))
+            parts = [masks[e][j] if j < len(masks[e]) else (torch.zeros_like(masks[e][0][0]),
+                                                            torch.zeros_like(masks[e][0][1]), False)
+                     for _, e in chunk]
+            own = torch.tensor([flag for _, _, flag in parts], dtype=torch.bool).repeat_interleave(batch)
+            pairs.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), own))
         active = torch.zeros(len(rows), n, dtype=torch.bool)
         for k, (w, _) in enumerate(chunk):
             lo, hi = wins[w]
@@ -240,9 +348,10 @@ def attention_knockout(
             p_knocked[w, e] = p[k * batch:(k + 1) * batch]
 
     per_sample = 100.0 * (p_knocked - p_clean) / p_clean
+    change = per_sample[..., kept].mean(-1) if bool(kept.any()) else torch.full(per_sample.shape[:2], torch.nan)
     names = ["+".join(f"{s}->{t}" for s, t in group) for group in sets]
-    n_src = torch.stack([sum(s.sum(-1) for s, _ in g).cpu() for g in masks])
-    n_tgt = torch.stack([sum(t.sum(-1) for _, t in g).cpu() for g in masks])
+    n_src = torch.stack([sum(s.sum(-1) for s, _, _ in g).cpu() for g in masks])
+    n_tgt = torch.stack([sum(t.sum(-1) for _, t, _ in g).cpu() for g in masks])
     fe = 1.0 + cap.layer_evals / (n * batch)
-    return KnockoutResult(per_sample.mean(-1), per_sample, p_clean, p_knocked, answer, starts, wins, names,
-                          int(window), anchor, n_src, n_tgt, fe)
+    return KnockoutResult(change, per_sample, p_clean, p_knocked, answer, starts, wins, names,
+                          int(window), anchor, n_src, n_tgt, fe, kept=kept, only_correct=bool(only_correct))

@@ -1,0 +1,147 @@
+"""``contrib.json``'s summaries beyond the curves: the decomposition's split by component
+(``decomposition``) and every estimator per question type (``by_category``).
+
+Question type (:func:`category_of`): a sample's ``category`` field where the data set gives one
+(jsonl), else its ``template`` (``organism:shapes``), else its ``subject`` (MMMU-Pro), else ``"all"``.
+
+A removal-based estimator (``patching``, ``decomposition``) cannot see a group whose removal changes
+no input: every ``count`` question of ``organism:shapes`` has the same words, so resampling the
+question from another count question leaves the prompt as it was and C(text) is exactly 0 there.
+Each category entry of those estimators carries ``identical_donor`` (group -> share of its samples
+whose donor's embeddings of the group equal their own) and ``blind`` (the groups where that share is
+1), so a report can flag the category rather than print a meaningless Δ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from mech.curves.ratio import Pool, imbalance, pool_layers, ratio
+from mech.errors import InputError
+
+CATEGORY_KEYS = ("category", "template", "subject")
+#: estimators whose contributions come from removing a group's content
+REMOVAL_ESTIMATORS = ("patching", "decomposition")
+
+
+def category_of(sample: Mapping) -> str:
+    """The question type of a sample dict: the first of ``category``, ``template``, ``subject`` that is
+    set, else ``"all"``."""
+    for key in CATEGORY_KEYS:
+        value = sample.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return "all"
+
+
+def _mean(x: torch.Tensor) -> float | None:
+    x = x.double()
+    return None if x.numel() == 0 else float(x.mean())
+
+
+def _estimated(x: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """``[sample]`` bool: both groups estimated at every layer (as :func:`mech.curves.ratio.imbalance`)."""
+    return ~(torch.isnan(x[..., i]).any(1) | torch.isnan(x[..., j]).any(1))
+
+
+def group_imbalance(x: torch.Tensor, groups: tuple[str, ...], pool: Pool, numerator: str, denominator: str,
+                    n_boot: int = 1000, seed: int = 0) -> dict:
+    """:meth:`mech.curves.ratio.Imbalance.to_json` of ``x`` ``[sample, layer, group]``; with fewer than 2
+    estimated samples the same fields, ``ci95`` ``[None, None]`` (and ``delta`` None without any)."""
+    try:
+        return imbalance(x, groups, pool=pool, numerator=numerator, denominator=denominator, n_boot=n_boot,
+                         seed=seed).to_json()
+    except InputError:
+        i, j = groups.index(numerator), groups.index(denominator)
+        x = x[_estimated(x, i, j)].double()
+        if x.shape[0] == 0:
+            return {"dominant": None, "underutilized": None, "delta": None, "ci95": [None, None],
+                    "contribution": {g: None for g in groups}, "n": 0}
+        c = pool_layers(x, pool).mean(0)
+        big = bool(c[i].abs() >= c[j].abs())
+        return {"dominant": numerator if big else denominator, "underutilized": denominator if big else numerator,
+                "delta": float(ratio(c[i], c[j])), "ci95": [None, None],
+                "contribution": {g: float(c[k]) for k, g in enumerate(groups)}, "n": int(x.shape[0])}
+
+
+def by_category(per_sample: Mapping[str, torch.Tensor], components: Mapping[str, torch.Tensor],
+                categories: Sequence[str], groups: tuple[str, ...], pools: Mapping[str, Pool], *,
+                numerator: str = "text", denominator: str = "image", n_boot: int = 1000) -> dict:
+    """``by_category.{estimator}.{category}``: the fields of ``overall`` (``contribution``, ``dominant``,
+    ``underutilized``, ``delta``, ``ci95``, ``n``) over the category's samples, plus ``decision`` (the
+    mean logit difference being explained, over the same samples; None when it was not recorded) and,
+    for removal-based estimators, ``identical_donor`` and ``blind`` (module docstring).
+
+    Args:
+        per_sample: estimator -> ``[sample, layer, group]``.
+        components: ``decision`` ``[sample]`` and ``same.<group>`` ``[sample]`` (1 where the donor is identical).
+        categories: one name per sample (:func:`category_of`), in the order of the samples.
+
+    Raises:
+        InputError: ``categories`` of another length than the samples.
+    """
+    i, j = groups.index(numerator), groups.index(denominator)
+    decision = components.get("decision")
+    out: dict = {}
+    for est, x in per_sample.items():
+        if len(categories) != x.shape[0]:
+            raise InputError(f"{len(categories)} categories for {x.shape[0]} samples; give one per sample.")
+        out[est] = {}
+        for cat in sorted(set(categories)):
+            idx = torch.tensor([k for k, c in enumerate(categories) if c == cat])
+            sub = x[idx]
+            entry = group_imbalance(sub, groups, pools[est], numerator, denominator, n_boot=n_boot)
+            keep = idx[_estimated(sub, i, j)]
+            entry["decision"] = _mean(decision[keep]) if decision is not None else None
+            if est in REMOVAL_ESTIMATORS:
+                shares = {g: _mean(components[f"same.{g}"][keep]) for g in (denominator, numerator)
+                          if f"same.{g}" in components}
+                entry["identical_donor"] = shares
+                entry["blind"] = [g for g, v in shares.items() if v is not None and v >= 1.0]
+            out[est][cat] = entry
+    return out
+
+
+def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str, ...],
+                       players: Sequence[str] = ("image", "text")) -> dict:
+    """``contrib.json`` → ``decomposition``: sample means over the samples with every player estimated.
+
+    ``components.{attn,mlp}.{player}`` (per layer), ``embed.{player}``, ``total.{player}`` (= overall C),
+    ``mlp_share.{player}`` (the share of the player's contribution written by MLPs; None when
+    |C| < 0.01 · max(1, |decision|)),
+    ``decision`` (clean logit difference), ``rest`` (frozen readout with every player removed),
+    ``removed`` (that run's own logit difference), ``interaction``, ``completeness`` (``max_abs`` and
+    ``relative`` residual of Σ φ = decision − rest, the ``tolerance`` and whether it holds), ``n``.
+    """
+    from mech.curves.decomposition import TOLERANCE
+
+    attn, mlp, embed = (components[f"decomposition.{k}"].double() for k in ("attn", "mlp", "embed"))
+    players = [g for g in players if g in groups and not torch.isnan(attn[..., groups.index(g)]).all()]
+    cols = [groups.index(g) for g in players]
+    rows = ~torch.isnan(attn[..., cols]).any(-1).any(-1) if cols else torch.zeros(attn.shape[0], dtype=torch.bool)
+    attn, mlp, embed = attn[rows][..., cols], mlp[rows][..., cols], embed[rows][..., cols]
+    scalars = {k: components[f"decomposition.{k}"].double()[rows] for k in ("decision", "rest", "removed",
+                                                                           "interaction")}
+    total = attn.sum(1) + mlp.sum(1) + embed  # [sample, player]
+    out: dict = {"players": players, "components": {c: {g: t.mean(0)[:, k].tolist() for k, g in enumerate(players)}
+                                                    for c, t in (("attn", attn), ("mlp", mlp))},
+                 "embed": {g: _mean(embed[:, k]) for k, g in enumerate(players)},
+                 "total": {g: _mean(total[:, k]) for k, g in enumerate(players)}}
+    share, floor = {}, 0.01 * max(1.0, abs(_mean(scalars["decision"]) or 0.0))  # a share of ~0 is noise
+    for k, g in enumerate(players):
+        t = _mean(total[:, k])
+        share[g] = None if t is None or abs(t) < floor else _mean(mlp[:, :, k].sum(1)) / t
+    out["mlp_share"] = share
+    out.update({k: _mean(v) for k, v in scalars.items()})
+    if int(rows.sum()):
+        res = total.sum(-1) - (scalars["decision"] - scalars["rest"])
+        top = float(res.abs().max())
+        scale = max(1.0, float(scalars["decision"].abs().max()), float(scalars["rest"].abs().max()))
+        out["completeness"] = {"max_abs": top, "relative": top / scale, "tolerance": TOLERANCE,
+                               "ok": top / scale <= TOLERANCE}
+    else:
+        out["completeness"] = {"max_abs": None, "relative": None, "tolerance": TOLERANCE, "ok": None}
+    out["n"] = int(rows.sum())
+    return out

@@ -1,0 +1,110 @@
+"""Does an input fit the model? Checks that ``m.prepare`` runs on every batch, and that a caller can run
+once on a whole data set (:func:`check_data_fit`):
+
+* :func:`check_length`: a row longer than the model's maximum positions (``max_position_embeddings`` of
+  its text config, read through the family table) raises :class:`~mech.errors.InputError`;
+* :func:`check_vocabulary`: prompts whose text tokens are mostly the tokenizer's unknown token (a
+  word-level tokenizer, such as an organism's, on another data set) warn with :class:`FitWarning`.
+
+Re-exported by :mod:`mech.prepare.inputs`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from mech.errors import InputError
+
+# ``MechModel`` (mech.models.load) in the annotations: a name only, never imported here
+
+
+class FitWarning(UserWarning):
+    """Inputs a model runs on but does not fit: most prompt words outside its tokenizer's vocabulary."""
+
+
+#: share of the prompts' text tokens that may be the tokenizer's unknown token before a :class:`FitWarning`
+UNKNOWN_LIMIT = 0.5
+
+
+def max_positions(m: MechModel) -> int | None:
+    """``max_position_embeddings`` of the model's text config (the family table's ``text_config``; the
+    top-level config where that has none), or None when neither has one."""
+    config = getattr(m.model, "config", None)
+    text = config
+    for part in (m.arch.table.text_config.split(".") if m.arch.table.text_config else ()):
+        text = getattr(text, part, None)
+    value = getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_length(m: MechModel, data: Mapping[str, Any], prompts: Sequence[str] = ()) -> None:
+    """Raise when a row of ``data`` (``input_ids`` / ``attention_mask`` ``[batch, pos]``) is longer than the
+    model's :func:`max_positions`: the positions past it were never trained, so every number read there
+    would be noise.
+
+    Raises:
+        InputError: names the row, its length, the limit and the fix.
+    """
+    limit, ids = max_positions(m), data.get("input_ids")
+    if limit is None or not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        return
+    mask = data.get("attention_mask")
+    lengths = mask.sum(-1) if isinstance(mask, torch.Tensor) and mask.shape == ids.shape else torch.full(
+        (ids.shape[0],), ids.shape[1])
+    for i, n in enumerate(lengths.tolist()):
+        if n > limit:
+            text = f" {prompts[i][:50]!r}" if i < len(prompts) else ""
+            raise InputError(f"prompt {i}{text} is {int(n)} tokens long (its words, chat template and image "
+                             f"tokens), over the model's maximum of {limit} positions (max_position_embeddings of "
+                             "its text config); shorten the prompt, pass fewer or smaller images, or use a model "
+                             "with a longer context.")
+
+
+def unknown_share(tokenizer: Any, texts: Sequence[str]) -> tuple[float, int]:
+    """``(share, n)``: the share of the ``n`` tokens of ``texts`` (no special tokens added) that are the
+    tokenizer's unknown token; ``(0.0, 0)`` without texts or for a tokenizer without an unknown token
+    (byte-level BPE tokenizers never need one)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if unk is None or not texts:
+        return 0.0, 0
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    n = sum(len(r) for r in rows)
+    return (sum(int(t == unk) for r in rows for t in r) / n if n else 0.0), n
+
+
+def _unknown_words(tokenizer: Any, texts: Sequence[str], k: int = 5) -> list[str]:
+    words = list(dict.fromkeys(w for t in texts for w in t.split()))[:400]
+    unk = tokenizer.unk_token_id
+    hits = [w for w, r in zip(words, tokenizer(words, add_special_tokens=False)["input_ids"]) if unk in r] if words else []
+    return hits[:k]
+
+
+def check_vocabulary(tokenizer: Any, texts: Sequence[str], *, what: str = "the prompts",
+                     limit: float = UNKNOWN_LIMIT) -> float:
+    """Warn with :class:`FitWarning` when more than ``limit`` of the text tokens of ``texts`` are the
+    tokenizer's unknown token (the model would read ``<unk>`` for most words); returns the share
+    (:func:`unknown_share`). ``m.prepare`` checks its prompts' own words (not the chat template)."""
+    share, n = unknown_share(tokenizer, texts) if tokenizer is not None else (0.0, 0)
+    if n and share > limit:
+        words = ", ".join(repr(w) for w in _unknown_words(tokenizer, texts))
+        warnings.warn(f"{share:.0%} of the {n} text tokens of {what} are the tokenizer's unknown token "
+                      f"{getattr(tokenizer, 'unk_token', None)!r}: most question words (e.g. {words}) are outside the "
+                      "model's vocabulary, so what it answers says little about the text. Use a model whose "
+                      "tokenizer covers this data (the organisms know only the words of organism:shapes), or "
+                      "other prompts.", FitWarning, stacklevel=3)
+    return share
+
+
+def check_data_fit(m: MechModel, data: Any, *, limit: float = UNKNOWN_LIMIT) -> float:
+    """:func:`check_vocabulary` of a whole data set (a :class:`~mech.prepare.data.Dataset` or a list of
+    sample dicts): the samples' own words (``question`` and ``options``; not the instruction mech's
+    prompt styles add, whose few words a model may know) against ``m``'s tokenizer. One warning for the
+    data set, where ``m.prepare`` checks each batch's whole prompts; returns the share of unknown tokens."""
+    samples = list(getattr(data, "samples", data))
+    texts = [str(t) for s in samples for t in [s.get("question") or "", *(s.get("options") or [])]]
+    return check_vocabulary(m.tokenizer, texts, what=f"data set {getattr(data, 'name', 'of samples')}", limit=limit)

@@ -1,0 +1,150 @@
+"""The parts of ``report.md`` that are written from the numbers: the per-question-type table and the
+paragraph saying what the estimators agree and disagree on, and why (:mod:`mech.report`).
+
+Nothing here is hard-coded to a model: orderings, intervals, MLP shares and blind spots are read from
+``contrib.json`` (``overall``, ``decomposition``, ``by_category``; :mod:`mech.curves.summary`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: estimators that remove a group (their contribution is 0 where the removal changes no input)
+REMOVAL = ("patching", "decomposition")
+#: the causal reference estimators, in order of preference
+CAUSAL = ("patching", "decomposition")
+#: |C(denominator)| below this share of max(1, |decision|) prints no Δ (the ratio is unstable there)
+NEAR_ZERO = 0.02
+
+
+def fmt(x, digits: int = 2) -> str:
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _ci(o: dict) -> str:
+    lo, hi = o.get("ci95") or (None, None)
+    return f"{fmt(o.get('delta'))} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def category_cell(est: str, e: dict, numerator: str = "text", denominator: str = "image") -> str:
+    """One cell of the per-question-type table: ``C(num) / C(den) · Δ``, or the blind spot named, or no Δ where
+    |C(den)| < :data:`NEAR_ZERO` × max(1, |decision|) (not for attention, a fraction)."""
+    c = e.get("contribution") or {}
+    digits = 3 if est == "attention" else 2
+    head = f"{fmt(c.get(numerator), digits)} / {fmt(c.get(denominator), digits)}"
+    blind = e.get("blind") or []
+    if blind:
+        return f"{head} · Δ – (removing {'/'.join(blind)} changes no input: donor identical)"
+    if not e.get("n"):
+        return "– (no sample with an estimate: no donor)"
+    den, dec = c.get(denominator), e.get("decision")
+    if est != "attention" and den is not None and dec is not None and abs(den) < NEAR_ZERO * max(1.0, abs(dec)):
+        cell = f"{head} · Δ – (C({denominator}) ≈ 0)"
+    else:
+        cell = f"{head} · Δ {fmt(e.get('delta'))}"
+    part = {g: v for g, v in (e.get("identical_donor") or {}).items() if v}
+    if part:
+        cell += " (" + ", ".join(f"{g} donor identical in {100 * v:.0f}%" for g, v in part.items()) + ")"
+    return cell
+
+
+def category_table(co: dict, numerator: str = "text", denominator: str = "image") -> list[str]:
+    """Markdown lines: one row per question type, ``n``, the decision explained and each estimator's cell."""
+    by = co.get("by_category") or {}
+    if not by:
+        return []
+    ests = list(by)
+    cats = sorted({c for e in ests for c in by[e]})
+    first = ests[0]
+    lines = [f"#### Per question type: C({numerator}) / C({denominator}) · Δ({numerator}/{denominator})", "",
+             "Contributions in the estimator's unit (attention: a fraction; the others: logits), since a ratio is "
+             "unstable when C(image) is near 0. `decision`: the mean logit difference being explained (top option "
+             "− runner-up).", "",
+             "| question type | n | decision | " + " | ".join(ests) + " |", "|---" * (len(ests) + 3) + "|"]
+    for cat in cats:
+        e0 = by[first].get(cat, {})
+        cells = [category_cell(e, by[e][cat], numerator, denominator) if cat in by[e] else "–" for e in ests]
+        cells = [c + (f" (n = {by[e][cat]['n']})" if cat in by[e] and by[e][cat].get("n") not in (0, e0.get("n"))
+                      else "") for c, e in zip(cells, ests)]
+        lines.append(f"| {cat} | {e0.get('n', '–')} | {fmt(e0.get('decision'))} | " + " | ".join(cells) + " |")
+    blind = sorted({(cat, g) for e in ests if e in REMOVAL for cat, x in by[e].items() for g in x.get("blind") or []})
+    if blind:
+        lines += ["", "Blind spot of the removal-based estimators ("
+                  + ", ".join(e for e in ests if e in REMOVAL) + "): "
+                  + "; ".join(f"in `{cat}` every {g} donor is identical to the sample's own {g}, so removing it "
+                              f"changes no input and C({g}) is 0 by construction, not because the model ignores it"
+                              for cat, g in blind) + "."]
+    return lines + [""]
+
+
+def _order(results: dict, models: Sequence[str], est: str) -> list[str]:
+    return sorted(models, key=lambda s: -(results[s]["contrib"]["overall"][est]["delta"] or 0.0))
+
+
+def _separated(results: dict, order: Sequence[str], est: str) -> bool:
+    """Whether every adjacent pair in ``order`` has non-overlapping 95% intervals."""
+    cis = [results[s]["contrib"]["overall"][est]["ci95"] for s in order]
+    return all(a[0] is not None and b[1] is not None and a[0] > b[1] for a, b in zip(cis, cis[1:]))
+
+
+def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[str]:
+    """Markdown lines: per estimator the models ordered by Δ(text/image); which estimators give the same
+    order; the decomposition's MLP share of each modality's contribution; and why estimators that split
+    only attention (DLA) or measure only where attention goes disagree with the causal ones."""
+    ests = [e for e in results[models[0]]["contrib"]["overall"]
+            if all(e in results[s]["contrib"]["overall"] for s in models)]
+    orders = {e: _order(results, models, e) for e in ests}
+    lines = []
+    for e in ests:
+        chain = " > ".join(f"`{name(s)}` {_ci(results[s]['contrib']['overall'][e])}" for s in orders[e])
+        sep = "intervals separate" if _separated(results, orders[e], e) else "intervals overlap"
+        lines.append(f"- **{e}**: Δ(text/image) {chain} ({sep})")
+    groups: dict[tuple, list[str]] = {}
+    for e in ests:
+        groups.setdefault(tuple(orders[e]), []).append(e)
+    lines.append("")
+    if len(groups) == 1:
+        lines.append(f"**All estimators order the models the same way** ({' > '.join(map(name, orders[ests[0]]))}).")
+    else:
+        parts = [f"{' and '.join(es)} order{'s' if len(es) == 1 else ''} Δ {' > '.join(map(name, o))}"
+                 for o, es in groups.items()]
+        lines.append("**The estimators disagree**: " + "; ".join(parts) + ".")
+    open_ = [e for e in ests if not _separated(results, orders[e], e)]
+    if open_:
+        lines.append(f"Where adjacent intervals overlap ({', '.join(open_)}), that order is not resolved at this n.")
+    ref = next((e for e in CAUSAL if e in ests), None)
+    why = []
+    if "decomposition" in ests:
+        why.append("In logits (decomposition): " + "; ".join(
+            f"`{name(s)}` " + ", ".join(f"C({g}) {fmt(c)}" for g, c in
+                                        results[s]["contrib"]["overall"]["decomposition"]["contribution"].items()
+                                        if g in ("text", "image"))
+            for s in models) + ".")
+    for s in models:
+        dec = results[s]["contrib"].get("decomposition") or {}
+        share, total = dec.get("mlp_share") or {}, dec.get("total") or {}
+        if share:
+            why.append(f"In `{name(s)}` the decomposition credits "
+                       + ", ".join(f"{fmt(100 * share[g], 0)}% of C({g}) = {fmt(total.get(g))} logits"
+                                   for g in share if share[g] is not None) + " to MLP writes"
+                       + (f" (completeness residual {dec['completeness']['relative']:.1e} relative)"
+                          if (dec.get("completeness") or {}).get("relative") is not None else "") + ".")
+    if ref is not None:
+        agree = [e for e in ests if e != ref and orders[e] == orders[ref]]
+        differ = [e for e in ests if e != ref and orders[e] != orders[ref]]
+        if agree:
+            why.append(f"{', '.join(agree)} agree{'s' if len(agree) == 1 else ''} with {ref}'s order.")
+        if "dla" in differ:
+            mlp = [(s, (results[s]["contrib"].get("decomposition") or {}).get("mlp_share", {}).get("text"))
+                   for s in models]
+            big = [f"`{name(s)}` ({fmt(100 * v, 0)}%)" for s, v in mlp if v is not None and abs(v) >= 0.5]
+            why.append("DLA differs from " + ref + ": it assigns only attention writes to the group whose values "
+                       "they read, and no MLP write to any group"
+                       + (f"; the text contribution is mostly written by MLPs in {', '.join(big)}" if big else "")
+                       + ".")
+        if "attention" in differ:
+            why.append(f"Attention mass differs from {ref}: it says where the answer position looks, not what the "
+                       "decision needs.")
+    if why:
+        lines += [""] + why
+    return lines + [""]
