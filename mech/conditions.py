@@ -351,17 +351,25 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
             return None  # a decoding step after the prefill
         where, emb = hit
         source = emb[index.to(emb.device)] if index is not None else donor_emb.to(emb)
-        emb = emb.clone()
-        for i in range(mask.shape[0]):
-            if rows[i]:
-                emb[i, mask[i].to(emb.device)] = source[i, dmask[i].to(emb.device)]
-        return with_hidden(args, kwargs, where, emb)
+        return with_hidden(args, kwargs, where, splice_rows(emb, source, mask, dmask, rows))
 
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield
     finally:
         handle.remove()
+
+
+def splice_rows(emb: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, dmask: torch.Tensor,
+                rows: torch.Tensor) -> torch.Tensor:
+    """A copy of ``emb`` ``[batch, pos, d_model]`` whose ``mask`` ``[batch, pos]`` positions hold, in order,
+    ``source``'s ``dmask`` ``[batch, pos']`` positions (``source`` ``[batch, pos', d_model]``), in the
+    ``rows`` ``[batch]`` (bool) only; the two masks must select as many positions per changed row."""
+    emb = emb.clone()
+    for i in range(mask.shape[0]):
+        if rows[i]:
+            emb[i, mask[i].to(emb.device)] = source[i, dmask[i].to(emb.device)].to(emb)
+    return emb
 
 
 def donor_rows_ok(inputs: Any, donors: Any, groups: Sequence[str]) -> torch.Tensor:

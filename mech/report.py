@@ -232,7 +232,7 @@ def report(settings: ReportSettings) -> dict:
     summary = {"data": settings.data, "models": models, "overall": {}}
     if not single:
         lines += ["## Side by side: overall Δ(text/image) per estimator", "",
-                  "| estimator | " + " | ".join(f"{_slug(s)} Δ [95% CI]" for s in models) + " | intervals overlap |",
+                  "| estimator | " + " | ".join(f"{_slug(s)} Δ [95% CI]" for s in models) + " | two intervals overlap |",
                   "|---" * (len(models) + 2) + "|"]
         ests = list(results[models[0]]["contrib"]["overall"])
         for est in ests:
@@ -241,7 +241,8 @@ def report(settings: ReportSettings) -> dict:
                 o = results[s]["contrib"]["overall"][est]
                 cells.append(f"{_fmt(o['delta'], 2)} [{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}]")
                 cis.append(o["ci95"])
-            overlap = max(c[0] for c in cis) <= min(c[1] for c in cis)
+            known = [c for c in cis if c and None not in c]  # an undefined Δ has no interval
+            overlap = any(max(a[0], b[0]) <= min(a[1], b[1]) for i, a in enumerate(known) for b in known[i + 1:])
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
         save_figure(compare_figure({_slug(s): results[s]["contrib"] for s in models}), out / "compare.png")
         ns = sorted({results[s]["contrib"]["n"] for s in models})

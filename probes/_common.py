@@ -8,13 +8,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEFAULT_MODELS = ["organism:balanced", "organism:text-biased"]
+DEFAULT_MODELS = ["organism:image-biased", "organism:balanced", "organism:text-biased"]
 
 
 def parse(description: str, n: int) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", action="append", default=None, help="model spec (repeat for several); "
-                   "default: the balanced and text-biased organisms")
+                   "default: the image-biased, balanced and text-biased organisms")
     p.add_argument("--data", default="organism:shapes")
     p.add_argument("--n", type=int, default=n)
     p.add_argument("--out", default="figures")

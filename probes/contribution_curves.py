@@ -1,4 +1,4 @@
-"""Figure: per-layer modality contributions from three estimators and Δ(text/image) per model
+"""Figure: per-layer modality contributions from the four estimators and Δ(text/image) per model
 (figures/contrib_<model>.png), and the overall Δ side by side (figures/contrib_compare.png)."""
 
 from _common import load, parse, save, short

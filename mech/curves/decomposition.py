@@ -87,6 +87,7 @@ class Removal:
                                   noise_scale=self.noise[1]):
                 yield
             return
+        from mech.conditions import splice_rows
         from mech.engines.hooks import find_hidden, with_hidden
 
         def hook(module, args, kwargs):
@@ -94,11 +95,8 @@ class Removal:
             if hit is None or hit[1].shape[:2] != self.mask.shape:
                 return None  # a decoding step after the prefill
             where, emb = hit
-            emb, src = emb.clone(), self.source.to(emb)
-            for i in range(self.mask.shape[0]):
-                if self.rows[i]:
-                    emb[i, self.mask[i].to(emb.device)] = src[i, self.dmask[i].to(emb.device)]
-            return with_hidden(args, kwargs, where, emb)
+            return with_hidden(args, kwargs, where,
+                               splice_rows(emb, self.source.to(emb), self.mask, self.dmask, self.rows))
 
         handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
         try:

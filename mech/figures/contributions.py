@@ -8,7 +8,7 @@ import math
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
-from mech.figures.style import GROUP_COLORS, RC, SERIES, finish, new_figure, style, wrap
+from mech.figures.style import GROUP_COLORS, OKABE_ITO, RC, SERIES, finish, new_figure, style, wrap
 
 UNITS = {"attention": "attention mass (fraction)", "patching": "restored logit diff (logits)",
          "dla": "direct logit attribution (logits)", "decomposition": "Shapley share (logits)"}
@@ -26,6 +26,12 @@ def _values(ys) -> list[float]:
 def _present(ys) -> bool:
     """Whether a curve has any non-zero value (a group the model has no tokens of is all zero)."""
     return any(y == y and y != 0 for y in _values(ys))
+
+
+#: colour, line style and marker of each estimator's Δ curve: none of the token groups' colours
+#: (GROUP_COLORS), so an estimator's line is never read as a group's
+ESTIMATOR_STYLE = {"attention": (OKABE_ITO["black"], "-", "o"), "patching": (OKABE_ITO["purple"], "--", "s"),
+                   "dla": (OKABE_ITO["sky"], ":", "^"), "decomposition": (OKABE_ITO["green"], "-.", "D")}
 
 
 def _ratio_label(contrib: dict) -> str:
@@ -67,7 +73,9 @@ def decomposition_panel(ax, contrib: dict, handles: dict) -> None:
     for g, ys in (contrib.get("cumulative", {}).get("decomposition") or {}).items():
         if g in players and _present(ys):
             ax.plot(range(len(ys)), _values(ys), marker="o", color=GROUP_COLORS.get(g), label=g)
-    ax.legend(list(handles.values()), list(handles), fontsize=5.5, loc="best", handlelength=1.2, ncol=2)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.5 * (hi - lo))  # the top third free for the legend of the components
+    ax.legend(list(handles.values()), list(handles), fontsize=5.5, loc="upper left", handlelength=1.2, ncol=2)
 
 
 def contribution_figure(contrib: dict, title: str = "") -> Figure:
@@ -107,7 +115,8 @@ def contribution_figure(contrib: dict, title: str = "") -> Figure:
             ys = [y if y is not None and y > 0 else math.nan for y in _values(contrib["imbalance_ratio"][est])]
             o = contrib["overall"][est]
             lo, hi = o["ci95"]
-            ax.plot(range(len(ys)), ys, marker="o", color=SERIES[k % len(SERIES)],
+            color, ls, marker = ESTIMATOR_STYLE.get(est, (SERIES[k % len(SERIES)], "-", "o"))
+            ax.plot(range(len(ys)), ys, marker=marker, ls=ls, color=color,
                     label=f"{est}: {o['delta']:.2f} [{lo:.2f}, {hi:.2f}]")
         ax.axhline(1, color="black", lw=0.8, ls="--")
         ax.set_yscale("log")
@@ -150,5 +159,5 @@ def compare_figure(results: dict[str, dict], title: str = "") -> Figure:
         ax.set_yscale("log")
         ax.set_ylabel(f"overall {_ratio_label(first)}")
         ax.set_title(wrap(title or "Modality imbalance ratio by estimator (95% CI)", fig.get_figwidth() - 0.5))
-        ax.legend(loc="best")
+        fig.legend(loc="outside lower center", ncol=len(models))  # never over a bar or the Δ = 1 line
     return finish(fig)
