@@ -373,3 +373,18 @@ def test_organism_on_mmmu_pro_says_words_are_outside_its_vocabulary(organism, tm
     with warnings.catch_warnings():
         warnings.simplefilter("error", FitWarning)
         assert check_data_fit(organism, load_data("organism:shapes", n=20)) == 0.0
+
+
+def test_eval_skips_a_prompt_longer_than_the_model_and_answers_the_rest(organism):
+    """A row whose prompt alone is longer than the organism's 128 positions is skipped with its reason by
+    evaluate (one bad row never fails the data set); the other rows are answered as they are alone."""
+    from mech.measure.evaluation.run import evaluate
+
+    data = load_data("organism:shapes", n=3)
+    long = dict(data[1], id="too-long", question=" ".join(["what"] * 300) + " ?")
+    both = evaluate(organism, [data[0], long, data[2]], conditions=("complete",), progress=False)
+    alone = evaluate(organism, [data[0], data[2]], conditions=("complete",), progress=False)
+    assert both["skipped"]["count"] == 1 and both["skipped"]["items"][0]["id"] == "too-long"
+    assert "128 positions" in both["skipped"]["items"][0]["reason"]
+    assert both["ids"] == alone["ids"] == [data[0]["id"], data[2]["id"]]
+    assert both["predictions"] == alone["predictions"]

@@ -12,6 +12,7 @@ import torch
 
 from mech.conditions import NEEDS_IMAGE, check_condition, condition_inputs
 from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
+from mech.prepare.fit import max_positions
 from mech.errors import ConfigError, DataError, InputError, MechError
 from mech.measure.evaluation.answering import (DEFAULT_MAX_NEW_TOKENS, check_method, generate_batch, is_correct,
                                        option_token_ids, parse_response, score_batch)
@@ -42,13 +43,22 @@ def _answer_batch(m, batch: list[dict], condition: str, *, method: str, scoring:
     return {"pred": [parse_response(r, s) for r, s in zip(responses, batch)], "responses": responses}
 
 
-def _eligible(samples: list[dict], conditions: Sequence[str], method: str, scoring: str, tokenizer):
+def _eligible(samples: list[dict], conditions: Sequence[str], method: str, scoring: str, tokenizer,
+              style: str = "direct", limit: int | None = None):
+    """``(keep, skipped)``: the samples this model can answer, and ``(id, reason)`` of the others (no image
+    for an image condition; options outside the vocabulary; a prompt whose words alone exceed the model's
+    ``limit`` positions; one that fits only without its image tokens still raises in ``m.prepare``)."""
     keep, skipped = [], []
     need_image = [c for c in conditions if c in NEEDS_IMAGE]
     for s in samples:
         if need_image and not s.get("images"):
             skipped.append((str(s.get("id")), f"no image (conditions {', '.join(need_image)} need one)"))
             continue
+        if limit is not None and tokenizer is not None:
+            n = len(tokenizer(format_prompt(s, style))["input_ids"])
+            if n > limit:
+                skipped.append((str(s.get("id")), f"prompt longer than the model's {limit} positions"))
+                continue
         if method == "score":
             try:
                 option_token_ids(tokenizer, s, scoring)
@@ -110,7 +120,7 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
     Raises:
         MechError: a condition fails on this batch (the message names the condition and samples).
     """
-    keep, skipped = _eligible(list(batch), p.conditions, p.method, p.scoring, m.tokenizer)
+    keep, skipped = _eligible(list(batch), p.conditions, p.method, p.scoring, m.tokenizer, p.style, max_positions(m))
     records = {}
     ids = [str(s["id"]) for s in keep]
     for cond in p.conditions if keep else ():
