@@ -217,13 +217,15 @@ def corrupt_features(m: Any, inputs: Any, condition: str, *, seed: int = 0, nois
         ConfigError: unknown condition; ``mean`` of the wrong shape.
         InputError: no image/video positions in ``inputs``; the decoder was called without
             ``inputs_embeds``.
-        UnsupportedArchitectureError: a cross-attention family (Mllama).
+        UnsupportedArchitectureError: a cross-attention family (Mllama); visual groups on a family that
+            adds visual features after decoder layers (Qwen3-VL's deepstack, :func:`require_input_only_visual`).
     """
     check_condition(condition)
     if condition not in FEATURE_CONDITIONS:
         yield
         return
     m.require_decoder_sequence(f"corrupt_features({condition!r})")
+    require_input_only_visual(m, groups, f"corrupt_features({condition!r})")
     token_groups = groups
     groups = m.inputs(inputs).groups
     mask = _group_mask(groups, token_groups)
@@ -325,8 +327,11 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
     Raises:
         InputError: row counts differ, or a swapped row's group lengths differ (choose donors with
             equal group lengths, e.g. :func:`mech.curves.donors.pair_donors`).
+        UnsupportedArchitectureError: visual groups on a family with deepstack injections
+            (:func:`require_input_only_visual`).
     """
     m.require_decoder_sequence("resample_features")
+    require_input_only_visual(m, groups, "resample_features")
     inputs = m.inputs(inputs)
     mask = _group_mask(inputs.groups, groups)
     index = None
@@ -358,6 +363,22 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
         yield
     finally:
         handle.remove()
+
+
+def require_input_only_visual(m: Any, groups: Sequence[str], what: str) -> None:
+    """Raise UnsupportedArchitectureError (naming the input conditions that remove the image everywhere)
+    for visual ``groups`` on a family that also adds visual features after early decoder layers
+    (``m.arch.injection_layers``: Qwen3-VL's deepstack), which an input-embedding edit leaves clean."""
+    from mech.errors import UnsupportedArchitectureError
+
+    visual = [g for g in groups if g in VISUAL_GROUPS]
+    layers = tuple(getattr(m.arch, "injection_layers", ()) or ())
+    if visual and layers:
+        raise UnsupportedArchitectureError(
+            f"{what} edits the {'/'.join(visual)} embeddings at the decoder's input, but {m.arch.model_type} also adds "
+            f"visual features after decoder layers {list(layers)} (deepstack), which would keep the clean image; "
+            "use an input condition instead (white_image, black_image, noise_image: a real forward without the "
+            "image), or the attention and dla estimators (mech contrib --estimators attention dla).")
 
 
 def splice_rows(emb: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, dmask: torch.Tensor,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-#: estimators that remove a group (their contribution is 0 where the removal changes no input)
-REMOVAL = ("patching", "decomposition")
+from mech.curves.summary import REMOVAL_ESTIMATORS as REMOVAL  # 0 where the removal changes no input
 #: the causal reference estimators, in order of preference
 CAUSAL = ("patching", "decomposition")
 #: |C(denominator)| below this share of max(1, |decision|) prints no Δ (the ratio is unstable there)
@@ -145,6 +144,13 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
         if "attention" in differ:
             why.append(f"Attention mass differs from {ref}: it says where the answer position looks, not what the "
                        "decision needs.")
+    same = [(s, e, g, v) for s in models for e in ests if e in REMOVAL
+            for g, v in (results[s]["contrib"]["overall"][e].get("identical_donor") or {}).items() if v]
+    if same:
+        why.append("Removal-based estimators count as 0 the samples whose donor has the same content: "
+                   + "; ".join(f"`{name(s)}` {e} {g} {fmt(100 * v, 0)}%" for s, e, g, v in same)
+                   + " of the samples (a fixed question wording repeats across samples); their C is a lower "
+                   "bound there.")
     if why:
         lines += [""] + why
     return lines + [""]

@@ -36,7 +36,10 @@ POSITIONS = ("image", "text", "last", "all")
 
 
 def _max_err(m, inp, eps, direction, methods):
-    ctx = lambda: corrupt_features(m, inp, "visual_noise", noise_scale=eps, seed=1)  # noqa: E731
+    # deepstack families (qwen3_vl) refuse visual feature noise (the image also enters after early
+    # layers); the question's embeddings are noised there instead, through the same layers
+    groups = ("text",) if m.arch.injection_layers else ("image", "video")
+    ctx = lambda: corrupt_features(m, inp, "visual_noise", noise_scale=eps, seed=1, groups=groups)  # noqa: E731
     exact = activation_patching(m, inp, inp, site=list(SITES), positions=POSITIONS, direction=direction,
                                 corrupted_context=ctx)
     out = {}

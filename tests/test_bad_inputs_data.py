@@ -163,7 +163,7 @@ def test_array_layouts():
 BAD_IMAGES = [
     ("float-over-1", RGB.astype(np.float32), "divide 0-255 pixels by 255"),
     ("float-normalized", (RGB / 255 - 0.5) / 0.25, "undo any normalization"),
-    ("float-nan", np.full((4, 4, 3), np.nan), "NaN or infinite"),
+    ("float-nan", np.full((8, 8, 3), np.nan), "NaN or infinite"),
     ("int-over-255", RGB.astype(np.int32) * 2, "outside 0-255"),
     ("int-negative", RGB.astype(np.int16) - 128, "outside 0-255"),
     ("mode-i-over-255", Image.fromarray(GREY.astype(np.int32) * 300), "mode 'I;16' image"),
@@ -388,3 +388,28 @@ def test_eval_skips_a_prompt_longer_than_the_model_and_answers_the_rest(organism
     assert "128 positions" in both["skipped"]["items"][0]["reason"]
     assert both["ids"] == alone["ids"] == [data[0]["id"], data[2]["id"]]
     assert both["predictions"] == alone["predictions"]
+
+
+def test_rgb_key_colour_transparency_is_white_as_transformers_reads_it():
+    """An RGB image with a tRNS key colour: the key pixels become white, as transformers'
+    convert_to_rgb composites them (the oracle), the others are unchanged."""
+    arr = np.full((6, 6, 3), 200, dtype=np.uint8)
+    arr[:3] = (10, 20, 30)
+    im = Image.fromarray(arr, "RGB")
+    im.info["transparency"] = (10, 20, 30)
+    got = np.asarray(read_image(im))
+    assert (got[:3] == 255).all() and (got[3:] == 200).all()
+    assert np.array_equal(got, np.asarray(convert_to_rgb(im, return_numpy=True)))
+
+
+def test_an_array_whose_layout_is_ambiguous_is_refused():
+    """[4, 4, 3]: both ends could be the channels; refused rather than read as a 3x4 RGBA image."""
+    with pytest.raises(InputError, match="PIL.Image.fromarray"):
+        read_image(np.full((4, 4, 3), 0.5))
+    assert read_image(np.full((8, 8, 3), 0.5)).size == (8, 8)  # unambiguous: [H, W, C]
+
+
+def test_a_struct_with_an_absolute_path_and_no_base_is_read(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    assert np.array_equal(np.asarray(read_image({"bytes": None, "path": str(tmp_path / "a.png")})), arr)

@@ -52,7 +52,12 @@ def test_completeness_on_every_family(family):
     m = mech.load(tiny_model(family))
     inputs = m.inputs(tiny_inputs(family, m.processor, batch=2))
     a, b = _ids(m, 2)
-    rem = _removals(m, inputs)
+    if m.arch.injection_layers:  # deepstack: the image also enters after early layers, so it is not removable
+        with pytest.raises(UnsupportedArchitectureError, match="deepstack"):
+            _removals(m, inputs)
+        rem = noise_removals(m, inputs, ("text",), seed=0)  # the text alone is still a complete game
+    else:
+        rem = _removals(m, inputs)
     assert all(bool(r.rows.all()) for r in rem.values()), "the tiny rows must have donors"
     d = decompose(m, inputs, a, b, rem)
     assert d.attn.shape == (2, m.arch.n_layers, len(rem)) and d.mlp.shape == d.attn.shape
@@ -292,3 +297,34 @@ def test_report_compares_three_models(tmp_path):
     assert len(compare["overall"]) == 3 and all("decomposition" in o for o in compare["overall"].values())
     contrib = json.loads((tmp_path / "out" / "m0" / "contrib.json").read_text())
     assert set(contrib["by_category"]) == set(contrib["overall"])
+
+
+def test_deepstack_keeps_the_clean_image_so_visual_feature_corruption_is_refused():
+    """Why qwen3_vl is refused: besides its input embeddings, its decoder receives a second copy of the
+    image (deepstack features from the vision tower, added after early layers; seen here by a
+    hand-written pre-hook), which an edit of the input embeddings leaves clean. Both feature
+    corruptions refuse, naming the input conditions that do remove the image; the text stays removable."""
+    from mech.conditions import corrupt_features, resample_features
+
+    m = mech.load(tiny_model("qwen3_vl"))
+    assert m.arch.injection_layers
+    inputs = m.inputs(tiny_inputs("qwen3_vl", m.processor, batch=2))
+    seen = []
+
+    def grab(module, args, kwargs):  # every list of [n_visual, d_model] tensors the decoder receives
+        seen.append([v for v in kwargs.values() if isinstance(v, (list, tuple)) and v
+                     and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in v)])
+
+    handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        m.logits(inputs)
+        assert seen[0], "the tiny qwen3_vl must pass deepstack features to its decoder"
+    finally:
+        handle.remove()
+    for ctx in (lambda: corrupt_features(m, inputs, "visual_noise"),
+                lambda: resample_features(m, inputs, torch.tensor([1, 0]))):
+        with pytest.raises(UnsupportedArchitectureError, match="white_image"):
+            with ctx():
+                pass
+    text_only = noise_removals(m, inputs, ("text",))
+    assert set(text_only) == {"text"}  # the text's removal is unaffected

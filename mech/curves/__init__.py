@@ -127,7 +127,8 @@ class Contributions:
         "The run layer's contract"); ``decomposition`` (:func:`mech.curves.summary.decomposition_json`)
         with that estimator; ``by_category.{estimator}.{category}`` when ``categories`` (one question type
         per sample, :func:`mech.curves.summary.category_of`) are given (:func:`mech.curves.summary.by_category`)."""
-        from mech.curves.summary import by_category, decomposition_json
+        from mech.curves.summary import (REMOVAL_ESTIMATORS, by_category, decomposition_json, estimated,
+                                         identical_donor)
 
         out: dict = {"groups": list(self.groups), "pool": {e: POOL[e] for e in self.per_sample},
                      "ratio": f"{numerator}/{denominator}", "curves": {}, "cumulative": {},
@@ -141,6 +142,10 @@ class Contributions:
             r = self.imbalance(est, numerator, denominator, n_boot=n_boot)
             out["imbalance_ratio"][est] = r.per_layer.tolist()
             out["overall"][est] = r.to_json()
+            if est in REMOVAL_ESTIMATORS:  # the samples whose removal changed no input count as 0
+                i, j = self.groups.index(numerator), self.groups.index(denominator)
+                keep = torch.nonzero(estimated(x, i, j)).flatten()
+                out["overall"][est].update(identical_donor(self.components, keep, (denominator, numerator)))
             out["n"] = int(x.shape[0])
         if self.dla_decomposition():
             out["dla_decomposition"] = self.dla_decomposition()

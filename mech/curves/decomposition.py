@@ -118,9 +118,10 @@ def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tup
     Raises:
         InputError: a changed row's group has another number of positions than its donor's.
     """
-    from mech.conditions import decoder_input_embeds
+    from mech.conditions import decoder_input_embeds, require_input_only_visual
     from mech.curves.donors import batch_donors
 
+    require_input_only_visual(m, groups, "the decomposition's resample removal")
     inputs = m.inputs(inputs)
     clean = decoder_input_embeds(m, inputs)  # [batch, pos, d_model], no hook registered
     out = {}
@@ -151,15 +152,19 @@ def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tup
 
 def noise_removals(m, inputs, groups: Sequence[str], *, seed: int = 0, noise_scale: float = 3.0) -> dict[str, Removal]:
     """Gaussian-noise :class:`Removal` (std ``noise_scale`` × the group's embedding std) of each of
-    ``groups`` that ``inputs`` have positions of; every row is changed, none is ``same``."""
+    ``groups`` that ``inputs`` have positions of; every row is changed, none is ``same``. Each group's
+    noise has its own seed (``seed + k`` for the k-th group), so with both removed the noises are independent."""
+    from mech.conditions import require_input_only_visual
+
+    require_input_only_visual(m, groups, "the decomposition's noise removal")
     inputs = m.inputs(inputs)
     out = {}
-    for g in groups:
+    for k, g in enumerate(groups):
         mask = inputs.groups.mask(g).cpu()
         if bool(mask.any()):
             b = mask.shape[0]
             out[g] = Removal(g, mask, torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool),
-                             noise=(seed, noise_scale))
+                             noise=(seed + k, noise_scale))
     return out
 
 

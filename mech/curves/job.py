@@ -65,16 +65,14 @@ class ContribJob:
         from mech.curves import PATCHED_GROUPS, Contributions
         from mech.curves.summary import category_of
         from mech.figures import contribution_figure, save_figure
-        from mech.prepare.groups import GROUPS
         from mech.results import write_tensors
 
         s = self.settings
         data = store.gather()
         removing = [e for e in ("patching", "decomposition") if e in s.estimators]
         meta = {"corruption": s.ablation if removing else None}
-        if context:  # resample donors were paired
-            meta["patching_without_donor"] = {g: int(torch.isnan(data[removing[0]][:, 0, GROUPS.index(g)]).sum())
-                                              for g in PATCHED_GROUPS}
+        if context:  # resample donors were paired: count, per group, the samples the pairing found none for
+            meta["patching_without_donor"] = {g: sum(d is None for d in context[g]) for g in PATCHED_GROUPS}
         per_sample = {e: data[e] for e in s.estimators}
         contrib = Contributions(per_sample, meta=meta, components={
             k: v for k, v in data.items() if k not in per_sample and k not in ("answer", "counterfactual")})

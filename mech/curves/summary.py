@@ -41,7 +41,7 @@ def _mean(x: torch.Tensor) -> float | None:
     return None if x.numel() == 0 else float(x.mean())
 
 
-def _estimated(x: torch.Tensor, i: int, j: int) -> torch.Tensor:
+def estimated(x: torch.Tensor, i: int, j: int) -> torch.Tensor:
     """``[sample]`` bool: both groups estimated at every layer (as :func:`mech.curves.ratio.imbalance`)."""
     return ~(torch.isnan(x[..., i]).any(1) | torch.isnan(x[..., j]).any(1))
 
@@ -55,7 +55,7 @@ def group_imbalance(x: torch.Tensor, groups: tuple[str, ...], pool: Pool, numera
                          seed=seed).to_json()
     except InputError:
         i, j = groups.index(numerator), groups.index(denominator)
-        x = x[_estimated(x, i, j)].double()
+        x = x[estimated(x, i, j)].double()
         if x.shape[0] == 0:
             return {"dominant": None, "underutilized": None, "delta": None, "ci95": [None, None],
                     "contribution": {g: None for g in groups}, "n": 0}
@@ -93,15 +93,23 @@ def by_category(per_sample: Mapping[str, torch.Tensor], components: Mapping[str,
             idx = torch.tensor([k for k, c in enumerate(categories) if c == cat])
             sub = x[idx]
             entry = group_imbalance(sub, groups, pools[est], numerator, denominator, n_boot=n_boot)
-            keep = idx[_estimated(sub, i, j)]
+            keep = idx[estimated(sub, i, j)]
             entry["decision"] = _mean(decision[keep]) if decision is not None else None
             if est in REMOVAL_ESTIMATORS:
-                shares = {g: _mean(components[f"same.{g}"][keep]) for g in (denominator, numerator)
-                          if f"same.{g}" in components}
-                entry["identical_donor"] = shares
-                entry["blind"] = [g for g, v in shares.items() if v is not None and v >= 1.0]
+                entry.update(identical_donor(components, keep, (denominator, numerator)))
             out[est][cat] = entry
     return out
+
+
+def identical_donor(components: Mapping[str, torch.Tensor], keep: torch.Tensor, groups: Sequence[str]) -> dict:
+    """``{"identical_donor": {group: share}, "blind": [groups]}`` over the samples ``keep`` (indices): the
+    share whose donor's embeddings of the group equal their own (``components["same.<group>"]``, so
+    removing the group changed no input and its contribution is 0 by construction), and the groups
+    where that is every sample. Empty when no ``same.<group>`` was recorded (noise ablation)."""
+    shares = {g: _mean(components[f"same.{g}"][keep]) for g in groups if f"same.{g}" in components}
+    if not shares:
+        return {}
+    return {"identical_donor": shares, "blind": [g for g, v in shares.items() if v is not None and v >= 1.0]}
 
 
 def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str, ...],

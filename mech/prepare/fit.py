@@ -58,7 +58,7 @@ def check_length(m: MechModel, data: Mapping[str, Any], prompts: Sequence[str] =
     for i, n in enumerate(lengths.tolist()):
         if n > limit:
             text = f" {prompts[i][:50]!r}" if i < len(prompts) else ""
-            raise InputError(f"prompt {i}{text} is {int(n)} tokens long (its words, chat template and image "
+            raise InputError(f"prompt {i} of this batch{text} is {int(n)} tokens long (its words, chat template and image "
                              f"tokens), over the model's maximum of {limit} positions (max_position_embeddings of "
                              "its text config); shorten the prompt, pass fewer or smaller images, or use a model "
                              "with a longer context.")

@@ -12,7 +12,7 @@ they would silently produce other pixels:
 * 16-bit images are scaled to 8 bits, ``round(v * 255 / 65535)``; Pillow's own ``convert`` clips
   them, so that almost every 16-bit image would become pure white;
 * channel order of arrays is inferred with ``transformers.image_utils.infer_channel_dimension_format``
-  (``[C, H, W]`` when both ends could be channels, its rule); float arrays in ``[0, 1]`` are scaled
+  (an array whose both ends could be channels, e.g. ``[4, 4, 3]``, is refused rather than guessed); float arrays in ``[0, 1]`` are scaled
   by 255 as ``transformers.image_transforms.to_pil_image`` does, but rounded (it truncates), so that
   ``uint8 / 255`` comes back exactly.
 """
@@ -136,8 +136,10 @@ def _from_struct(cell: dict, label: str, base: Any) -> Image.Image:
     data, path = cell.get("bytes"), cell.get("path")
     if data:
         return _from_pil(_open_bytes(bytes(data), label), label)
-    if path and base is not None and (Path(base) / str(path)).is_file():
-        return _from_path(Path(base) / str(path), label, None)
+    where = Path(str(path)) if path and (base is None or Path(str(path)).is_absolute()) else (
+        Path(base) / str(path) if path else None)
+    if where is not None and where.is_file():
+        return _from_path(where, label, None)
     raise InputError(f"{label} has neither image bytes nor a readable path; give the struct its 'bytes' (or a "
                      "'path' next to the data file) or drop the row.")
 
@@ -161,7 +163,7 @@ def _from_pil(im: Image.Image, label: str) -> Image.Image:
     except _BAD_DECODE as exc:
         raise InputError(f"{label} cannot be decoded ({type(exc).__name__}: {exc}); re-encode it as PNG/JPEG.") from None
     im = _upright(im, label)
-    if im.mode == "RGB":
+    if im.mode == "RGB" and "transparency" not in im.info:  # an RGB key colour is composited below
         return im
     if im.mode.startswith("I;16"):
         return _sixteen_bit(im)
@@ -239,6 +241,10 @@ def _from_array(image: Any, label: str) -> Image.Image:
     if arr.ndim == 2:
         arr = arr[..., None]
     elif arr.ndim == 3:
+        if shape[0] in (1, 3, 4) and shape[-1] in (1, 3, 4):
+            raise InputError(f"{label} has shape {shape}: both its first and its last axis could be the channels, "
+                             "so [C, H, W] and [H, W, C] cannot be told apart; pass a PIL.Image "
+                             "(PIL.Image.fromarray(array)) or an array with more than 4 rows.")
         try:
             side = infer_channel_dimension_format(arr, num_channels=(1, 3, 4))
         except ValueError:

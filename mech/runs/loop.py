@@ -20,13 +20,14 @@ same bytes as an uninterrupted one. Adding an instrument is writing one :class:`
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from mech.errors import Interrupted
 from mech.prepare.data import skipped_summary
-from mech.prepare.fit import check_data_fit
+from mech.prepare.fit import FitWarning, check_data_fit
 from mech.results import BatchStore, remove_stale_temps, write_json
 from mech.runs import checks, folder, shards
 from mech.runs.settings import Settings
@@ -128,9 +129,11 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         if m is not None and getattr(job, "decoder_sequence", True):
             m.require_decoder_sequence(f"mech {s.command}")  # before anything is computed
         if m is not None and todo:
-            check_data_fit(m, samples)  # one FitWarning per data set whose words the tokenizer lacks
+            check_data_fit(m, data)  # one FitWarning per data set whose words the tokenizer lacks ...
         store = BatchStore(root, ident, clear=shard.computes)
-        _compute(job, m, store, data, context, todo, size, shard)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # ... not one more per batch from m.prepare
+            _compute(job, m, store, data, context, todo, size, shard)
     except BaseException as exc:
         if store is not None:
             store.remove_if_empty()

@@ -33,6 +33,8 @@ Sources:
   - ``"user+template"``: text ∪ template, BOS excluded: the public re-implementation
     (github.com/Song-haJo/LangOverrule, ``get_token_masks``: text = every token that is not the
     modality placeholder, BOS, EOS or padding; mech counts an EOS id inside the prompt as template).
+    It is every non-modality group but ``bos``: under FastV's scheme that is ``system`` and
+    ``instruction``, and ``system`` holds the BOS token there (pass a tuple of groups to leave it out).
   - a tuple of group names.
 
   And how samples are combined is ``aggregate`` (:data:`AGGREGATES`, :func:`mdi_summary`,
