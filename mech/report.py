@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mech.report_words import agreement, category_table
+from mech.report_words import agreement, category_table, fmt
 from mech.results import read_json, write_json, write_text
 from mech.runs.settings import ReportSettings
 
@@ -54,7 +54,7 @@ def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
 
 
 def _fmt(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return fmt(x, digits)
 
 
 def present_groups(att: dict) -> list[str]:

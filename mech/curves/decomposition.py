@@ -207,12 +207,17 @@ class Decomposition:
     def completeness(self) -> dict[str, float]:
         """``max_abs`` and ``relative`` (``max_abs / max(1, max |decision|, max |rest|)``) of :meth:`residual`
         over the rows with donors, and :data:`TOLERANCE`."""
-        r = self.residual()[self.rows]
-        if r.numel() == 0:
-            return {"max_abs": None, "relative": None, "tolerance": TOLERANCE}
-        scale = max(1.0, float(self.decision[self.rows].abs().max()), float(self.rest[self.rows].abs().max()))
-        top = float(r.abs().max())
-        return {"max_abs": top, "relative": top / scale, "tolerance": TOLERANCE}
+        return completeness(self.residual()[self.rows], self.decision[self.rows], self.rest[self.rows])
+
+
+def completeness(residual: torch.Tensor, decision: torch.Tensor, rest: torch.Tensor) -> dict[str, float | None]:
+    """``{"max_abs", "relative", "tolerance"}`` of the per-sample completeness ``residual`` ``[sample]`` (logits):
+    ``relative = max |residual| / max(1, max |decision|, max |rest|)``; None without samples."""
+    if residual.numel() == 0:
+        return {"max_abs": None, "relative": None, "tolerance": TOLERANCE}
+    scale = max(1.0, float(decision.abs().max()), float(rest.abs().max()))
+    top = float(residual.abs().max())
+    return {"max_abs": top, "relative": top / scale, "tolerance": TOLERANCE}
 
 
 def shapley_weights(n: int) -> list[float]:

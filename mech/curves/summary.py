@@ -123,7 +123,7 @@ def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str
     ``removed`` (that run's own logit difference), ``interaction``, ``completeness`` (``max_abs`` and
     ``relative`` residual of Σ φ = decision − rest, the ``tolerance`` and whether it holds), ``n``.
     """
-    from mech.curves.decomposition import TOLERANCE
+    from mech.curves.decomposition import TOLERANCE, completeness
 
     attn, mlp, embed = (components[f"decomposition.{k}"].double() for k in ("attn", "mlp", "embed"))
     players = [g for g in players if g in groups and not torch.isnan(attn[..., groups.index(g)]).all()]
@@ -143,13 +143,7 @@ def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str
         share[g] = None if t is None or abs(t) < floor else _mean(mlp[:, :, k].sum(1)) / t
     out["mlp_share"] = share
     out.update({k: _mean(v) for k, v in scalars.items()})
-    if int(rows.sum()):
-        res = total.sum(-1) - (scalars["decision"] - scalars["rest"])
-        top = float(res.abs().max())
-        scale = max(1.0, float(scalars["decision"].abs().max()), float(scalars["rest"].abs().max()))
-        out["completeness"] = {"max_abs": top, "relative": top / scale, "tolerance": TOLERANCE,
-                               "ok": top / scale <= TOLERANCE}
-    else:
-        out["completeness"] = {"max_abs": None, "relative": None, "tolerance": TOLERANCE, "ok": None}
+    c = completeness(total.sum(-1) - (scalars["decision"] - scalars["rest"]), scalars["decision"], scalars["rest"])
+    out["completeness"] = {**c, "ok": None if c["relative"] is None else c["relative"] <= TOLERANCE}
     out["n"] = int(rows.sum())
     return out
