@@ -13,11 +13,10 @@ random input embeddings, batch 1, no cache, under ``torch.no_grad``:
   LVLM-Interpret need), reported as ``OOM`` when it runs out of memory.
 
 Rows: on CPU, the organism's decoder (``organism:balanced`` if built, else a random LLaVA of the
-organism's size: 6 Llama layers, hidden 128, 4 heads) at its real length and at ~1k tokens; on a
-CUDA GPU (when available), a Qwen2.5-VL-7B-size decoder (28 layers, hidden 3584, 28 heads / 4 KV
-heads) with random weights in bf16 at ~1k, 4k and 16k visual tokens. Time = median of repeats after a
-warm-up (CPU: one thread, the modes interleaved in every repeat); memory = peak allocated CUDA memory (weights included) on GPU, peak RSS of a forked process
-(weights included) on CPU.
+organism's size: 6 Llama layers, hidden 128, 4 heads) at its real length and at ~1k tokens. Time = median
+of repeats after a warm-up (one thread, the modes interleaved in every repeat); memory = peak RSS of a
+forked process (weights included). The GPU rows (Qwen2.5-VL-7B and LLaVA-1.5-7B at ~1k, 4k and 16k visual
+tokens, through ``mech.attention_mass`` itself) live in ``benchmarks/gpu.py``.
 """
 
 from __future__ import annotations
@@ -56,20 +55,6 @@ def organism_model():
         return mech.load((T.LlavaForConditionalGeneration(cfg).eval(), None)), "random organism-size LLaVA"
 
 
-def qwen7b_model(device: str):
-    import transformers as T
-
-    cfg = T.Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                         num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=3584),
-        image_token_id=151655, video_token_id=151656)
-    with torch.device(device):
-        model = T.Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16).eval()
-    return mech.load((model, None)), "Qwen2.5-VL-7B size, random, bf16"
-
-
 def _setup(m, n_img: int, n_txt: int, device, dtype):
     lm = m.arch.module(m.model, "language_model")
     length = 1 + n_img + n_txt
@@ -98,42 +83,30 @@ def _run(m, lm, x, groups, mode: str):
         return lm(inputs_embeds=x, use_cache=False)
 
 
-def _measure(m, lm, x, groups, mode: str, reps: int, cuda: bool):
-    """(median seconds, peak bytes) or ("OOM", None)."""
+def _measure(m, lm, x, groups, mode: str, reps: int):
+    """(median seconds, peak RSS bytes of the process) of ``mode`` after a warm-up, on the CPU."""
     before = m.model.config.get_text_config()._attn_implementation
     if mode == "eager":
         m.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             _run(m, lm, x, groups, mode)  # warm-up
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
             times = []
             for _ in range(reps):
                 t = time.perf_counter()
-                out = _run(m, lm, x, groups, mode)
-                if cuda:
-                    torch.cuda.synchronize()
+                _run(m, lm, x, groups, mode)
                 times.append(time.perf_counter() - t)
-                del out
-        peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return statistics.median(times), peak
-    except torch.cuda.OutOfMemoryError:
-        return "OOM", None
+        return statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     finally:
         if mode == "eager":
             m.model.set_attn_implementation(before)
-        if cuda:
-            torch.cuda.empty_cache()
 
 
 def _cpu_peak_child(n_img, n_txt, mode, queue):
     m, _ = organism_model()
     torch.manual_seed(0)
     lm, x, groups = _setup(m, n_img, n_txt, "cpu", torch.float32)
-    queue.put(_measure(m, lm, x, groups, mode, 1, False)[1])
+    queue.put(_measure(m, lm, x, groups, mode, 1)[1])
 
 
 def _cpu_peak(n_img, n_txt, mode):
@@ -189,7 +162,7 @@ def table_rows(name, n_img, n_txt, results, unit_mem):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats, CPU rows only")
+    p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--reps", type=int, default=None)
     args = p.parse_args(argv)
     # one CPU thread: on a shared, oversubscribed machine OpenMP thread pools make every small op
@@ -204,16 +177,7 @@ def main(argv=None) -> int:
         times = _cpu_times(n_img, n_txt, reps)
         res = {mode: (times[mode], _cpu_peak(n_img, n_txt, mode)) for mode in MODES}
         lines.append(table_rows(f"{cpu_name} (CPU fp32; peak RSS MiB)", n_img, n_txt, res, 2**20))
-    if torch.cuda.is_available() and not args.quick:
-        m, name = qwen7b_model("cuda")
-        for n_img in (1024, 4096, 16384):
-            torch.manual_seed(0)
-            lm, x, groups = _setup(m, n_img, 64, "cuda", torch.bfloat16)
-            res = {mode: _measure(m, lm, x, groups, mode, args.reps or 3, True) for mode in MODES}
-            lines.append(table_rows(f"{name} ({torch.cuda.get_device_name()}; peak GiB)", n_img, 64, res, 2**30))
-            del lm, x
-    else:
-        lines.append("| (no CUDA GPU in this run: Qwen2.5-VL-7B rows not measured) |" + " |" * 10)
+    lines.append("| (GPU rows: python benchmarks/gpu.py) |" + " |" * 10)
     print("\n".join(lines))
     return 0
 

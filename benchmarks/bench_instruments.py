@@ -32,13 +32,7 @@ the RSS when the row started. Where that reset is unavailable, the column falls 
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (process-lifetime peak, monotone over rows); the JSON names
 the method used. tracemalloc is not used: it does not see torch's tensor allocations.
 
-GPU rows (only when ``torch.cuda.is_available()``; UNTESTED — no GPU where this was written): a 7B-size
-Qwen2.5-VL (hidden 3584, 28 layers, 28 heads, 4 KV heads, intermediate 18944; 32-layer window ViT) and a
-LLaVA-1.5-7B (CLIP-L/336 + Llama-7B) built from their config classes with random bf16 weights, on
-synthetic tokenized inputs with 1024 (Qwen: one 896×896 image) / 1152 (LLaVA: two 336² images) image
-tokens; batch ``--gpu-batch-size``, ``--gpu-n`` samples; peak memory = ``torch.cuda.max_memory_allocated``.
-evaluate and the report need a real processor and are not run there. ``--gpu-dry-run`` runs that code on
-CPU with the same config classes and inputs shrunk to toy width/depth (it checks the code path, not speed).
+GPU rows (Qwen2.5-VL-7B and LLaVA-1.5-7B, random bf16 weights): ``benchmarks/gpu.py``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_instruments.py [--n 128] [--batch-size 32] [--quick] [--out F]
 """
@@ -71,56 +65,27 @@ EVAL_CONDITIONS = ("complete", "white_image", "image_only", "no_image")
 POSITIONS = ("image", "text", "last")
 KNOCKOUT_EDGES = (("image", "last"), ("text", "last"))
 
-# ---------------------------------------------------------------- memory
-def _reset_peak() -> bool:
-    """Reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
-    try:
-        return bool(open("/proc/self/clear_refs", "wb", buffering=0).write(b"5"))
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith(field + ":")), None)
-    except OSError:
-        return None
-
-
-MEMORY_METHOD = ("VmHWM of /proc/self/status, reset per row via /proc/self/clear_refs" if _reset_peak()
-                 and _status_kib("VmHWM") is not None else "resource.getrusage(RUSAGE_SELF).ru_maxrss (process peak)")
-
-
-def _peak_mib() -> float:
-    kib = _status_kib("VmHWM") if MEMORY_METHOD.startswith("VmHWM") else None
-    if kib is None:
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return kib / 1024
+# ---------------------------------------------------------------- memory (benchmarks/timing.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import MEMORY_METHOD, peak_mib, reset_peak, status_kib  # noqa: E402
 
 
 REPEATS = 3  # set by --repeats
 
 
-def measure(fn, gpu: bool = False, repeats: int | None = None) -> dict:
+def measure(fn, repeats: int | None = None) -> dict:
     """Run ``fn()`` ``repeats`` times (default :data:`REPEATS`): median wall seconds, the largest peak memory
     (MiB) during a run, and the resident memory when the first run started (``start_mib``)."""
     runs, peaks, start = [], [], None
     for _ in range(repeats or REPEATS):
         gc.collect()
-        if gpu:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            now = torch.cuda.memory_allocated() / 2**20
-        else:
-            _reset_peak()
-            now = (_status_kib("VmRSS") or 0) / 1024
+        reset_peak()
+        now = (status_kib("VmRSS") or 0) / 1024
         start = now if start is None else start
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize() if gpu else None
         runs.append(time.perf_counter() - t)
-        peaks.append(torch.cuda.max_memory_allocated() / 2**20 if gpu else _peak_mib())
+        peaks.append(peak_mib())
     return {"seconds": statistics.median(runs), "peak_mib": max(peaks), "start_mib": start, "repeats": runs}
 
 
@@ -164,9 +129,9 @@ def _row(name: str, res: dict, n: int, plain_s: float | None) -> dict:
             **({"error": res["error"]} if "error" in res else {})}
 
 
-def _time_plain(m, batches, gpu: bool = False) -> dict:
+def _time_plain(m, batches) -> dict:
     plain_forward(m, batches)  # warm-up
-    return measure(lambda: plain_forward(m, batches), gpu)
+    return measure(lambda: plain_forward(m, batches))
 
 
 # ---------------------------------------------------------------- organisms (CPU)
@@ -229,109 +194,6 @@ def bench_report(spec: str, n: int, bs: int) -> dict:
     return res
 
 
-# ---------------------------------------------------------------- 7B-size random models (GPU, untested)
-def qwen25vl_7b():
-    import transformers as T
-
-    cfg = T.Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                         intermediate_size=18944, vocab_size=152064, max_position_embeddings=32768,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, rope_theta=1e6),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31]))
-    return T.Qwen2_5_VLForConditionalGeneration, cfg
-
-
-def llava15_7b():
-    import transformers as T
-
-    cfg = T.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
-                           projection_dim=768),
-        text_config=dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
-                         max_position_embeddings=4096),
-        image_token_index=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
-    return T.LlavaForConditionalGeneration, cfg
-
-
-def synthetic(family: str, cfg, batch: int, n_text: int = 32, seed: int = 0) -> tuple[dict, dict]:
-    """(clean, corrupted) tokenized inputs: random pixels vs constant (white-like) pixels."""
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(100, 30000, (batch, n_text), generator=g)
-    if family == "qwen2_5_vl":
-        grid = torch.tensor([[1, 64, 64]] * batch)  # 4096 patches of 14² -> 1024 tokens after the 2×2 merge
-        n_img = 1024
-        img = torch.full((batch, n_img), cfg.image_token_id)
-        ids = torch.cat([torch.full((batch, 1), cfg.vision_start_token_id), img,
-                         torch.full((batch, 1), cfg.vision_end_token_id), text], 1)
-        pix = torch.randn(batch * 4096, 3 * 2 * 14 * 14, generator=g)
-        extra = {"image_grid_thw": grid, "mm_token_type_ids": (ids == cfg.image_token_id).int()}
-    else:
-        n_img = 2 * 576  # two 336² images of 24×24 patches
-        ids = torch.cat([torch.ones(batch, 1, dtype=torch.long), torch.full((batch, n_img), cfg.image_token_index),
-                         text], 1)
-        pix = torch.randn(batch * 2, 3, 336, 336, generator=g)
-        extra = {}
-    base = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
-    return {**base, "pixel_values": pix}, {**base, "pixel_values": torch.full_like(pix, 2.0)}
-
-
-def _shrink(family: str, cfg) -> None:
-    """``--gpu-dry-run``: the same config classes and inputs at toy width/depth, to exercise the code on CPU."""
-    t, v = cfg.text_config, cfg.vision_config
-    t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size = 64, 2, 4, 128
-    t.num_key_value_heads = 2 if family == "qwen2_5_vl" else 4
-    t.head_dim = 16
-    if family == "qwen2_5_vl":
-        t.rope_parameters["mrope_section"] = [2, 3, 3]
-        t.layer_types = t.layer_types[:2]
-        v.depth, v.hidden_size, v.num_heads, v.intermediate_size, v.out_hidden_size = 2, 64, 2, 128, 64
-        v.fullatt_block_indexes = [1]
-    else:
-        v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.intermediate_size = 2, 64, 2, 128
-
-
-def bench_gpu(n: int, bs: int, dry: bool = False) -> list[dict]:
-    rows = []
-    gpu, device, dtype = not dry, ("cpu" if dry else "cuda"), (torch.float32 if dry else torch.bfloat16)
-    for family, build in (("qwen2_5_vl", qwen25vl_7b), ("llava", llava15_7b)):
-        cls, cfg = build()
-        if dry:
-            _shrink(family, cfg)
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = cls._from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
-        m = mech.load((model, None))
-        batches = []
-        for k in range(max(1, n // bs)):
-            clean, corrupted = synthetic(family, cfg, bs, seed=k)
-            b = {"clean": m.inputs(clean), "corrupted": m.inputs(corrupted), "condition": None}
-            with torch.no_grad():
-                top2 = m.logits(b["clean"])[torch.arange(bs), b["clean"].groups.last()].float().topk(2).indices.cpu()
-            b["answer"], b["counterfactual"] = top2[:, 0], top2[:, 1]
-            batches.append(b)
-        total = bs * len(batches)
-        plain = _time_plain(m, batches, gpu=gpu)
-        label = f"{family} toy-size dry run (CPU)" if dry else f"{family} 7B-size (random bf16, GPU)"
-        rows.append({"model": label} | _row("plain forward", plain, total,
-                                                                                plain["seconds"]))
-        for name, fn in instruments(m, batches).items():
-            try:
-                res = measure(fn, gpu=gpu)
-            except Exception as exc:  # noqa: BLE001 - an untested path: record and go on
-                res = {"seconds": float("nan"), "peak_mib": float("nan"), "error": f"{type(exc).__name__}: {exc}"}
-            rows.append({"model": label} | _row(name, res, total, plain["seconds"]))
-        print(f"  {family}: done", flush=True)
-        del m, model, batches
-        gc.collect()
-        if gpu:
-            torch.cuda.empty_cache()
-    return rows
-
-
 # ---------------------------------------------------------------- output
 def table(rows: list[dict], memory: str) -> str:
     lines = [f"| instrument | samples/s | × plain forward time | peak memory, MiB ({memory}; + over the start) |",
@@ -353,10 +215,6 @@ def main(argv=None) -> dict:
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--no-report", action="store_true", help="skip the whole-report rows")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; the median time is reported")
-    p.add_argument("--gpu-n", type=int, default=16)
-    p.add_argument("--gpu-batch-size", type=int, default=4)
-    p.add_argument("--gpu-dry-run", action="store_true",
-                   help="run the GPU rows' code on CPU with toy-size configs (checks the code path only)")
     p.add_argument("--out", default="runs/bench_instruments.json")
     args = p.parse_args(argv)
     global REPEATS
@@ -376,15 +234,6 @@ def main(argv=None) -> dict:
         rows = bench_organism(spec, args.n, args.batch_size, None if args.no_report else args.n)
         result["models"][spec] = rows
         print(f"\n### {spec} (CPU, n={args.n}, batch {args.batch_size})\n\n{table(rows, mem)}\n", flush=True)
-    cuda = torch.cuda.is_available()
-    if cuda or args.gpu_dry_run:
-        gpu_rows = bench_gpu(args.gpu_n, args.gpu_batch_size, dry=not cuda)
-        result["gpu"] = {"n": args.gpu_n, "batch_size": args.gpu_batch_size, "rows": gpu_rows,
-                         "memory_method": "torch.cuda.max_memory_allocated" if cuda else MEMORY_METHOD,
-                         "device": torch.cuda.get_device_name() if cuda else "cpu dry run (toy sizes)"}
-        what = "7B-size random models (GPU" if cuda else "GPU code path, toy sizes (CPU dry run"
-        print(f"\n### {what}, n={args.gpu_n}, batch {args.gpu_batch_size})\n\n"
-              f"{table(gpu_rows, 'cuda max allocated' if cuda else 'VmHWM')}\n")
     # ru_maxrss does not see peaks that a clear_refs reset erased: take the larger of it and the rows' peaks
     peaks = [r["peak_mib"] for rows in result["models"].values() for r in rows]
     result["process_ru_maxrss_mib"] = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, *peaks])
