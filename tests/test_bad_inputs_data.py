@@ -219,7 +219,7 @@ def mmmu(tmp_path):
             mmmu_row(3, encode(rgba(np.where(MASK, 0, 255)))),                  # transparency
             mmmu_row(4, encode(Image.fromarray(GREY.astype(np.uint16) * 257))),  # 16-bit
             mmmu_row(5, encode(Image.fromarray(RGB)), answer=None),             # missing answer
-            mmmu_row(6, encode(Image.fromarray(RGB)), options="[{'a': 1}]"),    # an option is not text
+            mmmu_row(6, encode(Image.fromarray(RGB)), options="42"),            # options not a list
             mmmu_row(7, b"\xff\xd8\xff garbage"),                               # undecodable
             mmmu_row(8, exif_bytes(6))]                                          # EXIF rotated
     pd.DataFrame(rows).to_parquet(tmp_path / "test-00000-of-00001.parquet")

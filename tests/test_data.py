@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mech.prepare.data import COT, COT_VISION, DIRECT, format_prompt, load_data
+from mech.prepare.data import COT, COT_VISION, DIRECT, DIRECT_VISION, format_prompt, load_data
 from mech.errors import ConfigError, DataError, SpecError
 
 
@@ -45,7 +45,7 @@ ROWS = [
     mmmu_row(2, question="Compare <image 2> with <image 1>.", answer="a", image_1=RED, image_2=BLUE),  # ok, order
     mmmu_row(3, image_1=b"\x89PNG\r\n\x1a\n not an image"),                    # corrupt bytes
     mmmu_row(4, options="['cat', 'dog'", image_1=RED),                         # malformed options
-    mmmu_row(5, answer="E", image_1=RED),                                       # letter outside A-D
+    mmmu_row(5, answer="E", image_1=RED),                                       # letter outside A-D: kept, noted
     mmmu_row(6, question="Look at <image 3>.", image_1=RED),                   # refers to an empty image
     mmmu_row(7, options="__import__('os').getcwd()", image_1=RED),             # not a literal: never evaluated
     mmmu_row(8, question="Which one?", options="['<image 1>', '<image 2>']", answer="A", image_1=GREEN,
@@ -56,18 +56,19 @@ ROWS = [
 def test_mmmu_pro_rows_and_skips(tmp_path):
     write_standard(tmp_path / "test-00000-of-00001.parquet", ROWS)
     d = load_data(f"mmmu-pro:{tmp_path}")
-    assert [s["id"] for s in d] == ["validation_Art_1", "validation_Art_2", "validation_Art_8"]
-    s1, s2, s8 = d.samples
+    assert [s["id"] for s in d] == ["validation_Art_1", "validation_Art_2", "validation_Art_5", "validation_Art_8"]
+    s1, s2, s5, s8 = d.samples
     assert s1["options"] == ["cat", "dog", "bird", "fish"] and s1["answer"] == "B" and s1["subject"] == "Art"
     assert np.asarray(s1["images"][0])[0, 0].tolist() == [255, 0, 0]
     assert [np.asarray(im)[0, 0].tolist() for im in s2["images"]] == [[0, 0, 255], [255, 0, 0]]  # mention order
     assert s2["answer"] == "A"
     assert [np.asarray(im)[0, 0].tolist() for im in s8["images"]] == [[0, 255, 0], [255, 0, 0]]
     reasons = dict(d.skipped)
-    assert len(d.skipped) == 5
+    assert len(d.skipped) == 4
     assert "corrupt image bytes in image_1" in reasons["validation_Art_3"]
     assert "malformed options" in reasons["validation_Art_4"]
-    assert "answer letter 'E' outside the options A-D" in reasons["validation_Art_5"]
+    # MMMU-Pro's official code keeps a row whose answer lies beyond its options (always wrong): so does mech
+    assert s5["answer"] == "E" and [i for i, _ in d.notes] == ["validation_Art_5"] and "beyond" in d.notes[0][1]
     assert "<image 3>" in reasons["validation_Art_6"]
     assert "malformed options" in reasons["validation_Art_7"]
     assert d.scoring == "letter" and d.default_style == "direct"
@@ -77,8 +78,8 @@ def test_mmmu_pro_n_counts_usable_rows_and_strict(tmp_path):
     write_standard(tmp_path / "a.parquet", ROWS)
     d = load_data(f"mmmu-pro:{tmp_path}", n=2)
     assert len(d) == 2 and d.skipped == []
-    d = load_data(f"mmmu-pro:{tmp_path}", n=3)
-    assert len(d) == 3 and len(d.skipped) == 5
+    d = load_data(f"mmmu-pro:{tmp_path}", n=4)
+    assert len(d) == 4 and len(d.skipped) == 4
     with pytest.raises(DataError, match="validation_Art_3.*corrupt image bytes"):
         load_data(f"mmmu-pro:{tmp_path}", strict=True)
 
@@ -101,7 +102,7 @@ def test_mmmu_pro_root_with_configurations(tmp_path):
     assert [s["id"] for s in dv] == ["v1"] and dict(dv.skipped) == {"v2": "no image in the 'image' column"}
     v = dv[0]
     assert v["question"] == "" and v["options_in_image"] and len(v["images"]) == 1
-    assert format_prompt(v) == DIRECT and format_prompt(v, "cot") == COT_VISION
+    assert format_prompt(v) == DIRECT_VISION and format_prompt(v, "cot") == COT_VISION
     with pytest.raises(SpecError, match="standard-4, standard-10, vision"):
         load_data(f"mmmu-pro:{tmp_path}#standard-7")
     with pytest.raises(SpecError, match="does not exist"):
@@ -179,3 +180,16 @@ def test_specs_and_organism_data():
     assert all(d.prompt(s) == s["question"] for s in d)
     assert all(len(s["images"]) == 1 and s["answer"] in "ABCD" for s in d)
     assert [s["id"] for s in d] == [s["id"] for s in load_data("organism:shapes", n=5, seed=1)]
+
+
+def test_jsonl_keeps_its_own_conventions(tmp_path):
+    """Only MMMU-Pro follows MMMU-Pro's official code: a jsonl option that is a list is still refused,
+    and jsonl samples carry no image_position (m.prepare's default: images before the text)."""
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
+    lines = [{"id": "n1", "question": "?", "image": "a.png", "options": [["x", "y"], "z"], "answer": "A"},
+             {"id": "n2", "question": " q <image 1> ", "image": "a.png", "options": ["x", "y"], "answer": "B"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    d = load_data(f"jsonl:{path}")
+    assert [s["id"] for s in d] == ["n2"] and "an option is not text" in dict(d.skipped)["n1"]
+    assert "image_position" not in d[0] and format_prompt(d[0]) == f"q <image 1>\nA. x\nB. y\n{DIRECT}"

@@ -14,7 +14,8 @@ import mech
 from mech.prepare.data import Dataset, load_data
 from mech.errors import ConfigError, DataError, RunConflictError
 from mech.measure.evaluation import (EvalJob, accuracy_table, consistency_table, evaluate, generate_batch,
-                             parse_multi_choice_response, parse_response, score_batch, write_outputs)
+                             parse_multi_choice_response, parse_response, read_response, score_batch,
+                             write_outputs)
 from mech.measure.evaluation import run as run_mod
 from mech.conditions import condition_inputs
 from mech.results import read_json, read_tensors
@@ -117,6 +118,16 @@ def test_generation_batched_equals_single(llava):
     assert r["settings"]["style"] == "cot" and r["settings"]["max_new_tokens"] == 5
     assert len(r["responses"]["complete"]) == 3
     assert r["predictions"]["complete"] == [parse_response(x, s) for x, s in zip(r["responses"]["complete"], samples)]
+    assert r["settings"]["parser"] == "official"
+    guessed = [read_response(x, s)[1] for x, s in zip(r["responses"]["complete"], samples)]
+    assert r["guessed"]["complete"] == sum(guessed)
+    strict = evaluate(llava, samples, conditions=["complete"], method="cot", max_new_tokens=5, parser="strict",
+                      progress=False)
+    assert strict["predictions"]["complete"] == [parse_response(x, s, "strict") for x, s in
+                                                 zip(strict["responses"]["complete"], samples)]
+    assert strict["guessed"]["complete"] == 0 and strict["settings"]["parser"] == "strict"
+    with pytest.raises(ConfigError, match="official, strict"):
+        evaluate(llava, samples, conditions=["complete"], method="cot", parser="lenient", progress=False)
 
 
 def test_evaluate_reports_every_skip(llava):

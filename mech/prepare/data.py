@@ -17,9 +17,15 @@ question inside the image). ``<dir>`` holds the parquet files directly, or is th
 with the configuration folders ``standard (4 options)``, ``standard (10 options)``, ``vision``;
 pick one with ``#standard-4``, ``#standard-10`` (default) or ``#vision``, e.g.
 ``mmmu-pro:/data/MMMU_Pro#vision``. ``options`` is a string holding a Python list literal (parsed
-with ``ast.literal_eval``, never ``eval``); images are structs ``{bytes, path}``. The images of
-a standard row are those its question and options mention (``<image 2>``), in order of first
-mention, as in MMMU-Pro's inference code; all non-empty image columns when none is mentioned.
+with ``ast.literal_eval``, never ``eval``; an option that is itself a list stays one option, its repr);
+images are structs ``{bytes, path}``. Rows are read as MMMU-Pro's official code reads them
+(:mod:`mech.prepare.mmmu_pro`): the question verbatim; one image per ``<image N>`` mention of
+question and options, in order of mention, repeats included (unmentioned columns are listed in
+the sample's ``images_unused``); the images after the text in the user turn
+(``image_position="after"``); 1730 rows in ``standard (10 options)``. A row whose answer letter
+lies beyond its options (the official code keeps it, always wrong) is kept and listed in
+:attr:`Dataset.notes`. ``#standard-10,images=lmms-eval`` takes lmms-eval's image convention
+instead (the mentioned images once each, sorted by number).
 
 ``jsonl:<file>``: one JSON object per line with ``id``, ``question``, ``image`` or ``images``
 (paths relative to the file), ``options`` (optional list) and ``answer`` (a letter or the text of
@@ -45,20 +51,15 @@ import numpy as np
 
 from mech.errors import ConfigError, DataError, InputError, SpecError
 from mech.prepare.images import read_image
+from mech.prepare.mmmu_pro import (COT, COT_VISION, DIRECT, DIRECT_VISION, config_files, image_columns, option_strings,
+                                   parse_fragment)
+from mech.prepare.mmmu_pro import prompt as mmmu_prompt
 
 SCHEMES = ("organism", "mmmu-pro", "jsonl")
 PROMPT_STYLES = ("bare", "direct", "cot")
 SCORINGS = ("letter", "option_text")
 LETTERS = string.ascii_uppercase
-MMMU_CONFIGS = {"standard-4": "standard (4 options)", "standard-10": "standard (10 options)", "vision": "vision"}
-#: the paper's "Direct" and "CoT" instructions (MMMU-Pro's prompts, standard and vision settings)
-DIRECT = "Answer with the option letter from the given choices directly."
-COT = ("Answer the preceding multiple choice question. The last line of your response should be of the following "
-       "format: 'Answer: $LETTER' (without quotes) where LETTER is one of options. Think step by step before "
-       "answering.")
-COT_VISION = ("Write out the multiple-choice question in the image and then solve it. The last line of your response "
-              "should be of the following format: 'Answer: $LETTER' (without quotes) where LETTER is one of options. "
-              "Think step by step before answering.")
+#: instructions for questions without options (mech's own; MMMU-Pro's DIRECT, COT, ... are its prompts.yaml)
 DIRECT_OPEN = "Answer the question using a single word or phrase."
 COT_OPEN = ("Think step by step. The last line of your response should be of the following format: "
             "'Answer: $ANSWER' (without quotes).")
@@ -71,6 +72,8 @@ class Dataset:
     ``default_style``: prompt style of :meth:`prompt`; ``scoring``: the default way to score
     multiple-choice answers (``"letter"``: option-letter logits; ``"option_text"``: the first
     token of each option's text, for models that answer a word, such as the organisms).
+    ``notes``: ``(id, note)`` of rows kept as the benchmark's official code keeps them although
+    something about them is odd (an MMMU-Pro answer letter beyond the options: always wrong).
     """
 
     name: str
@@ -78,6 +81,7 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     default_style: str = "direct"
     scoring: str = "letter"
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,8 +117,12 @@ def format_prompt(sample: dict, style: str | None = None) -> str:
     * ``"bare"``: the question as it is (the organisms' training format).
     * ``"direct"``: question, the options as ``"A. …"`` lines, and :data:`DIRECT` (MMMU-Pro's
       standard prompt); without options :data:`DIRECT_OPEN`.
-    * ``"cot"``: the same with :data:`COT` (:data:`COT_VISION` when the options are inside the
-      image, MMMU-Pro ``vision``).
+    * ``"cot"``: the same with :data:`COT`; without options :data:`COT_OPEN`.
+
+    MMMU-Pro samples (``source == "mmmu-pro"``) are formatted exactly as the official code does
+    (:func:`mech.prepare.mmmu_pro.prompt`: the question verbatim, ``<image N>`` written ``[image]``;
+    the ``vision`` setting's prompt is :data:`DIRECT_VISION` / :data:`COT_VISION` alone); other
+    samples strip the question and leave ``<image N>`` as written.
 
     ``style`` defaults to ``sample["prompt_style"]`` (else ``"direct"``).
 
@@ -124,13 +132,15 @@ def format_prompt(sample: dict, style: str | None = None) -> str:
     style = style or sample.get("prompt_style") or "direct"
     if style not in PROMPT_STYLES:
         raise ConfigError(f"prompt style {style!r}; allowed: {', '.join(PROMPT_STYLES)}")
+    if style != "bare" and sample.get("source") == "mmmu-pro":
+        return mmmu_prompt(sample, style)
     question = (sample.get("question") or "").strip()
     if style == "bare":
         return question
     options = list(sample.get("options") or [])
     parts = [question] if question else []
     if sample.get("options_in_image"):
-        parts.append(DIRECT if style == "direct" else COT_VISION)
+        parts.append(DIRECT_VISION if style == "direct" else COT_VISION)
     elif options:
         parts.append("\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)))
         parts.append(DIRECT if style == "direct" else COT)
@@ -156,7 +166,9 @@ class _Skip(Exception):
         self.key = key
 
 
-def _check_options(options: Any) -> list[str]:
+def _check_options(options: Any, nested: bool = False) -> list[str]:
+    """The options as text; ``nested``: any literal (a list, None, ...) is one option, ``f"{o}"``
+    (MMMU-Pro's ``parse_options``), else only strings and numbers are."""
     if isinstance(options, np.ndarray):  # a parquet list column
         options = options.tolist()
     if isinstance(options, str):
@@ -168,18 +180,21 @@ def _check_options(options: Any) -> list[str]:
         raise _Skip("malformed options (need a non-empty list of strings)")
     if len(options) > len(LETTERS):
         raise _Skip(f"too many options ({len(options)} > {len(LETTERS)})")
+    if nested:
+        return option_strings(options)
     if not all(isinstance(o, (str, int, float)) for o in options):
         raise _Skip("malformed options (an option is not text)")
     return [str(o) for o in options]
 
 
-def _check_answer(answer: Any, options: list[str]) -> str:
+def _check_answer(answer: Any, options: list[str], outside: bool = False) -> str:
+    """The gold letter (or open answer text); ``outside``: keep a letter beyond the options."""
     if options:
         text = "" if _empty(answer) else str(answer).strip()
         if not text:
             raise _Skip("missing answer")
         if len(text) == 1 and text.upper() in LETTERS:
-            if LETTERS.index(text.upper()) >= len(options):
+            if LETTERS.index(text.upper()) >= len(options) and not outside:
                 raise _Skip(f"answer letter {text!r} outside the options A-{LETTERS[len(options) - 1]}")
             return text.upper()
         if text in options:
@@ -229,31 +244,12 @@ def _collect(rows, make, n: int | None, strict: bool, name: str) -> tuple[list[d
     return samples, skipped
 
 
-def _mmmu_files(root: Path, config: str | None) -> tuple[list[Path], str]:
-    if not root.is_dir():
-        raise SpecError(f"MMMU-Pro directory {str(root)!r} does not exist; pass mmmu-pro:<dir> with the parquet "
-                        "files or the MMMU-Pro root holding 'standard (10 options)' etc.")
-    direct = sorted(root.glob("*.parquet"))
-    if direct and config is None:
-        return direct, "auto"
-    key = config or "standard-10"
-    folder = MMMU_CONFIGS.get(key) or (key if key in MMMU_CONFIGS.values() else None)
-    if folder is None:
-        raise SpecError(f"MMMU-Pro configuration {key!r}; allowed: {', '.join(MMMU_CONFIGS)} "
-                        f"(e.g. mmmu-pro:{root}#vision)")
-    files = sorted((root / folder).glob("**/*.parquet"))
-    if not files:
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise SpecError(f"no parquet files in {str(root / folder)!r}; folders found: {found or 'none'}. Pass a "
-                        "directory holding *.parquet or the MMMU-Pro root with its configuration folders.")
-    return files, folder
-
-
 def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
     import pandas as pd
 
-    path, _, config = rest.partition("#")
-    files, folder = _mmmu_files(Path(path).expanduser(), config or None)
+    path, _, fragment = rest.partition("#")
+    config, order = parse_fragment(fragment)
+    files, folder = config_files(Path(path).expanduser(), config)
     frames = []
     for f in files:
         try:
@@ -269,31 +265,38 @@ def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
     base = files[0].parent
     image_cols = [c for c in df.columns if re.fullmatch(r"image_\d+", c)]
 
+    notes: list[tuple[str, str]] = []
+
     def make(key, row) -> dict:
-        options = _check_options(row["options"])
-        answer = _check_answer(row["answer"], options)
+        options = _check_options(row["options"], nested=True)
+        answer = _check_answer(row["answer"], options, outside=True)
+        extra: dict[str, Any] = {}
         if vision:
             if _empty(row["image"]):
                 raise _Skip("no image in the 'image' column")
-            images, question = [_image(row["image"], "image", base)], ""
+            images, question, cols = [_image(row["image"], "image", base)], "", ["image"]
         else:
             question = str(row["question"]) if not _empty(row["question"]) else ""
-            text = question + " " + " ".join(options)
-            mentioned = list(dict.fromkeys(int(k) for k in re.findall(r"<image (\d+)>", text)))
-            cols = [f"image_{k}" for k in mentioned] or [c for c in image_cols if not _empty(row[c])]
-            images = []
-            for c in cols:
+            cols = image_columns(question, options, order)
+            decoded: dict[str, Any] = {}
+            for c in dict.fromkeys(cols):  # a repeated mention is the same image: decode it once
                 if c not in row.index or _empty(row[c]):
                     raise _Skip(f"the question refers to <{c.replace('_', ' ')}> but {c} is empty")
-                images.append(_image(row[c], c, base))
+                decoded[c] = _image(row[c], c, base)
+            images = [decoded[c] for c in cols]
+            extra["images_unused"] = [c for c in image_cols if c not in decoded and not _empty(row[c])]
+        if LETTERS.index(answer) >= len(options):
+            notes.append((str(row["id"]), f"answer {answer} lies beyond the {len(options)} option(s); kept as "
+                                          "MMMU-Pro's official code keeps it (always wrong)"))
         return dict(id=str(row["id"]), question=question, options=options, answer=answer, images=images,
                     subject=None if "subject" not in row.index or _empty(row["subject"]) else str(row["subject"]),
-                    options_in_image=vision, prompt_style="direct", source="mmmu-pro")
+                    options_in_image=vision, prompt_style="direct", source="mmmu-pro", image_columns=cols,
+                    image_position="after", **extra)
 
     samples, skipped = _collect(((str(r["id"]) if "id" in r.index else i, r) for i, (_, r) in enumerate(df.iterrows())),
                                 make, n, strict, f"mmmu-pro:{rest}")
-    name = f"mmmu-pro:{path}" + (f"#{config}" if config else "") + ("" if folder == "auto" else f" ({folder})")
-    return Dataset(name, samples, skipped, default_style="direct", scoring="letter")
+    name = f"mmmu-pro:{path}" + (f"#{fragment}" if fragment else "") + ("" if folder == "auto" else f" ({folder})")
+    return Dataset(name, samples, skipped, default_style="direct", scoring="letter", notes=notes)
 
 
 def _jsonl(rest: str, n: int | None, strict: bool) -> Dataset:
@@ -346,17 +349,19 @@ def _jsonl(rest: str, n: int | None, strict: bool) -> Dataset:
 
 
 def _organism(name: str, n: int | None, seed: int) -> Dataset:
-    from mech.organisms import shapes
+    from mech.organisms import shapes, varied
 
-    if name != "shapes":
-        raise SpecError(f"unknown organism data set {name!r}; the organisms' data set is 'organism:shapes'.")
-    samples = shapes.generate(n or 1000, split="test", seed=seed)
+    if name not in ("shapes", "shapes-varied"):
+        raise SpecError(f"unknown organism data set {name!r}; the organisms' data sets are 'organism:shapes' and "
+                        "'organism:shapes-varied'.")
+    gen, answers = (shapes.generate, shapes.ANSWERS) if name == "shapes" else (varied.generate, varied.ANSWERS)
+    samples = gen(n or 1000, split="test", seed=seed)
     for s in samples:
-        s["images"] = [] if s["image"] is None else [read_image(s["image"])]
-        s["prompt_style"], s["source"] = "bare", "organism:shapes"
+        s["images"] = [read_image(im) for im in s["images"]]
+        s["prompt_style"], s["source"] = "bare", f"organism:{name}"
         # resample donors share the answer space: the question still asks the same kind of thing
-        s["pair_key"] = "answers:" + ",".join(shapes.ANSWERS[s["template"]])
-    return Dataset("organism:shapes", samples, default_style="bare", scoring="option_text")
+        s["pair_key"] = "answers:" + ",".join(answers[s["template"]])
+    return Dataset(f"organism:{name}", samples, default_style="bare", scoring="option_text")
 
 
 def load_data(spec: str, n: int | None = None, seed: int = 0, *, strict: bool = False) -> Dataset:

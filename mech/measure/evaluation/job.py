@@ -80,7 +80,7 @@ class EvalJob:
         s = self.settings
         dataset = data if isinstance(data, Dataset) else Dataset(s.data, list(data))
         return plan(dataset, conditions=s.conditions, method=s.method, scoring=s.scoring, batch_size=s.batch_size,
-                    max_new_tokens=s.max_new_tokens, seed=s.seed)
+                    max_new_tokens=s.max_new_tokens, seed=s.seed, parser=s.parser)
 
     def measure(self, m: Any, samples, rows: range, context):
         from mech.measure.evaluation.run import answer_rows, model_fingerprint
@@ -94,7 +94,8 @@ class EvalJob:
         s = self.settings
         parts = [store.meta(k) for k in store.indices()]
         result = assemble(context, list(samples), parts, model=s.model,
-                          fingerprint=parts[0]["fingerprint"], data_skipped=getattr(samples, "skipped", []))
+                          fingerprint=parts[0]["fingerprint"], data_skipped=getattr(samples, "skipped", []),
+                          data_notes=getattr(samples, "notes", []))
         opts = [len(x.get("options") or []) for x in samples if x.get("options")]
         chance = sum(1 / k for k in opts) / len(opts) if opts else None  # uniform guessing over the options
         result["settings"]["chance"] = chance
@@ -108,5 +109,8 @@ class EvalJob:
         cons = (result.get("consistency") or {}).get("all", {}).get("complete&white_image")
         if cons:
             lines.append(f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)")
+        guessed = {c: k for c, k in (result.get("guessed") or {}).items() if k}
+        if guessed:  # the official parser's fallback (MMMU-Pro's random guess, made deterministic)
+            lines.append("guessed answers (no letter found): " + ", ".join(f"{c} {k}" for c, k in guessed.items()))
         lines.append(f"n={len(result['ids'])} answered")
         return lines

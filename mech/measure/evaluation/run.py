@@ -12,10 +12,10 @@ import torch
 
 from mech.conditions import NEEDS_IMAGE, check_condition, condition_inputs
 from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
-from mech.prepare.fit import max_positions
+from mech.prepare.fit import max_positions, usable_images
 from mech.errors import ConfigError, DataError, InputError, MechError
-from mech.measure.evaluation.answering import (DEFAULT_MAX_NEW_TOKENS, check_method, generate_batch, is_correct,
-                                       option_token_ids, parse_response, score_batch)
+from mech.measure.evaluation.answering import (DEFAULT_MAX_NEW_TOKENS, PARSERS, check_method, generate_batch,
+                                               is_correct, option_token_ids, read_response, score_batch)
 from mech.measure.evaluation.consistency import accuracy_table, consistency_table
 
 DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image")
@@ -31,8 +31,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _answer_batch(m, batch: list[dict], condition: str, *, method: str, scoring: str, style: str,
-                  max_new_tokens: int, seed: int) -> dict:
-    """Answers of one batch under one condition: ``{"pred", "scores" | "responses"}``."""
+                  max_new_tokens: int, seed: int, parser: str = "official") -> dict:
+    """Answers of one batch under one condition: ``{"pred", "scores" | "responses", "guessed"}``."""
     prompt = (lambda s: format_prompt(s, style))
     if method == "score":
         inputs = condition_inputs(m, batch, condition, seed=seed, prompt=prompt)
@@ -40,7 +40,8 @@ def _answer_batch(m, batch: list[dict], condition: str, *, method: str, scoring:
         return {"pred": [r["pred"] for r in rows], "scores": [r["scores"] for r in rows]}
     inputs = condition_inputs(m, batch, condition, seed=seed, prompt=prompt, padding_side="left")
     responses = generate_batch(m, inputs, max_new_tokens, condition=condition, seed=seed)
-    return {"pred": [parse_response(r, s) for r, s in zip(responses, batch)], "responses": responses}
+    read = [read_response(r, s, parser) for r, s in zip(responses, batch)]
+    return {"pred": [x[0] for x in read], "responses": responses, "guessed": [x[1] for x in read]}
 
 
 def _eligible(samples: list[dict], conditions: Sequence[str], method: str, scoring: str, tokenizer,
@@ -81,15 +82,16 @@ class EvalPlan:
     max_new_tokens: int | None
     seed: int
     batch_size: int
+    parser: str = "official"
 
 
 def plan(data: Dataset, *, conditions: Sequence[str] = DEFAULT_CONDITIONS, method: str = "score",
          scoring: str | None = None, style: str | None = None, batch_size: int = 8,
-         max_new_tokens: int | None = None, seed: int = 0) -> EvalPlan:
+         max_new_tokens: int | None = None, seed: int = 0, parser: str = "official") -> EvalPlan:
     """Check the options of :func:`evaluate` and fill in the data set's defaults.
 
     Raises:
-        ConfigError: unknown condition/method/scoring/style, duplicate conditions, batch_size < 1.
+        ConfigError: unknown condition/method/scoring/style/parser, duplicate conditions, batch_size < 1.
     """
     conditions = tuple(check_condition(c) for c in conditions)
     if len(set(conditions)) != len(conditions) or not conditions:
@@ -104,9 +106,11 @@ def plan(data: Dataset, *, conditions: Sequence[str] = DEFAULT_CONDITIONS, metho
         style = data.default_style if data.default_style == "bare" else ("cot" if method == "cot" else "direct")
     if style not in PROMPT_STYLES:
         raise ConfigError(f"style={style!r}; allowed: {', '.join(PROMPT_STYLES)}")
+    if parser not in PARSERS:
+        raise ConfigError(f"parser={parser!r}; allowed: {', '.join(PARSERS)}")
     if method != "score":
         max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[method]
-    return EvalPlan(data.name, conditions, method, scoring, style, max_new_tokens, seed, batch_size)
+    return EvalPlan(data.name, conditions, method, scoring, style, max_new_tokens, seed, batch_size, parser)
 
 
 def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
@@ -121,12 +125,14 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
         MechError: a condition fails on this batch (the message names the condition and samples).
     """
     keep, skipped = _eligible(list(batch), p.conditions, p.method, p.scoring, m.tokenizer, p.style, max_positions(m))
+    keep, refused = usable_images(m.processor, keep)  # an image the processor refuses skips its row, not the batch
+    skipped += refused
     records = {}
     ids = [str(s["id"]) for s in keep]
     for cond in p.conditions if keep else ():
         try:
             records[cond] = _answer_batch(m, keep, cond, method=p.method, scoring=p.scoring, style=p.style,
-                                          max_new_tokens=p.max_new_tokens, seed=p.seed)
+                                          max_new_tokens=p.max_new_tokens, seed=p.seed, parser=p.parser)
         except MechError as exc:
             raise type(exc)(f"condition {cond!r}, samples {ids[:3]}: {exc} (to evaluate the other conditions, "
                             f"leave {cond!r} out)") from exc
@@ -134,8 +140,10 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
 
 
 def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, model: str | None,
-             fingerprint: str, data_skipped: Sequence[tuple[str, str]] = ()) -> dict:
-    """The :func:`evaluate` result from the :func:`answer_rows` parts of ``samples``, in order.
+             fingerprint: str, data_skipped: Sequence[tuple[str, str]] = (),
+             data_notes: Sequence[tuple[str, str]] = ()) -> dict:
+    """The :func:`evaluate` result from the :func:`answer_rows` parts of ``samples``, in order;
+    ``data_notes``: the data set's kept-but-odd rows (:attr:`~mech.prepare.data.Dataset.notes`).
 
     Raises:
         DataError: no sample left to evaluate (the message gives the skip reasons); ids not unique.
@@ -151,15 +159,19 @@ def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, mod
         raise DataError(f"{p.data}: sample ids are not unique; conditions are aligned by id.")
     settings = {"model": model, "model_fingerprint": fingerprint, "data": p.data, "method": p.method,
                 "scoring": p.scoring if p.method == "score" else None, "style": p.style,
+                "parser": p.parser if p.method != "score" else None,
                 "batch_size": p.batch_size, "max_new_tokens": p.max_new_tokens, "seed": p.seed,
                 "ids_hash": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
     results = {c: [part["records"][c] for part in parts if part["ids"]] for c in p.conditions}
-    return _assemble(kept, ids, list(p.conditions), results, skipped, settings)
+    out = _assemble(kept, ids, list(p.conditions), results, skipped, settings)
+    kept_ids = set(ids)
+    out["data_notes"] = [{"id": i, "note": n} for i, n in data_notes if i in kept_ids]
+    return out
 
 
 def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str] = DEFAULT_CONDITIONS,
              method: str = "score", scoring: str | None = None, style: str | None = None, batch_size: int = 8,
-             max_new_tokens: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+             max_new_tokens: int | None = None, seed: int = 0, parser: str = "official", progress: bool = True) -> dict:
     """Answer every sample under every condition; accuracy and consistency tables.
 
     In memory, for notebooks and scripts; ``mech eval`` runs the same batches on the run loop
@@ -177,13 +189,18 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
         batch_size: samples per forward.
         max_new_tokens: generation budget (default 16 for direct, 512 for CoT).
         seed: seeds noise images and feature noise.
+        parser: how generated answers are read (:data:`~mech.measure.evaluation.answering.PARSERS`):
+            ``"official"`` (MMMU-Pro's ``parse_multi_choice_response``, its random guess made
+            deterministic) or ``"strict"`` (mech's stricter reading; unparsed answers are None).
         progress: show a tqdm bar over samples.
 
     Returns:
         dict with ``conditions`` (per condition ``accuracy`` in [0, 1], ``n``, ``correct``,
         ``drop``), ``consistency`` (:func:`consistency_table`), ``ids``, ``predictions`` and
-        ``correct`` (condition -> per-sample list), ``scores`` or ``responses``, ``skipped``
-        (``count``, ``reasons`` -> count, ``items``), and ``settings``.
+        ``correct`` (condition -> per-sample list), ``scores`` or ``responses``, for generation
+        ``guessed`` (condition -> number of answers the official parser guessed), ``skipped``
+        (``count``, ``reasons`` -> count, ``items``), ``data_notes`` (rows kept as the benchmark's
+        official code keeps them, with why they are odd) and ``settings``.
 
     Raises:
         ConfigError: unknown condition/method/scoring/style, duplicate conditions, batch_size < 1.
@@ -193,7 +210,7 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
 
     dataset = data if isinstance(data, Dataset) else Dataset("samples", list(data))
     p = plan(dataset, conditions=conditions, method=method, scoring=scoring, style=style, batch_size=batch_size,
-             max_new_tokens=max_new_tokens, seed=seed)
+             max_new_tokens=max_new_tokens, seed=seed, parser=parser)
     samples = list(dataset.samples)
     parts = []
     with tqdm(total=len(samples), unit="sample", desc="mech eval", disable=not progress) as bar:
@@ -201,7 +218,8 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
             parts.append(answer_rows(m, p, samples[i:i + batch_size]))
             bar.update(len(samples[i:i + batch_size]))
     return assemble(p, list(dataset.samples), parts, model=getattr(m, "spec", None),
-                    fingerprint=model_fingerprint(m.model), data_skipped=dataset.skipped)
+                    fingerprint=model_fingerprint(m.model), data_skipped=dataset.skipped,
+                    data_notes=getattr(dataset, "notes", []))
 
 
 def to_frame(result: dict):
@@ -244,4 +262,6 @@ def _assemble(samples, ids, conditions, results, skipped, settings) -> dict:
     out["correct"] = correct
     key = "scores" if settings["method"] == "score" else "responses"
     out[key] = {c: [x for rec in results[c] for x in rec[key]] for c in conditions}
+    if key == "responses":
+        out["guessed"] = {c: sum(bool(x) for rec in results[c] for x in rec.get("guessed", ())) for c in conditions}
     return out
