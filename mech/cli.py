@@ -58,8 +58,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_inspect(st) -> dict:
-    """Load, prepare ``--n`` samples, label token groups; write ``inspect.json``."""
+    """Load, prepare ``--n`` samples exactly as the instruments do (the data set's own prompt: question,
+    options and instruction, :func:`mech.conditions.condition_inputs` under ``complete``), label token
+    groups; write ``inspect.json`` (per sample its prompt, group counts and ``text_source``)."""
     import mech
+    from mech.conditions import condition_inputs, default_prompt
     from mech.prepare.data import load_data, skipped_summary
     from mech.results import write_json
 
@@ -69,7 +72,7 @@ def cmd_inspect(st) -> dict:
         m = mech.load(st.model, device=st.device, dtype=st.dtype, device_map=st.device_map)
     data = load_data(st.data, n=st.n)
     samples = list(data)
-    inputs = m.prepare([s["images"] for s in samples], [s["question"] for s in samples])
+    inputs = condition_inputs(m, samples, "complete")
     groups = inputs.groups
     arch = m.arch
     counts = groups.counts()
@@ -77,7 +80,8 @@ def cmd_inspect(st) -> dict:
         "model": st.model, "family": arch.model_type, "layers": arch.n_layers, "heads": arch.n_heads,
         "kv_heads": arch.n_kv_heads, "d_model": arch.d_model, "modality_ids": dict(arch.modality_ids),
         "groups": list(groups.names),
-        "samples": [{"id": s["id"], "counts": dict(zip(groups.names, counts[i].tolist())),
+        "samples": [{"id": s["id"], "prompt": default_prompt(s),
+                     "counts": dict(zip(groups.names, counts[i].tolist())),
                      "text_source": groups.text_source[i]} for i, s in enumerate(samples)],
         "skipped": skipped_summary(getattr(data, "skipped", [])),
     }

@@ -10,16 +10,30 @@ Groups partition every (non-padding) position:
   it never inflates either modality (for prefix families such as PaliGemma, where the images come
   first, this is the ``<bos>`` after the images).
 
-How ``text`` and ``template`` are told apart:
+How ``text`` and ``template`` are told apart (:func:`user_mask`):
 
-* inputs made by :meth:`mech.MechModel.prepare` know their prompts: a token is ``text`` when its
-  characters overlap the prompt's span in the sequence (matched on ASCII letters, digits and
-  punctuation, whitespace ignored, so BPE boundaries and leading-space markers do not matter);
-  ``TokenGroups.text_source[row] == "prompt"``;
-* raw processor outputs carry no prompt: tokens the tokenizer treats as special or added
-  (``<|im_start|>``, ``<start_of_turn>``, ...) and the family's markers are ``template``, all
-  others ``text``; ``text_source[row] == "special_tokens"``. Role words rendered as ordinary
-  tokens ("USER", "assistant") then count as text: pass inputs from ``prepare`` for exact groups.
+* inputs made by :meth:`mech.MechModel.prepare` know where the user's characters are in the string
+  the tokenizer read (:mod:`mech.prepare.spans`: the prompt's span in the chat template's rendering,
+  carried through the processor's placeholder expansion). The string is encoded again with
+  ``return_offsets_mapping=True`` and must give the row's token ids exactly; then a token is
+  ``text`` when the user's characters make up at least half of the characters its offsets cover
+  (**the straddling rule**: a token holding template and user characters, e.g. SentencePiece's
+  ``"▁What"`` after ``"[INST]"``, goes to the side with more of its characters, a tie to ``text``),
+  and ``template`` otherwise; a token covering no characters (a BOS the tokenizer adds) and a token
+  whose characters are an added token's own string (``<|im_start|>``, ``<|vision_start|>``, wherever
+  it stands) are ``template``, and so are the family's markers. This holds for any script,
+  whitespace and symbols included. A prompt passed with ``chat_template=False`` is the user's text
+  everywhere except its placeholders and added tokens. ``TokenGroups.text_source[row] == "prompt"``.
+* inputs that carry their prompts but not the rendered string (``Inputs(..., prompts=...)`` without
+  groups): the row is decoded, the decoding is accepted only when it encodes back to the same ids,
+  and the prompts are found in it (the first segment's last occurrence, the others after it); then
+  as above, ``text_source == "prompt"``.
+* otherwise (raw processor outputs, which carry no prompt; a slow tokenizer, which has no offsets;
+  a template or processor that rewrote the prompt): tokens the tokenizer treats as special or added
+  and the family's markers are ``template``, all others ``text``;
+  ``text_source[row] == "special_tokens"``. Role words rendered as ordinary tokens ("USER",
+  "assistant") and the system prompt then count as text; when prompts were given, a
+  :class:`GroupsWarning` names the rows and the fix.
 
 Other schemes (``scheme=`` of :func:`compute_groups`, or :func:`regroup` on existing groups) split the
 non-modality positions at the first visual token (the first ``image`` / ``video`` / ``audio``
@@ -40,7 +54,7 @@ position of the row; a row without one has every position "before"):
 
 from __future__ import annotations
 
-import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +62,7 @@ from typing import Any
 import torch
 
 from mech.errors import ConfigError, InputError
+from mech.prepare.spans import Rendered, Span
 
 GROUPS: tuple[str, ...] = ("image", "video", "audio", "text", "template", "bos")
 MODALITIES: tuple[str, ...] = ("image", "video", "audio")
@@ -56,7 +71,11 @@ FASTV_GROUPS: tuple[str, ...] = ("image", "video", "audio", "system", "instructi
 SCHEMES: dict[str, tuple[str, ...]] = {"mech": GROUPS, "split_template": SPLIT_TEMPLATE_GROUPS,
                                        "fastv": FASTV_GROUPS}
 PAD = -1
-_KEEP = re.compile(r"[^\x21-\x7e]")  # drop whitespace and non-ASCII before matching
+
+
+class GroupsWarning(UserWarning):
+    """Token groups whose ``text`` / ``template`` split is approximate (the special-token rule) although
+    the prompts were given: a slow tokenizer, or a template or processor that rewrote the prompt."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +85,9 @@ class TokenGroups:
     Attributes:
         labels: LongTensor ``[batch, pos]``: index into ``names``; ``-1`` marks padding.
         names: group names along the group axis of every instrument's output.
-        text_source: per row, ``"prompt"`` (text found by matching the prompt) or
-            ``"special_tokens"`` (text = every non-special token).
+        text_source: per row, ``"prompt"`` (``text`` = the tokens of the user's characters, from the
+            tokenizer's character offsets; exact) or ``"special_tokens"`` (``text`` = every non-special
+            token; approximate, see the module docstring).
     """
 
     labels: torch.Tensor
@@ -137,31 +157,57 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def _prompt_span(tokenizer: Any, ids: list[int], skip: set[int], prompt_segments: list[str]) -> list[int] | None:
-    """Indices (into ``ids``) of tokens overlapping the prompt, or None if it cannot be found."""
-    pieces, owner = [], []
-    for i, tok in enumerate(ids):
-        if tok in skip:
+def user_mask(tokenizer: Any, row: Rendered, ids: Sequence[int]) -> list[bool] | None:
+    """Which tokens of one row are the user's text, from the tokenizer's character offsets.
+
+    Args:
+        tokenizer: a fast tokenizer (``return_offsets_mapping``).
+        row: the string the tokenizer read and the user's spans in it.
+        ids: the row's token ids without padding.
+
+    Returns:
+        one bool per token (True: ``text``; the rule is in the module docstring), or None when the
+        tokenizer has no offsets or ``row.text`` does not encode to ``ids`` exactly.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    try:
+        enc = tokenizer(row.text, add_special_tokens=row.add_special_tokens, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    if list(enc["input_ids"]) != list(ids):
+        return None
+    added = {i: str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+    out = []
+    for tok, (start, end) in zip(ids, enc["offset_mapping"]):
+        width = end - start
+        if width <= 0 or row.text[start:end] == added.get(tok):
+            out.append(False)
             continue
-        piece = _KEEP.sub("", tokenizer.decode([tok], skip_special_tokens=False))
-        pieces.append(piece)
-        owner.extend([i] * len(piece))
-    haystack = "".join(pieces)
-    segments = [_KEEP.sub("", s) for s in prompt_segments]
+        mine = sum(max(0, min(end, e) - max(start, s)) for s, e in row.spans)
+        out.append(2 * mine >= width)
+    return out
+
+
+def _decoded(tokenizer: Any, ids: list[int], segments: Sequence[str]) -> Rendered | None:
+    """The row decoded, with the spans of ``segments`` in it, when the decoding encodes back to ``ids``
+    (byte-level BPE decodes exactly; a SentencePiece decoding that differs is refused); else None."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
     segments = [s for s in segments if s]
-    if not segments:
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if not segments or list(tokenizer(text, add_special_tokens=False)["input_ids"]) != list(ids):
         return None
-    start = haystack.rfind(segments[0])
-    if start < 0:
+    spans: list[Span] = []
+    at = text.rfind(segments[0])
+    if at < 0:
         return None
-    hits, cursor = [], start
     for seg in segments:
-        at = haystack.find(seg, cursor)
+        at = text.find(seg, at if not spans else spans[-1][1])
         if at < 0:
             return None
-        hits.extend(range(at, at + len(seg)))
-        cursor = at + len(seg)
-    return sorted({owner[c] for c in hits})
+        spans.append((at, at + len(seg)))
+    return Rendered(text, tuple(spans), add_special_tokens=False)
 
 
 def regroup(groups: TokenGroups, scheme: str = "split_template") -> TokenGroups:
@@ -217,6 +263,8 @@ def compute_groups(
     tokenizer: Any = None,
     prompts: Sequence[Sequence[str] | str] | None = None,
     scheme: str = "mech",
+    *,
+    rendered: Sequence[Rendered | None] | None = None,
 ) -> TokenGroups:
     """Label every position of ``input_ids`` with its token group.
 
@@ -224,20 +272,28 @@ def compute_groups(
         arch: the model's resolved :class:`~mech.models.table.Architecture` (modality and marker ids).
         input_ids: LongTensor ``[batch, pos]``.
         attention_mask: ``[batch, pos]``, 0 at padding (all ones if None).
-        tokenizer: used to decode tokens for prompt matching and to find special tokens.
+        tokenizer: gives the character offsets of the tokens and the special tokens.
         prompts: per row, the user's prompt (or its segments between placeholders); None for raw
-            inputs.
+            inputs. Used only for rows without ``rendered``.
         scheme: ``"mech"`` (default, :data:`GROUPS`), ``"split_template"`` (``template`` split at the
             first visual token into ``template_pre`` / ``template_post``) or ``"fastv"`` (FastV's
             ``system`` / ``instruction`` split of every non-modality position; Chen et al. 2024); see
             :func:`regroup`.
+        rendered: per row, the exact string the tokenizer read and the user's character spans in it
+            (:class:`~mech.prepare.spans.Rendered`, made by ``prepare``), or None.
 
     Returns:
-        :class:`TokenGroups` with ``labels`` ``[batch, pos]`` and ``names`` :data:`SCHEMES` ``[scheme]``.
+        :class:`TokenGroups` with ``labels`` ``[batch, pos]``, ``names`` :data:`SCHEMES` ``[scheme]``
+        and ``text_source`` per row (``"prompt"``: from character offsets, exact;
+        ``"special_tokens"``: the approximate rule of the module docstring).
 
     Raises:
-        InputError: ``input_ids`` is not 2-D, or ``prompts`` has a different length than the batch.
+        InputError: ``input_ids`` is not 2-D, or ``prompts`` / ``rendered`` has a different length
+            than the batch.
         ConfigError: unknown ``scheme``.
+
+    Warns:
+        GroupsWarning: rows given ``prompts`` or ``rendered`` whose split could not come from offsets.
     """
     if scheme not in SCHEMES:
         raise ConfigError(f"scheme={scheme!r}; allowed: {', '.join(SCHEMES)}")
@@ -247,8 +303,9 @@ def compute_groups(
     batch, length = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if prompts is not None and len(prompts) != batch:
-        raise InputError(f"{len(prompts)} prompts for a batch of {batch} rows; pass one prompt per row.")
+    for name, given in (("prompts", prompts), ("rendered strings", rendered)):
+        if given is not None and len(given) != batch:
+            raise InputError(f"{len(given)} {name} for a batch of {batch} rows; pass one per row.")
     g = {n: i for i, n in enumerate(GROUPS)}
     ids_cpu, mask_cpu = input_ids.detach().cpu(), attention_mask.detach().cpu().bool()
     labels = torch.full((batch, length), g["text"], dtype=torch.long)
@@ -258,25 +315,41 @@ def compute_groups(
         labels[hit] = g[name]
         modality |= hit
     special = _special_ids(tokenizer) | set(arch.marker_ids)
-    skip = set(arch.modality_ids.values())
-    sources = []
+    sources, approximate = [], []
     for row in range(batch):
         row_ids = ids_cpu[row].tolist()
-        span = None
-        if prompts is not None and tokenizer is not None:
-            segs = [prompts[row]] if isinstance(prompts[row], str) else list(prompts[row])
-            span = _prompt_span(tokenizer, row_ids, skip | special, segs)
+        kept = mask_cpu[row].nonzero().flatten()
+        mine = None
+        if tokenizer is not None:
+            source = rendered[row] if rendered is not None else None
+            if source is None and prompts is not None:
+                segs = [prompts[row]] if isinstance(prompts[row], str) else list(prompts[row])
+                source = _decoded(tokenizer, [row_ids[k] for k in kept.tolist()], segs)
+            if source is not None:
+                mine = user_mask(tokenizer, source, [row_ids[k] for k in kept.tolist()])
         other = mask_cpu[row] & ~modality[row]
-        if span is not None:
-            template = other.clone()
-            template[span] = False
+        if mine is not None:
+            user = torch.zeros_like(other)
+            user[kept] = torch.tensor(mine, dtype=torch.bool)
+            marker = torch.tensor([t in arch.marker_ids for t in row_ids], dtype=torch.bool)
+            template = other & (~user | marker)
             sources.append("prompt")
         else:
             template = other & torch.tensor([t in special for t in row_ids], dtype=torch.bool)
             sources.append("special_tokens")
+            if (rendered is not None and rendered[row] is not None) or prompts is not None:
+                approximate.append(row)
         labels[row][template] = g["template"]
         first = other.nonzero().flatten()
         if len(first):
             labels[row, first[0]] = g["bos"]
     labels[~mask_cpu] = PAD
+    if approximate:
+        why = ("the tokenizer has no character offsets (a slow tokenizer)" if not getattr(tokenizer, "is_fast", False)
+               else "the rendered prompt could not be matched to the tokens")
+        warnings.warn(GroupsWarning(
+            f"token groups of rows {approximate[:10]} split text from template by the special-token rule "
+            f"(approximate: role words and the system prompt count as text), because {why}. Load a fast "
+            "tokenizer (use_fast=True) and make inputs with m.prepare(images, prompts) for exact groups."),
+            stacklevel=2)
     return regroup(TokenGroups(labels.to(input_ids.device), GROUPS, tuple(sources)), scheme)
