@@ -33,6 +33,7 @@ from PIL import Image
 
 from mech.errors import ConfigError, InputError
 from mech.engines.hooks import find_hidden, with_hidden
+from mech.splice import check_donor_lengths
 
 CONDITIONS = ("complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
               "visual_noise", "visual_mean")
@@ -150,7 +151,8 @@ def condition_inputs(m: Any, samples: Sequence[dict], condition: str, *, seed: i
     fmt = prompt or default_prompt
     transformed = [apply_condition(s, condition, seed=seed) for s in samples]
     inputs = m.prepare([t["images"] for t in transformed], [fmt(t) for t in transformed],
-                       padding_side=padding_side)
+                       padding_side=padding_side,
+                       image_position=[t.get("image_position", "before") for t in transformed])
     return inputs.replace(condition=condition, ids=[s.get("id") for s in samples])
 
 
@@ -273,16 +275,20 @@ class _Stop(Exception):
     """Raised by :func:`decoder_input_embeds`'s hook to skip the decoder layers."""
 
 
-def decoder_input_embeds(m: Any, inputs: Any) -> torch.Tensor:
+def decoder_input_embeds(m: Any, inputs: Any, injections: bool = False):
     """The decoder's input embeddings ``[batch, pos, d_model]`` (text embeddings with the visual
-    features merged in), from one pass that stops before the first decoder layer.
+    features merged in), from one pass that stops before the first decoder layer. With ``injections``:
+    ``(embeds, (features, order))``, the visual features added after early layers and the row each
+    position receives (:func:`mech.splice.find_injections`; None on families without them).
 
     Raises:
         InputError: the decoder is called without ``inputs_embeds`` (the family's table needs an entry).
     """
+    from mech.splice import find_injections
+
     m.require_decoder_sequence("decoder_input_embeds")
     inputs = m.inputs(inputs)
-    box: list[torch.Tensor] = []
+    box: list = []
 
     def hook(module, args, kwargs):
         hit = find_hidden(args, kwargs, m.arch.d_model)
@@ -290,6 +296,8 @@ def decoder_input_embeds(m: Any, inputs: Any) -> torch.Tensor:
             raise InputError("the decoder was called without input embeddings; this family needs a table entry "
                              "for its decoder input.")
         box.append(hit[1].detach())
+        inj = find_injections(kwargs, m.arch.d_model, tuple(hit[1].shape[:2])) if injections else None
+        box.append(None if inj is None else ([t.detach() for t in inj[1]], inj[2]))
         raise _Stop
 
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
@@ -300,12 +308,12 @@ def decoder_input_embeds(m: Any, inputs: Any) -> torch.Tensor:
         pass
     finally:
         handle.remove()
-    return box[0]
+    return (box[0], box[1]) if injections else box[0]
 
 
 @contextlib.contextmanager
 def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = VISUAL_GROUPS,
-                      rows: torch.Tensor | None = None) -> Iterator[None]:
+                      rows: torch.Tensor | None = None, fit: bool = False) -> Iterator[None]:
     """Resample ablation: the embeddings of ``groups`` in each row are replaced by the same groups'
     embeddings of another sample, in every forward inside the block.
 
@@ -313,8 +321,8 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
     Practices of Activation Patching*, §3) recommend over Gaussian noise, and the resampling ablation
     of causal scrubbing (Chan et al. 2022): the corrupted input stays in distribution and keeps the
     rest of the prompt (what is asked), while the group's content comes from another sample. A donor
-    must have exactly as many positions of ``groups`` as the row it replaces (:func:`donor_rows_ok`
-    tells which rows do); positions are filled in order.
+    must have exactly as many positions of ``groups`` as the row (:func:`donor_rows_ok`), or with ``fit``
+    at least one (repeated or truncated, :func:`mech.splice.splice_rows`); positions are filled in order.
 
     Args:
         inputs: ``[batch, pos]`` inputs.
@@ -323,15 +331,20 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
             into ``inputs`` itself (donors from the same batch; no extra pass).
         groups: token groups whose embeddings are swapped (default image and video).
         rows: ``[batch]`` bool; rows that are left as they are where False (default: all swapped).
+        fit: allow donors with another number of positions (the text removal of :mod:`mech.curves.donors`).
+
+    On a family that adds visual features after early decoder layers (Qwen3-VL's deepstack), a visual
+    group's added features are resampled from the donor too (:func:`mech.splice.splice_injections`), so
+    the image is the donor's at every layer it enters.
 
     Raises:
-        InputError: row counts differ, or a swapped row's group lengths differ (choose donors with
-            equal group lengths, e.g. :func:`mech.curves.donors.pair_donors`).
-        UnsupportedArchitectureError: visual groups on a family with deepstack injections
-            (:func:`require_input_only_visual`).
+        InputError: row counts differ; a swapped row's group lengths differ (without ``fit``) or its donor
+            has none of the group's positions (with ``fit``).
+        UnsupportedArchitectureError: a deepstack family whose added features mech cannot find by type.
     """
+    from mech.splice import resample_hook
+
     m.require_decoder_sequence("resample_features")
-    require_input_only_visual(m, groups, "resample_features")
     inputs = m.inputs(inputs)
     mask = _group_mask(inputs.groups, groups)
     index = None
@@ -344,25 +357,22 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
     if mask.shape[0] != dmask.shape[0]:
         raise InputError(f"inputs have {mask.shape[0]} rows and donors {dmask.shape[0]}; give one donor per row.")
     rows = torch.ones(mask.shape[0], dtype=torch.bool) if rows is None else rows.bool().cpu()
-    bad = [i for i in range(mask.shape[0]) if rows[i] and int(mask[i].sum()) != int(dmask[i].sum())]
-    if bad:
-        raise InputError(f"rows {bad[:8]} have a different number of {'/'.join(groups)} positions than their donors; "
-                         "pick donors with equal group lengths (mech.curves.donors.pair_donors) or pass rows=.")
-    donor_emb = None if index is not None else decoder_input_embeds(m, donors)
-
-    def hook(module, args, kwargs):
-        hit = find_hidden(args, kwargs, m.arch.d_model)
-        if hit is None or hit[1].shape[:2] != mask.shape:
-            return None  # a decoding step after the prefill
-        where, emb = hit
-        source = emb[index.to(emb.device)] if index is not None else donor_emb.to(emb)
-        return with_hidden(args, kwargs, where, splice_rows(emb, source, mask, dmask, rows))
-
+    check_donor_lengths(mask, dmask, rows, "/".join(groups), fit)
+    injected = injects_visual(m, groups)
+    donor_emb, donor_inj = (None, None) if index is not None else decoder_input_embeds(m, donors, injections=True)
+    hook = resample_hook(m.arch.d_model, mask, dmask, rows, source=donor_emb, index=index,
+                         donor_injections=donor_inj, injected=injected, what="resample_features")
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield
     finally:
         handle.remove()
+
+
+def injects_visual(m: Any, groups: Sequence[str]) -> bool:
+    """Whether ``groups`` hold a visual group and the family adds visual features after early decoder layers
+    (``m.arch.injection_layers``: Qwen3-VL's deepstack)."""
+    return any(g in VISUAL_GROUPS for g in groups) and bool(tuple(getattr(m.arch, "injection_layers", ()) or ()))
 
 
 def require_input_only_visual(m: Any, groups: Sequence[str], what: str) -> None:
@@ -379,18 +389,6 @@ def require_input_only_visual(m: Any, groups: Sequence[str], what: str) -> None:
             f"visual features after decoder layers {list(layers)} (deepstack), which would keep the clean image; "
             "use an input condition instead (white_image, black_image, noise_image: a real forward without the "
             "image), or the attention and dla estimators (mech contrib --estimators attention dla).")
-
-
-def splice_rows(emb: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, dmask: torch.Tensor,
-                rows: torch.Tensor) -> torch.Tensor:
-    """A copy of ``emb`` ``[batch, pos, d_model]`` whose ``mask`` ``[batch, pos]`` positions hold, in order,
-    ``source``'s ``dmask`` ``[batch, pos']`` positions (``source`` ``[batch, pos', d_model]``), in the
-    ``rows`` ``[batch]`` (bool) only; the two masks must select as many positions per changed row."""
-    emb = emb.clone()
-    for i in range(mask.shape[0]):
-        if rows[i]:
-            emb[i, mask[i].to(emb.device)] = source[i, dmask[i].to(emb.device)].to(emb)
-    return emb
 
 
 def donor_rows_ok(inputs: Any, donors: Any, groups: Sequence[str]) -> torch.Tensor:

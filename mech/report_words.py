@@ -20,6 +20,52 @@ def fmt(x, digits: int = 2) -> str:
     return "–" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def coverage_cell(o: dict) -> str:
+    """``overall.{estimator}`` → "k / n (p%)": the samples with an estimate."""
+    cov = o.get("coverage")
+    if not cov:
+        return "–"
+    return f"{cov['n_estimated']} / {cov['n']} ({fmt(100 * cov['coverage'] if cov['coverage'] is not None else None, 0)}%)"
+
+
+def identical_cell(o: dict) -> str:
+    """``overall.{estimator}.identical_donor`` → "image 0%, text 3%", or "–" (no removal by donors)."""
+    same = o.get("identical_donor") or {}
+    return ", ".join(f"{g} {fmt(None if v is None else 100 * v, 0)}%" for g, v in same.items()) or "–"
+
+
+def compare_coverage(results: dict, models: Sequence[str], name) -> list[str]:
+    """One line per model: the samples each estimator has an estimate for (``coverage``) and the
+    identical-donor shares of the removal-based estimators (``identical_donor``), from ``contrib.json``."""
+    lines = []
+    for s in models:
+        overall = results[s]["contrib"]["overall"]
+        cov = {e: coverage_cell(o) for e, o in overall.items()}
+        counts = sorted(set(cov.values()))
+        told = (f"every estimator {counts[0]}" if len(counts) == 1
+                else ", ".join(f"{e} {c}" for e, c in cov.items()))
+        same = "; ".join(f"{e} {identical_cell(o)}" for e, o in overall.items() if o.get("identical_donor"))
+        lines.append(f"- `{name(s)}`: estimated samples: {told}" + (f"; identical donors: {same}" if same else "") + ".")
+    return lines
+
+
+def coverage_lines(co: dict, shown: int = 5) -> list[str]:
+    """The samples each estimator has no estimate for, with their reasons (``overall.*.coverage.missing``):
+    counts per reason and the first ``shown`` sample ids; empty when every sample was estimated."""
+    out = []
+    for est, o in co["overall"].items():
+        missing = (o.get("coverage") or {}).get("missing") or []
+        if not missing:
+            continue
+        by: dict[str, list] = {}
+        for x in missing:
+            by.setdefault(x["reason"], []).append(str(x["id"]))
+        out.append(f"* {est}: no estimate for {len(missing)} of {o['coverage']['n']} samples, left out of its Δ: "
+                   + "; ".join(f"{len(v)} because {r} (e.g. {', '.join(v[:shown])})" for r, v in by.items()) + ".")
+    return (["", "Samples without an estimate (`contrib.json` → `overall.<estimator>.coverage.missing`):"] + out
+            if out else [])
+
+
 def _ci(o: dict) -> str:
     lo, hi = o.get("ci95") or (None, None)
     return f"{fmt(o.get('delta'))} [{fmt(lo)}, {fmt(hi)}]"

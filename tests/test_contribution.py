@@ -180,10 +180,12 @@ def test_modality_contributions_estimators_and_layer0_invariant():
 
 def test_resample_features_equals_the_forward_of_the_mixed_sample():
     """Oracle: resampling a group from a donor equals a plain forward on a hand-built sample that has
-    the donor's question (text) or the donor's image, with everything else kept."""
+    the donor's question (text) or the donor's image, with everything else kept. The organisms' tokenizer
+    has one token per word, so a donor question of another length is, by hand, its words repeated or
+    truncated to the sample's word count."""
     from mech.conditions import condition_inputs, resample_features
     from mech.curves import modality_contributions
-    from mech.curves.donors import donor_batch, pair_donors
+    from mech.curves.donors import content_key, donor_batch, pair_donors
     from mech.prepare.data import load_data
 
     m = mech.load("organism:balanced")
@@ -191,18 +193,23 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
     rows = list(range(8))
     for g in ("image", "text"):
         donors = pair_donors(samples, g, seed=0)
-        for i, d in enumerate(donors):
-            if d is not None:
-                assert d != i and samples[d].get("pair_key") == samples[i].get("pair_key")
-        donor_inputs, ok = donor_batch(m, samples, donors, rows, g)
-        assert ok.any()
+        for i, d in enumerate(donors):  # never the same content; the same question kind where one differs
+            assert d is not None and d != i and content_key(samples[d], g) != content_key(samples[i], g)
+            if any(content_key(x, g) != content_key(samples[i], g) and x["pair_key"] == samples[i]["pair_key"]
+                   for x in samples):
+                assert samples[d]["pair_key"] == samples[i]["pair_key"]
+        donor_inputs, ok, reason = donor_batch(m, samples, donors, rows, g)
+        assert ok.all() and (reason == 0).all()
         mixed = []
         for i in rows:
-            src = samples[i if donors[i] is None or not ok[rows.index(i)] else donors[i]]
-            field = {"image": ("images",), "text": ("question",)}[g]
-            mixed.append({**samples[i], **{k: src[k] for k in field}})
+            src = samples[donors[i]]
+            if g == "image":
+                mixed.append({**samples[i], "images": src["images"]})
+            else:
+                own, theirs = samples[i]["question"].split(), src["question"].split()
+                mixed.append({**samples[i], "question": " ".join(theirs[k % len(theirs)] for k in range(len(own)))})
         clean = condition_inputs(m, [samples[i] for i in rows], "complete")
-        with resample_features(m, clean, donor_inputs, groups=(g,), rows=ok):
+        with resample_features(m, clean, donor_inputs, groups=(g,), rows=ok, fit=True):
             got = m.logits(clean)
         want = m.logits(condition_inputs(m, mixed, "complete"))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
@@ -218,8 +225,8 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
     # the patching estimator's layer-0 value is the total effect of that swap; rows without donor are NaN
     q = clean.groups.last()
     a, b = _ids(m, len(rows))
-    text_donors = donor_batch(m, samples, pair_donors(samples, "text", seed=0), rows, "text")
-    image_donors = donor_batch(m, samples, pair_donors(samples, "image", seed=0), rows, "image")
+    text_donors = donor_batch(m, samples, pair_donors(samples, "text", seed=0), rows, "text")[:2]
+    image_donors = donor_batch(m, samples, pair_donors(samples, "image", seed=0), rows, "image")[:2]
     c = modality_contributions(m, clean, a, b, estimators=("patching",),
                                donors={"text": text_donors, "image": image_donors})
     r = torch.arange(len(rows))
@@ -230,6 +237,77 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
     want[~image_donors[1]] = float("nan")
     torch.testing.assert_close(c.per_sample["patching"][:, 0, mech.GROUPS.index("image")], want, atol=1e-4,
                                rtol=0, equal_nan=True)
+
+
+def test_pair_donors_never_takes_identical_content_where_another_exists():
+    """Invariants of the pairing, checked by brute force over hand-built samples: a donor differs in content
+    (prompt text; image pixels), has an image for the image group, shares pair_key and length where such a
+    donor exists, and is None only when every other usable sample has the same content."""
+    from PIL import Image
+
+    from mech.curves.donors import pair_donors
+
+    def im(c, size=(8, 8)):
+        return Image.new("RGB", size, (c, 0, 0))
+
+    samples = [
+        {"id": 0, "question": "how many", "pair_key": "n", "images": [im(1)]},
+        {"id": 1, "question": "how many", "pair_key": "n", "images": [im(1)]},          # same words and pixels as 0
+        {"id": 2, "question": "what color is it", "pair_key": "c", "images": [im(2, (8, 12))]},
+        {"id": 3, "question": "what shape is it", "pair_key": "c", "images": [im(3, (8, 12)), im(4)]},
+        {"id": 4, "question": "is it red", "pair_key": "c", "images": []},               # no image to give
+        {"id": 5, "question": "what size", "pair_key": "z", "images": [im(5)]},
+    ]
+    text = [" ".join(s["question"].split()) for s in samples]
+    for seed in range(5):
+        t, i = pair_donors(samples, "text", seed=seed), pair_donors(samples, "image", seed=seed)
+        for k, d in enumerate(t):
+            assert d is not None and text[d] != text[k]
+        assert t[2] == 3 and t[3] == 2  # same pair_key and word count exist: taken
+        assert t[0] in (5,) and t[1] in (5,)  # no other "n" question differs: same word count first
+        for k, d in enumerate(i):
+            assert d is not None and samples[d]["images"] and d != k
+        assert i[0] != 1 and i[1] != 0  # identical pixels are never a donor while others differ
+    same = [{"id": k, "question": "q", "images": [im(1)]} for k in range(3)]
+    assert pair_donors(same, "text") == [None] * 3 and pair_donors(same, "image") == [None] * 3
+
+
+def test_text_donor_of_another_length_is_repeated_or_truncated():
+    """Oracle: a text donor with fewer or more words than the sample equals the plain forward of the sample
+    whose question is the donor's words repeated / truncated to its own word count (one token per word);
+    the flag ``same`` is False and the patching estimate exists for every row."""
+    from mech.conditions import condition_inputs, resample_features
+    from mech.curves import modality_contributions
+    from mech.curves.decomposition import resample_removals
+    from mech.curves.donors import donor_batch
+    from mech.prepare.data import load_data
+
+    m = mech.load("organism:balanced")
+    samples = load_data("organism:shapes", n=40, seed=1)
+    words = [len(s["question"].split()) for s in samples]
+    rows = list(range(6))
+    donors = [next(j for j in range(len(samples)) if words[j] != words[i]) if i in rows else None
+              for i in range(len(samples))]
+    assert {words[i] < words[donors[i]] for i in rows} == {True, False}  # both directions are exercised
+    donor_inputs, ok, reason = donor_batch(m, samples, donors, rows, "text")
+    assert ok.all() and (reason == 0).all()
+    clean = condition_inputs(m, [samples[i] for i in rows], "complete")
+    mixed = []
+    for i in rows:
+        theirs = samples[donors[i]]["question"].split()
+        mixed.append({**samples[i], "question": " ".join(theirs[k % len(theirs)] for k in range(words[i]))})
+    want = m.logits(condition_inputs(m, mixed, "complete"))
+    with resample_features(m, clean, donor_inputs, groups=("text",), rows=ok, fit=True):
+        torch.testing.assert_close(m.logits(clean), want, atol=1e-5, rtol=0)
+    rem = resample_removals(m, clean, ("text",), {"text": (donor_inputs, ok)}, fit=True)
+    with rem["text"].applied(m, clean):
+        torch.testing.assert_close(m.logits(clean), want, atol=1e-5, rtol=0)
+    assert not rem["text"].same.any()
+    with pytest.raises(InputError, match="fit=True"):  # without fit, another length is refused
+        resample_removals(m, clean, ("text",), {"text": (donor_inputs, ok)})
+    a, b = _ids(m, len(rows))
+    c = modality_contributions(m, clean, a, b, estimators=("patching",), donors={"text": (donor_inputs, ok)})
+    assert not torch.isnan(c.per_sample["patching"][:, :, mech.GROUPS.index("text")]).any()
 
 
 def test_resample_bad_donors_and_missing_donors():
@@ -254,21 +332,22 @@ def test_resample_bad_donors_and_missing_donors():
 
 @pytest.fixture(scope="module")
 def organism_deltas():
-    """Δ(text/image) of both shipped organisms, n=256 held-out items, the model's own decisions,
-    patching by resample ablation with data-set-wide donors (what ``mech contrib`` does)."""
+    """Δ(text/image) of the three shipped organisms, n=256 held-out items, the model's own decisions,
+    removal by resample ablation with data-set-wide donors paired by content (what ``mech contrib`` does);
+    ``deltas[name]["same"]``: the identical-donor share per group."""
     from mech.curves import ESTIMATORS, PATCHED_GROUPS, Contributions
     from mech.curves.donors import contributions_for_rows, pair_donors
     from mech.prepare.data import load_data
     from mech.organisms import organism_dir
 
     try:
-        organism_dir("balanced"), organism_dir("text-biased")
+        organism_dir("image-biased"), organism_dir("balanced"), organism_dir("text-biased")
     except mech.MechError:
         pytest.skip("organisms not built")
     samples = load_data("organism:shapes", n=256)
     pairs = {g: pair_donors(samples, g) for g in PATCHED_GROUPS}
     deltas = {}
-    for name in ("balanced", "text-biased"):
+    for name in ("image-biased", "balanced", "text-biased"):
         m = mech.load(f"organism:{name}")
         parts = []
         for i in range(0, len(samples), 64):
@@ -276,23 +355,25 @@ def organism_deltas():
             parts.append(contributions_for_rows(m, samples, rows, pairs)[0])
         c = Contributions.concat(parts)
         deltas[name] = {e: c.imbalance(e, n_boot=500) for e in ESTIMATORS}
+        deltas[name]["same"] = {g: float(c.components[f"same.{g}"].mean()) for g in PATCHED_GROUPS}
     return deltas
 
 
-def test_organisms_patching_finds_the_planted_text_bias(organism_deltas):
-    """Ground truth (issue 7): the causal estimator gives the text-biased organism the larger
-    Δ(text/image), with non-overlapping 95% bootstrap intervals."""
-    b, t = organism_deltas["balanced"]["patching"], organism_deltas["text-biased"]["patching"]
-    assert t.delta > b.delta and t.ci95[0] > b.ci95[1], (b.to_json(), t.to_json())
-    assert b.dominant == "image"  # the balanced organism reads the image
-
-
-def test_organisms_decomposition_finds_the_planted_text_bias(organism_deltas):
-    """The decomposition credits MLP writes to the modality they depend on, so unlike DLA it ranks the
-    organisms as patching does (measured n=256: 0.36 [0.25, 0.50] vs 1.17 [0.76, 1.89])."""
-    b, t = organism_deltas["balanced"]["decomposition"], organism_deltas["text-biased"]["decomposition"]
-    assert t.delta > b.delta and t.ci95[0] > b.ci95[1], (b.to_json(), t.to_json())
-    assert b.dominant == "image" and t.dominant == "text"
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["patching", "decomposition"])
+def test_organisms_removal_estimators_order_the_planted_biases(organism_deltas, estimator):
+    """Ground truth (issues 7, 22): the causal estimators order Δ(text/image) image-biased < balanced <
+    text-biased with non-overlapping 95% bootstrap intervals, on every sample, with no identical donor
+    (the content-paired donors of mech.curves.donors; the older word-count buckets gave 46% identical text
+    donors). The decomposition credits MLP writes to the modality they depend on, so unlike DLA it ranks
+    the organisms as patching does."""
+    i, b, t = (organism_deltas[k][estimator] for k in ("image-biased", "balanced", "text-biased"))
+    assert i.delta < b.delta < t.delta, (i.to_json(), b.to_json(), t.to_json())
+    assert i.ci95[1] < b.ci95[0] and b.ci95[1] < t.ci95[0], (i.to_json(), b.to_json(), t.to_json())
+    assert i.dominant == "image" and t.dominant == "text"
+    for name in ("image-biased", "balanced", "text-biased"):
+        assert max(organism_deltas[name]["same"].values()) <= 0.05, organism_deltas[name]["same"]
+        assert organism_deltas[name][estimator].n == 256  # every sample estimated
 
 
 @pytest.mark.parametrize("estimator", [

@@ -52,12 +52,8 @@ def test_completeness_on_every_family(family):
     m = mech.load(tiny_model(family))
     inputs = m.inputs(tiny_inputs(family, m.processor, batch=2))
     a, b = _ids(m, 2)
-    if m.arch.injection_layers:  # deepstack: the image also enters after early layers, so it is not removable
-        with pytest.raises(UnsupportedArchitectureError, match="deepstack"):
-            _removals(m, inputs)
-        rem = noise_removals(m, inputs, ("text",), seed=0)  # the text alone is still a complete game
-    else:
-        rem = _removals(m, inputs)
+    # deepstack (qwen3_vl): the image also enters after early layers; resample ablation swaps that copy too
+    rem = _removals(m, inputs)
     assert all(bool(r.rows.all()) for r in rem.values()), "the tiny rows must have donors"
     d = decompose(m, inputs, a, b, rem)
     assert d.attn.shape == (2, m.arch.n_layers, len(rem)) and d.mlp.shape == d.attn.shape
@@ -200,8 +196,8 @@ def test_removing_both_groups_is_the_forward_of_the_hand_mixed_sample(organism):
     rows = list(range(12))
     pairs = {g: pair_donors(samples, g) for g in ("image", "text")}
     clean = condition_inputs(m, [samples[i] for i in rows], "complete")
-    donors = {g: donor_batch(m, samples, pairs[g], rows, g, clean=clean) for g in pairs}
-    rem = resample_removals(m, clean, ("image", "text"), donors)
+    donors = {g: donor_batch(m, samples, pairs[g], rows, g, clean=clean)[:2] for g in pairs}
+    rem = resample_removals(m, clean, ("image", "text"), donors, fit=True)
     with rem["image"].applied(m, clean), rem["text"].applied(m, clean):
         both = m.logits(clean)
     mixed = []
@@ -209,13 +205,14 @@ def test_removing_both_groups_is_the_forward_of_the_hand_mixed_sample(organism):
         s = dict(samples[i])
         if donors["image"][1][k]:
             s["images"] = samples[pairs["image"][i]]["images"]
-        if donors["text"][1][k]:
-            s["question"] = samples[pairs["text"][i]]["question"]
+        if donors["text"][1][k]:  # one token per word: a donor of another length is repeated / truncated
+            theirs = samples[pairs["text"][i]]["question"].split()
+            s["question"] = " ".join(theirs[j % len(theirs)] for j in range(len(samples[i]["question"].split())))
         mixed.append(s)
     torch.testing.assert_close(both, m.logits(condition_inputs(m, mixed, "complete")), atol=1e-5, rtol=0)
     with rem["text"].applied(m, clean):
         one = m.logits(clean)
-    with resample_features(m, clean, donors["text"][0], groups=("text",), rows=donors["text"][1]):
+    with resample_features(m, clean, donors["text"][0], groups=("text",), rows=donors["text"][1], fit=True):
         torch.testing.assert_close(one, m.logits(clean), atol=1e-6, rtol=0)
     # the flag: identical question words <=> same
     for k, i in enumerate(rows):
@@ -247,9 +244,14 @@ def test_organism_contrib_json_completeness_and_by_category(organism):
         assert sum(e["n"] for e in by.values()) == js["overall"][est]["n"]
         for e in by.values():
             assert {"contribution", "dominant", "underutilized", "delta", "ci95", "n", "decision"} <= set(e)
-    count = js["by_category"]["decomposition"]["count"]  # every count question has the same words
-    assert count["blind"] == ["text"] and count["contribution"]["text"] == 0.0
+    # every count question has the same words: its text donor is another question (content-paired donors),
+    # so the removal changes the input and the category is not blind
+    count = js["by_category"]["decomposition"]["count"]
+    assert count["blind"] == [] and count["identical_donor"]["text"] == 0.0 and count["contribution"]["text"] != 0.0
     assert "blind" not in js["by_category"]["dla"]["count"]
+    for est in ("dla", "decomposition"):  # coverage: every sample estimated, nothing missing
+        cov = js["overall"][est]["coverage"]
+        assert cov == {"coverage": 1.0, "n_estimated": len(samples), "n": len(samples), "missing": []}
 
 
 def test_report_words_for_three_models():
@@ -299,11 +301,13 @@ def test_report_compares_three_models(tmp_path):
     assert set(contrib["by_category"]) == set(contrib["overall"])
 
 
-def test_deepstack_keeps_the_clean_image_so_visual_feature_corruption_is_refused():
-    """Why qwen3_vl is refused: besides its input embeddings, its decoder receives a second copy of the
-    image (deepstack features from the vision tower, added after early layers; seen here by a
-    hand-written pre-hook), which an edit of the input embeddings leaves clean. Both feature
-    corruptions refuse, naming the input conditions that do remove the image; the text stays removable."""
+def test_deepstack_keeps_the_clean_image_so_visual_feature_noise_is_refused():
+    """Why qwen3_vl's noise corruption is refused: besides its input embeddings, its decoder receives a
+    second copy of the image (deepstack features from the vision tower, added after early layers; seen
+    here by a hand-written pre-hook), which an edit of the input embeddings leaves clean. Noise refuses,
+    naming the input conditions that do remove the image; resample ablation swaps the deepstack features
+    too (oracle: tests/test_heterogeneous_report.py, the forward of the hand-built sample with the donor's
+    images); the text stays removable."""
     from mech.conditions import corrupt_features, resample_features
 
     m = mech.load(tiny_model("qwen3_vl"))
@@ -321,10 +325,12 @@ def test_deepstack_keeps_the_clean_image_so_visual_feature_corruption_is_refused
         assert seen[0], "the tiny qwen3_vl must pass deepstack features to its decoder"
     finally:
         handle.remove()
-    for ctx in (lambda: corrupt_features(m, inputs, "visual_noise"),
-                lambda: resample_features(m, inputs, torch.tensor([1, 0]))):
-        with pytest.raises(UnsupportedArchitectureError, match="white_image"):
-            with ctx():
-                pass
+    with pytest.raises(UnsupportedArchitectureError, match="white_image"):
+        with corrupt_features(m, inputs, "visual_noise"):
+            pass
+    clean = m.logits(inputs)
+    with resample_features(m, inputs, torch.tensor([1, 0])):  # rows swap their images, deepstack included
+        swapped = m.logits(inputs)
+    assert not torch.allclose(swapped, clean)
     text_only = noise_removals(m, inputs, ("text",))
     assert set(text_only) == {"text"}  # the text's removal is unaffected

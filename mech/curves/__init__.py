@@ -63,7 +63,8 @@ class Contributions:
     group]``, ``.embed`` ``[sample, group]``, ``.decision`` / ``.rest`` / ``.removed`` / ``.interaction``
     ``[sample]``; with resample ablation ``same.<group>`` ``[sample]`` (1.0: the donor is identical);
     from :func:`mech.curves.donors.contributions_for_rows` ``decision`` ``[sample]`` (the model's logit
-    difference, top option − runner-up).
+    difference, top option − runner-up) and ``missing.<group>`` ``[sample]`` (why a row's group was not
+    removed: a code of :data:`mech.curves.donors.REASONS`, 0 where it was).
     """
 
     per_sample: dict[str, torch.Tensor]
@@ -122,13 +123,17 @@ class Contributions:
                        for e in self.per_sample}, "estimator")
 
     def to_json(self, numerator: str = "text", denominator: str = "image", n_boot: int = 1000,
-                categories: Sequence[str] | None = None) -> dict:
+                categories: Sequence[str] | None = None, ids: Sequence[str] | None = None) -> dict:
         """``contrib.json``: ``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` (docs/design.md,
         "The run layer's contract"); ``decomposition`` (:func:`mech.curves.summary.decomposition_json`)
         with that estimator; ``by_category.{estimator}.{category}`` when ``categories`` (one question type
-        per sample, :func:`mech.curves.summary.category_of`) are given (:func:`mech.curves.summary.by_category`)."""
-        from mech.curves.summary import (REMOVAL_ESTIMATORS, by_category, decomposition_json, estimated,
-                                         identical_donor)
+        per sample, :func:`mech.curves.summary.category_of`) are given (:func:`mech.curves.summary.by_category`).
+        Every ``overall.{estimator}`` has ``coverage`` (:func:`mech.curves.summary.coverage`: the share of the
+        samples with an estimate and the reason for each other one, named by ``ids``); the removal-based
+        estimators also ``identical_donor``. With fewer than 2 estimated samples ``ci95`` is ``[null, null]``
+        and the per-layer Δ null, rather than an error."""
+        from mech.curves.summary import (REMOVAL_ESTIMATORS, by_category, coverage, decomposition_json, estimated,
+                                         group_imbalance, identical_donor)
 
         out: dict = {"groups": list(self.groups), "pool": {e: POOL[e] for e in self.per_sample},
                      "ratio": f"{numerator}/{denominator}", "curves": {}, "cumulative": {},
@@ -139,11 +144,16 @@ class Contributions:
             out["curves"][est] = curves(sub, tuple(keep))
             if est != "patching":  # restoration curves are already cumulative over the layers below
                 out["cumulative"][est] = curves(sub, tuple(keep), cumulative=True)
-            r = self.imbalance(est, numerator, denominator, n_boot=n_boot)
-            out["imbalance_ratio"][est] = r.per_layer.tolist()
-            out["overall"][est] = r.to_json()
+            i, j = self.groups.index(numerator), self.groups.index(denominator)
+            if int(estimated(x, i, j).sum()) >= 2:
+                r = self.imbalance(est, numerator, denominator, n_boot=n_boot)
+                out["imbalance_ratio"][est], out["overall"][est] = r.per_layer.tolist(), r.to_json()
+            else:  # too few estimates for an interval: say so in coverage, keep the run
+                out["imbalance_ratio"][est] = [None] * x.shape[1]
+                out["overall"][est] = group_imbalance(x, self.groups, POOL[est], numerator, denominator)
+            out["overall"][est]["coverage"] = coverage(x, self.components, i, j, (numerator, denominator), ids,
+                                                       removal=est in REMOVAL_ESTIMATORS)
             if est in REMOVAL_ESTIMATORS:  # the samples whose removal changed no input count as 0
-                i, j = self.groups.index(numerator), self.groups.index(denominator)
                 keep = torch.nonzero(estimated(x, i, j)).flatten()
                 out["overall"][est].update(identical_donor(self.components, keep, (denominator, numerator)))
             out["n"] = int(x.shape[0])
@@ -175,10 +185,11 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             are those of a donor sample, :func:`mech.conditions.resample_features`) or ``"noise"``
             (Gaussian noise of ``noise_scale`` × the group's embedding std, seeded by ``seed``).
         donors: for ``"resample"``: group -> ``(donor_inputs, rows)`` as
-            :func:`mech.curves.donors.donor_batch` returns (``mech contrib`` pairs donors over the
-            whole data set); default: other rows of this batch with as many positions of the group
-            (:func:`mech.curves.donors.batch_donors`). Rows without a donor get NaN. ``decomposition``
-            removes groups the same way (resample or noise).
+            the first two items of :func:`mech.curves.donors.donor_batch` (``mech contrib`` pairs donors
+            over the whole data set); default: other rows of this batch with as many positions of the group
+            (:func:`mech.curves.donors.batch_donors`). A donor with another number of the group's positions
+            (a text donor) is repeated or truncated (:func:`mech.splice.splice_rows`). Rows without a donor
+            get NaN. ``decomposition`` removes groups the same way (resample or noise).
 
     Returns:
         :class:`Contributions` with ``[batch, layer, group]`` per estimator. With resample ablation
@@ -194,7 +205,7 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
         UnsupportedArchitectureError: cross-attention family.
     """
     from mech.measure.attention import attention_mass
-    from mech.conditions import corrupt_features, resample_features
+    from mech.conditions import corrupt_features, injects_visual, resample_features
     from mech.curves.donors import batch_donors
     from mech.curves.decomposition import noise_removals, resample_removals
     from mech.measure.patching import activation_patching
@@ -220,7 +231,8 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
     batch = inputs["input_ids"].shape[0]
     removals = {}
     if "decomposition" in estimators or ("patching" in estimators and corruption == "resample"):
-        removals = (resample_removals(m, inputs, PATCHED_GROUPS, donors, seed=seed) if corruption == "resample"
+        removals = (resample_removals(m, inputs, PATCHED_GROUPS, donors, seed=seed, fit=True)
+                    if corruption == "resample"
                     else noise_removals(m, inputs, PATCHED_GROUPS, seed=seed, noise_scale=noise_scale))
         for g in PATCHED_GROUPS:  # every key in every batch, so that batches concatenate
             rm = removals.get(g)
@@ -241,7 +253,7 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
                     continue
 
                 def corrupted(g=g, d=donor_inputs, r=rows):
-                    return resample_features(m, inputs, d, groups=(g,), rows=r)
+                    return resample_features(m, inputs, d, groups=(g,), rows=r, fit=True)
             else:
                 def corrupted(g=g):
                     return corrupt_features(m, inputs, "visual_noise", groups=(g,), seed=seed,
@@ -251,6 +263,9 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
                                       answer=answer, counterfactual=counterfactual, normalize=False,
                                       corrupted_context=corrupted, seed=seed)
             restored = (res.patched["resid_pre"][:, 0, :] - res.corrupted_metric[None, :]).T.float().cpu()
+            if injects_visual(m, (g,)) and res.layers[0] == 0:  # the image also enters after early layers, which
+                # restoring resid_pre_0 leaves resampled: layer 0 is the total effect clean − corrupted itself
+                restored[:, 0] = (res.clean_metric - res.corrupted_metric).float().cpu()
             restored[~rows.cpu()] = float("nan")  # [batch, layer]
             curve[:, res.layers, GROUPS.index(g)] = restored
         out["patching"] = curve

@@ -64,6 +64,9 @@ class Removal:
         source / dmask: resample: the donor rows' decoder input embeddings ``[batch, pos', d_model]``
             and the group's positions there ``[batch, pos']``; None for noise.
         noise: noise: ``(seed, noise_scale)`` of :func:`mech.conditions.corrupt_features`; None for resample.
+        injections: resample of a visual group on a family that adds visual features after early decoder
+            layers (Qwen3-VL's deepstack): the donor pass's ``(features, order)``
+            (:func:`mech.splice.find_injections`), resampled too; None otherwise.
     """
 
     group: str
@@ -73,6 +76,7 @@ class Removal:
     source: torch.Tensor | None = None
     dmask: torch.Tensor | None = None
     noise: tuple[int, float] | None = None
+    injections: tuple | None = None
 
     @contextlib.contextmanager
     def applied(self, m, inputs) -> Iterator[None]:
@@ -87,17 +91,12 @@ class Removal:
                                   noise_scale=self.noise[1]):
                 yield
             return
-        from mech.conditions import splice_rows
-        from mech.engines.hooks import find_hidden, with_hidden
+        from mech.conditions import injects_visual
+        from mech.splice import resample_hook
 
-        def hook(module, args, kwargs):
-            hit = find_hidden(args, kwargs, m.arch.d_model)
-            if hit is None or hit[1].shape[:2] != self.mask.shape:
-                return None  # a decoding step after the prefill
-            where, emb = hit
-            return with_hidden(args, kwargs, where,
-                               splice_rows(emb, self.source.to(emb), self.mask, self.dmask, self.rows))
-
+        hook = resample_hook(m.arch.d_model, self.mask, self.dmask, self.rows, source=self.source,
+                             donor_injections=self.injections, injected=injects_visual(m, (self.group,)),
+                             what="the decomposition's resample removal")
         handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
         try:
             yield
@@ -106,7 +105,7 @@ class Removal:
 
 
 def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tuple] | None = None, *,
-                      seed: int = 0) -> dict[str, Removal]:
+                      seed: int = 0, fit: bool = False) -> dict[str, Removal]:
     """Resample-ablation :class:`Removal` of each of ``groups`` that ``inputs`` have positions of.
 
     Args:
@@ -114,16 +113,19 @@ def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tup
         donors: group -> ``(donor_inputs, rows)`` (:func:`mech.curves.donors.donor_batch`) or
             ``(index LongTensor [batch], rows)`` (donors from this batch, :func:`mech.curves.donors.batch_donors`,
             the default for a group not given).
+        fit: a donor may have another number of the group's positions (repeated or truncated,
+            :func:`mech.splice.splice_rows`; the text donors of :mod:`mech.curves.donors`).
 
     Raises:
-        InputError: a changed row's group has another number of positions than its donor's.
+        InputError: a changed row's group has another number of positions than its donor's (without
+            ``fit``), or none (with ``fit``).
     """
-    from mech.conditions import decoder_input_embeds, require_input_only_visual
+    from mech.conditions import decoder_input_embeds
+    from mech.splice import check_donor_lengths, fitted
     from mech.curves.donors import batch_donors
 
-    require_input_only_visual(m, groups, "the decomposition's resample removal")
     inputs = m.inputs(inputs)
-    clean = decoder_input_embeds(m, inputs)  # [batch, pos, d_model], no hook registered
+    clean, injections = decoder_input_embeds(m, inputs, injections=True)  # no hook registered
     out = {}
     for g in groups:
         mask = inputs.groups.mask(g).cpu()
@@ -134,19 +136,18 @@ def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tup
         if isinstance(donor, torch.Tensor):
             index = donor.long().cpu()
             source, dmask = clean[index.to(clean.device)], mask[index]
+            inj = None if injections is None else (injections[0], injections[1][index])
         else:
             donor = m.inputs(donor)
-            source, dmask = decoder_input_embeds(m, donor), donor.groups.mask(g).cpu()
+            (source, inj), dmask = decoder_input_embeds(m, donor, injections=True), donor.groups.mask(g).cpu()
         if dmask.shape[0] != mask.shape[0]:
             raise InputError(f"inputs have {mask.shape[0]} rows and {g} donors {dmask.shape[0]}; give one per row.")
-        bad = [i for i in range(mask.shape[0]) if rows[i] and int(mask[i].sum()) != int(dmask[i].sum())]
-        if bad:
-            raise InputError(f"rows {bad[:8]} have another number of {g} positions than their donors; pick donors "
-                             "with equal group lengths (mech.curves.donors.pair_donors) or pass rows=.")
-        same = torch.tensor([bool(rows[i]) and torch.equal(clean[i, mask[i].to(clean.device)],
-                                                           source[i, dmask[i].to(source.device)])
-                             for i in range(mask.shape[0])], dtype=torch.bool)
-        out[g] = Removal(g, mask, rows, same, source, dmask)
+        check_donor_lengths(mask, dmask, rows, g, fit)
+        same = torch.tensor([bool(rows[i]) and torch.equal(
+            clean[i, mask[i].to(clean.device)],
+            fitted(source[i, dmask[i].to(source.device)], int(mask[i].sum())).to(clean))
+            for i in range(mask.shape[0])], dtype=torch.bool)
+        out[g] = Removal(g, mask, rows, same, source, dmask, injections=inj)
     return out
 
 
@@ -258,6 +259,7 @@ def decompose(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor,
         InputError: no player, or ids of the wrong shape.
     """
     from mech.engines.hooks import hooks, site_hook
+    from mech.engines.unembed import unembed_at
     from mech.measure.dla import final_norm, frozen_readout
 
     m.require_decoder_sequence("the decomposition estimator")
@@ -285,6 +287,7 @@ def decompose(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor,
                     if g not in kept:
                         stack.enter_context(removals[g].applied(m, inputs))
                 stack.enter_context(hooks(m, [(n, keep) for n in names]))
+                stack.enter_context(unembed_at(m, q))  # the logits are not read: unembed the answer position only
                 m.model(**inputs)
             x_final = saved[site_hook("resid_post", L - 1)]
             if readout is None:

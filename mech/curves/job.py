@@ -3,9 +3,11 @@
 Writes ``contrib.json`` (``curves``, ``cumulative``, ``imbalance_ratio``, ``overall`` per estimator,
 ``decomposition``, ``by_category.{estimator}.{question type}``),
 ``contrib.safetensors`` (per-sample ``[sample, layer, group]`` per estimator, plus the answer and
-counterfactual token ids) and ``contrib.png``. The ``patching`` estimator's corruption is
-``--ablation resample`` (default: donors paired once over the whole data set,
-:mod:`mech.curves.donors`, so results do not depend on the batch size) or ``noise``.
+counterfactual token ids, and ``missing.<group>``: why a sample has no estimate) and ``contrib.png``. The
+removal of ``patching`` and ``decomposition`` is ``--ablation resample`` (default: donors paired once over
+the whole data set by content, images resized to the sample's sizes and text fitted to its token count,
+:mod:`mech.curves.donors`, so every sample can be estimated and results do not depend on the batch size)
+or ``noise``.
 """
 
 from __future__ import annotations
@@ -77,16 +79,20 @@ class ContribJob:
         contrib = Contributions(per_sample, meta=meta, components={
             k: v for k, v in data.items() if k not in per_sample and k not in ("answer", "counterfactual")})
         result = {"model": s.model, "data": s.data,
-                  **contrib.to_json(categories=[category_of(x) for x in samples])}
+                  **contrib.to_json(categories=[category_of(x) for x in samples],
+                                    ids=[x.get("id") for x in samples])}
         write_tensors(out / "contrib.safetensors", data, {"groups": list(contrib.groups)})
         save_figure(contribution_figure(result, f"{s.model} on {s.data} (n = {result['n']})"), out / "contrib.png")
         result["figures"] = ["contrib.png"]
         return result
 
     def summary(self, result: dict) -> list[str]:
+        from mech.report_words import fmt
+
         lines = []
         for est, o in result["overall"].items():
             lo, hi = o["ci95"]
-            lines.append(f"{est}: Δ(text/image) {o['delta']:.2f} [{lo:.2f}, {hi:.2f}], dominant {o['dominant']} "
-                         f"(n={result['n']})")
+            cov = o.get("coverage") or {}
+            lines.append(f"{est}: Δ(text/image) {fmt(o['delta'], 2)} [{fmt(lo, 2)}, {fmt(hi, 2)}], dominant "
+                         f"{o['dominant']} (estimated for {cov.get('n_estimated', o['n'])} of {result['n']})")
         return lines

@@ -5,11 +5,12 @@ Question type (:func:`category_of`): a sample's ``category`` field where the dat
 (jsonl), else its ``template`` (``organism:shapes``), else its ``subject`` (MMMU-Pro), else ``"all"``.
 
 A removal-based estimator (``patching``, ``decomposition``) cannot see a group whose removal changes
-no input: every ``count`` question of ``organism:shapes`` has the same words, so resampling the
-question from another count question leaves the prompt as it was and C(text) is exactly 0 there.
-Each category entry of those estimators carries ``identical_donor`` (group -> share of its samples
-whose donor's embeddings of the group equal their own) and ``blind`` (the groups where that share is
-1), so a report can flag the category rather than print a meaningless Δ.
+no input: a donor with the same content (the pairing of :mod:`mech.curves.donors` takes one only when
+no other sample differs), or a model that embeds every input of the group alike, gives C = 0 by
+construction. Each category entry of those estimators carries ``identical_donor`` (group -> share of
+its samples whose donor's embeddings of the group equal their own) and ``blind`` (the groups where that
+share is 1), so a report can flag the category rather than print a meaningless Δ. ``overall`` carries
+``coverage`` (:func:`coverage`): the samples with an estimate and the reason for every other one.
 """
 
 from __future__ import annotations
@@ -110,6 +111,40 @@ def identical_donor(components: Mapping[str, torch.Tensor], keep: torch.Tensor, 
     if not shares:
         return {}
     return {"identical_donor": shares, "blind": [g for g, v in shares.items() if v is not None and v >= 1.0]}
+
+
+def coverage(x: torch.Tensor, components: Mapping[str, torch.Tensor], i: int, j: int, groups: Sequence[str],
+             ids: Sequence[str] | None = None, removal: bool = False) -> dict:
+    """``overall.{estimator}.coverage``: how many samples have an estimate and why the others have none.
+
+    Args:
+        x: ``[sample, layer, group]`` of one estimator (NaN: no estimate).
+        components: ``missing.<group>`` ``[sample]``, reason codes of :data:`mech.curves.donors.REASONS`
+            (0: the group was removed), where recorded.
+        i, j: the indices of the ratio's two groups in ``x``'s last axis.
+        groups: the ratio's two group names (numerator, denominator).
+        ids: the sample ids, in the order of ``x`` (default: the sample indices).
+        removal: whether the estimator removes groups (only then a missing donor is a reason).
+
+    Returns:
+        ``{"coverage": n_estimated / n, "n_estimated", "n", "missing": [{"id", "reason"}]}``, one entry of
+        ``missing`` per sample without an estimate of both groups; ``reason`` joins each group's reason.
+    """
+    from mech.curves.donors import NO_POSITIONS, REASONS
+
+    ok = estimated(x, i, j)
+    n = int(x.shape[0])
+    missing = []
+    for k in torch.nonzero(~ok).flatten().tolist():
+        why = []
+        for g in groups:
+            code = components.get(f"missing.{g}")
+            c = int(code[k]) if code is not None else 0
+            if c and (removal or c == NO_POSITIONS):
+                why.append(REASONS[c].format(group=g))
+        missing.append({"id": str(ids[k]) if ids is not None else k,
+                        "reason": "; ".join(why) or "the estimate is not a number (NaN)"})
+    return {"coverage": (int(ok.sum()) / n) if n else None, "n_estimated": int(ok.sum()), "n": n, "missing": missing}
 
 
 def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str, ...],
