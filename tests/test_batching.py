@@ -20,13 +20,13 @@ from mech.measure.evaluation.answering import score_batch
 from mech.measure.knockout import attention_knockout
 from mech.measure.patching import activation_patching
 from mech.testing.tiny import IMAGE_SIZES, tiny_model
+from mech.testing.tolerance import assert_close_scaled
 
 FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl")
 SIDES = ("left", "right")
 QUESTIONS = ("what colour is the shape ?",
              "please tell me what colour is the big shape in the image , and is it a circle or a square ?",
              "which shape ?")
-ATOL = 1e-5
 
 
 def _samples(family: str) -> list[dict]:
@@ -60,71 +60,87 @@ def _batch(m, samples, side):
     return clean, corrupted
 
 
-def _close(batched: torch.Tensor, single: torch.Tensor, what: str):
-    torch.testing.assert_close(batched.float(), single.float(), atol=ATOL, rtol=1e-4, msg=what)
+def _terms(m, alone) -> int:
+    """Terms reduced per value along a forward: ``n_layers · (d_model + pos)``, ``pos`` the padded length
+    (that of the longest sample)."""
+    return m.arch.n_layers * (m.arch.d_model + max(c["input_ids"].shape[1] for c, _ in alone))
+
+
+def _close(batched: torch.Tensor, single: torch.Tensor, what: str, n: int, scale: float | None = None):
+    """Equal up to fp32 rounding of ``n``-term reductions (padding changes the kernels' shapes, so the
+    batched and the single run round differently), at the magnitude of the values compared (or ``scale``)."""
+    assert_close_scaled(batched.float(), single.float(), n=n, dtype=torch.float32, scale=scale, msg=what)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_attention_mass(setup, side):
     m, samples, _, _, alone = setup
+    terms = _terms(m, alone)
     clean, _ = _batch(m, samples, side)
     for query in ("last", "text"):
         am = mech.attention_mass(m, clean, query=query)
         for i, (c, _) in enumerate(alone):
             one = mech.attention_mass(m, c, query=query)
-            _close(am.mass[i], one.mass[0], f"mass row {i} {query}")
-            _close(am.counts[i], one.counts[0], f"counts row {i}")
+            _close(am.mass[i], one.mass[0], f"mass row {i} {query}", terms)
+            _close(am.counts[i], one.counts[0], f"counts row {i}", terms)
             n = int(one.n_image_tokens[0])
-            _close(am.spatial[i, :, :n], one.spatial[0], f"spatial row {i}")
+            _close(am.spatial[i, :, :n], one.spatial[0], f"spatial row {i}", terms)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_activation_patching(setup, side):
     m, samples, a, c, alone = setup
+    terms = _terms(m, alone)
     clean, corrupted = _batch(m, samples, side)
     kw = dict(site=["resid_post", "attn_out", "z"], positions=["image", "text", "last"], normalize=False)
     res = activation_patching(m, clean, corrupted, answer=a, counterfactual=c, **kw)
     for i, (ci, ki) in enumerate(alone):
         one = activation_patching(m, ci, ki, answer=a[i:i + 1], counterfactual=c[i:i + 1], **kw)
-        _close(res.clean_metric[i], one.clean_metric[0], f"clean metric row {i}")
-        _close(res.corrupted_metric[i], one.corrupted_metric[0], f"corrupted metric row {i}")
+        _close(res.clean_metric[i], one.clean_metric[0], f"clean metric row {i}", terms)
+        _close(res.corrupted_metric[i], one.corrupted_metric[0], f"corrupted metric row {i}", terms)
         for s in kw["site"]:
-            _close(res.patched[s][..., i], one.patched[s][..., 0], f"patched {s} row {i}")
+            _close(res.patched[s][..., i], one.patched[s][..., 0], f"patched {s} row {i}", terms)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_attention_knockout(setup, side):
     m, samples, a, _, alone = setup
+    terms = _terms(m, alone)
     clean, _ = _batch(m, samples, side)
     edges = [("image", "last"), ("text", "last"), [("image", "text"), ("bos", "last")]]
     res = attention_knockout(m, clean, edges=edges, window=1, answer_ids=a)
     for i, (ci, _) in enumerate(alone):
         one = attention_knockout(m, ci, edges=edges, window=1, answer_ids=a[i:i + 1])
-        _close(res.p_clean[i], one.p_clean[0], f"p_clean row {i}")
-        _close(res.p_knocked[..., i], one.p_knocked[..., 0], f"p_knocked row {i}")
-        _close(res.change_per_sample[..., i], one.change_per_sample[..., 0], f"change row {i}")
+        _close(res.p_clean[i], one.p_clean[0], f"p_clean row {i}", terms)
+        _close(res.p_knocked[..., i], one.p_knocked[..., 0], f"p_knocked row {i}", terms)
+        # change = 100 · (p_knocked / p_clean − 1): the ratio's relative error, in percent of the ratio
+        ratio = float((one.p_knocked[..., 0] / one.p_clean[0]).max())
+        _close(res.change_per_sample[..., i], one.change_per_sample[..., 0], f"change row {i}", terms,
+               scale=2 * 100 * ratio)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_dla(setup, side):
     m, samples, a, c, alone = setup
+    terms = _terms(m, alone)
     clean, _ = _batch(m, samples, side)
     res = direct_logit_attribution(m, clean, a, c)
-    _close(res.total(), res.logit_diff, "components sum to the logit difference")
+    _close(res.total(), res.logit_diff, "components sum to the logit difference", terms)
     for i, (ci, _) in enumerate(alone):
         one = direct_logit_attribution(m, ci, a[i:i + 1], c[i:i + 1])
         for field in ("attn", "attn_bias", "mlp", "embed", "logit_diff"):
-            _close(getattr(res, field)[i], getattr(one, field)[0], f"DLA {field} row {i}")
+            _close(getattr(res, field)[i], getattr(one, field)[0], f"DLA {field} row {i}", terms)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_option_scoring(setup, side):
     m, samples, _, _, alone = setup
+    terms = _terms(m, alone)
     clean, _ = _batch(m, samples, side)
     rows = score_batch(m, clean, samples, "option_text")
     for i, (ci, _) in enumerate(alone):
         one = score_batch(m, ci, [samples[i]], "option_text")[0]
-        _close(torch.tensor(rows[i]["scores"]), torch.tensor(one["scores"]), f"option scores row {i}")
+        _close(torch.tensor(rows[i]["scores"]), torch.tensor(one["scores"]), f"option scores row {i}", terms)
         assert rows[i]["pred"] == one["pred"]
 
 
@@ -134,10 +150,11 @@ def test_evaluate_batch_size_invariant(setup):
     Feature conditions are left out on purpose: ``visual_noise``/``visual_mean`` use the batch's
     embedding std/mean and one noise draw per batch (mech.conditions.corrupt_features), so they depend
     on the batch composition by design."""
-    m, samples, _, _, _ = setup
+    m, samples, _, _, alone = setup
+    terms = _terms(m, alone)
     kw = dict(conditions=("complete", "white_image", "no_image", "image_only", "noise_image"), progress=False,
               scoring="option_text")
     batched, single = evaluate(m, samples, batch_size=3, **kw), evaluate(m, samples, batch_size=1, **kw)
     for cond in kw["conditions"]:
-        _close(torch.tensor(batched["scores"][cond]), torch.tensor(single["scores"][cond]), f"evaluate {cond}")
+        _close(torch.tensor(batched["scores"][cond]), torch.tensor(single["scores"][cond]), f"evaluate {cond}", terms)
         assert batched["predictions"][cond] == single["predictions"][cond]

@@ -20,10 +20,10 @@ from mech.engines.attention_fn import decoder_configs
 from mech.errors import ConfigError
 from mech.measure.knockout import attention_knockout, blocking
 from mech.testing.tiny import tiny_inputs, tiny_model
+from mech.testing.tolerance import probability_rel_bound
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-TOL = 1e-5
 EDGES = [("image", "last"), ("text", "last"), ("image", "text"), ("text", "text"),
          [("image", "last"), ("bos", "last")], ("last", "last")]
 
@@ -86,15 +86,17 @@ def test_knockout_equals_eager_oracle(family, batch):
         res = attention_knockout(m, inp, edges=EDGES, window=window, anchor=anchor, max_rows=4)
         with torch.no_grad():
             clean = me.model(**inp).logits[torch.arange(batch), inp.groups.last()].float().softmax(-1)
-        assert torch.allclose(res.p_clean, clean[torch.arange(batch), res.answer], atol=TOL)
+        rel = probability_rel_bound(m, inp)  # SDPA (mech) and eager (the oracle) round differently
+        want = clean[torch.arange(batch), res.answer]
+        assert ((res.p_clean - want).abs() <= rel * want).all(), (res.p_clean, want, rel)
         for wi, l in enumerate(res.layers):
             lo, hi = (l, min(n, l + window)) if anchor == "start" else (max(0, l - window // 2),
                                                                            min(n, l + (window + 1) // 2))
             assert res.windows[wi] == (lo, hi)
             for ei, edge in enumerate(EDGES):
                 want = _oracle(me, inp, edge, range(lo, hi), res.answer)
-                err = (res.p_knocked[wi, ei] - want).abs().max().item()
-                assert err < TOL, (family, window, anchor, l, edge, err)
+                err = ((res.p_knocked[wi, ei] - want).abs() / want).max().item()
+                assert err <= rel, (family, window, anchor, l, edge, err, rel)
         expect = 100 * (res.p_knocked - res.p_clean) / res.p_clean
         assert torch.allclose(res.change_per_sample, expect)
         assert torch.allclose(res.change, expect.mean(-1))
@@ -109,8 +111,9 @@ def test_empty_edge_changes_nothing_and_restores():
     impl = [c._attn_implementation_internal for c in decoder_configs(m)]
     res = attention_knockout(m, inp, edges=[("video", "last"), ("audio", "text")], window=2)
     assert (res.n_source == 0).all()
-    assert (res.p_knocked - res.p_clean).abs().max() < 1e-6
-    assert res.change.abs().max() < 1e-4
+    rel = probability_rel_bound(m, inp)  # the knocked runs are stacked: other shapes, other rounding
+    assert ((res.p_knocked - res.p_clean).abs() <= rel * res.p_clean).all()
+    assert res.change.abs().max() <= 100 * rel  # percent
     assert _registries() == before
     assert [c._attn_implementation_internal for c in decoder_configs(m)] == impl
 
@@ -158,7 +161,8 @@ def test_validation():
             attention_knockout(m, inp, edges=edges, window=1)
     # a source "last" is allowed; for earlier queries the answer position is a future key: nothing changes
     res = attention_knockout(m, inp, edges=[("last", "text")], window=1)
-    assert (res.p_knocked - res.p_clean).abs().max() < 1e-6 and res.anchor == "center"
+    rel = probability_rel_bound(m, inp)
+    assert ((res.p_knocked - res.p_clean).abs() <= rel * res.p_clean).all() and res.anchor == "center"
     with pytest.raises(ConfigError, match="gold_ids"):
         attention_knockout(m, inp, window=1, only_correct=True)
     with pytest.raises(ConfigError, match="anchor"):

@@ -172,7 +172,7 @@ INTERNAL = [
     ("attention_knockout", EdgeBlocker, "edited_mask"),
     ("activation_patching", "mech.engines.prefix", "run_from"),
     ("activation_patching", "mech.engines.prefix.H", "first_output"),
-    ("attribution_patching", "mech.measure.patching.attribution", "_last"),
+    ("attribution_patching", "mech.engines.unembed", "find_hidden"),  # inside the unembedding's pre-hook
     ("attribution_patching", "torch.autograd", "grad"),
     ("modality_contributions", "mech.engines.prefix", "run_from"),
     ("modality_contributions", ValueSplitRecorder, "record"),

@@ -25,6 +25,7 @@ from transformers import Cache
 from mech.engines import hooks as H
 from mech.errors import InputError
 from mech.engines.hooks import site_hook
+from mech.engines.unembed import unembed_at
 
 
 #: sites whose replacement is the input of the first layer run (handled without a hook)
@@ -91,16 +92,15 @@ def capture(m, inputs, context=None) -> Capture:
             if l in arch.injection_layers:
                 handles.append(layer.register_forward_hook(post(l)))
         handles.append(arch.module(model, "ln_final").register_forward_pre_hook(pre(n), with_kwargs=True))
-        with torch.no_grad():
+        last = inputs.groups.last()
+        with torch.no_grad(), unembed_at(m, last):  # logits at the answer position only: [batch, 1, vocab]
             with context if context is not None else contextlib.nullcontext():
                 logits = model(**inputs, use_cache=False).logits
     finally:
         for h in handles:
             h.remove()
     inject = {l: resid[l + 1] - outs[l] for l in outs}
-    last = inputs.groups.last()
-    ar = torch.arange(len(last), device=logits.device)
-    return Capture(resid, kwargs, inject, last, logits[ar, last.to(logits.device)].float())
+    return Capture(resid, kwargs, inject, last, logits[:, 0].float())
 
 
 def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:

@@ -78,6 +78,11 @@ def decomposition_panel(ax, contrib: dict, handles: dict) -> None:
     ax.legend(list(handles.values()), list(handles), fontsize=5.5, loc="upper left", handlelength=1.2, ncol=2)
 
 
+def _num(x) -> str:
+    """``x`` with two decimals; a missing value (JSON null, NaN: no estimate) as an en dash."""
+    return "–" if x is None or x != x else f"{x:.2f}"
+
+
 def contribution_figure(contrib: dict, title: str = "") -> Figure:
     """A grid of panels: one per estimator with the per-layer contribution of each group the model
     has (all-zero groups, e.g. video and audio for an image model, are left out), and a last panel
@@ -117,7 +122,7 @@ def contribution_figure(contrib: dict, title: str = "") -> Figure:
             lo, hi = o["ci95"]
             color, ls, marker = ESTIMATOR_STYLE.get(est, (SERIES[k % len(SERIES)], "-", "o"))
             ax.plot(range(len(ys)), ys, marker=marker, ls=ls, color=color,
-                    label=f"{est}: {o['delta']:.2f} [{lo:.2f}, {hi:.2f}]")
+                    label=f"{est}: {_num(o['delta'])} [{_num(lo)}, {_num(hi)}]")
         ax.axhline(1, color="black", lw=0.8, ls="--")
         ax.set_yscale("log")
         _headroom(ax, [y for line in ax.get_lines() for y in line.get_ydata()])

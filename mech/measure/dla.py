@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from mech.engines.attention_fn import MassRecorder, recording
+from mech.engines.unembed import unembed_at
 from mech.errors import InputError
 from mech.engines.hooks import hooks, site_hook
 
@@ -223,8 +224,8 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
     names = ["hook_embed"] + [site_hook(s, l) for l in range(L)
                               for s in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
     with recording(m, q[:, None], torch.ones(batch, 1, dtype=torch.bool), groups.one_hot(),
-                   recorder_cls=ValueSplitRecorder) as rec, hooks(m, [(n, keep) for n in names]):
-        m.model(**inputs)
+                   recorder_cls=ValueSplitRecorder) as rec, hooks(m, [(n, keep) for n in names]), unembed_at(m, q):
+        m.model(**inputs)  # the logits are not read; the unembedding runs at the answer position only
     x_final = saved[site_hook("resid_post", L - 1)]
     ln_final = m.arch.module(m.model, "ln_final")
     readout = frozen_readout(m, x_final, answer_ids, counterfactual_ids)

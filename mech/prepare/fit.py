@@ -108,3 +108,58 @@ def check_data_fit(m: MechModel, data: Any, *, limit: float = UNKNOWN_LIMIT) -> 
     samples = list(getattr(data, "samples", data))
     texts = [str(t) for s in samples for t in [s.get("question") or "", *(s.get("options") or [])]]
     return check_vocabulary(m.tokenizer, texts, what=f"data set {getattr(data, 'name', 'of samples')}", limit=limit)
+
+
+def image_refusal(processor: Any, images: Sequence[Any], *, cache: dict | None = None) -> str | None:
+    """Why ``processor`` refuses one of one row's ``images``, or None when it takes them all.
+
+    Asks the processor's own image processor about each image alone, so a refusal is found per row,
+    before a batch is formed: Qwen2-VL's ``smart_resize`` raises for an aspect ratio over 200 (a 600×2
+    image), other families for an image too small to resize. The verdict of an image processor depends on
+    the image's size and mode only (it resizes, rescales and normalises), so it is asked with a blank
+    image of that size and mode, once per size and mode (remembered in ``cache``, a dict the caller owns).
+
+    Args:
+        processor: the model's processor (``m.processor``); one without an ``image_processor`` (audio
+            models, tokenizers) refuses nothing here.
+        images: one row's images (``PIL.Image``), in order.
+
+    Returns:
+        A reason naming the image (``image k of n``), its size in pixels and the processor's own
+        message (which states its limit), or None.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or not callable(image_processor) or not images:
+        return None
+    from PIL import Image
+
+    seen = {} if cache is None else cache
+    for k, img in enumerate(images):
+        size, mode = getattr(img, "size", None), getattr(img, "mode", None)
+        if size is None or mode is None:
+            continue  # not a PIL image: m.prepare reads and checks it
+        key = (tuple(size), mode)
+        if key not in seen:
+            try:
+                image_processor(images=[Image.new(mode, size)], return_tensors="pt")
+                seen[key] = None
+            except (ValueError, ZeroDivisionError, IndexError) as exc:
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                seen[key] = f"the image processor ({type(image_processor).__name__}) refuses it: {message}"
+        if seen[key] is not None:
+            return f"image {k + 1} of {len(images)} ({size[0]}x{size[1]} pixels): {seen[key]}"
+    return None
+
+
+def usable_images(processor: Any, samples: Sequence[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """``(keep, skipped)``: the samples whose images ``processor`` takes, and ``(id, reason)`` of the
+    others (:func:`image_refusal`), in order. Every command's run loop applies it before batching, so
+    one unusable image skips its row, never the batch or the run."""
+    keep, skipped, seen = [], [], {}
+    for s in samples:
+        reason = image_refusal(processor, s.get("images") or [], cache=seen)
+        if reason is None:
+            keep.append(s)
+        else:
+            skipped.append((str(s.get("id")), reason))
+    return keep, skipped

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from mech.errors import ConfigError, FrozenError, InputError, ProcessorError
-from mech.prepare.fit import FitWarning, check_data_fit, check_length, check_vocabulary, max_positions  # noqa: F401
+from mech.prepare.fit import FitWarning, check_data_fit, check_length, check_vocabulary, image_refusal, max_positions  # noqa: F401
 from mech.prepare.groups import TokenGroups, compute_groups
 from mech.prepare.images import read_image
+from mech.prepare.spans import inline_spans, recording, render_user_turn, rendered_rows
 
 # ``MechModel`` (mech.models.load) in the annotations below: a name only, never imported here, so
 # that load -> inputs stays the one direction between the two modules
@@ -205,6 +206,7 @@ def prepare(
     *,
     chat_template: bool = True,
     padding_side: str | None = None,
+    image_position: str | Sequence[str] = "before",
 ) -> Inputs:
     """Apply the processor's chat template and processor to images and prompts.
 
@@ -219,6 +221,10 @@ def prepare(
             generation prompt. With False the prompt is used as written and must already hold one
             image placeholder per image.
         padding_side: ``"left"``/``"right"``; default: the family table's.
+        image_position: ``"before"`` (the image entries, then the text) or ``"after"`` (the text, then
+            the images: MMMU-Pro's official user turn) in the chat-template user turn; one value, or
+            one per prompt. The family's template renders the turn (LLaVA-1.5's puts images first
+            whatever the order); the k-th image always fills the k-th placeholder.
 
     Returns:
         :class:`Inputs` with ``input_ids [batch, pos]``, ``attention_mask``, the family's extra
@@ -232,7 +238,8 @@ def prepare(
     Warns:
         FitWarning: most of the prompts' text tokens are the tokenizer's unknown token
             (:func:`mech.prepare.fit.check_vocabulary`).
-        ConfigError: ``padding_side`` other than ``"left"``/``"right"``.
+        ConfigError: ``padding_side`` other than ``"left"``/``"right"``; ``image_position`` other than
+            ``"before"``/``"after"`` (or not one per prompt).
     """
     proc = m.processor
     if proc is None:
@@ -245,25 +252,30 @@ def prepare(
     if not prompts:
         raise InputError("no prompts given; pass at least one prompt.")
     per = _per_sample(images, len(prompts))
+    positions = [image_position] * len(prompts) if isinstance(image_position, str) else list(image_position)
+    if len(positions) != len(prompts) or any(p not in ("before", "after") for p in positions):
+        raise ConfigError(f"image_position={image_position!r}; pass 'before' or 'after', or one of them per prompt.")
     token = _placeholder(proc)
-    texts, segments = [], []
-    for prompt, imgs in zip(prompts, per):
+    texts, segments, spans = [], [], []
+    for prompt, imgs, position in zip(prompts, per, positions):
         inline = token is not None and token in prompt
         segments.append([s for s in (prompt.split(token) if inline else [prompt]) if s.strip()])
         if chat_template and not inline:
             if getattr(proc, "chat_template", None) is None:
                 raise ProcessorError("the processor has no chat template; pass chat_template=False with the "
                                      f"image placeholder {token!r} written in each prompt.")
-            content = [{"type": "image"} for _ in imgs] + [{"type": "text", "text": prompt}]
-            text = proc.apply_chat_template([{"role": "user", "content": content}],
-                                            add_generation_prompt=True, tokenize=False)
+            content = [{"type": "image"} for _ in imgs]
+            content = [{"type": "text", "text": prompt}] + content if position == "after" else content + [
+                {"type": "text", "text": prompt}]
+            text, span = render_user_turn(proc, content, prompt)  # span: the prompt's characters in text
         else:
-            text = prompt
+            text, span = prompt, inline_spans(prompt, token if inline else None)
         found = text.count(token) if token else 0
         if token and found != len(imgs):
             raise InputError(f"{len(imgs)} image(s) but {found} image placeholder(s) {token!r} in the prompt "
                              f"{prompt[:60]!r}; give one image per placeholder.")
         texts.append(text)
+        spans.append(span)
     flat = [im for imgs in per for im in imgs]
     tok = getattr(proc, "tokenizer", None)
     side = padding_side or m.arch.table.padding_side
@@ -274,8 +286,14 @@ def prepare(
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
         if flat:
             kwargs["images"] = per
-        out = proc(**kwargs)
+        with recording(tok) as calls:  # the strings the processor's tokenizer reads (groups by offsets)
+            out = proc(**kwargs)
     except ValueError as exc:
+        refused = [(i, r) for i, r in ((i, image_refusal(proc, imgs)) for i, imgs in enumerate(per)) if r]
+        if refused:  # the real cause: an image outside the processor's limits, not the placeholders
+            i, reason = refused[0]
+            raise InputError(f"prompt {i} of this batch: {reason}. Pass an image within the processor's limits (or "
+                             "leave the row out; mech's commands skip such rows with this reason).") from exc
         raise InputError(f"the processor rejected the inputs: {exc}. Check that every image has a placeholder.") from exc
     finally:
         if tok is not None and old_side is not None:
@@ -284,7 +302,8 @@ def prepare(
     data = complete_inputs(m, out)
     check_length(m, data, prompts)
     check_vocabulary(tok, [seg for row in segments for seg in row])
-    groups = compute_groups(m.arch, data["input_ids"], data.get("attention_mask"), tok, segments)
+    groups = compute_groups(m.arch, data["input_ids"], data.get("attention_mask"), tok, segments,
+                            rendered=rendered_rows(tok, texts, spans, calls))
     return Inputs(data, groups=groups, prompts=segments)
 
 

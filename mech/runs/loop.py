@@ -5,11 +5,15 @@ batch (tensors with the sample axis first, plus JSON-able metadata) and the asse
 batch's part into a result. :func:`run` owns everything else:
 
 1. the output folder is checked and taken for the run's identity (:mod:`mech.runs.folder`);
-2. the batches ``0 .. ceil(n / batch_size) - 1`` are split over shards (``--shard K/N`` or a
+2. the rows whose images the model's processor refuses (an aspect ratio or size outside its limits,
+   :func:`mech.prepare.fit.usable_images`) are left out with their reason, counted under ``skipped``;
+   the first run of an identity asks the processor and records them (``.mech/<command>.refused.json``),
+   so resumed runs, other shards and ``mech merge`` batch the same rows without loading a model;
+3. the batches ``0 .. ceil(n / batch_size) - 1`` are split over shards (``--shard K/N`` or a
    launcher's ``RANK``/``WORLD_SIZE``, :mod:`mech.runs.shards`); this process computes the batches
    ``k % N == K`` that the parts store ``<out>/.<command>.parts/`` does not hold yet, loading the
    model only when there is one, and writes each finished batch there atomically;
-3. the invocation that finds every batch present (one process, the last shard, or ``mech merge``)
+4. the invocation that finds every batch present (one process, the last shard, or ``mech merge``)
    takes the assembly claim, assembles, and writes ``<out>/<command>.json`` atomically, with the
    run's ``identity`` (settings, data ids hash) and provenance.
 
@@ -19,16 +23,18 @@ same bytes as an uninterrupted one. Adding an instrument is writing one :class:`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mech.errors import Interrupted
-from mech.prepare.data import skipped_summary
-from mech.prepare.fit import FitWarning, check_data_fit
-from mech.results import BatchStore, remove_stale_temps, write_json
+from mech.errors import DataError, Interrupted
+from mech.prepare.data import Dataset, skipped_summary
+from mech.prepare.fit import FitWarning, check_data_fit, usable_images
+from mech.results import BatchStore, read_json, remove_stale_temps, write_json
 from mech.runs import checks, folder, shards
 from mech.runs.settings import Settings
 
@@ -112,20 +118,27 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     checks.preflight(s)
     out = folder.check_out(s.out)
     data = job.samples() if data is None else data
-    samples, skipped = list(getattr(data, "samples", data)), list(getattr(data, "skipped", []))
-    ident = identity(s, samples)
-    context = job.context(data)
+    ident = identity(s, list(getattr(data, "samples", data)))  # the data as given; the image check is deterministic
     folder.claim(out, s.command, ident, overwrite=s.overwrite and shard.computes)
     size = s.batch_size
-    total = shards.n_batches(len(samples), size)
     root = out / f".{s.command}.parts"
     for where in (out, root, out / ".mech"):
         remove_stale_temps(where)  # left by a process killed between writing and renaming
-    done = set(BatchStore.finished(root, ident))
-    todo = [k for k in range(total) if shard.mine(k) and k not in done]
-    store = None
+    store, m, total = None, model, 0
     try:
-        m = model if model is not None or not todo else load_model(s, shard)
+        refused = read_refused(out, s.command, ident)
+        if refused is None and shard.computes:  # this identity's first run: ask the processor, once
+            m = m if m is not None else load_model(s, shard)
+            refused = usable_images(m.processor, list(getattr(data, "samples", data)))[1] if m.processor else []
+            write_json(refused_path(out, s.command), {"identity": ident, "refused": [list(r) for r in refused]})
+        data = refuse_rows(data, refused or [])
+        samples = list(getattr(data, "samples", data))
+        skipped = list(getattr(data, "skipped", [])) + ([] if isinstance(data, Dataset) else list(refused or []))
+        context = job.context(data)
+        total = shards.n_batches(len(samples), size)
+        done = set(BatchStore.finished(root, ident))
+        todo = [k for k in range(total) if shard.mine(k) and k not in done]
+        m = m if m is not None or not todo else load_model(s, shard)
         if m is not None and getattr(job, "decoder_sequence", True):
             m.require_decoder_sequence(f"mech {s.command}")  # before anything is computed
         if m is not None and todo:
@@ -137,6 +150,8 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     except BaseException as exc:
         if store is not None:
             store.remove_if_empty()
+        if not (out / f"{s.command}.json").exists() and not root.exists():
+            refused_path(out, s.command).unlink(missing_ok=True)  # a failed first run leaves nothing behind
         folder.release_if_empty(out, s.command, ident)
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
             finished = len(BatchStore.finished(root, ident))
@@ -164,6 +179,46 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     for line in (summary(result) if summary else []) + _summary_lines(result, out, s.command):
         print(f"mech {s.command}: {line}")
     return result
+
+
+def refused_path(out: Path, command: str) -> Path:
+    """Where a run records the rows whose images the processor refused: ``<out>/.mech/<command>.refused.json``."""
+    return out / ".mech" / f"{command}.refused.json"
+
+
+def read_refused(out: Path, command: str, ident: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """The ``(id, reason)`` rows refused by the first run of ``ident`` in ``out``, or None when none is
+    recorded (a resumed run, another shard and ``mech merge`` read it, so they never load a model to know
+    the batches)."""
+    path = refused_path(out, command)
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if record.get("identity") != json.loads(json.dumps(dict(ident))):
+        return None
+    return [(str(i), str(r)) for i, r in record.get("refused", [])]
+
+
+def refuse_rows(data: Any, refused: Sequence[tuple[str, str]]) -> Any:
+    """``data`` without the ``refused`` rows (``(id, reason)``, from :func:`mech.prepare.fit.usable_images`:
+    an image whose aspect ratio or size the processor refuses). A :class:`~mech.prepare.data.Dataset` comes
+    back as a new one whose ``skipped`` rows include them, so every command's result counts them with
+    their reason; a list comes back as a list.
+
+    Raises:
+        DataError: every row of ``data`` is refused (the message gives the reasons).
+    """
+    if not refused:
+        return data
+    ids = {i for i, _ in refused}
+    keep = [x for x in getattr(data, "samples", data) if str(x.get("id")) not in ids]
+    if not keep:
+        reasons = sorted({r for _, r in refused})[:3]
+        raise DataError(f"{getattr(data, 'name', 'the data')}: the processor refuses an image of every row "
+                        f"({len(refused)} rows), e.g. {reasons}; pass images within its limits.")
+    if isinstance(data, Dataset):
+        return dataclasses.replace(data, samples=keep, skipped=list(data.skipped) + list(refused))
+    return keep
 
 
 def _summary_lines(result: Mapping[str, Any], out: Path, command: str) -> list[str]:

@@ -69,7 +69,24 @@ def tiny_model(family: str, *, seed: int = 0, attn_implementation: str = "sdpa")
     torch.manual_seed(seed)
     model = getattr(T, fam.model_class)._from_config(config, attn_implementation=attn_implementation,
                                                      dtype=torch.float32)
+    _randomize_dead_weights(model, seed)
     return model.eval(), proc
+
+
+def _randomize_dead_weights(model, seed: int, std: float = 0.02) -> None:
+    """Give random values to the weight matrices a family initialises to exactly zero.
+
+    Some families zero a weight matrix that only pretrained weights fill: Gemma 3's
+    ``mm_input_projection_weight`` (``Gemma3PreTrainedModel._init_weights``) maps every image to the zero
+    vector, so a random-weight model would never see its image and no instrument could be tested on it.
+    Every floating parameter with two or more axes that is all zero gets N(0, ``std``) from a generator
+    seeded by ``seed`` (1-D parameters, norms and gates whose zero is meaningful, are left alone).
+    """
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2 and p.dtype.is_floating_point and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
 
 
 def _image(seed: int, size: tuple[int, int]):

@@ -18,6 +18,7 @@ import torch
 
 from mech.measure.attention import metrics
 from mech.engines.attention_fn import MassRecorder, recording
+from mech.engines.unembed import unembed_at
 from mech.errors import ConfigError, InputError
 from mech.prepare.groups import regroup
 
@@ -249,7 +250,8 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last", *, scheme: str = "m
         inp = inp.replace(groups=regroup(inp.groups, scheme))
     groups = inp.groups
     one_hot = groups.one_hot(torch.float32)
-    with recording(m, index, valid, one_hot) as rec, torch.no_grad():
+    # the logits are not read: the unembedding runs at one position per row, not [batch, pos, vocab]
+    with recording(m, index, valid, one_hot) as rec, unembed_at(m, groups.last()), torch.no_grad():
         m.model(**inp, use_cache=False)
     missing = [i for i in range(m.arch.n_layers) if i not in rec.mass]
     if missing:

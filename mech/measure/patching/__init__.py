@@ -8,6 +8,7 @@ across conditions: :mod:`.align`; prefix reuse and batching: :mod:`.engine`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from mech.engines import hooks as H
 from mech.measure.patching.align import POSITION_GROUPS
 from mech.engines.prefix import Config, capture, patched_logits
+from mech.engines.unembed import unembed_at
 from mech.measure.patching.metrics import DIRECTIONS, METRICS, Metric, Targets, normalized_effect
 from mech.measure.patching.setup import prepare
 from mech.measure.patching.sites import SITES
@@ -91,10 +93,6 @@ class PatchingResult:
         return out
 
 
-def _last_logits(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)].float()
-
-
 def _cpu(ids: torch.Tensor | None) -> torch.Tensor | None:
     return None if ids is None else ids.detach().long().cpu()
 
@@ -165,12 +163,10 @@ def activation_patching(
 
     cap = capture(m, setup.target, _context(setup.t_ctx))
     ctx = _context(setup.s_ctx)
-    if ctx is not None:
-        with ctx:
-            s_logits, cache = H.run_with_cache(m, source, setup.names)
-    else:
+    # only the answer position is read: the unembedding runs there alone ([batch, 1, vocab])
+    with ctx if ctx is not None else contextlib.nullcontext(), unembed_at(m, source.groups.last()):
         s_logits, cache = H.run_with_cache(m, source, setup.names)
-    s_last = _last_logits(s_logits, source.groups.last())
+    s_last = s_logits[:, 0].float()
     clean_logits, corr_logits = (s_last, cap.logits) if setup.denoise else (cap.logits, s_last)
     targets = metric_obj.resolve(clean_logits, corr_logits, answer, counterfactual)
     batch, rows = targets.batch, targets.rows()

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from mech.engines import hooks as H
+from mech.engines.unembed import unembed_at
 from mech.measure.patching.attribution_deeplift import References, completeness, difference_run, metric_with_multipliers, reference_run
 from mech.measure.patching.attribution_grad import METHODS, Method, check_method, decoder_inputs, enter, forward_equivalents
 from mech.errors import ConfigError, InputError
@@ -122,10 +123,6 @@ class AtPResult:
         return out
 
 
-def _last(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)].float()
-
-
 def _grad_run(m, inputs, names: list[str], contexts: list) -> tuple[torch.Tensor, dict, dict]:
     """Forward of ``inputs`` with a zero leaf added at every hook name, under ``contexts`` (entered in
     order: a context manager, a factory of one, or None). Returns last-position logits (in the graph),
@@ -149,8 +146,8 @@ def _grad_run(m, inputs, names: list[str], contexts: list) -> tuple[torch.Tensor
                 enter(stack, c)
             stack.enter_context(torch.enable_grad())
             stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names]))
-            logits = m.model(**inputs).logits
-            last = _last(logits, inputs.groups.last())
+            stack.enter_context(unembed_at(m, inputs.groups.last()))  # the answer position's logits only
+            last = m.model(**inputs).logits[:, 0].float()
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
@@ -262,8 +259,9 @@ def attribution_patching(
             stack.enter_context(decoder_inputs(m, recorded))
         if method == "deeplift":
             stack.enter_context(reference_run(m, refs))
+        stack.enter_context(unembed_at(m, source.groups.last()))  # the answer position's logits only
         s_logits, cache = H.run_with_cache(m, source, names)
-    s_last = _last(s_logits, source.groups.last())
+    s_last = s_logits[:, 0].float()
     wall["source_forward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -273,8 +271,9 @@ def attribution_patching(
     else:
         with ExitStack() as stack:
             enter(stack, setup.t_ctx)
+            stack.enter_context(unembed_at(m, target.groups.last()))
             t_logits, acts = H.run_with_cache(m, target, names)
-        t_last = _last(t_logits, target.groups.last())
+        t_last = t_logits[:, 0].float()
     wall["target_forward"] = time.perf_counter() - t0
     clean_logits, corr_logits = (s_last, t_last.detach()) if denoise else (t_last.detach(), s_last)
     targets = metric_obj.resolve(clean_logits, corr_logits, answer, counterfactual)

@@ -36,13 +36,15 @@ class PatchJob:
         batch = [samples[i] for i in rows]
         from mech.conditions import FEATURE_CONDITIONS, condition_inputs
         from mech.measure.patching import activation_patching
+        from mech.engines.unembed import answer_logits
         from mech.prepare.targets import answer_tokens
 
         s = self.settings
         clean = condition_inputs(m, batch, "complete")
         # feature conditions corrupt the forward pass (activation_patching wraps it in corrupt_features)
         corrupted = condition_inputs(m, batch, "complete" if s.corruption in FEATURE_CONDITIONS else s.corruption)
-        clean_logits = m.logits(clean)[torch.arange(len(batch)), clean.groups.last()].float()
+        with torch.no_grad():
+            clean_logits = answer_logits(m, clean).float()  # [batch, vocab] at the answer position
         a, c = answer_tokens(m, batch, clean_logits)
         p = activation_patching(m, clean, corrupted, site=s.sites, positions=s.positions, direction=s.direction,
                                 metric=s.metric, answer=a, counterfactual=c, condition=s.corruption,
