@@ -84,11 +84,8 @@ def test_the_rows_are_heterogeneous(data_dir):
     assert len({len(s["question"].split()) for s in samples}) >= N_ROWS // 2
 
 
-#: families whose ``mech report`` stops before the contrib step, for reasons outside the contributions; on
-#: them the contrib step runs alone (``mech contrib``), and the report is pinned as a strict xfail
-REPORT_BLOCKED = {
-    "paligemma": "mech eval's no_image condition: PaliGemmaProcessor refuses a prompt without images",
-}
+#: families whose processor refuses a prompt without images: eval reports ``no_image`` as unavailable
+TEXT_ONLY_REFUSED = ("paligemma",)
 #: families whose tiny model embeds every image alike: an image donor is identical by construction there
 #: (none since mech.testing.tiny randomises the weight matrices a family initialises to zero)
 CONSTANT_IMAGE: tuple[str, ...] = ()
@@ -105,8 +102,7 @@ def _run(command: str, family: str, data_dir, tmp_path) -> int:
 
 @pytest.mark.parametrize("family", DECODER)
 def test_report_on_heterogeneous_rows_covers_every_sample(family, data_dir, tmp_path):
-    command = "contrib" if family in REPORT_BLOCKED else "report"
-    assert _run(command, family, data_dir, tmp_path) == 0
+    assert _run("report", family, data_dir, tmp_path) == 0
     out = tmp_path / "out"
     co = json.loads((out / "contrib.json").read_text())
     n = co["n"]
@@ -120,16 +116,12 @@ def test_report_on_heterogeneous_rows_covers_every_sample(family, data_dir, tmp_
         same = co["overall"][est]["identical_donor"]
         assert same["text"] == 0.0
         assert same["image"] == (1.0 if family in CONSTANT_IMAGE else 0.0), same
-    if command == "report":
-        assert "coverage | identical donor |" in (out / "report.md").read_text()
-
-
-@pytest.mark.parametrize("family", sorted(REPORT_BLOCKED))
-def test_report_blocked_before_the_contrib_step(family, data_dir, tmp_path):
-    """Pinned (strict): turns red when the step that stops these families' report is fixed."""
-    if _run("report", family, data_dir, tmp_path) != 0:
-        pytest.xfail(REPORT_BLOCKED[family])
-    raise AssertionError(f"mech report now completes on {family}: drop it from REPORT_BLOCKED")
+    assert "coverage | identical donor |" in (out / "report.md").read_text()
+    ev = json.loads((out / "eval.json").read_text())
+    if family in TEXT_ONLY_REFUSED:  # reported as not measured, with the processor's reason; the rest runs
+        assert "no_image" not in ev["conditions"] and "without images" in ev["unavailable"]["no_image"]
+    else:
+        assert ev["unavailable"] == {} and ev["conditions"]["no_image"]["n"] == n
 
 
 @pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl", "qwen3_vl"])

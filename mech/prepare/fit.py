@@ -163,3 +163,24 @@ def usable_images(processor: Any, samples: Sequence[dict]) -> tuple[list[dict], 
         else:
             skipped.append((str(s.get("id")), reason))
     return keep, skipped
+
+
+def text_only_refusal(processor: Any) -> str | None:
+    """Why ``processor`` refuses a prompt without any image, or None when it takes one.
+
+    Some processors cannot encode text alone: ``PaliGemmaProcessor`` raises "`images` are expected"
+    (the checkpoints are prefix-LMs trained with an image before every prompt). The ``no_image``
+    condition cannot be built for such a model; :func:`mech.measure.evaluation.run.answer_rows` reports
+    it as unavailable, with this reason, instead of ending the run.
+
+    Args:
+        processor: the model's processor (``m.processor``); a bare tokenizer (or None) always takes text.
+    """
+    if processor is None or getattr(processor, "image_processor", None) is None:
+        return None
+    try:
+        processor(text=["a"], return_tensors="pt")
+    except (ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        return f"the processor ({type(processor).__name__}) refuses a prompt without images: {message}"
+    return None

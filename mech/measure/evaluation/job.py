@@ -112,5 +112,7 @@ class EvalJob:
         guessed = {c: k for c, k in (result.get("guessed") or {}).items() if k}
         if guessed:  # the official parser's fallback (MMMU-Pro's random guess, made deterministic)
             lines.append("guessed answers (no letter found): " + ", ".join(f"{c} {k}" for c, k in guessed.items()))
+        for c, reason in (result.get("unavailable") or {}).items():
+            lines.append(f"{c} not measured: {reason}")
         lines.append(f"n={len(result['ids'])} answered")
         return lines

@@ -12,7 +12,7 @@ import torch
 
 from mech.conditions import NEEDS_IMAGE, check_condition, condition_inputs
 from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
-from mech.prepare.fit import max_positions, usable_images
+from mech.prepare.fit import max_positions, text_only_refusal, usable_images
 from mech.errors import ConfigError, DataError, InputError, MechError
 from mech.measure.evaluation.answering import (DEFAULT_MAX_NEW_TOKENS, PARSERS, check_method, generate_batch,
                                                is_correct, option_token_ids, read_response, score_batch)
@@ -119,7 +119,9 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
     Returns:
         ``{"ids": [...] (the answered samples), "skipped": [[id, reason], ...] (samples that cannot be
         evaluated with this model: no image for an image condition, options outside the vocabulary),
-        "records": {condition: {"pred": [...], "scores" | "responses": [...]}}}``, JSON-able.
+        "records": {condition: {"pred": [...], "scores" | "responses": [...]}}, "unavailable": {condition:
+        reason} (conditions this model cannot take at all, :func:`~mech.prepare.fit.text_only_refusal`)}``,
+        JSON-able.
 
     Raises:
         MechError: a condition fails on this batch (the message names the condition and samples).
@@ -127,16 +129,19 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
     keep, skipped = _eligible(list(batch), p.conditions, p.method, p.scoring, m.tokenizer, p.style, max_positions(m))
     keep, refused = usable_images(m.processor, keep)  # an image the processor refuses skips its row, not the batch
     skipped += refused
+    unavailable = {}
+    if "no_image" in p.conditions and (reason := text_only_refusal(m.processor)):
+        unavailable["no_image"] = reason  # the model cannot take this condition at all: reported, not run
     records = {}
     ids = [str(s["id"]) for s in keep]
-    for cond in p.conditions if keep else ():
+    for cond in [c for c in p.conditions if c not in unavailable] if keep else ():
         try:
             records[cond] = _answer_batch(m, keep, cond, method=p.method, scoring=p.scoring, style=p.style,
                                           max_new_tokens=p.max_new_tokens, seed=p.seed, parser=p.parser)
         except MechError as exc:
             raise type(exc)(f"condition {cond!r}, samples {ids[:3]}: {exc} (to evaluate the other conditions, "
                             f"leave {cond!r} out)") from exc
-    return {"ids": ids, "skipped": [list(x) for x in skipped], "records": records}
+    return {"ids": ids, "skipped": [list(x) for x in skipped], "records": records, "unavailable": unavailable}
 
 
 def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, model: str | None,
@@ -162,8 +167,11 @@ def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, mod
                 "parser": p.parser if p.method != "score" else None,
                 "batch_size": p.batch_size, "max_new_tokens": p.max_new_tokens, "seed": p.seed,
                 "ids_hash": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
-    results = {c: [part["records"][c] for part in parts if part["ids"]] for c in p.conditions}
-    out = _assemble(kept, ids, list(p.conditions), results, skipped, settings)
+    unavailable = {c: r for part in parts for c, r in (part.get("unavailable") or {}).items()}
+    conditions = [c for c in p.conditions if c not in unavailable]
+    results = {c: [part["records"][c] for part in parts if part["ids"]] for c in conditions}
+    out = _assemble(kept, ids, conditions, results, skipped, settings)
+    out["unavailable"] = {c: unavailable[c] for c in p.conditions if c in unavailable}
     kept_ids = set(ids)
     out["data_notes"] = [{"id": i, "note": n} for i, n in data_notes if i in kept_ids]
     return out
@@ -198,7 +206,9 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
         dict with ``conditions`` (per condition ``accuracy`` in [0, 1], ``n``, ``correct``,
         ``drop``), ``consistency`` (:func:`consistency_table`), ``ids``, ``predictions`` and
         ``correct`` (condition -> per-sample list), ``scores`` or ``responses``, for generation
-        ``guessed`` (condition -> number of answers the official parser guessed), ``skipped``
+        ``guessed`` (condition -> number of answers the official parser guessed), ``unavailable``
+        (condition -> why this model cannot take it at all, e.g. ``no_image`` where the processor
+        refuses a prompt without images; such a condition has no accuracy), ``skipped``
         (``count``, ``reasons`` -> count, ``items``), ``data_notes`` (rows kept as the benchmark's
         official code keeps them, with why they are odd) and ``settings``.
 

@@ -73,6 +73,10 @@ def markdown(result: dict, model: str | None = None) -> str:
              f"## Skipped: {skipped.get('count', 0)}", ""]
     for reason, count in sorted(skipped.get("reasons", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"- {count} × {reason}")
+    unavailable = result.get("unavailable") or {}
+    if unavailable:
+        lines += ["", "## Conditions this model cannot take (not measured)", ""]
+        lines += [f"- {c}: {reason}" for c, reason in unavailable.items()]
     return "\n".join(lines) + "\n"
 
 
