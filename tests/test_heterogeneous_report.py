@@ -166,3 +166,28 @@ def test_noise_ablation_stays_an_option(data_dir, tmp_path):
     for est in ("patching", "decomposition"):
         assert co["overall"][est]["coverage"]["coverage"] == 1.0
         assert set(co["overall"][est].get("identical_donor", {}).values()) <= {0.0}
+
+
+def test_a_row_without_a_decision_is_skipped_by_patch_and_contrib(tmp_path):
+    """A row the official MMMU-Pro code keeps although its gold letter lies beyond its options (real:
+    ``validation_Accounting_29``, one option, gold ``B``) has no logit difference to explain: patch and
+    contrib skip it with the reason and measure the others exactly as without it."""
+    import mech.cli
+
+    rows = mmmu_pro_rows(6)
+    rows[2] = {**rows[2], "options": str([["A", "B", "Not enough information"]]), "answer": "B"}
+    rows[3] = {**rows[3], "options": str(["red", "blue"]), "answer": "D"}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pd.DataFrame(rows).to_parquet(folder / "test-00000-of-00001.parquet")
+    model = save_tiny("qwen2_5_vl", tmp_path / "qwen2_5_vl")
+    for command in ("patch", "contrib"):
+        out = tmp_path / command
+        argv = [command, "--model", str(model), "--data", f"mmmu-pro:{folder}", "--n", "6", "--batch-size", "3",
+                "--out", str(out), "--no-progress"]
+        assert mech.cli.main(argv) == 0
+        result = json.loads((out / f"{command}.json").read_text())
+        items = {x["id"]: x["reason"] for x in result["skipped"]["items"]}
+        assert "1 option; a logit difference between options needs at least two" in items[rows[2]["id"]], items
+        assert "gold answer 'D' is not one of its 2 option letters" in items[rows[3]["id"]], items
+        assert result["n"] == 4  # the other rows, all measured

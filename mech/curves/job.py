@@ -34,9 +34,10 @@ class ContribJob:
         import dataclasses
 
         from mech.prepare.data import load_data
+        from mech.prepare.targets import without_untargetable
 
         s = self.settings
-        data = load_data(s.data, n=s.n)
+        data = without_untargetable(load_data(s.data, n=s.n))
         keep = [x for x in data if x.get("images")]
         if not keep:
             raise DataError(f"{s.data}: no sample with an image; contributions need images — pass a data set with "

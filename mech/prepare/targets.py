@@ -87,3 +87,42 @@ def decision_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> t
         top.append(ids[order[0]])
         second.append(ids[order[1]])
     return torch.tensor(top), torch.tensor(second)
+
+
+def target_refusal(sample: dict) -> str | None:
+    """Why ``sample`` cannot define a logit difference between options, or None.
+
+    A letter-scored sample needs at least two options and a gold letter among them. MMMU-Pro's official
+    code keeps rows that break this (``validation_Accounting_29``: one option, gold ``B``; listed in
+    :attr:`mech.prepare.data.Dataset.notes`) and counts them wrong; an instrument that explains a logit
+    difference has nothing to explain there, so :func:`without_untargetable` leaves them out with this
+    reason. Word-answer samples (``answer_text``, the organisms) and open questions are not checked here.
+    """
+    from mech.prepare.data import LETTERS
+
+    options = sample.get("options") or []
+    if "answer_text" in sample or not options:
+        return None
+    if len(options) < 2:
+        return f"{len(options)} option; a logit difference between options needs at least two"
+    answer = str(sample.get("answer", ""))
+    if answer not in LETTERS[: len(options)]:
+        return f"gold answer {answer!r} is not one of its {len(options)} option letters"
+    return None
+
+
+def without_untargetable(data):
+    """``data`` (a :class:`~mech.prepare.data.Dataset`) without the samples :func:`target_refusal` refuses,
+    which join its ``skipped`` rows with their reason (counted in every result)."""
+    import dataclasses
+
+    keep, dropped = [], []
+    for s in data:
+        reason = target_refusal(s)
+        if reason is None:
+            keep.append(s)
+        else:
+            dropped.append((str(s.get("id")), reason))
+    if not dropped:
+        return data
+    return dataclasses.replace(data, samples=keep, skipped=list(data.skipped) + dropped)

@@ -25,8 +25,9 @@ class PatchJob:
 
     def samples(self):
         from mech.prepare.data import load_data
+        from mech.prepare.targets import without_untargetable
 
-        return load_data(self.settings.data, n=self.settings.n)
+        return without_untargetable(load_data(self.settings.data, n=self.settings.n))
 
     def context(self, samples) -> None:
         return None
