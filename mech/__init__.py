@@ -33,6 +33,8 @@ _PUBLIC = {
     "AtPResult": "mech.measure.patching.attribution:AtPResult",
     "attention_knockout": "mech.measure.knockout:attention_knockout",
     "KnockoutResult": "mech.measure.knockout:KnockoutResult",
+    "repair": "mech.measure.repair:repair",
+    "RepairResult": "mech.measure.repair:RepairResult",
     "MechError": "mech.errors:MechError",
 }
 
@@ -61,7 +63,7 @@ def token_groups(m: Any, inputs: Any) -> Any:
     return m.inputs(inputs).groups
 
 
-__all__ = ["AtPResult", "AttentionMass", "GROUPS", "KnockoutResult", "MechError", "PatchingResult",
+__all__ = ["AtPResult", "AttentionMass", "GROUPS", "KnockoutResult", "MechError", "PatchingResult", "RepairResult",
            "activation_patching", "attention_knockout", "attention_mass", "attribution_patching", "compare_to_exact",
-           "run_with_cache", "run_with_hooks", "MechModel", "TokenGroups", "load", "supported", "token_groups",
+           "repair", "run_with_cache", "run_with_hooks", "MechModel", "TokenGroups", "load", "supported", "token_groups",
            "__version__"]

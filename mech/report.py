@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mech.report_words import agreement, category_table, fmt
+from mech.report_words import (agreement, category_table, compare_coverage, coverage_cell, coverage_lines, fmt,
+                               identical_cell)
 from mech.results import read_json, write_json, write_text
 from mech.runs.settings import ReportSettings
 
@@ -163,16 +164,19 @@ def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
     for fig in pa.get("figures", []):
         lines += _figure(fig, prefix, caption.get(fig))
     lines += [f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co['n']} samples)", "",
-              "| estimator | C(text) | C(image) | Δ | 95% CI | dominant |", "|---|---|---|---|---|---|"]
+              "| estimator | C(text) | C(image) | Δ | 95% CI | dominant | coverage | identical donor |",
+              "|---|---|---|---|---|---|---|---|"]
     for est, o in co["overall"].items():
         c = o["contribution"]
         lines.append(f"| {est} | {_fmt(c.get('text'))} | {_fmt(c.get('image'))} | {_fmt(o['delta'], 2)} | "
-                     f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} |")
+                     f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} | "
+                     f"{coverage_cell(o)} | {identical_cell(o)} |")
+    lines += coverage_lines(co)
     corr = co.get("corruption")
     if corr:
-        miss = co.get("patching_without_donor") or {}
-        lines += ["", f"Patching estimator: `{corr}` corruption of each group"
-                  + (f" (samples without a donor, left out: {miss})" if any(miss.values()) else "") + "."]
+        lines += ["", f"Removal (patching, decomposition): `{corr}` ablation of each group"
+                  + (" (donors paired by content over the data set; images resized to the sample's sizes, text "
+                     "fitted to its token count)" if corr == "resample" else "") + "."]
     dec = co.get("dla_decomposition")
     if dec:
         attn = ", ".join(f"{g} {_fmt(dec[f'attn.{g}'], 2)}" for g in co["groups"]
@@ -244,6 +248,7 @@ def report(settings: ReportSettings) -> dict:
             known = [c for c in cis if c and None not in c]  # an undefined Δ has no interval
             overlap = any(max(a[0], b[0]) <= min(a[1], b[1]) for i, a in enumerate(known) for b in known[i + 1:])
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
+        lines += [""] + compare_coverage(results, models, _slug)
         save_figure(compare_figure({_slug(s): results[s]["contrib"] for s in models}), out / "compare.png")
         ns = sorted({results[s]["contrib"]["n"] for s in models})
         lines += [""] + agreement(results, models, _slug) + _figure(
@@ -256,6 +261,10 @@ def report(settings: ReportSettings) -> dict:
     for s in models:
         prefix = "" if single else f"{_slug(s)}/"
         lines += _section(s, results[s], prefix)
+        if (out / prefix / "repair.json").is_file():  # a `mech repair` run into the same folder
+            from mech.measure.repair.section import repair_lines
+
+            lines += repair_lines(read_json(out / prefix / "repair.json"), prefix)
         summary["overall"][s] = results[s]["contrib"]["overall"]
         summary.setdefault("skipped", {})[s] = {step: r.get("skipped") for step, r in results[s].items()}
     write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -12,6 +12,7 @@ JOBS = MappingProxyType({
     "attention": "mech.measure.attention.job:AttentionJob",
     "patch": "mech.measure.patching.job:PatchJob",
     "contrib": "mech.curves.job:ContribJob",
+    "repair": "mech.measure.repair.job:RepairJob",
 })
 
 

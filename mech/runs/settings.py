@@ -29,12 +29,18 @@ Condition = Literal["complete", "white_image", "black_image", "noise_image", "no
 Query = Literal["last", "answer", "text"]
 Method = Literal["score", "direct", "cot"]
 Scoring = Literal["letter", "option_text"]
+Parser = Literal["official", "strict"]
 Direction = Literal["denoising", "noising"]
 PatchMetric = Literal["logit_diff", "prob", "kl"]
 Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
 Position = Literal["image", "video", "audio", "text", "template", "bos", "last", "all"]
 Estimator = Literal["attention", "patching", "dla", "decomposition"]
 Ablation = Literal["resample", "noise"]
+RepairEdit = Literal["zero", "mean", "steer", "reweight"]
+Granularity = Literal["neurons", "heads", "layers"]
+RepairSource = Literal["attribution", "decomposition", "list"]
+RepairPositions = Literal["answer", "all"]
+Prior = Literal["auto", "planted", "white_image"]
 
 #: fields that say where and how a run is computed, not what it computes (outside the identity)
 EXECUTION = ("out", "device", "device_map", "shard", "overwrite", "progress", "verbose")
@@ -129,6 +135,9 @@ class EvalSettings(ShardedSettings):
     method: Method = field(default="score", metadata=_help("score the options (one forward) or generate"))
     scoring: Scoring | None = field(default=None, metadata=_help("option scoring (default: the data set's)"))
     max_new_tokens: int | None = field(default=None, metadata=_help("generation budget (default 16 direct, 512 cot)"))
+    parser: Parser = field(default="official", metadata=_help(
+        "how generated answers are read: MMMU-Pro's official parse_multi_choice_response (its random guess made "
+        "deterministic) or mech's stricter one"))
 
     command: typing.ClassVar[str] = "eval"
 
@@ -181,6 +190,41 @@ class ContribSettings(ShardedSettings):
 
 
 @dataclass(frozen=True)
+class RepairSettings(Settings):
+    """``mech repair``: edit the units an explanation names (fit split), evaluated on held-out samples
+    against same-size random edits (docs/repair.md)."""
+
+    n: int = field(default=1000, metadata=_help("held-out samples"))
+    batch_size: int = field(default=64, metadata=_help("samples per forward"))
+    fit_data: str | None = field(default=None, metadata=_help(
+        "data spec of the fit split (default: --data; organism:shapes then draws it with --fit-seed)"))
+    fit_n: int = field(default=1000, metadata=_help("fit samples (ranking and fit statistics)"))
+    fit_seed: int = field(default=1, metadata=_help(
+        "organism:shapes seed of the fit split (held-out uses --seed; ids must differ)"))
+    edit: RepairEdit = field(default="zero", metadata=_help("zero / mean ablation, steer, or attention reweight"))
+    granularity: Granularity = field(default="neurons", metadata=_help("MLP neurons, attention heads, or layers"))
+    source: RepairSource = field(default="attribution", metadata=_help(
+        "the explanation that ranks units: attribution patching at the answer position, the decomposition "
+        "(layers), or --units"))
+    k: int | None = field(default=None, metadata=_help("units edited (default: a quarter of the neurons, a tenth "
+                                                       "of the heads, two layer components)"))
+    ks: tuple[int, ...] | None = field(default=None, metadata=_help("sizes of the effect-vs-k curve (default k/8 .. 2k)"))
+    units: tuple[str, ...] | None = field(default=None, metadata=_help("units for --source list, as LAYER:INDEX"))
+    selection_from: str | None = field(default=None, metadata=_help(
+        "a repair.json whose ranking to apply (another model's: the result is labelled transferred)"))
+    positions: RepairPositions = field(default="answer", metadata=_help("edit the answer position or all positions"))
+    alpha: float | None = field(default=None, metadata=_help("steering scale / attention factor (default 4 / 2)"))
+    n_random: int = field(default=5, metadata=_help("same-size random edits (at least 5)"))
+    max_fit_drop: float | None = field(default=None, metadata=_help(
+        "choose k on the fit split: the largest of --ks whose edit lowers the fit accuracy by at most this much"))
+    prior: Prior = field(default="auto", metadata=_help(
+        "the prior answer: planted (organism data), white_image (the model's text-only answer), auto"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+
+    command: typing.ClassVar[str] = "repair"
+
+
+@dataclass(frozen=True)
 class InspectSettings(Settings):
     """``mech inspect``: load a model, prepare samples, print the architecture table and token groups."""
 
@@ -227,5 +271,5 @@ class MergeSettings:
 
 
 COMMANDS: dict[str, type] = {cls.command: cls for cls in (EvalSettings, AttentionSettings, PatchSettings,
-                                                          ContribSettings, ReportSettings, InspectSettings,
-                                                          MergeSettings)}
+                                                          ContribSettings, RepairSettings, ReportSettings,
+                                                          InspectSettings, MergeSettings)}
