@@ -123,10 +123,11 @@ class AtPResult:
         return out
 
 
-def _grad_run(m, inputs, names: list[str], contexts: list) -> tuple[torch.Tensor, dict, dict]:
-    """Forward of ``inputs`` with a zero leaf added at every hook name, under ``contexts`` (entered in
-    order: a context manager, a factory of one, or None). Returns last-position logits (in the graph),
-    the activations (detached) and the leaves. Parameters are frozen meanwhile (flags restored in ``finally``)."""
+def grad_run(m, inputs, names: list[str], contexts: list = (), points=None) -> tuple[torch.Tensor, dict, dict]:
+    """Forward of ``inputs`` with a zero leaf added at every hook name (resolved in ``points``, default
+    :data:`~mech.engines.hooks.HOOK_POINTS`), under ``contexts`` (entered in order: a context manager, a
+    factory of one, or None). Returns the answer position's logits ``[batch, vocab]`` (in the graph), the
+    activations (detached) and the leaves. Parameters are frozen meanwhile (flags restored in ``finally``)."""
     acts: dict[str, torch.Tensor] = {}
     leaves: dict[str, torch.Tensor] = {}
 
@@ -145,7 +146,7 @@ def _grad_run(m, inputs, names: list[str], contexts: list) -> tuple[torch.Tensor
             for c in contexts:
                 enter(stack, c)
             stack.enter_context(torch.enable_grad())
-            stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names]))
+            stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names], points))
             stack.enter_context(unembed_at(m, inputs.groups.last()))  # the answer position's logits only
             last = m.model(**inputs).logits[:, 0].float()
     finally:
@@ -170,7 +171,7 @@ def _integrated_gradients(m, target, names: list[str], t_ctx, recorded: list, me
     for i in range(steps):
         t0 = time.perf_counter()
         alpha = (i + 0.5) / steps
-        last, _, leaves = _grad_run(m, target, names, [t_ctx, lambda a=alpha: decoder_inputs(m, recorded, a)])
+        last, _, leaves = grad_run(m, target, names, [t_ctx, lambda a=alpha: decoder_inputs(m, recorded, a)])
         for n, g in _gradients(metric(last), leaves, names).items():
             if g is not None:
                 total[n] = g / steps if total[n] is None else total[n] + g / steps
@@ -267,7 +268,7 @@ def attribution_patching(
     t0 = time.perf_counter()
     if method != "ig":
         rules = [lambda: difference_run(m, refs)] if method == "deeplift" else []
-        t_last, acts, leaves = _grad_run(m, target, names, [setup.t_ctx, *rules])
+        t_last, acts, leaves = grad_run(m, target, names, [setup.t_ctx, *rules])
     else:
         with ExitStack() as stack:
             enter(stack, setup.t_ctx)

@@ -25,13 +25,12 @@ it to another model is possible but labelled (``transferred_from``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
-from mech.engines import hooks as H
 from mech.errors import ConfigError, InputError
+from mech.measure.patching.attribution import grad_run
 from mech.measure.repair.edits import POINTS, check_units, hook_name, n_units
 
 SOURCES = ("attribution", "decomposition", "list")
@@ -73,35 +72,6 @@ class Selection:
                 "scores": [float(x) for x in self.scores[:limit]], "n_ranked": len(self.ranking)}
 
 
-def _grad_forward(m, inputs, names: Sequence[str], extra=None):
-    """Forward with a zero leaf added at each hook name: ``(last-position logits in the graph, acts, leaves)``.
-    Parameters are frozen meanwhile and their flags restored in ``finally``."""
-    acts: dict[str, torch.Tensor] = {}
-    leaves: dict[str, torch.Tensor] = {}
-
-    def add_leaf(x, hook):
-        acts[hook.name] = x.detach()
-        leaf = torch.zeros_like(x, requires_grad=True)
-        leaves[hook.name] = leaf
-        return x + leaf
-
-    params = list(m.model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with ExitStack() as stack:
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names], POINTS))
-            logits = m.model(**inputs).logits
-            q = inputs.groups.last().to(logits.device)
-            last = logits[torch.arange(logits.shape[0], device=logits.device), q].float()
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-    return last, acts, leaves
-
-
 def _at_answer(x: torch.Tensor, inputs) -> torch.Tensor:
     q = inputs.groups.last().to(x.device)
     return x[torch.arange(x.shape[0], device=x.device), q]
@@ -130,7 +100,7 @@ def attribution_scores(m, batches, granularity: str, kind: str, values: dict | N
     total = torch.zeros(n_l, n_u, dtype=torch.float64)
     names = site_names(m, granularity, kind)
     for inputs, prior, gold in batches:
-        last, acts, leaves = _grad_forward(m, inputs, names)
+        last, acts, leaves = grad_run(m, inputs, names, points=POINTS)
         r = torch.arange(last.shape[0], device=last.device)
         metric = last[r, prior.to(last.device)] - last[r, gold.to(last.device)]
         grads = dict(zip(names, torch.autograd.grad(metric.sum(), [leaves[n] for n in names], allow_unused=True)))
