@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import re
 import string
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from mech.conditions import corrupt_features, resolve_condition
+from mech.engines.unembed import answer_logits
 from mech.prepare.data import LETTERS
 from mech.errors import ConfigError, InputError
 
@@ -70,13 +70,6 @@ def option_token_ids(tokenizer: Any, sample: dict, scoring: str) -> list[int]:
     return ids
 
 
-def _accepts(model: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _model_kwargs(inputs: Any) -> dict:
     """The forward's keyword arguments, without training ``labels`` (PaliGemma's processor adds them)."""
     return {k: v for k, v in inputs.items() if k != "labels"}
@@ -103,14 +96,8 @@ def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condi
     option_ids = [option_token_ids(tok, s, scoring) for s in samples]
     inp = m.inputs(inputs)
     condition = resolve_condition(inp, condition, default="complete")
-    last = inp.groups.last()
-    length = inp["input_ids"].shape[1]
-    kwargs = {}
-    if bool((last == length - 1).all()) and _accepts(m.model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = 1  # only the answer position: O(batch x vocab) logits
     with corrupt_features(m, inp, condition, seed=seed):
-        logits = m.model(**_model_kwargs(inp), **kwargs).logits
-    rows = logits[:, -1] if logits.shape[1] == 1 else logits[torch.arange(len(samples)), last.to(logits.device)]
+        rows = answer_logits(m, inp)  # only the answer position: O(batch x vocab), either padding side
     logp = torch.log_softmax(rows.float(), dim=-1).cpu()
     out = []
     for i, ids in enumerate(option_ids):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mech.engines.unembed import answer_logits
 from mech.measure.repair.edits import Edit, applied
 
 #: what every repair result reports under the white image (besides the complete image)
@@ -53,9 +54,7 @@ def answers(m, prep: Prepared, edit: Edit | None, conditions: Sequence[str] = CO
         preds = {s: torch.full((prep.n,), -1, dtype=torch.long) for s in prep.cands}
         for rows, inputs in prep.batches[c]:
             with applied(m, inputs, edit):
-                logits = m.model(**inputs).logits
-            q = inputs.groups.last().to(logits.device)
-            last = logits[torch.arange(len(rows), device=logits.device), q].float().cpu()
+                last = answer_logits(m, inputs).float().cpu()  # the answer position only
             for s, cands in prep.cands.items():
                 for j, r in enumerate(rows):
                     ids = cands[r].ids
