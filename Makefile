@@ -12,6 +12,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 OUT    ?= runs/organisms
+QWEN_OUT ?= runs/qwen-organisms
 LATEST ?= .venv-latest
 # The lock is resolved with torch as its CPU build (from the machine's wheel folder when there is one),
 # so that torch's CUDA packages never enter it; torch itself is left out (--no-emit-package torch).
@@ -37,10 +38,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 venv: $(VENV)/.installed
 
+# the LLaVA organisms on organism:shapes and the Qwen2.5-VL ones on organism:shapes-varied, side by side
+# on the two cores (each job is single-threaded); either failing fails the target
 run: $(VENV)/.installed
+	$(ENV) $(VENV)/bin/mech report --compare organism:qwen-image-biased organism:qwen-balanced \
+		organism:qwen-text-biased --data organism:shapes-varied --batch-size 32 --no-progress \
+		--out $(QWEN_OUT) & qwen=$$!; \
 	$(ENV) $(VENV)/bin/mech report --compare organism:image-biased organism:balanced organism:text-biased \
-		--data organism:shapes --batch-size 32 --out $(OUT)
-	@echo "report: $(OUT)/report.md"
+		--data organism:shapes --batch-size 32 --out $(OUT); llava=$$?; \
+	wait $$qwen && test $$llava -eq 0
+	@echo "reports: $(OUT)/report.md $(QWEN_OUT)/report.md"
 
 test: $(VENV)/.installed
 	$(ENV) $(PY) -m pytest -q

@@ -91,7 +91,7 @@ def test_the_literals_equal_the_instruments_constants():
     from mech.conditions import CONDITIONS
     from mech.curves import CORRUPTIONS, ESTIMATORS
     from mech.prepare.data import SCORINGS
-    from mech.measure.evaluation.answering import METHODS
+    from mech.measure.evaluation.answering import METHODS, PARSERS
     from mech.measure.evaluation.run import DEFAULT_CONDITIONS
     from mech.measure.patching.align import POSITION_GROUPS
     from mech.measure.patching.metrics import DIRECTIONS, METRICS
@@ -99,7 +99,7 @@ def test_the_literals_equal_the_instruments_constants():
 
     pairs = [(S.Condition, CONDITIONS), (S.Query, QUERIES), (S.Estimator, ESTIMATORS), (S.Ablation, CORRUPTIONS),
              (S.Scoring, SCORINGS), (S.Method, METHODS), (S.Position, POSITION_GROUPS), (S.Direction, DIRECTIONS),
-             (S.PatchMetric, METRICS), (S.Site, SITES)]
+             (S.PatchMetric, METRICS), (S.Site, SITES), (S.Parser, PARSERS)]
     for literal, constant in pairs:
         assert S.allowed(literal) == tuple(constant), literal
     assert S.DEFAULT_CONDITIONS == DEFAULT_CONDITIONS

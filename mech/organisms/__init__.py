@@ -1,4 +1,8 @@
-"""Model organisms: tiny LLaVA models trained in the package with a planted modality bias.
+"""Model organisms: tiny multimodal models trained in the package with a planted modality bias.
+
+Two architectures: LLaVA (CLIP tower, 16 image tokens; ``balanced``, ``text-biased``,
+``image-biased``, data ``organism:shapes``) and Qwen2.5-VL (dynamic resolution, M-RoPE;
+``qwen-balanced``, ``qwen-text-biased``, ``qwen-image-biased``, data ``organism:shapes-varied``).
 
 ``ORGANISMS`` names the shipped ones; ``organism_dir(name)`` is the folder that
 ``AutoModelForImageTextToText.from_pretrained`` / ``AutoProcessor.from_pretrained`` load offline.
@@ -12,7 +16,11 @@ from pathlib import Path
 
 from mech.errors import SpecError
 
-ORGANISMS = ("balanced", "text-biased", "image-biased")
+ORGANISMS = ("balanced", "text-biased", "image-biased", "qwen-balanced", "qwen-text-biased",
+             "qwen-image-biased")
+#: the data set each organism is trained and measured on
+DATA = {name: "organism:shapes-varied" if name.startswith("qwen-") else "organism:shapes"
+        for name in ORGANISMS}
 #: recipes that ``python -m mech.organisms.train`` knows but that are not shipped (yet)
 UNSHIPPED: tuple[str, ...] = ()
 _HERE = Path(__file__).resolve().parent
@@ -34,7 +42,7 @@ def organism_dir(name: str) -> Path:
     name = name.removeprefix("organism:")
     if name not in ORGANISMS + UNSHIPPED:
         raise SpecError(f"unknown organism {name!r}; valid names: {', '.join(ORGANISMS)} "
-                        f"(data: organism:shapes)")
+                        f"(data: organism:shapes, organism:shapes-varied)")
     folder = organism_dir_default(name)
     missing = [f for f in _REQUIRED if not (folder / f).is_file()]
     if missing:

@@ -302,3 +302,9 @@ def fingerprint(samples: list[dict]) -> str:
         if s["image"] is not None:
             h.update(np.asarray(s["image"]).tobytes())
     return h.hexdigest()[:16]
+
+
+#: public names for the sibling data set ``organism:shapes-varied`` (:mod:`mech.organisms.varied`)
+TRAIN_WEIGHTS = _TRAIN_WEIGHTS
+draw_scene = _scene
+draw_options = _options

@@ -58,6 +58,10 @@ class _NoVideoProcessor(VideoProcessorMixin):
         return d
 
 
+#: public name (the Qwen2.5-VL organisms' processor uses it: mech/organisms/qwen.py)
+NoVideoProcessor = _NoVideoProcessor
+
+
 @contextlib.contextmanager
 def video_slot_ok():
     """Let a processor with a ``video_processor`` slot be constructed without torchvision.
