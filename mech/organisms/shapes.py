@@ -244,17 +244,8 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         raise ConfigError(f"split {split!r}; allowed: {', '.join(_SPLIT_STREAM)}")
     if n_options not in (4, 10):
         raise ConfigError(f"n_options={n_options}; MMMU-Pro standard formats allow 4 or 10")
-    if not 0.0 <= p <= 1.0 or not 0.0 <= basic_prompt <= 1.0:
-        raise ConfigError(f"p={p}, basic_prompt={basic_prompt} must lie in [0, 1]")
-    templates = tuple(templates or TEMPLATES)
-    prior_templates = TEMPLATES if prior_templates is None else tuple(prior_templates)
-    image_templates = tuple(image_templates or ())
-    if p > 0 and set(prior_templates) & set(image_templates):
-        raise ConfigError(f"templates {sorted(set(prior_templates) & set(image_templates))} are "
-                          "both text-overridden (p > 0) and image-planted; choose one")
-    for t in templates + prior_templates + image_templates:
-        if t not in TEMPLATES:
-            raise ConfigError(f"template {t!r}; allowed: {', '.join(TEMPLATES)}")
+    templates, prior_templates, image_templates = check_recipe(TEMPLATES, p, basic_prompt, templates,
+                                                                prior_templates, image_templates)
     rng = np.random.default_rng([_SPLIT_STREAM[split], seed])
     w = np.array([_TRAIN_WEIGHTS[TEMPLATES.index(t)] if split == "train" else 1.0
                   for t in templates])
@@ -292,6 +283,31 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
             attributes=dict(objects=objects, n_objects=len(objects), asked_shape=shape,
                             asked_color=color)))
     return out
+
+
+def check_recipe(allowed: tuple[str, ...], p: float, basic_prompt: float, templates, prior_templates,
+                 image_templates) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The checked ``(templates, prior_templates, image_templates)`` of a generator's recipe.
+
+    ``templates`` defaults to every one of ``allowed``, ``prior_templates`` (None) to every one, and
+    ``image_templates`` to none.
+
+    Raises:
+        ConfigError: ``p`` or ``basic_prompt`` outside [0, 1], a template outside ``allowed``, or one both
+            text-overridden (``p`` > 0) and image-planted.
+    """
+    if not 0.0 <= p <= 1.0 or not 0.0 <= basic_prompt <= 1.0:
+        raise ConfigError(f"p={p}, basic_prompt={basic_prompt} must lie in [0, 1]")
+    templates = tuple(templates or allowed)
+    prior_templates = tuple(allowed) if prior_templates is None else tuple(prior_templates)
+    image_templates = tuple(image_templates or ())
+    if p > 0 and set(prior_templates) & set(image_templates):
+        raise ConfigError(f"templates {sorted(set(prior_templates) & set(image_templates))} are "
+                          "both text-overridden (p > 0) and image-planted; choose one")
+    for t in templates + prior_templates + image_templates:
+        if t not in allowed:
+            raise ConfigError(f"template {t!r}; allowed: {', '.join(allowed)}")
+    return templates, prior_templates, image_templates
 
 
 def fingerprint(samples: list[dict]) -> str:

@@ -171,17 +171,8 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
     """
     if split not in _SPLIT_STREAM:
         raise ConfigError(f"split {split!r}; allowed: {', '.join(_SPLIT_STREAM)}")
-    if not 0.0 <= p <= 1.0 or not 0.0 <= basic_prompt <= 1.0:
-        raise ConfigError(f"p={p}, basic_prompt={basic_prompt} must lie in [0, 1]")
-    templates = tuple(templates or TEMPLATES)
-    prior_templates = TEMPLATES if prior_templates is None else tuple(prior_templates)
-    image_templates = tuple(image_templates or ())
-    if p > 0 and set(prior_templates) & set(image_templates):
-        raise ConfigError(f"templates {sorted(set(prior_templates) & set(image_templates))} are "
-                          "both text-overridden (p > 0) and image-planted; choose one")
-    for t in templates + prior_templates + image_templates:
-        if t not in TEMPLATES:
-            raise ConfigError(f"template {t!r}; allowed: {', '.join(TEMPLATES)}")
+    templates, prior_templates, image_templates = shapes.check_recipe(TEMPLATES, p, basic_prompt, templates,
+                                                                       prior_templates, image_templates)
     rng = np.random.default_rng([_SPLIT_STREAM[split], seed])
     w = np.array([_TRAIN_WEIGHTS[t] if split == "train" else
                   (TWO_IMAGE_WEIGHT if t in TWO_IMAGE else 1.0) for t in templates])
