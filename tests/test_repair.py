@@ -247,3 +247,23 @@ def test_k_is_chosen_on_the_fit_split(organism):
     fit_acc = {int(k): v for k, v in rule["fit_accuracy"].items()}
     assert rule["fit_accuracy_unedited"] - fit_acc[a.k] <= 0.0 + 1e-12
     assert all(rule["fit_accuracy_unedited"] - v > 0 for k, v in fit_acc.items() if k > a.k)
+
+
+@pytest.mark.parametrize("data", ["organism:shapes", "organism:shapes-varied"])
+def test_unedited_accuracy_is_mech_evals_on_both_organism_data_sets(data):
+    """Oracle: ``mech.evaluate``'s complete-image accuracy (option-text scoring). The repair's unedited
+    option-scored accuracy must equal it on both organism data sets; a letter scoring of word options (what
+    the repair fell back to on ``organism:shapes-varied`` before) would give a number near the first
+    option's share instead, silently."""
+    from mech.measure.evaluation.run import evaluate
+    from mech.measure.repair import repair
+    from mech.prepare.data import load_data
+
+    spec = "organism:text-biased" if data == "organism:shapes" else "organism:qwen-text-biased"
+    m = mech.load(spec)
+    held = load_data(data, n=48, seed=0)
+    fit = load_data(data, n=48, seed=1)
+    r = repair(m, fit, held, k=8, ks=[8], n_boot=50, batch_size=48).to_json()
+    assert r["scoring"] == "answer_set" and r["option_scoring"] == "option_text"
+    ev = evaluate(m, held, conditions=["complete"], progress=False)
+    assert r["unedited"]["options"]["accuracy"]["value"] == pytest.approx(ev["conditions"]["complete"]["accuracy"])

@@ -164,8 +164,8 @@ def make_plan(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit="zero", 
         raise DataError(f"fit and held-out splits share {len(shared)} sample ids (e.g. {sorted(shared)[:3]}); "
                         "evaluate on samples the ranking never saw (organism:shapes: another --fit-seed).")
     primary = scoring or default_scoring(held_out)
-    organism = all(s.get("source") == "organism:shapes" for s in held_out)
-    option_scoring = option_scoring or ("option_text" if organism else "letter")
+    words = all("answer_text" in s for s in held_out)  # word answers (the organisms): options scored by their text
+    option_scoring = option_scoring or ("option_text" if words else "letter")
     scorings = (primary,) + (("options",) if primary != "options" and all(s.get("options") for s in held_out) else ())
     fit, fit_skipped, fcands, _ = usable(m.tokenizer, fit, [primary], option_scoring)
     if not fit:

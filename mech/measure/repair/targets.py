@@ -31,9 +31,9 @@ PRIORS = ("auto", "planted", "white_image")
 
 def answer_set(sample: dict) -> tuple[str, ...] | None:
     """The answer words of ``sample``'s question type, or None when the data defines none."""
-    if sample.get("source") != "organism:shapes" or "template" not in sample:
+    if sample.get("source") not in ("organism:shapes", "organism:shapes-varied") or "template" not in sample:
         return None
-    from mech.organisms.shapes import ANSWERS
+    from mech.organisms.varied import ANSWERS  # organism:shapes' answer sets and the two-image types'
 
     return tuple(ANSWERS.get(sample["template"], ())) or None
 
@@ -86,7 +86,7 @@ def candidates(tokenizer: Any, sample: dict, scoring: str, option_scoring: str) 
         raise ConfigError(f"scoring={scoring!r}; allowed: {', '.join(SCORINGS)}")
     words = answer_set(sample)
     if words is None:
-        raise ConfigError(f"sample {sample.get('id')!r} has no answer set (only organism:shapes defines one); "
+        raise ConfigError(f"sample {sample.get('id')!r} has no answer set (only the organisms' data sets define one); "
                           "use scoring='options'.")
     ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in words]
     if len(set(ids)) != len(ids):
