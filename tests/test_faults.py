@@ -281,7 +281,10 @@ def test_ctrl_c_mid_run_then_rerun(model_dir, clean, tmp_path):
     written and that the same command resumes; the rerun's files equal a clean run's."""
     out = tmp_path / "out"
     argv = _argv(model_dir, out, n=6)
-    rc, err = _signal_when(argv, lambda: (out / ".attention.parts" / "000000.safetensors").is_file(), signal.SIGINT)
+    # each batch sleeps 1.5 s first, so the signal lands before the last batch even when a loaded machine
+    # starves this polling process for a second (at 0.3 s a fresh-clone run once finished all three first)
+    rc, err = _signal_when(argv, lambda: (out / ".attention.parts" / "000000.safetensors").is_file(), signal.SIGINT,
+                           delay=1.5)
     assert rc == 130, err
     assert re.fullmatch(rf"mech attention: interrupted: [12] of 3 batches of mech attention are written to "
                         rf"{re.escape(str(out))}; rerun the same command to resume\.", err.strip()), err
