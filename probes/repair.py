@@ -1,6 +1,6 @@
 """The repair measurements of docs/repair.md on the organisms (held-out split n = 2,000, fit split 2,000).
 
-``python probes/repair.py [--n 2000] [--fit-n 2000] [--config NAME ...]`` writes ``runs/repair/<config>/repair.json``
+``python probes/repair.py [--n 2000] [--fit-n 2000] [--config NAME ...] [--qwen]`` writes ``runs/repair/<config>/repair.json``
 (+ safetensors, PNG) and copies the main figure to ``figures/repair_text-biased.png``. Fit ids are
 ``test-1-*`` (seed 1), held-out ids ``test-0-*`` (seed 0): disjoint streams.
 """
@@ -40,6 +40,11 @@ CONFIGS = {
     "text-biased_zero_layers_decomposition": ("organism:text-biased", dict(edit="zero", granularity="layers",
                                                                            source="decomposition", k=2, ks=[1, 2])),
 }
+#: the same rule on the Qwen2.5-VL organisms and their data set organism:shapes-varied (--qwen); they have 1,024 MLP
+#: neurons, so the sizes start lower
+QWEN_RULE = dict(RULE, ks=[25, 50, 100, 200, 400])
+QWEN_CONFIGS = {f"{name}_fit-k": (f"organism:{name}", QWEN_RULE)
+                for name in ("qwen-text-biased", "qwen-balanced", "qwen-image-biased")}
 #: the validation grid of --tune (k, alpha)
 GRID = [(300, 1.0), (400, 1.0), (400, 0.9), (400, 0.875), (400, 0.85), (400, 0.8), (500, 0.8)]
 
@@ -65,17 +70,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--fit-n", type=int, default=2000)
-    p.add_argument("--config", action="append", default=None, choices=list(CONFIGS))
+    p.add_argument("--config", action="append", default=None, choices=list(CONFIGS) + list(QWEN_CONFIGS))
+    p.add_argument("--qwen", action="store_true", help="the rule on the Qwen organisms (organism:shapes-varied)")
     p.add_argument("--out", default="runs/repair")
     p.add_argument("--tune", action="store_true", help="only the validation grid (seed 2) that chose MAIN")
     args = p.parse_args()
-    fit = load_data("organism:shapes", n=args.fit_n, seed=1)
+    data = "organism:shapes-varied" if args.qwen else "organism:shapes"
+    fit = load_data(data, n=args.fit_n, seed=1)
     if args.tune:
         return tune(fit)
-    held = load_data("organism:shapes", n=args.n, seed=0)
+    held = load_data(data, n=args.n, seed=0)
+    configs = QWEN_CONFIGS if args.qwen else CONFIGS
     models, done = {}, {}
-    for name in args.config or list(CONFIGS):
-        spec, kw = CONFIGS[name]
+    for name in args.config or list(configs):
+        spec, kw = configs[name]
         kw = dict(kw)
         if "selection" in kw:
             kw["selection"] = done[kw["selection"]].selection
