@@ -174,8 +174,11 @@ def _plan(family: str, cfg, dry: bool, n_layers: int) -> list[tuple]:
     out = [("attention", attention, im(n), COST["attention"]) for n in PLAN["attention"][pick]]
     patching = [("patching", ("activation_patching(resid_pre sweep)",), im(n), 2 + 0.6 * 3 * n_layers)
                 for n in PLAN["patching"][pick]]
-    samples = ([GM.Images(count=c) for c in (1, 2, 3)] if family == "llava"
-               else [GM.images_for(family, cfg, t, a) for t, a in PLAN["contributions"][pick]])
+    # every image size twice: from raw inputs (no sample dicts and no processor on the device) the Python API's
+    # default donors are rows of the same batch with as many image positions (mech.curves.donors.batch_donors)
+    sizes = ([GM.Images(count=c) for c in (1, 2)] if family == "llava"
+             else [GM.images_for(family, cfg, t, a) for t, a in PLAN["contributions"][pick]])
+    samples = [s for s in sizes for _ in range(2)]
     out += patching[:1]
     out += [("deeplift", ("attribution_patching(method='deeplift')",), im(n), COST["deeplift"])
             for n in PLAN["deeplift"][pick]]

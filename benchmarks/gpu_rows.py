@@ -167,7 +167,10 @@ def deeplift_row(ctx: Ctx, images: Images) -> list[dict]:
 def contribution_row(ctx: Ctx, samples: list[Images]) -> list[dict]:
     """``mech.curves.modality_contributions`` with its default arguments (estimators and removal) on a
     batch of samples with images of different sizes, the target the model's own top-2 tokens; coverage =
-    per estimator, the fraction of samples with a finite image and text contribution."""
+    per estimator, the fraction of samples with a finite image and text contribution. From raw inputs the
+    default donors come from the same batch with as many image positions, so every size comes twice
+    (``mech contrib`` instead pairs over the data set and resizes the donor's images, which needs the
+    samples' images and the processor)."""
     from mech.curves import modality_contributions
 
     inputs = ctx.inputs(samples, seed=1)
