@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mech.organisms import qwen, shapes, varied
+from mech.organisms.card import write_card
 
 CONDITIONS = {
     "complete": dict(question="sample", image="sample"),
@@ -232,11 +233,7 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict, n
         attention_n=min(n, n_attention), attention_share_last_token=att, eval_wall_s=None,
         files_bytes={})
     card["eval_wall_s"] = round(time.time() - t0, 1)
-    card["files_bytes"] = {f.name: f.stat().st_size for f in sorted(folder.iterdir())
-                           if f.is_file() and f.name not in ("card.json", "CARD.md")}
-    (folder / "card.json").write_text(json.dumps(card, indent=1))
-    (folder / "CARD.md").write_text(_md(card))
-    return card
+    return write_card(folder, card, _md(card))
 
 
 def main(argv=None) -> int:
