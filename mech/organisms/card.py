@@ -271,10 +271,10 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
             prior_wrong_complete=b["prior_wrong"]["complete"],
             complete_by_template=b["conditions"]["complete"]["by_template"])
     card["eval_wall_s"] = round(time.time() - t0, 1)
-    return write_card(folder, card, _md(card))
+    return save_card(folder, card, _md(card))
 
 
-def write_card(folder: Path, card: dict, markdown: str) -> dict:
+def save_card(folder: Path, card: dict, markdown: str) -> dict:
     """Write ``card.json`` (with ``files_bytes``: the size of every other file of the folder) and ``CARD.md``
     into an organism ``folder``; returns ``card``."""
     card["files_bytes"] = {f.name: f.stat().st_size for f in sorted(folder.iterdir())

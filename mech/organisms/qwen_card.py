@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mech.organisms import qwen, shapes, varied
-from mech.organisms.card import write_card
+from mech.organisms.card import save_card
 
 CONDITIONS = {
     "complete": dict(question="sample", image="sample"),
@@ -233,7 +233,7 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict, n
         attention_n=min(n, n_attention), attention_share_last_token=att, eval_wall_s=None,
         files_bytes={})
     card["eval_wall_s"] = round(time.time() - t0, 1)
-    return write_card(folder, card, _md(card))
+    return save_card(folder, card, _md(card))
 
 
 def main(argv=None) -> int:
