@@ -63,7 +63,26 @@ def token_groups(m: Any, inputs: Any) -> Any:
     return m.inputs(inputs).groups
 
 
-__all__ = ["AtPResult", "AttentionMass", "GROUPS", "KnockoutResult", "MechError", "PatchingResult", "RepairResult",
-           "activation_patching", "attention_knockout", "attention_mass", "attribution_patching", "compare_to_exact",
-           "repair", "run_with_cache", "run_with_hooks", "MechModel", "TokenGroups", "load", "supported", "token_groups",
-           "__version__"]
+__all__ = [
+    "AtPResult",
+    "AttentionMass",
+    "GROUPS",
+    "KnockoutResult",
+    "MechError",
+    "PatchingResult",
+    "RepairResult",
+    "activation_patching",
+    "attention_knockout",
+    "attention_mass",
+    "attribution_patching",
+    "compare_to_exact",
+    "repair",
+    "run_with_cache",
+    "run_with_hooks",
+    "MechModel",
+    "TokenGroups",
+    "load",
+    "supported",
+    "token_groups",
+    "__version__",
+]

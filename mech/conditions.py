@@ -372,7 +372,7 @@ def resample_features(m: Any, inputs: Any, donors: Any, groups: Sequence[str] = 
 def injects_visual(m: Any, groups: Sequence[str]) -> bool:
     """Whether ``groups`` hold a visual group and the family adds visual features after early decoder layers
     (``m.arch.injection_layers``: Qwen3-VL's deepstack)."""
-    return any(g in VISUAL_GROUPS for g in groups) and bool(tuple(getattr(m.arch, "injection_layers", ()) or ()))
+    return any(g in VISUAL_GROUPS for g in groups) and bool(m.arch.injection_layers)
 
 
 def require_input_only_visual(m: Any, groups: Sequence[str], what: str) -> None:
@@ -381,9 +381,8 @@ def require_input_only_visual(m: Any, groups: Sequence[str], what: str) -> None:
     (``m.arch.injection_layers``: Qwen3-VL's deepstack), which an input-embedding edit leaves clean."""
     from mech.errors import UnsupportedArchitectureError
 
-    visual = [g for g in groups if g in VISUAL_GROUPS]
-    layers = tuple(getattr(m.arch, "injection_layers", ()) or ())
-    if visual and layers:
+    if injects_visual(m, groups):
+        visual, layers = [g for g in groups if g in VISUAL_GROUPS], m.arch.injection_layers
         raise UnsupportedArchitectureError(
             f"{what} edits the {'/'.join(visual)} embeddings at the decoder's input, but {m.arch.model_type} also adds "
             f"visual features after decoder layers {list(layers)} (deepstack), which would keep the clean image; "

@@ -18,8 +18,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mech.report_words import (agreement, category_table, compare_coverage, coverage_cell, coverage_lines, fmt,
-                               identical_cell)
+from mech.report_words import (
+    agreement,
+    category_table,
+    compare_coverage,
+    coverage_cell,
+    coverage_lines,
+    fmt,
+    identical_cell,
+)
 from mech.results import read_json, write_json, write_text
 from mech.runs.settings import ReportSettings
 
@@ -63,8 +70,11 @@ def present_groups(att: dict) -> list[str]:
     sample (token share 0 and no mass in any layer, e.g. video and audio for an image model) is
     left out of the report."""
     share = att["token_share"]
-    return [g for i, g in enumerate(att["groups"])
-            if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att["mass"])]
+    return [
+        g
+        for i, g in enumerate(att["groups"])
+        if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att["mass"])
+    ]
 
 
 def _figure(name: str, prefix: str, caption: str | None) -> list[str]:
@@ -74,8 +84,11 @@ def _figure(name: str, prefix: str, caption: str | None) -> list[str]:
 
 
 def _patch_scale(direction: str) -> str:
-    return ("0 = the corrupted run, 1 = the clean run restored" if direction == "denoising"
-            else "0 = the clean run unchanged, 1 = as broken as the corrupted run")
+    return (
+        "0 = the corrupted run, 1 = the clean run restored"
+        if direction == "denoising"
+        else "0 = the clean run unchanged, 1 = as broken as the corrupted run"
+    )
 
 
 def captions(ev: dict, att: dict, pa: dict, co: dict) -> dict[str, str]:
@@ -91,33 +104,44 @@ def captions(ev: dict, att: dict, pa: dict, co: dict) -> dict[str, str]:
     shown = "every layer" if len(att["layers"]) <= MAX_PANELS else f"{MAX_PANELS} evenly spaced layers"
     out = {
         "eval.png": "Top: accuracy per input condition"
-                    + (f" (dashed: chance {chance:.3f}, the mean over samples of 1 / number of options)"
-                       if chance is not None else "")
-                    + "; bottom: the share of predictions that agree between two conditions, over all, "
-                    f"correctly and wrongly answered samples. n = {n_ev} samples.",
+        + (
+            f" (dashed: chance {chance:.3f}, the mean over samples of 1 / number of options)"
+            if chance is not None
+            else ""
+        )
+        + "; bottom: the share of predictions that agree between two conditions, over all, "
+        f"correctly and wrongly answered samples. n = {n_ev} samples.",
         "attention_mass.png": f"Attention mass from {q} on each token group the inputs have "
-                              f"({', '.join(present_groups(att))}) per decoder layer, mean over heads and "
-                              f"n = {att['n']} samples (solid), and each group's token share, the mass under "
-                              "uniform attention (dashed).",
+        f"({', '.join(present_groups(att))}) per decoder layer, mean over heads and "
+        f"n = {att['n']} samples (solid), and each group's token share, the mass under "
+        "uniform attention (dashed).",
         "attention_heads.png": f"Attention mass from {q} on the image tokens per decoder layer and head, mean "
-                               f"over n = {att['n']} samples.",
+        f"over n = {att['n']} samples.",
         "attention_image.png": f"Attention from {q} on each image patch of one sample (the first with an image; "
-                               f"its id is above the input panel), for {shown} and their mean, mean over heads, "
-                               "drawn over the image in grey on one colour scale; Σ image is the layer's total "
-                               "mass on the image. n = 1 sample.",
+        f"its id is above the input panel), for {shown} and their mean, mean over heads, "
+        "drawn over the image in grey on one colour scale; Σ image is the layer's total "
+        "mass on the image. n = 1 sample.",
         "contrib.png": "Per-layer contribution of each token group by each estimator ("
-                       + ", ".join(co["curves"]) + (f"; patching by {co['corruption']} ablation"
-                                                    if co.get("corruption") else "")
-                       + f") and Δ({co.get('ratio', 'text/image')}) per layer (log scale, dashed: Δ = 1; legend: "
-                       f"overall Δ and its bootstrap 95% interval). n = {co['n']} samples"
-                       + (" (patching: " + ", ".join(f"{g} of {co['n'] - k}" for g, k in miss.items())
-                          + ", the others have no donor)" if any(miss.values()) else "") + ".",
+        + ", ".join(co["curves"])
+        + (f"; patching by {co['corruption']} ablation" if co.get("corruption") else "")
+        + f") and Δ({co.get('ratio', 'text/image')}) per layer (log scale, dashed: Δ = 1; legend: "
+        f"overall Δ and its bootstrap 95% interval). n = {co['n']} samples"
+        + (
+            " (patching: "
+            + ", ".join(f"{g} of {co['n'] - k}" for g, k in miss.items())
+            + ", the others have no donor)"
+            if any(miss.values())
+            else ""
+        )
+        + ".",
     }
     for site in pa["effect"]:
-        out[f"patch_{site}.png"] = (f"Normalized effect of {pa['direction']} activation patching of `{site}` from "
-                                    f"`{pa['corruption']}` per decoder layer and position group ({pa['metric']}; "
-                                    f"{_patch_scale(pa['direction'])}), of the means over n = {pa['n']} samples; "
-                                    "'–': no sample has a position of that group.")
+        out[f"patch_{site}.png"] = (
+            f"Normalized effect of {pa['direction']} activation patching of `{site}` from "
+            f"`{pa['corruption']}` per decoder layer and position group ({pa['metric']}; "
+            f"{_patch_scale(pa['direction'])}), of the means over n = {pa['n']} samples; "
+            "'–': no sample has a position of that group."
+        )
     return out
 
 
@@ -152,9 +176,13 @@ def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
         lines += [f"Left out: {', '.join(left_out)} (no such tokens in these inputs).", ""]
     for fig in att.get("figures", []):
         lines += _figure(fig, prefix, caption.get(fig))
-    lines += [f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}", "",
-              f"clean {_fmt(pa['clean_metric'])}, corrupted {_fmt(pa['corrupted_metric'])} (mean over "
-              f"n = {pa['n']} samples); normalized effect per layer ({_patch_scale(pa['direction'])}):", ""]
+    lines += [
+        f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}",
+        "",
+        f"clean {_fmt(pa['clean_metric'])}, corrupted {_fmt(pa['corrupted_metric'])} (mean over "
+        f"n = {pa['n']} samples); normalized effect per layer ({_patch_scale(pa['direction'])}):",
+        "",
+    ]
     for site, eff in pa["effect"].items():
         gs = [g for g in eff if any(v is not None for v in eff[g])] or list(eff)
         lines += [f"**{site}**", "", "| layer | " + " | ".join(gs) + " |", "|---" * (len(gs) + 1) + "|"]
@@ -163,28 +191,45 @@ def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
         lines.append("")
     for fig in pa.get("figures", []):
         lines += _figure(fig, prefix, caption.get(fig))
-    lines += [f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co['n']} samples)", "",
-              "| estimator | C(text) | C(image) | Δ | 95% CI | dominant | coverage | identical donor |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co['n']} samples)",
+        "",
+        "| estimator | C(text) | C(image) | Δ | 95% CI | dominant | coverage | identical donor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for est, o in co["overall"].items():
         c = o["contribution"]
-        lines.append(f"| {est} | {_fmt(c.get('text'))} | {_fmt(c.get('image'))} | {_fmt(o['delta'], 2)} | "
-                     f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} | "
-                     f"{coverage_cell(o)} | {identical_cell(o)} |")
+        lines.append(
+            f"| {est} | {_fmt(c.get('text'))} | {_fmt(c.get('image'))} | {_fmt(o['delta'], 2)} | "
+            f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} | "
+            f"{coverage_cell(o)} | {identical_cell(o)} |"
+        )
     lines += coverage_lines(co)
     corr = co.get("corruption")
     if corr:
-        lines += ["", f"Removal (patching, decomposition): `{corr}` ablation of each group"
-                  + (" (donors paired by content over the data set; images resized to the sample's sizes, text "
-                     "fitted to its token count)" if corr == "resample" else "") + "."]
+        lines += [
+            "",
+            f"Removal (patching, decomposition): `{corr}` ablation of each group"
+            + (
+                " (donors paired by content over the data set; images resized to the sample's sizes, text "
+                "fitted to its token count)"
+                if corr == "resample"
+                else ""
+            )
+            + ".",
+        ]
     dec = co.get("dla_decomposition")
     if dec:
-        attn = ", ".join(f"{g} {_fmt(dec[f'attn.{g}'], 2)}" for g in co["groups"]
-                         if abs(dec.get(f"attn.{g}", 0.0)) > 1e-3)
-        lines += ["", f"DLA decomposition of the decision's logit difference ({_fmt(dec['logit_diff'], 2)} logits, "
-                  f"sample mean): attention writes from {attn}; MLPs {_fmt(dec['mlp'], 2)}; embedding and biases "
-                  f"{_fmt(dec['other'], 2)}. Modality-resolved DLA splits attention writes only: what MLPs write "
-                  "at the answer position (e.g. a prior computed from question words moved there) has no group."]
+        attn = ", ".join(
+            f"{g} {_fmt(dec[f'attn.{g}'], 2)}" for g in co["groups"] if abs(dec.get(f"attn.{g}", 0.0)) > 1e-3
+        )
+        lines += [
+            "",
+            f"DLA decomposition of the decision's logit difference ({_fmt(dec['logit_diff'], 2)} logits, "
+            f"sample mean): attention writes from {attn}; MLPs {_fmt(dec['mlp'], 2)}; embedding and biases "
+            f"{_fmt(dec['other'], 2)}. Modality-resolved DLA splits attention writes only: what MLPs write "
+            "at the answer position (e.g. a prior computed from question words moved there) has no group.",
+        ]
     lines += _decomposition_lines(co)
     lines += [""] + category_table(co)
     for fig in co.get("figures", ["contrib.png"]):
@@ -198,16 +243,23 @@ def _decomposition_lines(co: dict) -> list[str]:
     if not dec or not dec.get("n"):
         return []
     comp = dec["components"]
-    parts = [f"{g} {_fmt(dec['total'][g], 2)} (attention {_fmt(sum(comp['attn'][g]), 2)}, MLP "
-             f"{_fmt(sum(comp['mlp'][g]), 2)}"
-             + (f", embedding {_fmt(dec['embed'][g], 2)}" if abs(dec["embed"].get(g) or 0) > 1e-6 else "") + ")"
-             for g in dec["players"]]
+    parts = [
+        f"{g} {_fmt(dec['total'][g], 2)} (attention {_fmt(sum(comp['attn'][g]), 2)}, MLP "
+        f"{_fmt(sum(comp['mlp'][g]), 2)}"
+        + (f", embedding {_fmt(dec['embed'][g], 2)}" if abs(dec["embed"].get(g) or 0) > 1e-6 else "")
+        + ")"
+        for g in dec["players"]
+    ]
     c = dec["completeness"]
-    return ["", f"Decomposition of the decision's logit difference ({_fmt(dec['decision'], 2)} logits, mean over "
-            f"n = {dec['n']} samples) by Shapley value of removing each modality: " + "; ".join(parts)
-            + f"; left with every modality removed (template, bos, prior; frozen readout) {_fmt(dec['rest'], 2)}, "
-            f"interaction {_fmt(dec['interaction'], 2)} (split equally). Completeness: the parts sum to decision − "
-            f"rest up to {c['max_abs']:.1e} logits ({c['relative']:.1e} relative; tolerance {c['tolerance']:.0e})."]
+    return [
+        "",
+        f"Decomposition of the decision's logit difference ({_fmt(dec['decision'], 2)} logits, mean over "
+        f"n = {dec['n']} samples) by Shapley value of removing each modality: "
+        + "; ".join(parts)
+        + f"; left with every modality removed (template, bos, prior; frozen readout) {_fmt(dec['rest'], 2)}, "
+        f"interaction {_fmt(dec['interaction'], 2)} (split equally). Completeness: the parts sum to decision − "
+        f"rest up to {c['max_abs']:.1e} logits ({c['relative']:.1e} relative; tolerance {c['tolerance']:.0e}).",
+    ]
 
 
 INTRO = """# mech report
@@ -235,9 +287,14 @@ def report(settings: ReportSettings) -> dict:
     lines = [INTRO.format(data=settings.data)]
     summary = {"data": settings.data, "models": models, "overall": {}}
     if not single:
-        lines += ["## Side by side: overall Δ(text/image) per estimator", "",
-                  "| estimator | " + " | ".join(f"{_slug(s)} Δ [95% CI]" for s in models) + " | two intervals overlap |",
-                  "|---" * (len(models) + 2) + "|"]
+        lines += [
+            "## Side by side: overall Δ(text/image) per estimator",
+            "",
+            "| estimator | "
+            + " | ".join(f"{_slug(s)} Δ [95% CI]" for s in models)
+            + " | two intervals overlap |",
+            "|---" * (len(models) + 2) + "|",
+        ]
         ests = list(results[models[0]]["contrib"]["overall"])
         for est in ests:
             cells, cis = [], []
@@ -246,14 +303,25 @@ def report(settings: ReportSettings) -> dict:
                 cells.append(f"{_fmt(o['delta'], 2)} [{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}]")
                 cis.append(o["ci95"])
             known = [c for c in cis if c and None not in c]  # an undefined Δ has no interval
-            overlap = any(max(a[0], b[0]) <= min(a[1], b[1]) for i, a in enumerate(known) for b in known[i + 1:])
+            overlap = any(
+                max(a[0], b[0]) <= min(a[1], b[1]) for i, a in enumerate(known) for b in known[i + 1 :]
+            )
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
         lines += [""] + compare_coverage(results, models, _slug)
         save_figure(compare_figure({_slug(s): results[s]["contrib"] for s in models}), out / "compare.png")
         ns = sorted({results[s]["contrib"]["n"] for s in models})
-        lines += [""] + agreement(results, models, _slug) + _figure(
-            "compare.png", "", "Overall Δ(text/image) per estimator with its bootstrap 95% interval, one bar per "
-            "model (log scale; dashed: Δ = 1, no imbalance). n = " + " / ".join(map(str, ns)) + " samples per model.")
+        lines += (
+            [""]
+            + agreement(results, models, _slug)
+            + _figure(
+                "compare.png",
+                "",
+                "Overall Δ(text/image) per estimator with its bootstrap 95% interval, one bar per "
+                "model (log scale; dashed: Δ = 1, no imbalance). n = "
+                + " / ".join(map(str, ns))
+                + " samples per model.",
+            )
+        )
         for s in models:
             ev = results[s]["eval"]["consistency"]["all"].get("complete&white_image", {})
             lines.append(f"- `{s}`: complete&white_image consistency {_fmt(ev.get('pct'), 1)}%")

@@ -42,10 +42,17 @@ def compare_coverage(results: dict, models: Sequence[str], name) -> list[str]:
         overall = results[s]["contrib"]["overall"]
         cov = {e: coverage_cell(o) for e, o in overall.items()}
         counts = sorted(set(cov.values()))
-        told = (f"every estimator {counts[0]}" if len(counts) == 1
-                else ", ".join(f"{e} {c}" for e, c in cov.items()))
+        told = (
+            f"every estimator {counts[0]}"
+            if len(counts) == 1
+            else ", ".join(f"{e} {c}" for e, c in cov.items())
+        )
         same = "; ".join(f"{e} {identical_cell(o)}" for e, o in overall.items() if o.get("identical_donor"))
-        lines.append(f"- `{name(s)}`: estimated samples: {told}" + (f"; identical donors: {same}" if same else "") + ".")
+        lines.append(
+            f"- `{name(s)}`: estimated samples: {told}"
+            + (f"; identical donors: {same}" if same else "")
+            + "."
+        )
     return lines
 
 
@@ -60,10 +67,16 @@ def coverage_lines(co: dict, shown: int = 5) -> list[str]:
         by: dict[str, list] = {}
         for x in missing:
             by.setdefault(x["reason"], []).append(str(x["id"]))
-        out.append(f"* {est}: no estimate for {len(missing)} of {o['coverage']['n']} samples, left out of its Δ: "
-                   + "; ".join(f"{len(v)} because {r} (e.g. {', '.join(v[:shown])})" for r, v in by.items()) + ".")
-    return (["", "Samples without an estimate (`contrib.json` → `overall.<estimator>.coverage.missing`):"] + out
-            if out else [])
+        out.append(
+            f"* {est}: no estimate for {len(missing)} of {o['coverage']['n']} samples, left out of its Δ: "
+            + "; ".join(f"{len(v)} because {r} (e.g. {', '.join(v[:shown])})" for r, v in by.items())
+            + "."
+        )
+    return (
+        ["", "Samples without an estimate (`contrib.json` → `overall.<estimator>.coverage.missing`):"] + out
+        if out
+        else []
+    )
 
 
 def _ci(o: dict) -> str:
@@ -83,7 +96,12 @@ def category_cell(est: str, e: dict, numerator: str = "text", denominator: str =
     if not e.get("n"):
         return "– (no sample with an estimate: no donor)"
     den, dec = c.get(denominator), e.get("decision")
-    if est != "attention" and den is not None and dec is not None and abs(den) < NEAR_ZERO * max(1.0, abs(dec)):
+    if (
+        est != "attention"
+        and den is not None
+        and dec is not None
+        and abs(den) < NEAR_ZERO * max(1.0, abs(dec))
+    ):
         cell = f"{head} · Δ – (C({denominator}) ≈ 0)"
     else:
         cell = f"{head} · Δ {fmt(e.get('delta'))}"
@@ -101,24 +119,47 @@ def category_table(co: dict, numerator: str = "text", denominator: str = "image"
     ests = list(by)
     cats = sorted({c for e in ests for c in by[e]})
     first = ests[0]
-    lines = [f"#### Per question type: C({numerator}) / C({denominator}) · Δ({numerator}/{denominator})", "",
-             "Contributions in the estimator's unit (attention: a fraction; the others: logits), since a ratio is "
-             "unstable when C(image) is near 0. `decision`: the mean logit difference being explained (top option "
-             "− runner-up).", "",
-             "| question type | n | decision | " + " | ".join(ests) + " |", "|---" * (len(ests) + 3) + "|"]
+    lines = [
+        f"#### Per question type: C({numerator}) / C({denominator}) · Δ({numerator}/{denominator})",
+        "",
+        "Contributions in the estimator's unit (attention: a fraction; the others: logits), since a ratio is "
+        "unstable when C(image) is near 0. `decision`: the mean logit difference being explained (top option "
+        "− runner-up).",
+        "",
+        "| question type | n | decision | " + " | ".join(ests) + " |",
+        "|---" * (len(ests) + 3) + "|",
+    ]
     for cat in cats:
         e0 = by[first].get(cat, {})
         cells = [category_cell(e, by[e][cat], numerator, denominator) if cat in by[e] else "–" for e in ests]
-        cells = [c + (f" (n = {by[e][cat]['n']})" if cat in by[e] and by[e][cat].get("n") not in (0, e0.get("n"))
-                      else "") for c, e in zip(cells, ests)]
-        lines.append(f"| {cat} | {e0.get('n', '–')} | {fmt(e0.get('decision'))} | " + " | ".join(cells) + " |")
-    blind = sorted({(cat, g) for e in ests if e in REMOVAL for cat, x in by[e].items() for g in x.get("blind") or []})
+        cells = [
+            c
+            + (
+                f" (n = {by[e][cat]['n']})"
+                if cat in by[e] and by[e][cat].get("n") not in (0, e0.get("n"))
+                else ""
+            )
+            for c, e in zip(cells, ests)
+        ]
+        lines.append(
+            f"| {cat} | {e0.get('n', '–')} | {fmt(e0.get('decision'))} | " + " | ".join(cells) + " |"
+        )
+    blind = sorted(
+        {(cat, g) for e in ests if e in REMOVAL for cat, x in by[e].items() for g in x.get("blind") or []}
+    )
     if blind:
-        lines += ["", "Blind spot of the removal-based estimators ("
-                  + ", ".join(e for e in ests if e in REMOVAL) + "): "
-                  + "; ".join(f"in `{cat}` every {g} donor is identical to the sample's own {g}, so removing it "
-                              f"changes no input and C({g}) is 0 by construction, not because the model ignores it"
-                              for cat, g in blind) + "."]
+        lines += [
+            "",
+            "Blind spot of the removal-based estimators ("
+            + ", ".join(e for e in ests if e in REMOVAL)
+            + "): "
+            + "; ".join(
+                f"in `{cat}` every {g} donor is identical to the sample's own {g}, so removing it "
+                f"changes no input and C({g}) is 0 by construction, not because the model ignores it"
+                for cat, g in blind
+            )
+            + ".",
+        ]
     return lines + [""]
 
 
@@ -136,8 +177,11 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
     """Markdown lines: per estimator the models ordered by Δ(text/image); which estimators give the same
     order; the decomposition's MLP share of each modality's contribution; and why estimators that split
     only attention (DLA) or measure only where attention goes disagree with the causal ones."""
-    ests = [e for e in results[models[0]]["contrib"]["overall"]
-            if all(e in results[s]["contrib"]["overall"] for s in models)]
+    ests = [
+        e
+        for e in results[models[0]]["contrib"]["overall"]
+        if all(e in results[s]["contrib"]["overall"] for s in models)
+    ]
     orders = {e: _order(results, models, e) for e in ests}
     lines = []
     for e in ests:
@@ -149,54 +193,92 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
         groups.setdefault(tuple(orders[e]), []).append(e)
     lines.append("")
     if len(groups) == 1:
-        lines.append(f"**All estimators order the models the same way** ({' > '.join(map(name, orders[ests[0]]))}).")
+        lines.append(
+            f"**All estimators order the models the same way** ({' > '.join(map(name, orders[ests[0]]))})."
+        )
     else:
-        parts = [f"{' and '.join(es)} order{'s' if len(es) == 1 else ''} Δ {' > '.join(map(name, o))}"
-                 for o, es in groups.items()]
+        parts = [
+            f"{' and '.join(es)} order{'s' if len(es) == 1 else ''} Δ {' > '.join(map(name, o))}"
+            for o, es in groups.items()
+        ]
         lines.append("**The estimators disagree**: " + "; ".join(parts) + ".")
     open_ = [e for e in ests if not _separated(results, orders[e], e)]
     if open_:
-        lines.append(f"Where adjacent intervals overlap ({', '.join(open_)}), that order is not resolved at this n.")
+        lines.append(
+            f"Where adjacent intervals overlap ({', '.join(open_)}), that order is not resolved at this n."
+        )
     ref = next((e for e in CAUSAL if e in ests), None)
     why = []
     if "decomposition" in ests:
-        why.append("In logits (decomposition): " + "; ".join(
-            f"`{name(s)}` " + ", ".join(f"C({g}) {fmt(c)}" for g, c in
-                                        results[s]["contrib"]["overall"]["decomposition"]["contribution"].items()
-                                        if g in ("text", "image"))
-            for s in models) + ".")
+        why.append(
+            "In logits (decomposition): "
+            + "; ".join(
+                f"`{name(s)}` "
+                + ", ".join(
+                    f"C({g}) {fmt(c)}"
+                    for g, c in results[s]["contrib"]["overall"]["decomposition"]["contribution"].items()
+                    if g in ("text", "image")
+                )
+                for s in models
+            )
+            + "."
+        )
     for s in models:
         dec = results[s]["contrib"].get("decomposition") or {}
         share, total = dec.get("mlp_share") or {}, dec.get("total") or {}
         if share:
-            why.append(f"In `{name(s)}` the decomposition credits "
-                       + ", ".join(f"{fmt(100 * share[g], 0)}% of C({g}) = {fmt(total.get(g))} logits"
-                                   for g in share if share[g] is not None) + " to MLP writes"
-                       + (f" (completeness residual {dec['completeness']['relative']:.1e} relative)"
-                          if (dec.get("completeness") or {}).get("relative") is not None else "") + ".")
+            why.append(
+                f"In `{name(s)}` the decomposition credits "
+                + ", ".join(
+                    f"{fmt(100 * share[g], 0)}% of C({g}) = {fmt(total.get(g))} logits"
+                    for g in share
+                    if share[g] is not None
+                )
+                + " to MLP writes"
+                + (
+                    f" (completeness residual {dec['completeness']['relative']:.1e} relative)"
+                    if (dec.get("completeness") or {}).get("relative") is not None
+                    else ""
+                )
+                + "."
+            )
     if ref is not None:
         agree = [e for e in ests if e != ref and orders[e] == orders[ref]]
         differ = [e for e in ests if e != ref and orders[e] != orders[ref]]
         if agree:
             why.append(f"{', '.join(agree)} agree{'s' if len(agree) == 1 else ''} with {ref}'s order.")
         if "dla" in differ:
-            mlp = [(s, (results[s]["contrib"].get("decomposition") or {}).get("mlp_share", {}).get("text"))
-                   for s in models]
+            mlp = [
+                (s, (results[s]["contrib"].get("decomposition") or {}).get("mlp_share", {}).get("text"))
+                for s in models
+            ]
             big = [f"`{name(s)}` ({fmt(100 * v, 0)}%)" for s, v in mlp if v is not None and abs(v) >= 0.5]
-            why.append("DLA differs from " + ref + ": it assigns only attention writes to the group whose values "
-                       "they read, and no MLP write to any group"
-                       + (f"; the text contribution is mostly written by MLPs in {', '.join(big)}" if big else "")
-                       + ".")
+            why.append(
+                "DLA differs from " + ref + ": it assigns only attention writes to the group whose values "
+                "they read, and no MLP write to any group"
+                + (f"; the text contribution is mostly written by MLPs in {', '.join(big)}" if big else "")
+                + "."
+            )
         if "attention" in differ:
-            why.append(f"Attention mass differs from {ref}: it says where the answer position looks, not what the "
-                       "decision needs.")
-    same = [(s, e, g, v) for s in models for e in ests if e in REMOVAL
-            for g, v in (results[s]["contrib"]["overall"][e].get("identical_donor") or {}).items() if v]
+            why.append(
+                f"Attention mass differs from {ref}: it says where the answer position looks, not what the "
+                "decision needs."
+            )
+    same = [
+        (s, e, g, v)
+        for s in models
+        for e in ests
+        if e in REMOVAL
+        for g, v in (results[s]["contrib"]["overall"][e].get("identical_donor") or {}).items()
+        if v
+    ]
     if same:
-        why.append("Removal-based estimators count as 0 the samples whose donor has the same content: "
-                   + "; ".join(f"`{name(s)}` {e} {g} {fmt(100 * v, 0)}%" for s, e, g, v in same)
-                   + " of the samples (a fixed question wording repeats across samples); their C is a lower "
-                   "bound there.")
+        why.append(
+            "Removal-based estimators count as 0 the samples whose donor has the same content: "
+            + "; ".join(f"`{name(s)}` {e} {g} {fmt(100 * v, 0)}%" for s, e, g, v in same)
+            + " of the samples (a fixed question wording repeats across samples); their C is a lower "
+            "bound there."
+        )
     if why:
         lines += [""] + why
     return lines + [""]

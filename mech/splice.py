@@ -14,15 +14,19 @@ from mech.errors import InputError
 __all__ = ["check_donor_lengths", "fitted", "splice_rows"]
 
 
-def check_donor_lengths(mask: torch.Tensor, dmask: torch.Tensor, rows: torch.Tensor, what: str, fit: bool) -> None:
+def check_donor_lengths(
+    mask: torch.Tensor, dmask: torch.Tensor, rows: torch.Tensor, what: str, fit: bool
+) -> None:
     """InputError for changed ``rows`` ``[batch]`` whose donor positions ``dmask`` ``[batch, pos']`` cannot
     fill ``mask`` ``[batch, pos]``: another count (without ``fit``) or none (with ``fit``)."""
     n, d = mask.sum(-1).cpu(), dmask.sum(-1).cpu()
     bad = [i for i in range(mask.shape[0]) if rows[i] and (d[i] == 0 if fit else n[i] != d[i])]
     if bad:
-        raise InputError(f"rows {bad[:8]} have {'no' if fit else 'a different number of'} {what} positions "
-                         f"{'in their donors' if fit else 'than their donors'}; pick donors with the group "
-                         "(mech.curves.donors.pair_donors), pass fit=True, or pass rows=.")
+        raise InputError(
+            f"rows {bad[:8]} have {'no' if fit else 'a different number of'} {what} positions "
+            f"{'in their donors' if fit else 'than their donors'}; pick donors with the group "
+            "(mech.curves.donors.pair_donors), pass fit=True, or pass rows=."
+        )
 
 
 def fitted(source: torch.Tensor, count: int) -> torch.Tensor:
@@ -30,8 +34,9 @@ def fitted(source: torch.Tensor, count: int) -> torch.Tensor:
     return source[torch.arange(count, device=source.device) % source.shape[0]]
 
 
-def splice_rows(emb: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, dmask: torch.Tensor,
-                rows: torch.Tensor) -> torch.Tensor:
+def splice_rows(
+    emb: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, dmask: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
     """A copy of ``emb`` ``[batch, pos, d_model]`` whose ``mask`` ``[batch, pos]`` positions hold, in order,
     ``source``'s ``dmask`` ``[batch, pos']`` positions (``source`` ``[batch, pos', d_model]``), in the
     ``rows`` ``[batch]`` (bool) only. Where a changed row's donor has another number of positions they are
@@ -44,7 +49,9 @@ def splice_rows(emb: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, dma
     return emb
 
 
-def find_injections(kwargs: dict, d_model: int, shape: tuple[int, int]) -> tuple[str, list, torch.Tensor] | None:
+def find_injections(
+    kwargs: dict, d_model: int, shape: tuple[int, int]
+) -> tuple[str, list, torch.Tensor] | None:
     """The visual features a decoder adds after early layers (Qwen3-VL's deepstack), found by type in the
     decoder's keyword arguments: ``(key, features, order)``, ``features`` the list of ``[n_visual, d_model]``
     tensors (one per injection layer) and ``order`` ``[batch, pos]`` long, the row of ``features`` each
@@ -54,25 +61,44 @@ def find_injections(kwargs: dict, d_model: int, shape: tuple[int, int]) -> tuple
     Raises:
         InputError: several arguments look like the list or its positions.
     """
-    lists = [(k, v) for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) > 0
-             and all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[-1] == d_model for t in v)]
+    lists = [
+        (k, v)
+        for k, v in kwargs.items()
+        if isinstance(v, (list, tuple))
+        and len(v) > 0
+        and all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[-1] == d_model for t in v)
+    ]
     if not lists:
         return None
     n = lists[0][1][0].shape[0]
-    masks = [v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dtype == torch.bool
-             and tuple(v.shape) == tuple(shape) and int(v.sum()) == n]
+    masks = [
+        v
+        for v in kwargs.values()
+        if isinstance(v, torch.Tensor)
+        and v.dtype == torch.bool
+        and tuple(v.shape) == tuple(shape)
+        and int(v.sum()) == n
+    ]
     if len(lists) > 1 or len(masks) != 1:
-        raise InputError("the decoder's call has several candidates for the visual features added after early "
-                         "layers (a list of [n_visual, d_model] tensors and their [batch, pos] positions); mech "
-                         "cannot tell which to resample")
+        raise InputError(
+            "the decoder's call has several candidates for the visual features added after early "
+            "layers (a list of [n_visual, d_model] tensors and their [batch, pos] positions); mech "
+            "cannot tell which to resample"
+        )
     where = masks[0].cpu()
     order = torch.full(tuple(shape), -1, dtype=torch.long)
     order[where] = torch.arange(n)
     return lists[0][0], list(lists[0][1]), order
 
 
-def splice_injections(features: list, order: torch.Tensor, donor: tuple[list, torch.Tensor], mask: torch.Tensor,
-                      dmask: torch.Tensor, rows: torch.Tensor) -> list:
+def splice_injections(
+    features: list,
+    order: torch.Tensor,
+    donor: tuple[list, torch.Tensor],
+    mask: torch.Tensor,
+    dmask: torch.Tensor,
+    rows: torch.Tensor,
+) -> list:
     """``features`` (``[n_visual, d_model]`` per injection layer, ``order`` ``[batch, pos]``: the row each
     position receives) with each changed row's ``mask`` ``[batch, pos]`` positions taken, in order, from the
     donor's ``dmask`` positions (``donor`` = ``(features', order')`` of the donor pass); :func:`fitted`
@@ -91,9 +117,18 @@ def splice_injections(features: list, order: torch.Tensor, donor: tuple[list, to
     return out
 
 
-def resample_hook(d_model: int, mask: torch.Tensor, dmask: torch.Tensor, rows: torch.Tensor, *,
-                  source: torch.Tensor | None = None, index: torch.Tensor | None = None,
-                  donor_injections: tuple[list, torch.Tensor] | None = None, injected: bool = False, what: str = ""):
+def resample_hook(
+    d_model: int,
+    mask: torch.Tensor,
+    dmask: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    source: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+    donor_injections: tuple[list, torch.Tensor] | None = None,
+    injected: bool = False,
+    what: str = "",
+):
     """A forward pre-hook (``with_kwargs=True``) for the decoder that resamples one group: its input embeddings
     at ``mask`` ``[batch, pos]`` become the donor's at ``dmask`` (``source`` ``[batch, pos', d_model]``, or the
     batch's own rows ``index`` ``[batch]``), in ``rows`` only (:func:`splice_rows`); with ``injected`` (a
@@ -120,7 +155,8 @@ def resample_hook(d_model: int, mask: torch.Tensor, dmask: torch.Tensor, rows: t
                 raise UnsupportedArchitectureError(
                     f"{what}: this family adds visual features after early decoder layers, but the decoder's call "
                     "carries none that mech can find by type, so the image cannot be resampled at every layer it "
-                    "enters; use the attention and dla estimators (mech contrib --estimators attention dla).")
+                    "enters; use the attention and dla estimators (mech contrib --estimators attention dla)."
+                )
             key, features, order = inj
             donor = (features, order[index.cpu()]) if index is not None else donor_injections
             kwargs = {**kwargs, key: splice_injections(features, order, donor, mask, dmask, rows)}

@@ -267,3 +267,26 @@ def test_unedited_accuracy_is_mech_evals_on_both_organism_data_sets(data):
     assert r["scoring"] == "answer_set" and r["option_scoring"] == "option_text"
     ev = evaluate(m, held, conditions=["complete"], progress=False)
     assert r["unedited"]["options"]["accuracy"]["value"] == pytest.approx(ev["conditions"]["complete"]["accuracy"])
+
+
+def test_answer_means_equal_the_cached_activations_at_the_answer_position():
+    """Oracle: run_with_cache's full activations, gathered at each row's answer position and averaged."""
+    from mech.conditions import condition_inputs
+    from mech.engines.hooks import run_with_cache
+    from mech.measure.repair.plan import answer_means
+    from mech.prepare.data import load_data
+
+    m = mech.load("organism:text-biased")
+    samples = list(load_data("organism:shapes", n=12))
+    names = ["blocks.0.mlp.hook_post", "blocks.2.attn.hook_z", "blocks.3.hook_resid_post"]
+    got = answer_means(m, samples, names, "complete", 5)
+    want = {n: 0 for n in names}
+    for i in range(0, len(samples), 5):
+        inputs = condition_inputs(m, samples[i : i + 5], "complete")
+        _, cache = run_with_cache(m, inputs, names, points=POINTS)
+        q = inputs.groups.last()
+        for n in names:
+            want[n] = want[n] + cache[n][torch.arange(len(q)), q].double().sum(0)
+    for n in names:
+        eps = torch.finfo(torch.float32).eps  # the same activations, summed in float64: only the final rounding
+        torch.testing.assert_close(got[n], (want[n] / len(samples)).float(), rtol=2 * eps, atol=0)

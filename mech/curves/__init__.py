@@ -132,12 +132,27 @@ class Contributions:
         samples with an estimate and the reason for each other one, named by ``ids``); the removal-based
         estimators also ``identical_donor``. With fewer than 2 estimated samples ``ci95`` is ``[null, null]``
         and the per-layer Δ null, rather than an error."""
-        from mech.curves.summary import (REMOVAL_ESTIMATORS, by_category, coverage, decomposition_json, estimated,
-                                         group_imbalance, identical_donor)
+        from mech.curves.summary import (
+            REMOVAL_ESTIMATORS,
+            by_category,
+            coverage,
+            decomposition_json,
+            estimated,
+            group_imbalance,
+            identical_donor,
+        )
 
-        out: dict = {"groups": list(self.groups), "pool": {e: POOL[e] for e in self.per_sample},
-                     "ratio": f"{numerator}/{denominator}", "curves": {}, "cumulative": {},
-                     "imbalance_ratio": {}, "overall": {}, "n": None, **self.meta}
+        out: dict = {
+            "groups": list(self.groups),
+            "pool": {e: POOL[e] for e in self.per_sample},
+            "ratio": f"{numerator}/{denominator}",
+            "curves": {},
+            "cumulative": {},
+            "imbalance_ratio": {},
+            "overall": {},
+            "n": None,
+            **self.meta,
+        }
         for est, x in self.per_sample.items():
             keep = [g for g in self.groups if not torch.isnan(x[..., self.groups.index(g)]).all()]
             sub = x[..., [self.groups.index(g) for g in keep]]
@@ -151,8 +166,9 @@ class Contributions:
             else:  # too few estimates for an interval: say so in coverage, keep the run
                 out["imbalance_ratio"][est] = [None] * x.shape[1]
                 out["overall"][est] = group_imbalance(x, self.groups, POOL[est], numerator, denominator)
-            out["overall"][est]["coverage"] = coverage(x, self.components, i, j, (numerator, denominator), ids,
-                                                       removal=est in REMOVAL_ESTIMATORS)
+            out["overall"][est]["coverage"] = coverage(
+                x, self.components, i, j, (numerator, denominator), ids, removal=est in REMOVAL_ESTIMATORS
+            )
             if est in REMOVAL_ESTIMATORS:  # the samples whose removal changed no input count as 0
                 keep = torch.nonzero(estimated(x, i, j)).flatten()
                 out["overall"][est].update(identical_donor(self.components, keep, (denominator, numerator)))
@@ -162,15 +178,31 @@ class Contributions:
         if "decomposition" in self.per_sample and "decomposition.attn" in self.components:
             out["decomposition"] = decomposition_json(self.components, self.groups, PATCHED_GROUPS)
         if categories is not None:
-            out["by_category"] = by_category(self.per_sample, self.components, list(categories), self.groups,
-                                             POOL, numerator=numerator, denominator=denominator, n_boot=n_boot)
+            out["by_category"] = by_category(
+                self.per_sample,
+                self.components,
+                list(categories),
+                self.groups,
+                POOL,
+                numerator=numerator,
+                denominator=denominator,
+                n_boot=n_boot,
+            )
         return out
 
 
-def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor, *,
-                           estimators: Sequence[str] = ESTIMATORS, seed: int = 0,
-                           corruption: Corruption = "resample", donors: Mapping[str, tuple] | None = None,
-                           noise_scale: float = 3.0) -> Contributions:
+def modality_contributions(
+    m,
+    inputs,
+    answer: torch.Tensor,
+    counterfactual: torch.Tensor,
+    *,
+    estimators: Sequence[str] = ESTIMATORS,
+    seed: int = 0,
+    corruption: Corruption = "resample",
+    donors: Mapping[str, tuple] | None = None,
+    noise_scale: float = 3.0,
+) -> Contributions:
     """Contributions of every token group per layer for one batch, from each estimator.
 
     Args:
@@ -222,8 +254,11 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
     if "dla" in estimators:  # one forward serves both: DLA records the answer row's mass as well
         d = direct_logit_attribution(m, inputs, answer, counterfactual)
         out["dla"] = d.attn.float().cpu()
-        components = {"dla.mlp": d.mlp.sum(1).float().cpu(), "dla.logit_diff": d.logit_diff.float().cpu(),
-                      "dla.other": (d.embed + d.attn_bias.sum(1) + d.unembed_bias).float().cpu()}
+        components = {
+            "dla.mlp": d.mlp.sum(1).float().cpu(),
+            "dla.logit_diff": d.logit_diff.float().cpu(),
+            "dla.other": (d.embed + d.attn_bias.sum(1) + d.unembed_bias).float().cpu(),
+        }
         if "attention" in estimators:
             out["attention"] = d.mass.mean(dim=2).float().cpu()
     elif "attention" in estimators:
@@ -231,9 +266,11 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
     batch = inputs["input_ids"].shape[0]
     removals = {}
     if "decomposition" in estimators or ("patching" in estimators and corruption == "resample"):
-        removals = (resample_removals(m, inputs, PATCHED_GROUPS, donors, seed=seed, fit=True)
-                    if corruption == "resample"
-                    else noise_removals(m, inputs, PATCHED_GROUPS, seed=seed, noise_scale=noise_scale))
+        removals = (
+            resample_removals(m, inputs, PATCHED_GROUPS, donors, seed=seed, fit=True)
+            if corruption == "resample"
+            else noise_removals(m, inputs, PATCHED_GROUPS, seed=seed, noise_scale=noise_scale)
+        )
         for g in PATCHED_GROUPS:  # every key in every batch, so that batches concatenate
             rm = removals.get(g)
             components[f"same.{g}"] = (rm.same & rm.rows).float() if rm is not None else torch.zeros(batch)
@@ -246,24 +283,37 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
             if not bool(inputs.groups.mask(g).any()):
                 continue
             rows = torch.ones(batch, dtype=torch.bool)
-            if corruption == "resample":
-                donor_inputs, rows = donors[g] if donors is not None and g in donors else batch_donors(inputs, g,
-                                                                                                     seed=seed)
+            if corruption == "resample":  # the removal built above: its donor pass is not run again
+                rows = removals[g].rows
                 if not bool(rows.any()):
                     continue
 
-                def corrupted(g=g, d=donor_inputs, r=rows):
-                    return resample_features(m, inputs, d, groups=(g,), rows=r, fit=True)
+                def corrupted(rm=removals[g]):
+                    return rm.applied(m, inputs)
             else:
-                def corrupted(g=g):
-                    return corrupt_features(m, inputs, "visual_noise", groups=(g,), seed=seed,
-                                            noise_scale=noise_scale)
 
-            res = activation_patching(m, inputs, inputs, site="resid_pre", positions=(g,), metric="logit_diff",
-                                      answer=answer, counterfactual=counterfactual, normalize=False,
-                                      corrupted_context=corrupted, seed=seed)
+                def corrupted(g=g):
+                    return corrupt_features(
+                        m, inputs, "visual_noise", groups=(g,), seed=seed, noise_scale=noise_scale
+                    )
+
+            res = activation_patching(
+                m,
+                inputs,
+                inputs,
+                site="resid_pre",
+                positions=(g,),
+                metric="logit_diff",
+                answer=answer,
+                counterfactual=counterfactual,
+                normalize=False,
+                corrupted_context=corrupted,
+                seed=seed,
+            )
             restored = (res.patched["resid_pre"][:, 0, :] - res.corrupted_metric[None, :]).T.float().cpu()
-            if injects_visual(m, (g,)) and res.layers[0] == 0:  # the image also enters after early layers, which
+            if (
+                injects_visual(m, (g,)) and res.layers[0] == 0
+            ):  # the image also enters after early layers, which
                 # restoring resid_pre_0 leaves resampled: layer 0 is the total effect clean − corrupted itself
                 restored[:, 0] = (res.clean_metric - res.corrupted_metric).float().cpu()
             restored[~rows.cpu()] = float("nan")  # [batch, layer]
@@ -272,7 +322,9 @@ def modality_contributions(m, inputs, answer: torch.Tensor, counterfactual: torc
     return Contributions({e: out[e] for e in ESTIMATORS if e in out}, GROUPS, components=components)
 
 
-def _decomposition(m, inputs, answer, counterfactual, removals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _decomposition(
+    m, inputs, answer, counterfactual, removals
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The decomposition on the group axis of :data:`GROUPS` (NaN for groups that are no player):
     ``([batch, layer, group], components)``."""
     from mech.curves.decomposition import decompose
@@ -286,10 +338,15 @@ def _decomposition(m, inputs, answer, counterfactual, removals) -> tuple[torch.T
         for k, g in enumerate(d.players):
             attn[..., GROUPS.index(g)], mlp[..., GROUPS.index(g)] = d.attn[..., k], d.mlp[..., k]
             embed[:, GROUPS.index(g)] = d.embed[:, k]
-        parts = {f"decomposition.{k}": getattr(d, k).float() for k in ("decision", "rest", "removed", "interaction")}
+        parts = {
+            f"decomposition.{k}": getattr(d, k).float()
+            for k in ("decision", "rest", "removed", "interaction")
+        }
     else:
-        parts = {f"decomposition.{k}": torch.full((batch,), float("nan"))
-                 for k in ("decision", "rest", "removed", "interaction")}
+        parts = {
+            f"decomposition.{k}": torch.full((batch,), float("nan"))
+            for k in ("decision", "rest", "removed", "interaction")
+        }
     per = attn + mlp
     per[:, 0] += embed
     return per, {"decomposition.attn": attn, "decomposition.mlp": mlp, "decomposition.embed": embed, **parts}

@@ -313,10 +313,27 @@ def decompose(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor,
         return (v["embed"] + v["attn"].sum(1) + v["mlp"].sum(1)).float().cpu()
 
     bias = readout.bias.float().cpu()
-    decision = (final_norm(m, finals[everyone]) * readout.direction.to(finals[everyone].device)).sum(-1).cpu() + bias
-    removed = (final_norm(m, finals[nobody]) * readout.direction.to(finals[nobody].device)).sum(-1).cpu() + bias
-    interaction = total(values[everyone]) - total(values[nobody]) - sum(
-        total(values[frozenset({g})]) - total(values[nobody]) for g in players)
+    decision = (final_norm(m, finals[everyone]) * readout.direction.to(finals[everyone].device)).sum(
+        -1
+    ).cpu() + bias
+    removed = (final_norm(m, finals[nobody]) * readout.direction.to(finals[nobody].device)).sum(
+        -1
+    ).cpu() + bias
+    interaction = (
+        total(values[everyone])
+        - total(values[nobody])
+        - sum(total(values[frozenset({g})]) - total(values[nobody]) for g in players)
+    )
     same = torch.stack([removals[g].same for g in players], -1).cpu()
-    return Decomposition(players, phi["attn"], phi["mlp"], phi["embed"], decision.float(),
-                         total(values[nobody]) + bias, removed.float(), interaction, same, rows)
+    return Decomposition(
+        players,
+        phi["attn"],
+        phi["mlp"],
+        phi["embed"],
+        decision.float(),
+        total(values[nobody]) + bias,
+        removed.float(),
+        interaction,
+        same,
+        rows,
+    )

@@ -52,7 +52,7 @@ REASONS = {
     NO_POSITIONS: "the sample has no {group} tokens",
     DONOR_EMPTY: "the donor has no {group} tokens",
     LENGTH_DIFFERS: "the donor's {group} token count differs from the sample's (the image processor's token grid "
-                    "depends on more than the image size)",
+    "depends on more than the image size)",
 }
 
 
@@ -65,9 +65,11 @@ def _length_key(sample: dict, group: str):
 
 
 def _image(im):
+    """The image as the model's inputs read it (:func:`mech.prepare.inputs.load_image`: EXIF orientation,
+    transparency onto white, RGB), so sizes and pixels here are the ones the processor sees."""
     from mech.prepare.inputs import load_image
 
-    return im if hasattr(im, "size") and hasattr(im, "tobytes") else load_image(im)
+    return load_image(im)
 
 
 def content_key(sample: dict, group: str) -> str:
@@ -80,7 +82,7 @@ def content_key(sample: dict, group: str) -> str:
         h.update(format_prompt(sample).encode())
     else:
         for im in sample.get("images") or []:
-            im = _image(im).convert("RGB")
+            im = _image(im)
             h.update(repr(im.size).encode())
             h.update(im.tobytes())
     return h.hexdigest()
@@ -127,16 +129,21 @@ def donor_sample(sample: dict, donor: dict, group: str) -> dict:
     from PIL import Image
 
     own = [_image(im).size for im in sample.get("images") or []]
-    theirs = [_image(im).convert("RGB") for im in donor.get("images") or []]
+    theirs = [_image(im) for im in donor.get("images") or []]
     if not own or not theirs:
         return sample
-    images = [theirs[k % len(theirs)].resize(size, Image.BICUBIC) if theirs[k % len(theirs)].size != size
-              else theirs[k % len(theirs)] for k, size in enumerate(own)]
+    images = [
+        theirs[k % len(theirs)].resize(size, Image.BICUBIC)
+        if theirs[k % len(theirs)].size != size
+        else theirs[k % len(theirs)]
+        for k, size in enumerate(own)
+    ]
     return {**sample, "images": images}
 
 
-def donor_batch(m, samples: Sequence[dict], donors: Sequence[int | None], indices: Sequence[int], group: str,
-                clean=None):
+def donor_batch(
+    m, samples: Sequence[dict], donors: Sequence[int | None], indices: Sequence[int], group: str, clean=None
+):
     """Prepared donor inputs for the rows ``indices`` of ``samples``, which rows have a donor, and why not.
 
     Returns:
@@ -151,8 +158,10 @@ def donor_batch(m, samples: Sequence[dict], donors: Sequence[int | None], indice
 
     from mech.conditions import condition_inputs, donor_rows_ok
 
-    chosen = [samples[i] if donors[i] is None else donor_sample(samples[i], samples[donors[i]], group)
-              for i in indices]
+    chosen = [
+        samples[i] if donors[i] is None else donor_sample(samples[i], samples[donors[i]], group)
+        for i in indices
+    ]
     inputs = condition_inputs(m, chosen, "complete")
     clean = condition_inputs(m, [samples[i] for i in indices], "complete") if clean is None else clean
     reason = torch.full((len(indices),), ESTIMATED, dtype=torch.long)
@@ -191,8 +200,16 @@ def batch_donors(inputs, group: str, *, seed: int = 0):
     return index, rows
 
 
-def contributions_for_rows(m, samples: Sequence[dict], rows: Sequence[int], donors: dict[str, list[int | None]], *,
-                           estimators: Sequence[str] | None = None, seed: int = 0, corruption: str = "resample"):
+def contributions_for_rows(
+    m,
+    samples: Sequence[dict],
+    rows: Sequence[int],
+    donors: dict[str, list[int | None]],
+    *,
+    estimators: Sequence[str] | None = None,
+    seed: int = 0,
+    corruption: str = "resample",
+):
     """Contributions of ``samples[rows]`` explaining the model's own decision, as ``mech contrib``
     computes them: complete inputs, :func:`mech.prepare.targets.decision_tokens` (top option vs runner-up),
     donors from ``donors`` (group -> :func:`pair_donors` over the whole ``samples``; {} for noise).
@@ -217,14 +234,23 @@ def contributions_for_rows(m, samples: Sequence[dict], rows: Sequence[int], dono
     with torch.no_grad():
         last = answer_logits(m, clean).float()  # [batch, vocab] at the answer position only
     answer, cf = decision_tokens(m, chunk, last)
-    c = modality_contributions(m, clean, answer, cf, estimators=tuple(estimators or ESTIMATORS), seed=seed,
-                               corruption=corruption, donors={g: (d[0], d[1]) for g, d in made.items()})
+    c = modality_contributions(
+        m,
+        clean,
+        answer,
+        cf,
+        estimators=tuple(estimators or ESTIMATORS),
+        seed=seed,
+        corruption=corruption,
+        donors={g: (d[0], d[1]) for g, d in made.items()},
+    )
     r = torch.arange(len(chunk))
     c.components["decision"] = (last[r, answer.to(last.device)] - last[r, cf.to(last.device)]).float().cpu()
     for g in PATCHED_GROUPS:
         if g in made:
             c.components[f"missing.{g}"] = made[g][2].float()
         else:  # noise: only a row without the group's tokens has no estimate
-            c.components[f"missing.{g}"] = torch.where(clean.groups.mask(g).sum(-1).cpu() == 0,
-                                                       float(NO_POSITIONS), float(ESTIMATED))
+            c.components[f"missing.{g}"] = torch.where(
+                clean.groups.mask(g).sum(-1).cpu() == 0, float(NO_POSITIONS), float(ESTIMATED)
+            )
     return c, answer, cf

@@ -113,8 +113,15 @@ def identical_donor(components: Mapping[str, torch.Tensor], keep: torch.Tensor, 
     return {"identical_donor": shares, "blind": [g for g, v in shares.items() if v is not None and v >= 1.0]}
 
 
-def coverage(x: torch.Tensor, components: Mapping[str, torch.Tensor], i: int, j: int, groups: Sequence[str],
-             ids: Sequence[str] | None = None, removal: bool = False) -> dict:
+def coverage(
+    x: torch.Tensor,
+    components: Mapping[str, torch.Tensor],
+    i: int,
+    j: int,
+    groups: Sequence[str],
+    ids: Sequence[str] | None = None,
+    removal: bool = False,
+) -> dict:
     """``overall.{estimator}.coverage``: how many samples have an estimate and why the others have none.
 
     Args:
@@ -142,13 +149,25 @@ def coverage(x: torch.Tensor, components: Mapping[str, torch.Tensor], i: int, j:
             c = int(code[k]) if code is not None else 0
             if c and (removal or c == NO_POSITIONS):
                 why.append(REASONS[c].format(group=g))
-        missing.append({"id": str(ids[k]) if ids is not None else k,
-                        "reason": "; ".join(why) or "the estimate is not a number (NaN)"})
-    return {"coverage": (int(ok.sum()) / n) if n else None, "n_estimated": int(ok.sum()), "n": n, "missing": missing}
+        missing.append(
+            {
+                "id": str(ids[k]) if ids is not None else k,
+                "reason": "; ".join(why) or "the estimate is not a number (NaN)",
+            }
+        )
+    return {
+        "coverage": (int(ok.sum()) / n) if n else None,
+        "n_estimated": int(ok.sum()),
+        "n": n,
+        "missing": missing,
+    }
 
 
-def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str, ...],
-                       players: Sequence[str] = ("image", "text")) -> dict:
+def decomposition_json(
+    components: Mapping[str, torch.Tensor],
+    groups: tuple[str, ...],
+    players: Sequence[str] = ("image", "text"),
+) -> dict:
     """``contrib.json`` → ``decomposition``: sample means over the samples with every player estimated.
 
     ``components.{attn,mlp}.{player}`` (per layer), ``embed.{player}``, ``total.{player}`` (= overall C),
@@ -163,22 +182,35 @@ def decomposition_json(components: Mapping[str, torch.Tensor], groups: tuple[str
     attn, mlp, embed = (components[f"decomposition.{k}"].double() for k in ("attn", "mlp", "embed"))
     players = [g for g in players if g in groups and not torch.isnan(attn[..., groups.index(g)]).all()]
     cols = [groups.index(g) for g in players]
-    rows = ~torch.isnan(attn[..., cols]).any(-1).any(-1) if cols else torch.zeros(attn.shape[0], dtype=torch.bool)
+    rows = (
+        ~torch.isnan(attn[..., cols]).any(-1).any(-1)
+        if cols
+        else torch.zeros(attn.shape[0], dtype=torch.bool)
+    )
     attn, mlp, embed = attn[rows][..., cols], mlp[rows][..., cols], embed[rows][..., cols]
-    scalars = {k: components[f"decomposition.{k}"].double()[rows] for k in ("decision", "rest", "removed",
-                                                                           "interaction")}
+    scalars = {
+        k: components[f"decomposition.{k}"].double()[rows]
+        for k in ("decision", "rest", "removed", "interaction")
+    }
     total = attn.sum(1) + mlp.sum(1) + embed  # [sample, player]
-    out: dict = {"players": players, "components": {c: {g: t.mean(0)[:, k].tolist() for k, g in enumerate(players)}
-                                                    for c, t in (("attn", attn), ("mlp", mlp))},
-                 "embed": {g: _mean(embed[:, k]) for k, g in enumerate(players)},
-                 "total": {g: _mean(total[:, k]) for k, g in enumerate(players)}}
+    out: dict = {
+        "players": players,
+        "components": {
+            c: {g: t.mean(0)[:, k].tolist() for k, g in enumerate(players)}
+            for c, t in (("attn", attn), ("mlp", mlp))
+        },
+        "embed": {g: _mean(embed[:, k]) for k, g in enumerate(players)},
+        "total": {g: _mean(total[:, k]) for k, g in enumerate(players)},
+    }
     share, floor = {}, 0.01 * max(1.0, abs(_mean(scalars["decision"]) or 0.0))  # a share of ~0 is noise
     for k, g in enumerate(players):
         t = _mean(total[:, k])
         share[g] = None if t is None or abs(t) < floor else _mean(mlp[:, :, k].sum(1)) / t
     out["mlp_share"] = share
     out.update({k: _mean(v) for k, v in scalars.items()})
-    c = completeness(total.sum(-1) - (scalars["decision"] - scalars["rest"]), scalars["decision"], scalars["rest"])
+    c = completeness(
+        total.sum(-1) - (scalars["decision"] - scalars["rest"]), scalars["decision"], scalars["rest"]
+    )
     out["completeness"] = {**c, "ok": None if c["relative"] is None else c["relative"] <= TOLERANCE}
     out["n"] = int(rows.sum())
     return out

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mech.engines.hooks import find_hidden
+from mech.engines.hooks import find_hidden, with_hidden
 from mech.errors import InputError
 
 __all__ = ["answer_logits", "unembed_at"]
@@ -50,18 +50,18 @@ def unembed_at(m, positions: torch.Tensor) -> Iterator[None]:
     module = m.arch.module(m.model, "unembed")
 
     def pre(mod, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        hit = find_hidden(args, kwargs)
+        hit = find_hidden(args, kwargs, m.arch.d_model)
         if hit is None:
             return None
         key, x = hit
         if x.shape[0] != len(positions):
-            raise InputError(f"the unembedding got hidden states of batch {x.shape[0]}, but {len(positions)} answer "
-                             "positions were given; pass one position per row (inputs.groups.last())")
+            raise InputError(
+                f"the unembedding got hidden states of batch {x.shape[0]}, but {len(positions)} answer "
+                "positions were given; pass one position per row (inputs.groups.last())"
+            )
         pos = positions.to(x.device)
         kept = x[torch.arange(len(pos), device=x.device), pos][:, None]
-        if isinstance(key, int):
-            return args[:key] + (kept,) + args[key + 1:], kwargs
-        return args, {**kwargs, key: kept}
+        return with_hidden(args, kwargs, key, kept)
 
     handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     try:
@@ -70,7 +70,9 @@ def unembed_at(m, positions: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def answer_logits(m, inputs: Any, positions: torch.Tensor | None = None, **forward_kwargs: Any) -> torch.Tensor:
+def answer_logits(
+    m, inputs: Any, positions: torch.Tensor | None = None, **forward_kwargs: Any
+) -> torch.Tensor:
     """Logits ``[batch, vocab]`` at one position per row from one forward of ``m.model(**inputs)``.
 
     Equal to ``m.model(**inputs).logits[arange(batch), positions]`` (HF logits, the oracle of the

@@ -26,12 +26,22 @@ def repair_figure(result: dict[str, Any], title: str | None = None) -> Figure:
         fig = new_figure(7.0, 3.1)
         ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
         ks = [c["k"] for c in result["curve"]]
-        ax1.plot(ks, [c["effect"] for c in result["curve"]], "o-", color=OKABE_ITO["vermillion"],
-                 label=f"selected ({result['selection']['source']})")
+        ax1.plot(
+            ks,
+            [c["effect"] for c in result["curve"]],
+            "o-",
+            color=OKABE_ITO["vermillion"],
+            label=f"selected ({result['selection']['source']})",
+        )
         for c in result["curve"]:
             ax1.scatter([c["k"]] * len(c["random"]), c["random"], s=6, color=OKABE_ITO["grey"], zorder=1)
-        ax1.plot(ks, [float(np.median(c["random"])) for c in result["curve"]], "--", color=OKABE_ITO["grey"],
-                 label="random, same size (median)")
+        ax1.plot(
+            ks,
+            [float(np.median(c["random"])) for c in result["curve"]],
+            "--",
+            color=OKABE_ITO["grey"],
+            label="random, same size (median)",
+        )
         ax1.axhline(0, color="black", lw=0.5)
         ax1.set_xscale("log")
         ax1.set_xticks(ks, [str(k) for k in ks])
@@ -41,8 +51,10 @@ def repair_figure(result: dict[str, Any], title: str | None = None) -> Figure:
         ax1.legend(loc="upper left", frameon=False)
         groups = [g for g in GROUPS if result["unedited"]["accuracy"][g]["n"]]
         rnd = result["random"]
-        series = [("unedited", result["unedited"], OKABE_ITO["grey"]),
-                  ("selected", result["selected"], OKABE_ITO["vermillion"])]
+        series = [
+            ("unedited", result["unedited"], OKABE_ITO["grey"]),
+            ("selected", result["selected"], OKABE_ITO["vermillion"]),
+        ]
         width = 0.8 / (len(series) + 1)
         x = np.arange(len(groups) + 1)
         for j, (name, s, col) in enumerate(series):
@@ -52,7 +64,13 @@ def repair_figure(result: dict[str, Any], title: str | None = None) -> Figure:
             ax2.bar(x + j * width, vals, width, yerr=err, color=col, label=name, capsize=1.5)
         med = [float(np.median([r["accuracy"][g]["value"] for r in rnd])) for g in groups]
         med += [float(np.median([r["white_image"]["accuracy"]["value"] for r in rnd]))]
-        ax2.bar(x + len(series) * width, med, width, color=OKABE_ITO["blue"], label=f"random (median of {len(rnd)})")
+        ax2.bar(
+            x + len(series) * width,
+            med,
+            width,
+            color=OKABE_ITO["blue"],
+            label=f"random (median of {len(rnd)})",
+        )
         chance = result["unedited"]["white_image"]["chance"]
         ax2.plot([len(groups) - 0.2, len(groups) + 0.8], [chance, chance], ":", color="black", label="chance")
         ax2.set_xticks(x + width, [g.replace("_", " ") for g in groups] + ["white image"])
@@ -61,6 +79,12 @@ def repair_figure(result: dict[str, Any], title: str | None = None) -> Figure:
         ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, frameon=False, fontsize=6)
         e = result["edit"]
         strength = "" if e["alpha"] == 1 else f", alpha {e['alpha']:g}"
-        fig.suptitle(wrap(title or f"{result['model']}: {e['kind']} {e['size']} {e['granularity']}{strength} "
-                          f"({result['label']}), held-out n = {result['n_held_out']}", 6.8))
+        fig.suptitle(
+            wrap(
+                title
+                or f"{result['model']}: {e['kind']} {e['size']} {e['granularity']}{strength} "
+                f"({result['label']}), held-out n = {result['n_held_out']}",
+                6.8,
+            )
+        )
         return finish(fig)

@@ -248,6 +248,13 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
         mlp.append(to_logits(saved[site_hook("resid_post", l)] - saved[site_hook("resid_mid", l)]))
     normalized = _norm(ln_final, x_final)
     logit_diff = (normalized * readout.direction).sum(-1) + ub.to(normalized.device)
-    return DLA(torch.stack(attn, 1), torch.stack(attn_bias, 1), torch.stack(mlp, 1),
-               to_logits(saved["hook_embed"]), ub.to(normalized.device), logit_diff, groups.names,
-               torch.stack([rec.mass[l] for l in range(L)], 1))
+    return DLA(
+        torch.stack(attn, 1),
+        torch.stack(attn_bias, 1),
+        torch.stack(mlp, 1),
+        to_logits(saved["hook_embed"]),
+        ub.to(normalized.device),
+        logit_diff,
+        groups.names,
+        torch.stack([rec.mass[l] for l in range(L)], 1),
+    )

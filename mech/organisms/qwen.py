@@ -21,23 +21,35 @@ from __future__ import annotations
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
-from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig,
-                          Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                          Qwen2VLImageProcessorPil)
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessorPil,
+)
 
 from mech.organisms import shapes, varied
 
-SPECIALS = ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-            "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 N_LAYERS = 4
 HIDDEN = 64
 VISION_HIDDEN = 64
 PATCH = 8
 MERGE = 2
-INIT_STD = HIDDEN ** -0.5  # 0.125
+INIT_STD = HIDDEN**-0.5  # 0.125
 ROPE_THETA = 10000.0
 SYSTEM = "You are a helpful assistant."
-MIN_PIXELS = (PATCH * MERGE) ** 2 * 4    # 2×2 merged tokens
+MIN_PIXELS = (PATCH * MERGE) ** 2 * 4  # 2×2 merged tokens
 MAX_PIXELS = 64 * 64
 
 #: Qwen2.5-VL's chat template (images first as <|vision_start|><|image_pad|><|vision_end|>),
@@ -54,21 +66,31 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # words of the MMMU-Pro prompts, so option-style prompts tokenize too
-_EXTRA = ("options answer with the option letter from given choices directly . : "
-          "answer the question using a single word or phrase . user assistant system "
-          + " ".join(shapes.OPTION_LETTERS.lower()))
+_EXTRA = (
+    "options answer with the option letter from given choices directly . : "
+    "answer the question using a single word or phrase . user assistant system "
+    + " ".join(shapes.OPTION_LETTERS.lower())
+)
 
 
 def _pre_tokenizer():
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
-        pre_tokenizers.Split(Regex(r"\n|[^\w\s]"), behavior="isolated")])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[ \t]+"), behavior="removed"),
+            pre_tokenizers.Split(Regex(r"\n|[^\w\s]"), behavior="isolated"),
+        ]
+    )
 
 
 def vocabulary() -> list[str]:
     """Specials first, then ``\\n`` and every word of the wordings, prompts and answers."""
-    texts = [w.format(shape=s, color=c) for ws in varied.WORDINGS.values() for w in ws
-             for s in shapes.SHAPES for c in shapes.COLOR_NAMES]
+    texts = [
+        w.format(shape=s, color=c)
+        for ws in varied.WORDINGS.values()
+        for w in ws
+        for s in shapes.SHAPES
+        for c in shapes.COLOR_NAMES
+    ]
     texts += [" ".join(shapes.ANSWER_WORDS), shapes.BASIC_PROMPT, SYSTEM, _EXTRA]
     words = ["\n"]
     pre = _pre_tokenizer()
@@ -87,18 +109,29 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = _pre_tokenizer()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
         padding_side="left",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                              "vision_start_token": "<|vision_start|>",
-                              "vision_end_token": "<|vision_end|>"})
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
 
 
 def build_processor() -> Qwen2_5_VLProcessor:
     """``Qwen2_5_VLProcessor``: ``Qwen2VLImageProcessorPil`` (patch 8, merge 2, temporal patch 2,
     min/max pixels so that every ``varied.CANVASES`` size is kept as it is), ``CHAT_TEMPLATE``."""
-    ip = Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2,
-                                  size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
+    ip = Qwen2VLImageProcessorPil(
+        patch_size=PATCH,
+        merge_size=MERGE,
+        temporal_patch_size=2,
+        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+    )
     # the video slot: a stand-in saved as Qwen2VLVideoProcessor (the real one needs torchvision);
     # with torchvision, from_pretrained builds the real one, without, mech.load leaves it out
     from mech.testing.tiny_families import NoVideoProcessor, video_slot_ok
@@ -106,8 +139,9 @@ def build_processor() -> Qwen2_5_VLProcessor:
     vp = NoVideoProcessor("Qwen2VLVideoProcessor")
     vp.patch_size = PATCH
     with video_slot_ok():
-        return Qwen2_5_VLProcessor(image_processor=ip, tokenizer=build_tokenizer(),
-                                   video_processor=vp, chat_template=CHAT_TEMPLATE)
+        return Qwen2_5_VLProcessor(
+            image_processor=ip, tokenizer=build_tokenizer(), video_processor=vp, chat_template=CHAT_TEMPLATE
+        )
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -122,21 +156,47 @@ def mrope_section(head_dim: int) -> list[int]:
 def build_config(n_layers: int = N_LAYERS) -> Qwen2_5_VLConfig:
     """The Qwen2.5-VL config of an organism (``n_layers`` decoder layers)."""
     tok = build_tokenizer()
-    ids = {k: tok.convert_tokens_to_ids(v) for k, v in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    text = dict(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-                num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512, initializer_range=INIT_STD,
-                rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA,
-                                 "mrope_section": mrope_section(HIDDEN // 4)},
-                pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id)
-    vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN,
-                  num_heads=4, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
-                  window_size=32, fullatt_block_indexes=[1], out_hidden_size=HIDDEN,
-                  initializer_range=INIT_STD)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
-                            **ids)
+    ids = {
+        k: tok.convert_tokens_to_ids(v)
+        for k, v in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=4 * HIDDEN,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=INIT_STD,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": ROPE_THETA,
+            "mrope_section": mrope_section(HIDDEN // 4),
+        },
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=2 * VISION_HIDDEN,
+        num_heads=4,
+        patch_size=PATCH,
+        spatial_merge_size=MERGE,
+        temporal_patch_size=2,
+        window_size=32,
+        fullatt_block_indexes=[1],
+        out_hidden_size=HIDDEN,
+        initializer_range=INIT_STD,
+    )
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
 def build_model(seed: int = 0, n_layers: int = N_LAYERS) -> Qwen2_5_VLForConditionalGeneration:
@@ -162,12 +222,12 @@ def prompt_text(processor, question: str | None, n_images: int) -> str:
     content = [{"type": "image"} for _ in range(n_images)]
     if question:
         content.append({"type": "text", "text": question})
-    return processor.apply_chat_template([{"role": "user", "content": content}],
-                                         add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
 
 
-def encode(processor, samples: list[dict], question: str | None = "sample",
-           image: str = "sample") -> dict:
+def encode(processor, samples: list[dict], question: str | None = "sample", image: str = "sample") -> dict:
     """Processor inputs for ``samples`` (left-padded; the answer is predicted at position -1).
 
     ``question``: ``"sample"``, a fixed string (the basic prompt) or None; ``image``:

@@ -139,10 +139,12 @@ def chance(samples: list[dict], mode: str = "word") -> float:
     raise ConfigError(f"chance mode {mode!r}; allowed: 'word', 'options'")
 
 
-def _render(objects: list[tuple[str, str, int, int, int]], rng: np.random.Generator) -> np.ndarray:
-    """Draw ``(color, shape, cx, cy, r)`` objects on a noisy grey 32×32 canvas; uint8 [H, W, 3]."""
-    img = np.clip(rng.normal(128, 8, (IMAGE_SIZE, IMAGE_SIZE, 1)), 0, 255).repeat(3, axis=2)
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+def render(objects: list[tuple[str, str, int, int, int]], rng: np.random.Generator, w: int = IMAGE_SIZE,
+           h: int = IMAGE_SIZE) -> np.ndarray:
+    """Draw ``(color, shape, cx, cy, r)`` objects on a noisy grey ``w``×``h`` canvas (32×32 by default);
+    uint8 [h, w, 3]."""
+    img = np.clip(rng.normal(128, 8, (h, w, 1)), 0, 255).repeat(3, axis=2)
+    yy, xx = np.mgrid[0:h, 0:w]
     for color, shape, cx, cy, r in objects:
         dx, dy = xx - cx, yy - cy
         if shape == "circle":
@@ -270,7 +272,7 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         if not basic and text_noise and rng.random() < text_noise:
             question = _noise_question(template, shape, color, rng)
         opts = _options(label, template, n_options, rng)
-        arr = _render([(o["color"], o["shape"], o["x"], o["y"], o["r"]) for o in objects], rng)
+        arr = render([(o["color"], o["shape"], o["x"], o["y"], o["r"]) for o in objects], rng)
         image = None if (drop_image and not basic and rng.random() < drop_image) else (
             arr if as_array else Image.fromarray(arr, "RGB"))
         out.append(dict(

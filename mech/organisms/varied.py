@@ -123,23 +123,6 @@ def _place(n: int, w: int, h: int, rng: np.random.Generator) -> list[tuple[int, 
             (int(rng.integers(w // 2 + 6, w - 7)), ys[1], r[1])]
 
 
-def render(objects: list[tuple[str, str, int, int, int]], w: int, h: int,
-           rng: np.random.Generator) -> np.ndarray:
-    """Draw ``(color, shape, cx, cy, r)`` objects on a noisy grey ``w``×``h`` canvas; uint8 [h, w, 3]."""
-    img = np.clip(rng.normal(128, 8, (h, w, 1)), 0, 255).repeat(3, axis=2)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for color, shape, cx, cy, r in objects:
-        dx, dy = xx - cx, yy - cy
-        if shape == "circle":
-            mask = dx * dx + dy * dy <= r * r
-        elif shape == "square":
-            mask = (np.abs(dx) <= r - 1) & (np.abs(dy) <= r - 1)
-        else:
-            mask = (dy <= r) & (dy >= -r) & (2 * np.abs(dx) <= dy + r)
-        img[mask] = shapes.COLORS[color]
-    return img.astype(np.uint8)
-
-
 def _two_image_scene(template: str, gold: str, rng: np.random.Generator):
     """One shape per image, drawn so that ``gold`` is true; the other attribute is free."""
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
@@ -198,8 +181,8 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
                            patch=(cw // TOKEN_PX) * (y // TOKEN_PX) + x // TOKEN_PX)
                       for (c, s), (x, y, r) in zip(grp, placed)]
             objects += objs_k
-            arrays.append(render([(o["color"], o["shape"], o["x"], o["y"], o["r"])
-                                  for o in objs_k], cw, ch, rng))
+            arrays.append(shapes.render([(o["color"], o["shape"], o["x"], o["y"], o["r"])
+                                         for o in objs_k], rng, cw, ch))
         prior = prior_answer(template, shape, color)
         img_ans = image_answer(template, objs)
         basic = bool(basic_prompt) and rng.random() < basic_prompt

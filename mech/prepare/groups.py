@@ -345,11 +345,17 @@ def compute_groups(
             labels[row, first[0]] = g["bos"]
     labels[~mask_cpu] = PAD
     if approximate:
-        why = ("the tokenizer has no character offsets (a slow tokenizer)" if not getattr(tokenizer, "is_fast", False)
-               else "the rendered prompt could not be matched to the tokens")
-        warnings.warn(GroupsWarning(
-            f"token groups of rows {approximate[:10]} split text from template by the special-token rule "
-            f"(approximate: role words and the system prompt count as text), because {why}. Load a fast "
-            "tokenizer (use_fast=True) and make inputs with m.prepare(images, prompts) for exact groups."),
-            stacklevel=2)
+        why = (
+            "the tokenizer has no character offsets (a slow tokenizer)"
+            if not getattr(tokenizer, "is_fast", False)
+            else "the rendered prompt could not be matched to the tokens"
+        )
+        warnings.warn(
+            GroupsWarning(
+                f"token groups of rows {approximate[:10]} split text from template by the special-token rule "
+                f"(approximate: role words and the system prompt count as text), because {why}. Load a fast "
+                "tokenizer (use_fast=True) and make inputs with m.prepare(images, prompts) for exact groups."
+            ),
+            stacklevel=2,
+        )
     return regroup(TokenGroups(labels.to(input_ids.device), GROUPS, tuple(sources)), scheme)

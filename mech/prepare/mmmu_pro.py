@@ -36,16 +36,16 @@ from mech.errors import SpecError
 PROMPTS = {
     "cot": {
         "vision": "Write out the multiple-choice question in the image and then solve it. The last line of your "
-                  "response should be of the following format: 'Answer: $LETTER' (without quotes) where LETTER is "
-                  "one of options. Think step by step before answering.",
+        "response should be of the following format: 'Answer: $LETTER' (without quotes) where LETTER is "
+        "one of options. Think step by step before answering.",
         "standard": "Answer the preceding multiple choice question. The last line of your response should be of the "
-                    "following format: 'Answer: $LETTER' (without quotes) where LETTER is one of options. Think step "
-                    "by step before answering.",
+        "following format: 'Answer: $LETTER' (without quotes) where LETTER is one of options. Think step "
+        "by step before answering.",
     },
     "direct": {
         "vision": "Answer with the option letter from the given choices directly. The last line of your response "
-                  "should be of the following format: 'Answer: $LETTER' (without quotes) where LETTER is one of "
-                  "options.",
+        "should be of the following format: 'Answer: $LETTER' (without quotes) where LETTER is one of "
+        "options.",
         "standard": "Answer with the option letter from the given choices directly.",
     },
 }
@@ -54,7 +54,11 @@ COT = PROMPTS["cot"]["standard"]
 DIRECT_VISION = PROMPTS["direct"]["vision"]
 COT_VISION = PROMPTS["cot"]["vision"]
 #: ``#config`` of a data spec -> the configuration folder of the MMMU-Pro root
-MMMU_CONFIGS = {"standard-4": "standard (4 options)", "standard-10": "standard (10 options)", "vision": "vision"}
+MMMU_CONFIGS = {
+    "standard-4": "standard (4 options)",
+    "standard-10": "standard (10 options)",
+    "vision": "vision",
+}
 #: which images a standard row gives, and in which order (see the module docstring)
 IMAGE_ORDERS = ("official", "lmms-eval")
 #: what ``<image N>`` becomes in the prompt text (infer_transformers.py's ``replace_images_tokens``)
@@ -124,21 +128,27 @@ def config_files(root: Path, config: str | None) -> tuple[list[Path], str]:
         SpecError: ``root`` missing, an unknown configuration, or no parquet file there.
     """
     if not root.is_dir():
-        raise SpecError(f"MMMU-Pro directory {str(root)!r} does not exist; pass mmmu-pro:<dir> with the parquet "
-                        "files or the MMMU-Pro root holding 'standard (10 options)' etc.")
+        raise SpecError(
+            f"MMMU-Pro directory {str(root)!r} does not exist; pass mmmu-pro:<dir> with the parquet "
+            "files or the MMMU-Pro root holding 'standard (10 options)' etc."
+        )
     direct = sorted(root.glob("*.parquet"))
     if direct and config is None:
         return direct, "auto"
     key = config or "standard-10"
     folder = MMMU_CONFIGS.get(key) or (key if key in MMMU_CONFIGS.values() else None)
     if folder is None:
-        raise SpecError(f"MMMU-Pro configuration {key!r}; allowed: {', '.join(MMMU_CONFIGS)} "
-                        f"(e.g. mmmu-pro:{root}#vision)")
+        raise SpecError(
+            f"MMMU-Pro configuration {key!r}; allowed: {', '.join(MMMU_CONFIGS)} "
+            f"(e.g. mmmu-pro:{root}#vision)"
+        )
     files = sorted((root / folder).glob("**/*.parquet"))
     if not files:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise SpecError(f"no parquet files in {str(root / folder)!r}; folders found: {found or 'none'}. Pass a "
-                        "directory holding *.parquet or the MMMU-Pro root with its configuration folders.")
+        raise SpecError(
+            f"no parquet files in {str(root / folder)!r}; folders found: {found or 'none'}. Pass a "
+            "directory holding *.parquet or the MMMU-Pro root with its configuration folders."
+        )
     return files, folder
 
 
@@ -149,12 +159,16 @@ def parse_fragment(fragment: str) -> tuple[str | None, str]:
         key, eq, value = item.partition("=")
         if eq and key.strip() == "images":
             if value.strip() not in IMAGE_ORDERS:
-                raise SpecError(f"MMMU-Pro images={value.strip()!r}; allowed: {', '.join(IMAGE_ORDERS)} "
-                                "(e.g. mmmu-pro:<dir>#standard-10,images=lmms-eval)")
+                raise SpecError(
+                    f"MMMU-Pro images={value.strip()!r}; allowed: {', '.join(IMAGE_ORDERS)} "
+                    "(e.g. mmmu-pro:<dir>#standard-10,images=lmms-eval)"
+                )
             order = value.strip()
         elif eq:
-            raise SpecError(f"MMMU-Pro option {item!r} not understood; the only option is images="
-                            f"{'|'.join(IMAGE_ORDERS)} (e.g. mmmu-pro:<dir>#standard-10,images=lmms-eval)")
+            raise SpecError(
+                f"MMMU-Pro option {item!r} not understood; the only option is images="
+                f"{'|'.join(IMAGE_ORDERS)} (e.g. mmmu-pro:<dir>#standard-10,images=lmms-eval)"
+            )
         elif item:
             config = item
     return config, order

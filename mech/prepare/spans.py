@@ -49,7 +49,9 @@ class Rendered:
     add_special_tokens: bool = True
 
 
-def render_user_turn(processor: Any, content: Sequence[dict], prompt: str) -> tuple[str, tuple[Span, ...] | None]:
+def render_user_turn(
+    processor: Any, content: Sequence[dict], prompt: str
+) -> tuple[str, tuple[Span, ...] | None]:
     """The chat template's rendering of one user turn (``content``: its items, one of them
     ``{"type": "text", "text": prompt}``; generation prompt added) and the span of ``prompt`` in it.
 
@@ -63,10 +65,12 @@ def render_user_turn(processor: Any, content: Sequence[dict], prompt: str) -> tu
         ``(rendered, spans)``: the string ``prepare`` hands the processor, and a one-element tuple
         of ``[start, end)`` (an empty tuple for an empty prompt), or None.
     """
+
     def render(text: str) -> str:
         items = [dict(c, text=text) if c.get("type") == "text" else c for c in content]
-        return processor.apply_chat_template([{"role": "user", "content": items}],
-                                             add_generation_prompt=True, tokenize=False)
+        return processor.apply_chat_template(
+            [{"role": "user", "content": items}], add_generation_prompt=True, tokenize=False
+        )
 
     rendered = render(prompt)
     if not prompt:
@@ -74,7 +78,7 @@ def render_user_turn(processor: Any, content: Sequence[dict], prompt: str) -> tu
     probe = render(SENTINEL)
     if probe.count(SENTINEL) == 1:
         at = probe.index(SENTINEL)
-        if probe[:at] + prompt + probe[at + len(SENTINEL):] == rendered:
+        if probe[:at] + prompt + probe[at + len(SENTINEL) :] == rendered:
             return rendered, ((at, at + len(prompt)),)
     core = prompt.strip()
     if core and rendered.count(core) == 1:
@@ -116,8 +120,11 @@ def recording(tokenizer: Any) -> Iterator[list[tuple[Any, bool]]]:
         calls.append((text, bool(kwargs.get("add_special_tokens", True))))
         return cls.__call__(self, text, *args, **kwargs)
 
-    spy = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                      "__qualname__": cls.__qualname__})
+    spy = type(
+        cls.__name__,
+        (cls,),
+        {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+    )
     try:
         tokenizer.__class__ = spy
     except TypeError:  # an object whose class cannot be swapped: nothing recorded, the caller falls back
@@ -163,8 +170,12 @@ def _atoms(text: str, pattern: re.Pattern | None) -> list[tuple[bool, int, int]]
     for m in pattern.finditer(text) if pattern is not None else ():
         if m.start() > pos:
             out.append((False, pos, m.start()))
-        if out and out[-1][0] and out[-1][2] == m.start() and \
-                text[out[-1][1]:out[-1][1] + len(m.group())] == m.group():
+        if (
+            out
+            and out[-1][0]
+            and out[-1][2] == m.start()
+            and text[out[-1][1] : out[-1][1] + len(m.group())] == m.group()
+        ):
             out[-1] = (True, out[-1][1], m.end())
         else:
             out.append((True, m.start(), m.end()))
@@ -182,8 +193,9 @@ def _unit(text: str, atom: tuple[bool, int, int], pattern: re.Pattern | None) ->
     return text[start:end]
 
 
-def carry_spans(rendered: str, spans: Sequence[Span], final: str,
-                pattern: re.Pattern | None) -> tuple[Span, ...] | None:
+def carry_spans(
+    rendered: str, spans: Sequence[Span], final: str, pattern: re.Pattern | None
+) -> tuple[Span, ...] | None:
     """``spans`` of ``rendered`` carried into ``final`` (the processor's expansion of ``rendered``).
 
     Both strings are cut into atoms (:func:`_atoms`); the atoms of ``rendered`` are aligned in order
@@ -227,8 +239,11 @@ def carry_spans(rendered: str, spans: Sequence[Span], final: str,
             j -= 1
         if not a[i - 1][0]:
             piece, host = ua[i - 1], ub[j - 1]
-            offset = 0 if host.startswith(piece) else (len(host) - len(piece) if host.endswith(piece)
-                                                       else host.index(piece))
+            offset = (
+                0
+                if host.startswith(piece)
+                else (len(host) - len(piece) if host.endswith(piece) else host.index(piece))
+            )
             shift[i - 1] = b[j - 1][1] + offset
         j -= 1
     out = []
@@ -240,7 +255,7 @@ def carry_spans(rendered: str, spans: Sequence[Span], final: str,
             return None
         k = hit[0]
         delta = shift[k] - a[k][1]
-        if final[start + delta:end + delta] != rendered[start:end]:  # never carry a span onto other text
+        if final[start + delta : end + delta] != rendered[start:end]:  # never carry a span onto other text
             return None
         out.append((start + delta, end + delta))
     return tuple(out)
@@ -261,8 +276,12 @@ def split_at_added(spans: Sequence[Span], text: str, pattern: re.Pattern | None)
     return tuple(out)
 
 
-def rendered_rows(tokenizer: Any, texts: Sequence[str], spans: Sequence[tuple[Span, ...] | None],
-                  calls: Sequence[tuple[Any, bool]]) -> list[Rendered | None]:
+def rendered_rows(
+    tokenizer: Any,
+    texts: Sequence[str],
+    spans: Sequence[tuple[Span, ...] | None],
+    calls: Sequence[tuple[Any, bool]],
+) -> list[Rendered | None]:
     """Per row, the string the processor's tokenizer read (from ``calls``, :func:`recording`) with the
     user's ``spans`` of ``texts`` (the strings handed to the processor) carried into it; None for a row
     whose spans are unknown or do not carry over (the caller reports it)."""
@@ -272,6 +291,8 @@ def rendered_rows(tokenizer: Any, texts: Sequence[str], spans: Sequence[tuple[Sp
     pattern = added_pattern(tokenizer)
     out: list[Rendered | None] = []
     for text, span, (seen, special) in zip(texts, spans, final):
-        carried = None if span is None else carry_spans(text, split_at_added(span, text, pattern), seen, pattern)
+        carried = (
+            None if span is None else carry_spans(text, split_at_added(span, text, pattern), seen, pattern)
+        )
         out.append(None if carried is None else Rendered(seen, carried, special))
     return out

@@ -129,11 +129,17 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         refused = read_refused(out, s.command, ident)
         if refused is None and shard.computes:  # this identity's first run: ask the processor, once
             m = m if m is not None else load_model(s, shard)
-            refused = usable_images(m.processor, list(getattr(data, "samples", data)))[1] if m.processor else []
-            write_json(refused_path(out, s.command), {"identity": ident, "refused": [list(r) for r in refused]})
+            refused = (
+                usable_images(m.processor, list(getattr(data, "samples", data)))[1] if m.processor else []
+            )
+            write_json(
+                refused_path(out, s.command), {"identity": ident, "refused": [list(r) for r in refused]}
+            )
         data = refuse_rows(data, refused or [])
         samples = list(getattr(data, "samples", data))
-        skipped = list(getattr(data, "skipped", [])) + ([] if isinstance(data, Dataset) else list(refused or []))
+        skipped = list(getattr(data, "skipped", [])) + (
+            [] if isinstance(data, Dataset) else list(refused or [])
+        )
         context = job.context(data)
         total = shards.n_batches(len(samples), size)
         done = set(BatchStore.finished(root, ident))
@@ -155,8 +161,10 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         folder.release_if_empty(out, s.command, ident)
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
             finished = len(BatchStore.finished(root, ident))
-            raise Interrupted(f"interrupted: {finished} of {total} batches of mech {s.command} are written to {out}; "
-                              "rerun the same command to resume.") from exc
+            raise Interrupted(
+                f"interrupted: {finished} of {total} batches of mech {s.command} are written to {out}; "
+                "rerun the same command to resume."
+            ) from exc
         raise
     missing = store.missing(total)
     if missing:
@@ -171,8 +179,10 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
         result = {**result, "identity": ident}
         write_json(out / f"{s.command}.json", result)
     except KeyboardInterrupt as exc:
-        raise Interrupted(f"interrupted while writing the results of mech {s.command}: all {total} batches are in "
-                          f"{out}; rerun the same command to write them.") from exc
+        raise Interrupted(
+            f"interrupted while writing the results of mech {s.command}: all {total} batches are in "
+            f"{out}; rerun the same command to write them."
+        ) from exc
     finally:
         shards.release(flag)
     summary = getattr(job, "summary", None)
@@ -214,8 +224,10 @@ def refuse_rows(data: Any, refused: Sequence[tuple[str, str]]) -> Any:
     keep = [x for x in getattr(data, "samples", data) if str(x.get("id")) not in ids]
     if not keep:
         reasons = sorted({r for _, r in refused})[:3]
-        raise DataError(f"{getattr(data, 'name', 'the data')}: the processor refuses an image of every row "
-                        f"({len(refused)} rows), e.g. {reasons}; pass images within its limits.")
+        raise DataError(
+            f"{getattr(data, 'name', 'the data')}: the processor refuses an image of every row "
+            f"({len(refused)} rows), e.g. {reasons}; pass images within its limits."
+        )
     if isinstance(data, Dataset):
         return dataclasses.replace(data, samples=keep, skipped=list(data.skipped) + list(refused))
     return keep
@@ -226,16 +238,28 @@ def _summary_lines(result: Mapping[str, Any], out: Path, command: str) -> list[s
     lines = []
     sk = result.get("skipped") or {}
     if sk.get("count"):
-        reasons = "; ".join(f"{r} ({k})" for r, k in sorted(sk.get("reasons", {}).items(), key=lambda x: -x[1])[:5])
+        reasons = "; ".join(
+            f"{r} ({k})" for r, k in sorted(sk.get("reasons", {}).items(), key=lambda x: -x[1])[:5]
+        )
         lines.append(f"skipped {sk['count']} data rows: {reasons}")
-    names = [f"{command}.json"] + [f"{command}{ext}" for ext in (".safetensors", ".md") if (out / f"{command}{ext}").is_file()]
+    names = [f"{command}.json"] + [
+        f"{command}{ext}" for ext in (".safetensors", ".md") if (out / f"{command}{ext}").is_file()
+    ]
     names += [str(f) for f in result.get("figures", [])]
     lines.append(f"wrote {out}/: {', '.join(names)}")
     return lines
 
 
-def _compute(job: Job, m: Any, store: BatchStore, samples: Sequence[dict], context: Any, todo: list[int], size: int,
-             shard: shards.Shard) -> None:
+def _compute(
+    job: Job,
+    m: Any,
+    store: BatchStore,
+    samples: Sequence[dict],
+    context: Any,
+    todo: list[int],
+    size: int,
+    shard: shards.Shard,
+) -> None:
     from tqdm.auto import tqdm
 
     s = job.settings

@@ -135,9 +135,13 @@ class EvalSettings(ShardedSettings):
     method: Method = field(default="score", metadata=_help("score the options (one forward) or generate"))
     scoring: Scoring | None = field(default=None, metadata=_help("option scoring (default: the data set's)"))
     max_new_tokens: int | None = field(default=None, metadata=_help("generation budget (default 16 direct, 512 cot)"))
-    parser: Parser = field(default="official", metadata=_help(
-        "how generated answers are read: MMMU-Pro's official parse_multi_choice_response (its random guess made "
-        "deterministic) or mech's stricter one"))
+    parser: Parser = field(
+        default="official",
+        metadata=_help(
+            "how generated answers are read: MMMU-Pro's official parse_multi_choice_response (its random guess made "
+            "deterministic) or mech's stricter one"
+        ),
+    )
 
     command: typing.ClassVar[str] = "eval"
 
@@ -145,7 +149,9 @@ class EvalSettings(ShardedSettings):
         conditions = self.conditions
         if isinstance(conditions, str) or any("," in c for c in conditions):  # "a,b" or ["a,b"]: a comma list
             parts = [conditions] if isinstance(conditions, str) else list(conditions)
-            object.__setattr__(self, "conditions", tuple(c.strip() for p in parts for c in p.split(",") if c.strip()))
+            object.__setattr__(
+                self, "conditions", tuple(c.strip() for p in parts for c in p.split(",") if c.strip())
+            )
         super().__post_init__()
         if not self.conditions or len(set(self.conditions)) != len(self.conditions):
             raise ConfigError(f"conditions {list(self.conditions)} must be a non-empty list without repeats.")
@@ -169,8 +175,12 @@ class PatchSettings(ShardedSettings):
     corruption: Condition = field(default="white_image", metadata=_help("the corrupted input condition"))
     direction: Direction = field(default="denoising", metadata=_help("denoising: clean into corrupted"))
     metric: PatchMetric = field(default="logit_diff", metadata=_help("the patching metric"))
-    sites: tuple[Site, ...] = field(default=("resid_post", "attn_out", "mlp_out"), metadata=_help("patched sites"))
-    positions: tuple[Position, ...] = field(default=("image", "text", "last"), metadata=_help("position groups"))
+    sites: tuple[Site, ...] = field(
+        default=("resid_post", "attn_out", "mlp_out"), metadata=_help("patched sites")
+    )
+    positions: tuple[Position, ...] = field(
+        default=("image", "text", "last"), metadata=_help("position groups")
+    )
 
     command: typing.ClassVar[str] = "patch"
 
@@ -180,11 +190,16 @@ class ContribSettings(ShardedSettings):
     """``mech contrib``: layerwise modality-contribution curves and the imbalance ratio Δ."""
 
     n: int = field(default=256, metadata=_help("number of samples"))
-    estimators: tuple[Estimator, ...] = field(default=("attention", "patching", "dla", "decomposition"),
-                                              metadata=_help("estimators"))
-    ablation: Ablation = field(default="resample", metadata=_help(
-        "how the patching and decomposition estimators remove a token group: resample (another sample's "
-        "embeddings of the group) or noise (Gaussian)"))
+    estimators: tuple[Estimator, ...] = field(
+        default=("attention", "patching", "dla", "decomposition"), metadata=_help("estimators")
+    )
+    ablation: Ablation = field(
+        default="resample",
+        metadata=_help(
+            "how the patching and decomposition estimators remove a token group: resample (another sample's "
+            "embeddings of the group) or noise (Gaussian)"
+        ),
+    )
 
     command: typing.ClassVar[str] = "contrib"
 
@@ -196,29 +211,67 @@ class RepairSettings(Settings):
 
     n: int = field(default=1000, metadata=_help("held-out samples"))
     batch_size: int = field(default=64, metadata=_help("samples per forward"))
-    fit_data: str | None = field(default=None, metadata=_help(
-        "data spec of the fit split (default: --data; organism:shapes then draws it with --fit-seed)"))
+    fit_data: str | None = field(
+        default=None,
+        metadata=_help(
+            "data spec of the fit split (default: --data; organism:shapes then draws it with --fit-seed)"
+        ),
+    )
     fit_n: int = field(default=1000, metadata=_help("fit samples (ranking and fit statistics)"))
-    fit_seed: int = field(default=1, metadata=_help(
-        "organism:shapes seed of the fit split (held-out uses --seed; ids must differ)"))
-    edit: RepairEdit = field(default="zero", metadata=_help("zero / mean ablation, steer, or attention reweight"))
-    granularity: Granularity = field(default="neurons", metadata=_help("MLP neurons, attention heads, or layers"))
-    source: RepairSource = field(default="attribution", metadata=_help(
-        "the explanation that ranks units: attribution patching at the answer position, the decomposition "
-        "(layers), or --units"))
-    k: int | None = field(default=None, metadata=_help("units edited (default: a quarter of the neurons, a tenth "
-                                                       "of the heads, two layer components)"))
-    ks: tuple[int, ...] | None = field(default=None, metadata=_help("sizes of the effect-vs-k curve (default k/8 .. 2k)"))
-    units: tuple[str, ...] | None = field(default=None, metadata=_help("units for --source list, as LAYER:INDEX"))
-    selection_from: str | None = field(default=None, metadata=_help(
-        "a repair.json whose ranking to apply (another model's: the result is labelled transferred)"))
-    positions: RepairPositions = field(default="answer", metadata=_help("edit the answer position or all positions"))
-    alpha: float | None = field(default=None, metadata=_help("steering scale / attention factor (default 4 / 2)"))
+    fit_seed: int = field(
+        default=1,
+        metadata=_help("organism:shapes seed of the fit split (held-out uses --seed; ids must differ)"),
+    )
+    edit: RepairEdit = field(
+        default="zero", metadata=_help("zero / mean ablation, steer, or attention reweight")
+    )
+    granularity: Granularity = field(
+        default="neurons", metadata=_help("MLP neurons, attention heads, or layers")
+    )
+    source: RepairSource = field(
+        default="attribution",
+        metadata=_help(
+            "the explanation that ranks units: attribution patching at the answer position, the decomposition "
+            "(layers), or --units"
+        ),
+    )
+    k: int | None = field(
+        default=None,
+        metadata=_help(
+            "units edited (default: a quarter of the neurons, a tenth of the heads, two layer components)"
+        ),
+    )
+    ks: tuple[int, ...] | None = field(
+        default=None, metadata=_help("sizes of the effect-vs-k curve (default k/8 .. 2k)")
+    )
+    units: tuple[str, ...] | None = field(
+        default=None, metadata=_help("units for --source list, as LAYER:INDEX")
+    )
+    selection_from: str | None = field(
+        default=None,
+        metadata=_help(
+            "a repair.json whose ranking to apply (another model's: the result is labelled transferred)"
+        ),
+    )
+    positions: RepairPositions = field(
+        default="answer", metadata=_help("edit the answer position or all positions")
+    )
+    alpha: float | None = field(
+        default=None, metadata=_help("steering scale / attention factor (default 4 / 2)")
+    )
     n_random: int = field(default=5, metadata=_help("same-size random edits (at least 5)"))
-    max_fit_drop: float | None = field(default=None, metadata=_help(
-        "choose k on the fit split: the largest of --ks whose edit lowers the fit accuracy by at most this much"))
-    prior: Prior = field(default="auto", metadata=_help(
-        "the prior answer: planted (organism data), white_image (the model's text-only answer), auto"))
+    max_fit_drop: float | None = field(
+        default=None,
+        metadata=_help(
+            "choose k on the fit split: the largest of --ks whose edit lowers the fit accuracy by at most this much"
+        ),
+    )
+    prior: Prior = field(
+        default="auto",
+        metadata=_help(
+            "the prior answer: planted (organism data), white_image (the model's text-only answer), auto"
+        ),
+    )
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
 
     command: typing.ClassVar[str] = "repair"
@@ -238,14 +291,23 @@ class ReportSettings(Settings):
     """``mech report``: eval -> attention -> patch -> contrib, written to report.md."""
 
     n: int | None = field(default=None, metadata=_help("samples per step (default: each step's own)"))
-    compare: tuple[str, ...] | None = field(default=None, metadata=_help(
-        "two or more model specs side by side (without names: " + " ".join(DEFAULT_COMPARE) + ")", nargs="*"))
+    compare: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_help(
+            "two or more model specs side by side (without names: " + " ".join(DEFAULT_COMPARE) + ")",
+            nargs="*",
+        ),
+    )
     ablation: Ablation = field(default="resample", metadata=_help("the contrib step's --ablation"))
     progress: bool = field(default=True, metadata=_help("show a progress bar per step"))
 
     command: typing.ClassVar[str] = "report"
-    steps: typing.ClassVar[tuple[type[Settings], ...]] = (EvalSettings, AttentionSettings, PatchSettings,
-                                                          ContribSettings)
+    steps: typing.ClassVar[tuple[type[Settings], ...]] = (
+        EvalSettings,
+        AttentionSettings,
+        PatchSettings,
+        ContribSettings,
+    )
 
     def models(self) -> list[str]:
         """The model specs this report measures."""
@@ -256,8 +318,11 @@ class ReportSettings(Settings):
     def step(self, cls: type[Settings], model: str, out: str) -> Settings:
         """The settings of one step: this report's shared fields, the step's own defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
-        shared = {k: v for k, v in dataclasses.asdict(self).items()
-                  if k in names and k not in ("model", "out", "n", "compare")}
+        shared = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k in names and k not in ("model", "out", "n", "compare")
+        }
         return cls(**shared, model=model, out=out, n=self.n or cls.n)
 
 
@@ -265,11 +330,23 @@ class ReportSettings(Settings):
 class MergeSettings:
     """``mech merge OUT``: assemble the results of sharded runs found in an output directory."""
 
-    out: str = field(default="runs/mech", metadata=_help("the --out directory of the sharded runs", positional=True))
+    out: str = field(
+        default="runs/mech", metadata=_help("the --out directory of the sharded runs", positional=True)
+    )
 
     command: typing.ClassVar[str] = "merge"
 
 
-COMMANDS: dict[str, type] = {cls.command: cls for cls in (EvalSettings, AttentionSettings, PatchSettings,
-                                                          ContribSettings, RepairSettings, ReportSettings,
-                                                          InspectSettings, MergeSettings)}
+COMMANDS: dict[str, type] = {
+    cls.command: cls
+    for cls in (
+        EvalSettings,
+        AttentionSettings,
+        PatchSettings,
+        ContribSettings,
+        RepairSettings,
+        ReportSettings,
+        InspectSettings,
+        MergeSettings,
+    )
+}

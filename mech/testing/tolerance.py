@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["unit_roundoff", "gamma", "dot_bound", "softmax_rel_bound", "assert_close_scaled", "unembed_scale",
-           "probability_rel_bound"]
+__all__ = [
+    "unit_roundoff",
+    "gamma",
+    "dot_bound",
+    "softmax_rel_bound",
+    "assert_close_scaled",
+    "unembed_scale",
+    "probability_rel_bound",
+]
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -43,8 +50,15 @@ def softmax_rel_bound(logit_error: float, vocab: int, dtype: torch.dtype) -> flo
     return 2 * float(logit_error) + gamma(vocab + 2, dtype)
 
 
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, *, n: int, dtype: torch.dtype = torch.float32,
-                        scale: float | None = None, msg: str | None = None) -> None:
+def assert_close_scaled(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    n: int,
+    dtype: torch.dtype = torch.float32,
+    scale: float | None = None,
+    msg: str | None = None,
+) -> None:
     """Assert ``|actual − expected| ≤ dot_bound(n, dtype, scale)`` elementwise: two computations of the
     same values whose last ``n``-term reductions (e.g. ``n_layers · (d_model + pos)`` along a forward)
     ran in ``dtype`` through different kernels. ``scale``: the magnitude the reductions worked at;
@@ -54,8 +68,14 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, *, n: int,
         both = torch.cat([actual.flatten(), expected.flatten()])
         finite = both[torch.isfinite(both)]
         scale = float(finite.abs().max()) if finite.numel() else 0.0
-    torch.testing.assert_close(actual, expected, rtol=0, atol=dot_bound(n, dtype, scale), equal_nan=True,
-                               msg=None if msg is None else lambda text: f"{msg}: {text}")
+    torch.testing.assert_close(
+        actual,
+        expected,
+        rtol=0,
+        atol=dot_bound(n, dtype, scale),
+        equal_nan=True,
+        msg=None if msg is None else lambda text: f"{msg}: {text}",
+    )
 
 
 def unembed_scale(m, inputs) -> float:

@@ -8,13 +8,40 @@ answers a tidy frame (one row per sample × condition); ``EvalJob`` is ``mech ev
 (:mod:`mech.runs`: resumable, sharded).
 """
 
-from mech.measure.evaluation.answering import (METHODS, PARSERS, generate_batch, official_multi_choice,
-                                               parse_multi_choice_response, parse_response, read_response, score_batch)
+from mech.measure.evaluation.answering import (
+    METHODS,
+    PARSERS,
+    generate_batch,
+    official_multi_choice,
+    parse_multi_choice_response,
+    parse_response,
+    read_response,
+    score_batch,
+)
 from mech.measure.evaluation.job import EvalJob, write_outputs
 from mech.measure.evaluation.consistency import PAIRS, accuracy_table, consistency_table
 from mech.measure.evaluation.run import DEFAULT_CONDITIONS, evaluate, to_frame
 from mech.measure.evaluation.tables import figure, markdown, table1, table2
 
-__all__ = ["DEFAULT_CONDITIONS", "METHODS", "PAIRS", "PARSERS", "EvalJob", "accuracy_table", "consistency_table",
-           "evaluate", "figure", "generate_batch", "markdown", "official_multi_choice", "parse_multi_choice_response",
-           "parse_response", "read_response", "score_batch", "table1", "table2", "to_frame", "write_outputs"]
+__all__ = [
+    "DEFAULT_CONDITIONS",
+    "METHODS",
+    "PAIRS",
+    "PARSERS",
+    "EvalJob",
+    "accuracy_table",
+    "consistency_table",
+    "evaluate",
+    "figure",
+    "generate_batch",
+    "markdown",
+    "official_multi_choice",
+    "parse_multi_choice_response",
+    "parse_response",
+    "read_response",
+    "score_batch",
+    "table1",
+    "table2",
+    "to_frame",
+    "write_outputs",
+]

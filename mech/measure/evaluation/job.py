@@ -111,7 +111,9 @@ class EvalJob:
             lines.append(f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)")
         guessed = {c: k for c, k in (result.get("guessed") or {}).items() if k}
         if guessed:  # the official parser's fallback (MMMU-Pro's random guess, made deterministic)
-            lines.append("guessed answers (no letter found): " + ", ".join(f"{c} {k}" for c, k in guessed.items()))
+            lines.append(
+                "guessed answers (no letter found): " + ", ".join(f"{c} {k}" for c, k in guessed.items())
+            )
         for c, reason in (result.get("unavailable") or {}).items():
             lines.append(f"{c} not measured: {reason}")
         lines.append(f"n={len(result['ids'])} answered")

@@ -127,8 +127,6 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
         MechError: a condition fails on this batch (the message names the condition and samples).
     """
     keep, skipped = _eligible(list(batch), p.conditions, p.method, p.scoring, m.tokenizer, p.style, max_positions(m))
-    keep, refused = usable_images(m.processor, keep)  # an image the processor refuses skips its row, not the batch
-    skipped += refused
     unavailable = {}
     if "no_image" in p.conditions and (reason := text_only_refusal(m.processor)):
         unavailable["no_image"] = reason  # the model cannot take this condition at all: reported, not run
@@ -136,17 +134,35 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
     ids = [str(s["id"]) for s in keep]
     for cond in [c for c in p.conditions if c not in unavailable] if keep else ():
         try:
-            records[cond] = _answer_batch(m, keep, cond, method=p.method, scoring=p.scoring, style=p.style,
-                                          max_new_tokens=p.max_new_tokens, seed=p.seed, parser=p.parser)
+            records[cond] = _answer_batch(
+                m,
+                keep,
+                cond,
+                method=p.method,
+                scoring=p.scoring,
+                style=p.style,
+                max_new_tokens=p.max_new_tokens,
+                seed=p.seed,
+                parser=p.parser,
+            )
         except MechError as exc:
-            raise type(exc)(f"condition {cond!r}, samples {ids[:3]}: {exc} (to evaluate the other conditions, "
-                            f"leave {cond!r} out)") from exc
+            raise type(exc)(
+                f"condition {cond!r}, samples {ids[:3]}: {exc} (to evaluate the other conditions, "
+                f"leave {cond!r} out)"
+            ) from exc
     return {"ids": ids, "skipped": [list(x) for x in skipped], "records": records, "unavailable": unavailable}
 
 
-def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, model: str | None,
-             fingerprint: str, data_skipped: Sequence[tuple[str, str]] = (),
-             data_notes: Sequence[tuple[str, str]] = ()) -> dict:
+def assemble(
+    p: EvalPlan,
+    samples: Sequence[dict],
+    parts: Sequence[dict],
+    *,
+    model: str | None,
+    fingerprint: str,
+    data_skipped: Sequence[tuple[str, str]] = (),
+    data_notes: Sequence[tuple[str, str]] = (),
+) -> dict:
     """The :func:`evaluate` result from the :func:`answer_rows` parts of ``samples``, in order;
     ``data_notes``: the data set's kept-but-odd rows (:attr:`~mech.prepare.data.Dataset.notes`).
 
@@ -155,18 +171,30 @@ def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, mod
     """
     by_id = {str(s["id"]): s for s in samples}
     kept = [by_id[i] for part in parts for i in part["ids"]]
-    skipped = [(i, r, "data") for i, r in data_skipped] + [(i, r, "eval") for part in parts for i, r in part["skipped"]]
+    skipped = [(i, r, "data") for i, r in data_skipped] + [
+        (i, r, "eval") for part in parts for i, r in part["skipped"]
+    ]
     if not kept:
         reasons = sorted({r for _, r, _ in skipped})[:5]
-        raise DataError(f"no sample of {p.data} can be evaluated; skip reasons: {reasons or 'empty data set'}.")
+        raise DataError(
+            f"no sample of {p.data} can be evaluated; skip reasons: {reasons or 'empty data set'}."
+        )
     ids = [str(s["id"]) for s in kept]
     if len(set(ids)) != len(ids) or len(by_id) != len(samples):
         raise DataError(f"{p.data}: sample ids are not unique; conditions are aligned by id.")
-    settings = {"model": model, "model_fingerprint": fingerprint, "data": p.data, "method": p.method,
-                "scoring": p.scoring if p.method == "score" else None, "style": p.style,
-                "parser": p.parser if p.method != "score" else None,
-                "batch_size": p.batch_size, "max_new_tokens": p.max_new_tokens, "seed": p.seed,
-                "ids_hash": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
+    settings = {
+        "model": model,
+        "model_fingerprint": fingerprint,
+        "data": p.data,
+        "method": p.method,
+        "scoring": p.scoring if p.method == "score" else None,
+        "style": p.style,
+        "parser": p.parser if p.method != "score" else None,
+        "batch_size": p.batch_size,
+        "max_new_tokens": p.max_new_tokens,
+        "seed": p.seed,
+        "ids_hash": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
+    }
     unavailable = {c: r for part in parts for c, r in (part.get("unavailable") or {}).items()}
     conditions = [c for c in p.conditions if c not in unavailable]
     results = {c: [part["records"][c] for part in parts if part["ids"]] for c in conditions}
@@ -177,9 +205,20 @@ def assemble(p: EvalPlan, samples: Sequence[dict], parts: Sequence[dict], *, mod
     return out
 
 
-def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str] = DEFAULT_CONDITIONS,
-             method: str = "score", scoring: str | None = None, style: str | None = None, batch_size: int = 8,
-             max_new_tokens: int | None = None, seed: int = 0, parser: str = "official", progress: bool = True) -> dict:
+def evaluate(
+    m: Any,
+    data: Dataset | Sequence[dict],
+    *,
+    conditions: Sequence[str] = DEFAULT_CONDITIONS,
+    method: str = "score",
+    scoring: str | None = None,
+    style: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    parser: str = "official",
+    progress: bool = True,
+) -> dict:
     """Answer every sample under every condition; accuracy and consistency tables.
 
     In memory, for notebooks and scripts; ``mech eval`` runs the same batches on the run loop
@@ -219,17 +258,33 @@ def evaluate(m: Any, data: Dataset | Sequence[dict], *, conditions: Sequence[str
     from tqdm.auto import tqdm
 
     dataset = data if isinstance(data, Dataset) else Dataset("samples", list(data))
-    p = plan(dataset, conditions=conditions, method=method, scoring=scoring, style=style, batch_size=batch_size,
-             max_new_tokens=max_new_tokens, seed=seed, parser=parser)
-    samples = list(dataset.samples)
+    p = plan(
+        dataset,
+        conditions=conditions,
+        method=method,
+        scoring=scoring,
+        style=style,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        parser=parser,
+    )
+    # an image the processor refuses skips its row, once per run (mech eval: the run loop does the same)
+    samples, refused = usable_images(m.processor, list(dataset.samples))
     parts = []
     with tqdm(total=len(samples), unit="sample", desc="mech eval", disable=not progress) as bar:
         for i in range(0, len(samples), batch_size):
-            parts.append(answer_rows(m, p, samples[i:i + batch_size]))
-            bar.update(len(samples[i:i + batch_size]))
-    return assemble(p, list(dataset.samples), parts, model=getattr(m, "spec", None),
-                    fingerprint=model_fingerprint(m.model), data_skipped=dataset.skipped,
-                    data_notes=getattr(dataset, "notes", []))
+            parts.append(answer_rows(m, p, samples[i : i + batch_size]))
+            bar.update(len(samples[i : i + batch_size]))
+    return assemble(
+        p,
+        list(dataset.samples),
+        parts,
+        model=getattr(m, "spec", None),
+        fingerprint=model_fingerprint(m.model),
+        data_skipped=list(dataset.skipped) + refused,
+        data_notes=getattr(dataset, "notes", []),
+    )
 
 
 def to_frame(result: dict):
@@ -248,22 +303,31 @@ def to_frame(result: dict):
     pred = np.empty((n, len(conds)), dtype=object)
     for j, c in enumerate(conds):
         pred[:, j] = result["predictions"][c]
-    correct = np.array([[bool(result["correct"][c][i]) for c in conds] for i in range(n)], dtype=bool).reshape(n, -1)
+    correct = np.array(
+        [[bool(result["correct"][c][i]) for c in conds] for i in range(n)], dtype=bool
+    ).reshape(n, -1)
     answer = np.empty((n, 1), dtype=object)
     answer[:, 0] = result["answers"]
     options = np.asarray(result["n_options"], dtype=np.int64).reshape(n, 1)
-    return tidy({"prediction": pred, "correct": correct, "answer": answer, "n_options": options},
-                {"sample": {"sample": None, "id": ids}, "condition": conds})
+    return tidy(
+        {"prediction": pred, "correct": correct, "answer": answer, "n_options": options},
+        {"sample": {"sample": None, "id": ids}, "condition": conds},
+    )
 
 
 def _assemble(samples, ids, conditions, results, skipped, settings) -> dict:
     predictions = {c: [p for rec in results[c] for p in rec["pred"]] for c in conditions}
     correct = {c: [is_correct(p, s) for p, s in zip(predictions[c], samples)] for c in conditions}
     complete_correct = correct.get("complete")
-    out = {"model": settings["model"], "data": settings["data"], "conditions": accuracy_table(correct),
-           "settings": settings}
-    out["consistency"] = (consistency_table(predictions, complete_correct) if complete_correct is not None
-                          else None)
+    out = {
+        "model": settings["model"],
+        "data": settings["data"],
+        "conditions": accuracy_table(correct),
+        "settings": settings,
+    }
+    out["consistency"] = (
+        consistency_table(predictions, complete_correct) if complete_correct is not None else None
+    )
     out["skipped"] = skipped_summary(skipped)
     out["ids"] = ids
     out["answers"] = [s["answer"] for s in samples]
@@ -273,5 +337,7 @@ def _assemble(samples, ids, conditions, results, skipped, settings) -> dict:
     key = "scores" if settings["method"] == "score" else "responses"
     out[key] = {c: [x for rec in results[c] for x in rec[key]] for c in conditions}
     if key == "responses":
-        out["guessed"] = {c: sum(bool(x) for rec in results[c] for x in rec.get("guessed", ())) for c in conditions}
+        out["guessed"] = {
+            c: sum(bool(x) for rec in results[c] for x in rec.get("guessed", ())) for c in conditions
+        }
     return out

@@ -12,5 +12,21 @@ from mech.measure.repair.plan import Plan, make_plan, planted_categories, random
 from mech.measure.repair.result import RepairResult
 from mech.measure.repair.select import SOURCES, Selection
 
-__all__ = ["ALLOWED", "Edit", "GRANULARITIES", "KINDS", "POINTS", "Plan", "RepairResult", "SOURCES", "Selection",
-           "applied", "assemble", "make_plan", "planted_categories", "predict", "random_edit", "repair"]
+__all__ = [
+    "ALLOWED",
+    "Edit",
+    "GRANULARITIES",
+    "KINDS",
+    "POINTS",
+    "Plan",
+    "RepairResult",
+    "SOURCES",
+    "Selection",
+    "applied",
+    "assemble",
+    "make_plan",
+    "planted_categories",
+    "predict",
+    "random_edit",
+    "repair",
+]

@@ -45,9 +45,11 @@ def predict(m, plan: Plan, samples: Sequence[dict]) -> tuple[dict[str, torch.Ten
     ok[idx] = True
     out: dict[str, torch.Tensor] = {"usable": ok}
     for sc in plan.scorings:
-        for key, vals in (("gold", [c.gold for c in cands[sc]]),
-                          ("prior", [_planted(c, s, plan.prior) for c, s in zip(cands[sc], keep)]),
-                          ("n_cand", [len(c.ids) for c in cands[sc]])):
+        for key, vals in (
+            ("gold", [c.gold for c in cands[sc]]),
+            ("prior", [_planted(c, s, plan.prior) for c, s in zip(cands[sc], keep)]),
+            ("n_cand", [len(c.ids) for c in cands[sc]]),
+        ):
             t = torch.full((n,), -1, dtype=torch.long)
             t[idx] = torch.tensor(vals, dtype=torch.long) if vals else t[idx]
             out[f"{key}.{sc}"] = t
@@ -71,8 +73,14 @@ def _planted(c, sample: dict, prior: str) -> int:
     return -1 if i is None else i
 
 
-def assemble(plan: Plan, samples: Sequence[dict], tensors: dict[str, torch.Tensor], skipped: list, model: str,
-             n_boot: int = 1000) -> RepairResult:
+def assemble(
+    plan: Plan,
+    samples: Sequence[dict],
+    tensors: dict[str, torch.Tensor],
+    skipped: list,
+    model: str,
+    n_boot: int = 1000,
+) -> RepairResult:
     """The :class:`RepairResult` from :func:`predict`'s tensors over the whole held-out split (model-free).
 
     Raises:
@@ -82,7 +90,9 @@ def assemble(plan: Plan, samples: Sequence[dict], tensors: dict[str, torch.Tenso
 
     ok = tensors["usable"].numpy().astype(bool)
     if not ok.any():
-        raise DataError(f"no usable held-out sample ({len(skipped)} skipped); pass samples with images and options.")
+        raise DataError(
+            f"no usable held-out sample ({len(skipped)} skipped); pass samples with images and options."
+        )
     held = [s for s, u in zip(samples, ok) if u]
     sc0 = plan.scoring
     pred = {}
@@ -96,38 +106,78 @@ def assemble(plan: Plan, samples: Sequence[dict], tensors: dict[str, torch.Tenso
     else:  # the unedited model's answer under the white image
         prior = {sc: pred["unedited"]["white_image"][sc].numpy() for sc in plan.scorings}
     cat = np.array([category_of(s) for s in held])
-    group = np.where(prior[sc0] < 0, "prior_absent", np.where(prior[sc0] == gold[sc0], "prior_right", "prior_wrong"))
+    group = np.where(
+        prior[sc0] < 0, "prior_absent", np.where(prior[sc0] == gold[sc0], "prior_right", "prior_wrong")
+    )
     if plan.planted:
         group = np.where(np.isin(cat, list(plan.planted)), group, "unplanted")
     labels = {sc: [_labels(s, sc) for s in held] for sc in plan.scorings}
-    info = {"gold": gold, "prior": prior, "category": cat, "group": group, "labels": labels,
-            "n_candidates": {sc: tensors[f"n_cand.{sc}"].numpy()[ok] for sc in plan.scorings},
-            "n_options": tensors[f"n_cand.{plan.scorings[-1]}"].numpy()[ok]}
+    info = {
+        "gold": gold,
+        "prior": prior,
+        "category": cat,
+        "group": group,
+        "labels": labels,
+        "n_candidates": {sc: tensors[f"n_cand.{sc}"].numpy()[ok] for sc in plan.scorings},
+        "n_options": tensors[f"n_cand.{plan.scorings[-1]}"].numpy()[ok],
+    }
     target = "prior_wrong" if (group == "prior_wrong").any() else "all"
     base = pred["unedited"]
     base_sum = EV.summarize(base, base, info, sc0, n_boot, plan.seed)
     main = ["selected"] + [f"random {j + 1}" for j in range(plan.n_random)]
     summaries = {lab: EV.summarize(pred[lab], base, info, sc0, n_boot, plan.seed) for lab in main}
+
+    def summary(lab: str) -> dict:  # the curve's point at k reuses the main edits' summaries
+        return summaries[lab] if lab in summaries else EV.summarize(pred[lab], base, info, sc0, n_boot, plan.seed)
+
     curve = []
     for kk in plan.ks:
         pre = "" if kk == plan.k else f"k={kk}/"
-        s_sel = EV.summarize(pred[pre + "selected"], base, info, sc0, n_boot, plan.seed)
-        effs = [EV.target_effect(EV.summarize(pred[f"{pre}random {j + 1}"], base, info, sc0, n_boot, plan.seed),
-                                 base_sum, target) for j in range(plan.n_random)]
-        curve.append({"k": kk, "effect": EV.target_effect(s_sel, base_sum, target), "random": effs,
-                      "accuracy": {g: s_sel["accuracy"][g]["value"] for g in ("all", "prior_wrong", "prior_right",
-                                                                               "unplanted")}})
+        s_sel = summary(pre + "selected")
+        effs = [EV.target_effect(summary(f"{pre}random {j + 1}"), base_sum, target) for j in range(plan.n_random)]
+        curve.append(
+            {
+                "k": kk,
+                "effect": EV.target_effect(s_sel, base_sum, target),
+                "random": effs,
+                "accuracy": {
+                    g: s_sel["accuracy"][g]["value"]
+                    for g in ("all", "prior_wrong", "prior_right", "unplanted")
+                },
+            }
+        )
     strip = lambda e: dataclasses.replace(e, values={})  # noqa: E731  (results carry units, not tensors)
     keep_pred = {lab: d for lab, d in pred.items() if not lab.startswith("k=")}
     return RepairResult(
-        model=model, edit=strip(plan.edits["selected"]), selection=plan.selection, k=plan.k, target=target,
-        scoring=sc0, option_scoring=plan.option_scoring, prior=plan.prior, planted=plan.planted,
-        transferred_from=plan.transferred_from, unedited=base_sum, summaries=summaries, curve=curve,
-        controls=[strip(plan.edits[lab]) for lab in main[1:]], n_fit=plan.n_fit, n_held_out=len(held),
+        model=model,
+        edit=strip(plan.edits["selected"]),
+        selection=plan.selection,
+        k=plan.k,
+        target=target,
+        scoring=sc0,
+        option_scoring=plan.option_scoring,
+        prior=plan.prior,
+        planted=plan.planted,
+        transferred_from=plan.transferred_from,
+        unedited=base_sum,
+        summaries=summaries,
+        curve=curve,
+        controls=[strip(plan.edits[lab]) for lab in main[1:]],
+        n_fit=plan.n_fit,
+        n_held_out=len(held),
         skipped={"held_out": [tuple(x) for x in skipped], "fit": list(plan.fit_skipped)},
-        ids=[str(s.get("id")) for s in held], predictions=keep_pred,
-        meta={"alpha": plan.alpha, "positions": plan.positions, "n_random": plan.n_random, "n_boot": n_boot,
-              "seed": plan.seed, "fit_prior_wrong": plan.n_fit_prior_wrong, "k_rule": plan.k_rule})
+        ids=[str(s.get("id")) for s in held],
+        predictions=keep_pred,
+        meta={
+            "alpha": plan.alpha,
+            "positions": plan.positions,
+            "n_random": plan.n_random,
+            "n_boot": n_boot,
+            "seed": plan.seed,
+            "fit_prior_wrong": plan.n_fit_prior_wrong,
+            "k_rule": plan.k_rule,
+        },
+    )
 
 
 def _labels(sample: dict, scoring: str) -> tuple[str, ...]:
@@ -135,16 +185,33 @@ def _labels(sample: dict, scoring: str) -> tuple[str, ...]:
         return tuple(answer_set(sample) or ())
     from mech.prepare.data import LETTERS
 
-    return tuple(LETTERS[:len(sample.get("options") or [])])
+    return tuple(LETTERS[: len(sample.get("options") or [])])
 
 
-def repair(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit: str = "zero", granularity: str = "neurons",
-           source: str = "attribution", k: int | None = None, ks: Sequence[int] | None = None,
-           units: Sequence[Sequence[int]] | None = None, selection: Selection | None = None,
-           positions: str = "answer", alpha: float | None = None, n_random: int = MIN_RANDOM, prior: str = "auto",
-           planted: Sequence[str] | None = None, scoring: str | None = None, option_scoring: str | None = None,
-           batch_size: int = 64, n_boot: int = 1000, seed: int = 0,
-           max_fit_drop: float | None = None) -> RepairResult:
+def repair(
+    m,
+    fit: Sequence[dict],
+    held_out: Sequence[dict],
+    *,
+    edit: str = "zero",
+    granularity: str = "neurons",
+    source: str = "attribution",
+    k: int | None = None,
+    ks: Sequence[int] | None = None,
+    units: Sequence[Sequence[int]] | None = None,
+    selection: Selection | None = None,
+    positions: str = "answer",
+    alpha: float | None = None,
+    n_random: int = MIN_RANDOM,
+    prior: str = "auto",
+    planted: Sequence[str] | None = None,
+    scoring: str | None = None,
+    option_scoring: str | None = None,
+    batch_size: int = 64,
+    n_boot: int = 1000,
+    seed: int = 0,
+    max_fit_drop: float | None = None,
+) -> RepairResult:
     """Select units from an explanation on ``fit``, edit them, and evaluate on ``held_out`` (module docstring).
 
     Args:
@@ -174,10 +241,28 @@ def repair(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit: str = "zer
         ConfigError: an option outside its allowed values, fewer than 5 random edits, k too large.
     """
     held_out = list(getattr(held_out, "samples", held_out))
-    plan = make_plan(m, fit, held_out, edit=edit, granularity=granularity, source=source, k=k, ks=ks, units=units,
-                     selection=selection, positions=positions, alpha=alpha, n_random=n_random, prior=prior,
-                     planted=planted, scoring=scoring, option_scoring=option_scoring, batch_size=batch_size, seed=seed,
-                     max_fit_drop=max_fit_drop)
+    plan = make_plan(
+        m,
+        fit,
+        held_out,
+        edit=edit,
+        granularity=granularity,
+        source=source,
+        k=k,
+        ks=ks,
+        units=units,
+        selection=selection,
+        positions=positions,
+        alpha=alpha,
+        n_random=n_random,
+        prior=prior,
+        planted=planted,
+        scoring=scoring,
+        option_scoring=option_scoring,
+        batch_size=batch_size,
+        seed=seed,
+        max_fit_drop=max_fit_drop,
+    )
     tensors, skipped = predict(m, plan, held_out)
     return assemble(plan, held_out, tensors, skipped, m.spec, n_boot)
 
@@ -185,10 +270,22 @@ def repair(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit: str = "zer
 def plan_json(plan: Plan) -> dict[str, Any]:
     """The plan as JSON (selection, every edit's units, the options; no tensors): what the held-out
     assembly needs, stored with every batch so that batches can be checked to agree."""
-    d = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name not in ("selection", "edits")}
-    d["selection"] = plan.selection.to_json(limit=10 ** 9)
-    d["edits"] = {lab: {"kind": e.kind, "granularity": e.granularity, "units": [list(u) for u in e.units],
-                        "positions": e.positions, "alpha": e.alpha} for lab, e in plan.edits.items()}
+    d = {
+        f.name: getattr(plan, f.name)
+        for f in dataclasses.fields(plan)
+        if f.name not in ("selection", "edits")
+    }
+    d["selection"] = plan.selection.to_json(limit=10**9)
+    d["edits"] = {
+        lab: {
+            "kind": e.kind,
+            "granularity": e.granularity,
+            "units": [list(u) for u in e.units],
+            "positions": e.positions,
+            "alpha": e.alpha,
+        }
+        for lab, e in plan.edits.items()
+    }
     return json.loads(json.dumps(d, default=list))
 
 
@@ -197,10 +294,19 @@ def plan_from_json(d: dict[str, Any]) -> Plan:
     from mech.measure.repair.edits import Edit
 
     sel = d["selection"]
-    selection = Selection(sel["granularity"], sel["source"], tuple(tuple(u) for u in sel["ranking"]),
-                          tuple(sel["scores"]), sel["model"], sel["n_fit"], sel.get("note", ""))
-    edits = {lab: Edit(e["kind"], e["granularity"], tuple(tuple(u) for u in e["units"]), e["positions"], e["alpha"],
-                       {}, lab) for lab, e in d["edits"].items()}
+    selection = Selection.from_json(sel)
+    edits = {
+        lab: Edit(
+            e["kind"],
+            e["granularity"],
+            tuple(tuple(u) for u in e["units"]),
+            e["positions"],
+            e["alpha"],
+            {},
+            lab,
+        )
+        for lab, e in d["edits"].items()
+    }
     rest = {k: v for k, v in d.items() if k not in ("selection", "edits")}
     for key in ("ks", "scorings", "fit_skipped"):
         rest[key] = tuple(tuple(x) if isinstance(x, list) else x for x in rest[key])

@@ -53,8 +53,11 @@ GRANULARITIES = ("neurons", "heads", "layers")
 KINDS = ("zero", "mean", "steer", "reweight")
 POSITIONS = ("answer", "all")
 #: the kinds each granularity supports
-ALLOWED = {"neurons": ("zero", "mean"), "heads": ("zero", "mean", "reweight"),
-           "layers": ("zero", "mean", "steer", "reweight")}
+ALLOWED = {
+    "neurons": ("zero", "mean"),
+    "heads": ("zero", "mean", "reweight"),
+    "layers": ("zero", "mean", "steer", "reweight"),
+}
 VISUAL = ("image", "video")
 COMPONENT = ("attn", "mlp")
 
@@ -62,8 +65,10 @@ COMPONENT = ("attn", "mlp")
 def _attach_mlp_post(m, p, fn) -> list:
     down = m.arch.table.mlp_gate
     if down is None:
-        raise ConfigError(f"{m.arch.model_type}: the family table names no MLP down projection (mlp_gate), so "
-                          "MLP neurons cannot be hooked; use granularity='heads' or 'layers'.")
+        raise ConfigError(
+            f"{m.arch.model_type}: the family table names no MLP down projection (mlp_gate), so "
+            "MLP neurons cannot be hooked; use granularity='heads' or 'layers'."
+        )
     from mech.models.table import get_path
 
     module = get_path(m.arch.module(m.model, "mlp", p.layer), down[2])
@@ -71,7 +76,9 @@ def _attach_mlp_post(m, p, fn) -> list:
     def hook(mod, args, kwargs):
         hit = H.find_hidden(args, kwargs)
         if hit is None:
-            raise ConfigError(f"{type(mod).__name__} got no [batch, pos, d_mlp] input; cannot hook MLP neurons")
+            raise ConfigError(
+                f"{type(mod).__name__} got no [batch, pos, d_mlp] input; cannot hook MLP neurons"
+            )
         new = fn(hit[1])
         return None if new is None else H.with_hidden(args, kwargs, hit[0], new)
 
@@ -91,6 +98,7 @@ def n_units(m, granularity: str) -> tuple[int, int]:
     if granularity == "neurons":
         text = m.arch.table.text_config
         from mech.models.table import get_path
+
         cfg = get_path(m.model.config, text) if text else m.model.config
         return m.arch.n_layers, int(cfg.intermediate_size)
     if granularity == "heads":
@@ -127,8 +135,10 @@ def check_units(m, granularity: str, units: Sequence[Sequence[int]]) -> tuple[tu
     out = []
     for u in units:
         if len(u) != 2 or not (0 <= int(u[0]) < n_l and 0 <= int(u[1]) < n_u):
-            raise ConfigError(f"unit {tuple(u)} is outside this model's {granularity}: layers 0..{n_l - 1}, "
-                              f"index 0..{n_u - 1}; give (layer, index) pairs inside it.")
+            raise ConfigError(
+                f"unit {tuple(u)} is outside this model's {granularity}: layers 0..{n_l - 1}, "
+                f"index 0..{n_u - 1}; give (layer, index) pairs inside it."
+            )
         out.append((int(u[0]), int(u[1])))
     if len(set(out)) != len(out):
         raise ConfigError("units repeat; give each (layer, index) once.")
@@ -164,8 +174,10 @@ class Edit:
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity={self.granularity!r}; allowed: {', '.join(GRANULARITIES)}")
         if self.kind not in ALLOWED[self.granularity]:
-            raise ConfigError(f"edit {self.kind!r} does not act on {self.granularity}; allowed there: "
-                              f"{', '.join(ALLOWED[self.granularity])}")
+            raise ConfigError(
+                f"edit {self.kind!r} does not act on {self.granularity}; allowed there: "
+                f"{', '.join(ALLOWED[self.granularity])}"
+            )
         if self.positions not in POSITIONS:
             raise ConfigError(f"positions={self.positions!r}; allowed: {', '.join(POSITIONS)}")
         if self.kind == "reweight" and not (self.alpha >= 0 and math.isfinite(self.alpha)):
@@ -201,7 +213,9 @@ def _ablation_hooks(edit: Edit, inputs) -> list[tuple[str, Any]]:
         index = torch.tensor(idx, dtype=torch.long)
         value = edit.values.get(name) if edit.kind == "mean" else None
         if edit.kind == "mean" and value is None:
-            raise ConfigError(f"mean ablation has no fit-split mean for {name}; build the edit with repair.make_edit.")
+            raise ConfigError(
+                f"mean ablation has no fit-split mean for {name}; build the edit with repair.make_edit."
+            )
 
         whole = edit.granularity == "layers"  # a layer's component: its whole write is replaced
 
@@ -211,7 +225,9 @@ def _ablation_hooks(edit: Edit, inputs) -> list[tuple[str, Any]]:
             a = edit.alpha  # x <- x + alpha (target - x): alpha = 1 is the full ablation
             if whole:
                 cur = x[rows, pos]
-                target = torch.zeros_like(cur) if value is None else value.to(x.device, x.dtype).expand_as(cur)
+                target = (
+                    torch.zeros_like(cur) if value is None else value.to(x.device, x.dtype).expand_as(cur)
+                )
                 x[rows, pos] = target if a == 1 else cur + a * (target - cur)
                 return x
             sel = x[rows, pos]  # [n, units(, d_head)]
@@ -254,11 +270,19 @@ class Reweighter:
             ``[batch]`` answer positions; keys: BoolTensor ``[batch, pos]`` visual positions.
     """
 
-    def __init__(self, inner: str, heads: Mapping[int, torch.Tensor], query: torch.Tensor, keys: torch.Tensor,
-                 alpha: float):
+    def __init__(
+        self,
+        inner: str,
+        heads: Mapping[int, torch.Tensor],
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        alpha: float,
+    ):
         if inner.startswith("flash"):
-            raise ConfigError("attention re-weighting edits the 4-D attention mask, which flash attention does not "
-                              "take; load the model with attn_implementation='sdpa' (or 'eager').")
+            raise ConfigError(
+                "attention re-weighting edits the 4-D attention mask, which flash attention does not "
+                "take; load the model with attn_implementation='sdpa' (or 'eager')."
+            )
         self.inner, self.heads, self.query, self.keys, self.alpha = inner, heads, query, keys, alpha
         self._fn = None
 
@@ -282,8 +306,11 @@ class Reweighter:
         qrow = self.query.to(dev) - (kv_len - q_len)
         ok = (qrow >= 0) & (qrow < q_len)
         keys = self.keys.to(dev)[:, -kv_len:] & ok[:, None]
-        add = torch.where(keys, torch.tensor(math.log(self.alpha) if self.alpha > 0 else neg, dtype=out.dtype,
-                                             device=dev), torch.zeros((), dtype=out.dtype, device=dev))
+        add = torch.where(
+            keys,
+            torch.tensor(math.log(self.alpha) if self.alpha > 0 else neg, dtype=out.dtype, device=dev),
+            torch.zeros((), dtype=out.dtype, device=dev),
+        )
         for h in heads.tolist():
             row = out[b, h, qrow.clamp(0, q_len - 1)]  # [batch, kv]
             out[b, h, qrow.clamp(0, q_len - 1)] = torch.where(keys, (row + add).clamp_min(neg), row)

@@ -32,8 +32,9 @@ class Prepared:
     n: int
 
 
-def prepare_split(m, samples: Sequence[dict], cands: dict, batch_size: int, conditions=CONDITIONS,
-                  seed: int = 0) -> Prepared:
+def prepare_split(
+    m, samples: Sequence[dict], cands: dict, batch_size: int, conditions=CONDITIONS, seed: int = 0
+) -> Prepared:
     """Inputs of ``samples`` under each condition, in batches of ``batch_size`` (rows in sample order)."""
     from mech.conditions import condition_inputs
 
@@ -80,7 +81,9 @@ def distribution(pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
     return {lab: float((pred == i).sum() / n) for i, lab in enumerate(labels)}
 
 
-def summarize(pred: dict, base: dict, info: dict, primary: str, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    pred: dict, base: dict, info: dict, primary: str, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """The reported numbers of one edit.
 
     Args:
@@ -111,11 +114,15 @@ def summarize(pred: dict, base: dict, info: dict, primary: str, n_boot: int = 10
     w2r, r2w = int((~ok0 & ok).sum()), int((ok0 & ~ok).sum())
     wrong = group == "prior_wrong"
     driven = wrong & (b == prior)
-    out = {"accuracy": acc,
-           "flips": {"wrong_to_right": {"count": w2r, "fraction": w2r / n},
-                     "right_to_wrong": {"count": r2w, "fraction": r2w / n}},
-           "prior_to_gold": bootstrap_mean((p == gold)[driven], n_boot, seed),
-           "answers_prior": bootstrap_mean((p == prior)[wrong], n_boot, seed)}
+    out = {
+        "accuracy": acc,
+        "flips": {
+            "wrong_to_right": {"count": w2r, "fraction": w2r / n},
+            "right_to_wrong": {"count": r2w, "fraction": r2w / n},
+        },
+        "prior_to_gold": bootstrap_mean((p == gold)[driven], n_boot, seed),
+        "answers_prior": bootstrap_mean((p == prior)[wrong], n_boot, seed),
+    }
     if "options" in pred["complete"]:
         po = pred["complete"]["options"].numpy()
         k = info["n_options"]
@@ -123,11 +130,14 @@ def summarize(pred: dict, base: dict, info: dict, primary: str, n_boot: int = 10
         letters = [chr(ord("A") + i) for i in range(int(k[same].max()) if same.any() else 0)]
         dist = distribution(po[same], letters)
         gold_dist = distribution(info["gold"]["options"][same], letters)
-        out["options"] = {"distribution": dist, "n": int(same.sum()),
-                          "max_dev_uniform": max(abs(v - 1 / len(letters)) for v in dist.values()) if letters else None,
-                          "max_dev_gold": max(abs(dist[x] - gold_dist[x]) for x in letters) if letters else None,
-                          "gold_distribution": gold_dist,
-                          "accuracy": bootstrap_mean(po == info["gold"]["options"], n_boot, seed)}
+        out["options"] = {
+            "distribution": dist,
+            "n": int(same.sum()),
+            "max_dev_uniform": max(abs(v - 1 / len(letters)) for v in dist.values()) if letters else None,
+            "max_dev_gold": max(abs(dist[x] - gold_dist[x]) for x in letters) if letters else None,
+            "gold_distribution": gold_dist,
+            "accuracy": bootstrap_mean(po == info["gold"]["options"], n_boot, seed),
+        }
     out["answer_distribution"] = {}
     for c in sorted(set(cat.tolist())):
         rows = np.nonzero(cat == c)[0]
@@ -136,9 +146,11 @@ def summarize(pred: dict, base: dict, info: dict, primary: str, n_boot: int = 10
             out["answer_distribution"][c] = distribution(p[rows], labels)
     if "white_image" in pred:
         pw = pred["white_image"][primary].numpy()
-        out["white_image"] = {"accuracy": bootstrap_mean(pw == gold, n_boot, seed),
-                              "chance": float(np.mean(1.0 / info["n_candidates"][primary])),
-                              "consistency": bootstrap_mean(pw == p, n_boot, seed)}
+        out["white_image"] = {
+            "accuracy": bootstrap_mean(pw == gold, n_boot, seed),
+            "chance": float(np.mean(1.0 / info["n_candidates"][primary])),
+            "consistency": bootstrap_mean(pw == p, n_boot, seed),
+        }
     return out
 
 

@@ -50,12 +50,14 @@ class RepairJob:
         spec = s.fit_data or s.data
         if spec.startswith("organism:"):
             if spec == s.data and s.fit_seed == s.seed:
-                raise ConfigError(f"--fit-seed {s.fit_seed} equals --seed: the fit and held-out splits would be the "
-                                  "same samples; pass another --fit-seed.")
+                raise ConfigError(
+                    f"--fit-seed {s.fit_seed} equals --seed: the fit and held-out splits would be the "
+                    "same samples; pass another --fit-seed."
+                )
             return {"fit": list(load_data(spec, n=s.fit_n, seed=s.fit_seed))}
         if spec == s.data:  # a file: the rows after the held-out ones
             rows = list(load_data(spec, n=s.n + s.fit_n))
-            return {"fit": rows[len(samples):]}
+            return {"fit": rows[len(samples) :]}
         return {"fit": list(load_data(spec, n=s.fit_n))}
 
     def plan(self, m, samples, context):
@@ -68,13 +70,27 @@ class RepairJob:
                 from mech.measure.repair.select import Selection
 
                 sel = json.loads(Path(s.selection_from).read_text())["selection"]
-                selection = Selection(sel["granularity"], sel["source"], tuple(tuple(u) for u in sel["ranking"]),
-                                      tuple(sel["scores"]), sel["model"], sel["n_fit"], sel.get("note", ""))
+                selection = Selection.from_json(sel)
             self._plans.clear()
             self._plans[id(m)] = make_plan(
-                m, context["fit"], list(samples), edit=s.edit, granularity=s.granularity, source=s.source, k=s.k,
-                ks=s.ks, units=_units(s.units), selection=selection, positions=s.positions, alpha=s.alpha,
-                n_random=s.n_random, prior=s.prior, batch_size=s.batch_size, seed=s.seed, max_fit_drop=s.max_fit_drop)
+                m,
+                context["fit"],
+                list(samples),
+                edit=s.edit,
+                granularity=s.granularity,
+                source=s.source,
+                k=s.k,
+                ks=s.ks,
+                units=_units(s.units),
+                selection=selection,
+                positions=s.positions,
+                alpha=s.alpha,
+                n_random=s.n_random,
+                prior=s.prior,
+                batch_size=s.batch_size,
+                seed=s.seed,
+                max_fit_drop=s.max_fit_drop,
+            )
         return self._plans[id(m)]
 
     def measure(self, m: Any, samples, rows: range, context: dict):
@@ -96,8 +112,10 @@ class RepairJob:
         data = store.gather()
         plans = {json.dumps(mt["plan"], sort_keys=True) for mt in metas}
         if len(plans) != 1:
-            raise RunConflictError(f"the batches in {out} were computed with different selections (ranked on another "
-                                   "device or version); rerun with --overwrite.")
+            raise RunConflictError(
+                f"the batches in {out} were computed with different selections (ranked on another "
+                "device or version); rerun with --overwrite."
+            )
         plan = plan_from_json(metas[0]["plan"])
         skipped = [tuple(x) for mt in metas for x in mt.get("skipped", [])]
         result = assemble(plan, list(samples), data, skipped, s.model)
@@ -110,9 +128,11 @@ class RepairJob:
     def summary(self, result: dict) -> list[str]:
         c, sel = result["controls"], result["selected"]["accuracy"]
         base = result["unedited"]["accuracy"]
-        lines = [f"{result['edit']['kind']} {result['k']} {result['edit']['granularity']} ({result['label']}): "
-                 f"accuracy {c['target'].replace('_', ' ')} {base[c['target']]['value']:.3f} -> "
-                 f"{sel[c['target']]['value']:.3f} [{sel[c['target']]['ci95'][0]:.3f}, {sel[c['target']]['ci95'][1]:.3f}]",
-                 f"random edits of the same size: median effect {c['median']:+.3f}, max {c['max']:+.3f} "
-                 f"(selected {c['selected']:+.3f})"]
+        lines = [
+            f"{result['edit']['kind']} {result['k']} {result['edit']['granularity']} ({result['label']}): "
+            f"accuracy {c['target'].replace('_', ' ')} {base[c['target']]['value']:.3f} -> "
+            f"{sel[c['target']]['value']:.3f} [{sel[c['target']]['ci95'][0]:.3f}, {sel[c['target']]['ci95'][1]:.3f}]",
+            f"random edits of the same size: median effect {c['median']:+.3f}, max {c['max']:+.3f} "
+            f"(selected {c['selected']:+.3f})",
+        ]
         return lines

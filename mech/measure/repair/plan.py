@@ -67,15 +67,20 @@ def usable(tokenizer, samples: Sequence[dict], scorings: Sequence[str], option_s
 def answer_means(m, samples: Sequence[dict], names: Sequence[str], condition: str, batch_size: int) -> dict:
     """hook name -> mean activation at the answer position over ``samples`` under ``condition`` (float64 sums)."""
     from mech.conditions import condition_inputs
-    from mech.engines.hooks import run_with_cache
+    from mech.engines.hooks import hooks
+    from mech.engines.unembed import answer_logits
 
     sums: dict = {}
     for i in range(0, len(samples), batch_size):
-        inputs = condition_inputs(m, samples[i:i + batch_size], condition)
-        _, cache = run_with_cache(m, inputs, names, points=POINTS)
+        inputs = condition_inputs(m, samples[i : i + batch_size], condition)
         q = inputs.groups.last()
-        for k, x in cache.items():
-            sums[k] = sums.get(k, 0) + x[torch.arange(x.shape[0], device=x.device), q.to(x.device)].double().sum(0).cpu()
+
+        def add(x, hook, q=q):  # summed at the answer position as it passes: no [batch, pos, d] cache
+            at = x[torch.arange(x.shape[0], device=x.device), q.to(x.device)]
+            sums[hook.name] = sums.get(hook.name, 0) + at.detach().double().sum(0).cpu()
+
+        with torch.no_grad(), hooks(m, [(n, add) for n in names], POINTS):
+            answer_logits(m, inputs)  # the answer position's logits only
     return {k: (v / len(samples)).float() for k, v in sums.items()}
 
 
@@ -96,8 +101,10 @@ def random_edit(edit: Edit, pool: Sequence[tuple[int, int]], rng: np.random.Gene
     chosen = set(edit.units)
     free = [u for u in pool if u not in chosen]
     if len(free) < edit.size:
-        raise ConfigError(f"k={edit.size} leaves only {len(free)} other units for a same-size random control; "
-                          "pass a smaller k.")
+        raise ConfigError(
+            f"k={edit.size} leaves only {len(free)} other units for a same-size random control; "
+            "pass a smaller k."
+        )
     idx = rng.choice(len(free), size=edit.size, replace=False)
     return dataclasses.replace(edit, units=tuple(free[i] for i in sorted(idx)), label=label)
 
@@ -132,24 +139,53 @@ class Plan:
 
 def check_options(edit, granularity, source, positions, n_random) -> None:
     """Raises ConfigError for a value outside its allowed ones or a combination that does not exist."""
-    for name, v, allowed in (("edit", edit, KINDS), ("granularity", granularity, GRANULARITIES),
-                             ("source", source, SE.SOURCES), ("positions", positions, POSITIONS)):
+    for name, v, allowed in (
+        ("edit", edit, KINDS),
+        ("granularity", granularity, GRANULARITIES),
+        ("source", source, SE.SOURCES),
+        ("positions", positions, POSITIONS),
+    ):
         if v not in allowed:
             raise ConfigError(f"{name}={v!r}; allowed: {', '.join(allowed)}")
     if edit not in ALLOWED[granularity]:
-        raise ConfigError(f"edit {edit!r} does not act on {granularity}; use granularity in "
-                          f"{[g for g in GRANULARITIES if edit in ALLOWED[g]]}")
+        raise ConfigError(
+            f"edit {edit!r} does not act on {granularity}; use granularity in "
+            f"{[g for g in GRANULARITIES if edit in ALLOWED[g]]}"
+        )
     if source == "decomposition" and granularity != "layers":
-        raise ConfigError("source='decomposition' ranks layer components; use granularity='layers' "
-                          "(or source='attribution' for neurons and heads).")
+        raise ConfigError(
+            "source='decomposition' ranks layer components; use granularity='layers' "
+            "(or source='attribution' for neurons and heads)."
+        )
     if n_random < MIN_RANDOM:
-        raise ConfigError(f"n_random={n_random}; a repair is always compared with at least {MIN_RANDOM} random edits.")
+        raise ConfigError(
+            f"n_random={n_random}; a repair is always compared with at least {MIN_RANDOM} random edits."
+        )
 
 
-def make_plan(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit="zero", granularity="neurons",
-              source="attribution", k=None, ks=None, units=None, selection=None, positions="answer", alpha=None,
-              n_random=MIN_RANDOM, prior="auto", planted=None, scoring=None, option_scoring=None, batch_size=64,
-              seed=0, max_fit_drop=None) -> Plan:
+def make_plan(
+    m,
+    fit: Sequence[dict],
+    held_out: Sequence[dict],
+    *,
+    edit="zero",
+    granularity="neurons",
+    source="attribution",
+    k=None,
+    ks=None,
+    units=None,
+    selection=None,
+    positions="answer",
+    alpha=None,
+    n_random=MIN_RANDOM,
+    prior="auto",
+    planted=None,
+    scoring=None,
+    option_scoring=None,
+    batch_size=64,
+    seed=0,
+    max_fit_drop=None,
+) -> Plan:
     """The fit stage (arguments: :func:`mech.measure.repair.core.repair`). ``held_out`` is read for its ids
     and its kind of data only (scoring defaults), never for answers.
 
@@ -161,16 +197,24 @@ def make_plan(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit="zero", 
     fit = list(getattr(fit, "samples", fit))
     shared = {str(s.get("id")) for s in fit} & {str(s.get("id")) for s in held_out}
     if shared:
-        raise DataError(f"fit and held-out splits share {len(shared)} sample ids (e.g. {sorted(shared)[:3]}); "
-                        "evaluate on samples the ranking never saw (organism:shapes: another --fit-seed).")
+        raise DataError(
+            f"fit and held-out splits share {len(shared)} sample ids (e.g. {sorted(shared)[:3]}); "
+            "evaluate on samples the ranking never saw (organism:shapes: another --fit-seed)."
+        )
     primary = scoring or default_scoring(held_out)
-    words = all("answer_text" in s for s in held_out)  # word answers (the organisms): options scored by their text
+    words = all(
+        "answer_text" in s for s in held_out
+    )  # word answers (the organisms): options scored by their text
     option_scoring = option_scoring or ("option_text" if words else "letter")
-    scorings = (primary,) + (("options",) if primary != "options" and all(s.get("options") for s in held_out) else ())
+    scorings = (primary,) + (
+        ("options",) if primary != "options" and all(s.get("options") for s in held_out) else ()
+    )
     fit, fit_skipped, fcands, _ = usable(m.tokenizer, fit, [primary], option_scoring)
     if not fit:
-        raise DataError(f"no usable fit sample ({len(fit_skipped)} skipped); pass samples with images and "
-                        "options the tokenizer can score.")
+        raise DataError(
+            f"no usable fit sample ({len(fit_skipped)} skipped); pass samples with images and "
+            "options the tokenizer can score."
+        )
     prior_kind = resolve_prior(list(fit) + list(held_out), prior)
     planted = planted_categories(m) if planted is None else tuple(planted)
     alpha = DEFAULT_ALPHA[edit] if alpha is None else float(alpha)
@@ -182,10 +226,14 @@ def make_plan(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit="zero", 
     else:
         from mech.measure.repair import evaluate as EV
 
-        fprep = EV.prepare_split(m, fit, {primary: fcands[primary]}, batch_size, conditions=("white_image",), seed=seed)
+        fprep = EV.prepare_split(
+            m, fit, {primary: fcands[primary]}, batch_size, conditions=("white_image",), seed=seed
+        )
         fprior = EV.answers(m, fprep, None, ("white_image",))["white_image"][primary].tolist()
-    fprior = [-1 if p is None or (planted and category_of(s) not in planted) else int(p)
-              for p, s in zip(fprior, fit)]  # rank on the question types whose prior was planted
+    fprior = [
+        -1 if p is None or (planted and category_of(s) not in planted) else int(p)
+        for p, s in zip(fprior, fit)
+    ]  # rank on the question types whose prior was planted
     values: dict = {}
     names = SE.site_names(m, granularity, edit)
     if edit == "mean":
@@ -198,35 +246,45 @@ def make_plan(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit="zero", 
     transferred = None
     if selection is not None:
         if selection.granularity != granularity:
-            raise ConfigError(f"the selection ranks {selection.granularity}, not {granularity}; pass "
-                              f"granularity={selection.granularity!r}.")
+            raise ConfigError(
+                f"the selection ranks {selection.granularity}, not {granularity}; pass "
+                f"granularity={selection.granularity!r}."
+            )
         SE.from_list(m, granularity, selection.ranking)  # every unit must exist in this model
         transferred = selection.model if selection.model != m.spec else None
     elif source == "list":
         selection = SE.from_list(m, granularity, units or ())
     else:
         if not batches:
-            raise DataError("no fit sample has a wrong prior answer to explain; pass more fit samples (--fit-n) "
-                            "or data whose question prior is sometimes wrong.")
+            raise DataError(
+                "no fit sample has a wrong prior answer to explain; pass more fit samples (--fit-n) "
+                "or data whose question prior is sometimes wrong."
+            )
         note = ""
         if source == "decomposition":
             scores = SE.decomposition_scores(m, batches, seed=seed)
         else:
             scores = SE.attribution_scores(m, batches, granularity, edit, values, alpha)
             if edit == "reweight":
-                note = "reweight: heads ranked by their zero-ablation attribution (a proxy; no first-order form)"
+                note = (
+                    "reweight: heads ranked by their zero-ablation attribution (a proxy; no first-order form)"
+                )
         selection = SE.rank(scores / n_wrong, granularity, source, m.spec, n_wrong, note)
     n_l, n_u = n_units(m, granularity)
     pool = list(selection.ranking) if edit == "steer" else [(l, i) for l in range(n_l) for i in range(n_u)]
     k = min(k, len(selection.ranking)) if source == "list" else k
     chosen_later = max_fit_drop is not None and ks  # k is then one of the given sizes
-    ks = sorted({int(x) for x in (ks or [k // 8, k // 4, k // 2, k, 2 * k]) if 1 <= int(x) <= len(selection.ranking)}
-                | (set() if chosen_later else {k}))
+    ks = sorted(
+        {int(x) for x in (ks or [k // 8, k // 4, k // 2, k, 2 * k]) if 1 <= int(x) <= len(selection.ranking)}
+        | (set() if chosen_later else {k})
+    )
     ks = [x for x in ks if edit == "steer" or len(pool) - x >= x]  # room for a disjoint random control
     k = max(ks) if chosen_later and ks else k
     if k not in ks or k > len(selection.ranking):
-        raise ConfigError(f"k={k}: the selection ranks {len(selection.ranking)} units and a same-size random control "
-                          f"needs k more outside it (pool {len(pool)}); pass a smaller k.")
+        raise ConfigError(
+            f"k={k}: the selection ranks {len(selection.ranking)} units and a same-size random control "
+            f"needs k more outside it (pool {len(pool)}); pass a smaller k."
+        )
 
     def make(kk: int, label: str) -> Edit:
         layers = {l for l, _ in selection.top(kk)}
@@ -247,9 +305,29 @@ def make_plan(m, fit: Sequence[dict], held_out: Sequence[dict], *, edit="zero", 
             for j in range(n_random):
                 lab = f"k={kk}/random {j + 1}"
                 edits[lab] = random_edit(edits[f"k={kk}/selected"], pool, rng, lab)
-    return Plan(edit, granularity, k, tuple(ks), alpha, positions, n_random, prior_kind, planted, primary, scorings,
-                option_scoring, selection, transferred, edits, len(fit), n_wrong, tuple(fit_skipped), seed, batch_size,
-                k_rule)
+    return Plan(
+        edit,
+        granularity,
+        k,
+        tuple(ks),
+        alpha,
+        positions,
+        n_random,
+        prior_kind,
+        planted,
+        primary,
+        scorings,
+        option_scoring,
+        selection,
+        transferred,
+        edits,
+        len(fit),
+        n_wrong,
+        tuple(fit_skipped),
+        seed,
+        batch_size,
+        k_rule,
+    )
 
 
 def choose_k(m, fit, cands, ks, make, max_drop: float, batch_size: int, seed: int) -> tuple[int, dict]:
@@ -269,7 +347,17 @@ def choose_k(m, fit, cands, ks, make, max_drop: float, batch_size: int, seed: in
     for kk in sorted(ks, reverse=True):
         per_k[kk] = acc(make(kk, "fit"))
         if base - per_k[kk] <= max_drop:
-            return kk, {"max_fit_drop": max_drop, "fit_accuracy_unedited": base, "fit_accuracy": per_k, "chosen": kk}
+            return kk, {
+                "max_fit_drop": max_drop,
+                "fit_accuracy_unedited": base,
+                "fit_accuracy": per_k,
+                "chosen": kk,
+            }
     kk = min(ks)
-    return kk, {"max_fit_drop": max_drop, "fit_accuracy_unedited": base, "fit_accuracy": per_k, "chosen": kk,
-                "note": "no size kept the fit accuracy; the smallest was used"}
+    return kk, {
+        "max_fit_drop": max_drop,
+        "fit_accuracy_unedited": base,
+        "fit_accuracy": per_k,
+        "chosen": kk,
+        "note": "no size kept the fit accuracy; the smallest was used",
+    }

@@ -15,10 +15,18 @@ from mech.measure.repair.select import Selection
 
 
 def _edit_json(e: Edit, limit: int = 50) -> dict:
-    return {"kind": e.kind, "granularity": e.granularity, "size": e.size, "positions": e.positions,
-            "alpha": e.alpha, "label": e.label,
-            "units": [f"L{u[0]}.resid_post" if e.kind == "steer" else unit_label(e.granularity, u)
-                      for u in e.units[:limit]]}
+    return {
+        "kind": e.kind,
+        "granularity": e.granularity,
+        "size": e.size,
+        "positions": e.positions,
+        "alpha": e.alpha,
+        "label": e.label,
+        "units": [
+            f"L{u[0]}.resid_post" if e.kind == "steer" else unit_label(e.granularity, u)
+            for u in e.units[:limit]
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -70,24 +78,45 @@ class RepairResult:
         sel = target_effect(self.summaries["selected"], self.unedited, self.target)
         rnd = [target_effect(self.summaries[c.label], self.unedited, self.target) for c in self.controls]
         med = statistics.median(rnd)
-        return {"target": self.target, "selected": sel, "random": rnd, "median": med, "max": max(rnd),
-                "ratio_to_median": sel / med if med > 0 else None, "above_max": sel > max(rnd),
-                "at_least_5x_median": sel > 0 and sel >= 5 * max(med, 0.0)}
+        return {
+            "target": self.target,
+            "selected": sel,
+            "random": rnd,
+            "median": med,
+            "max": max(rnd),
+            "ratio_to_median": sel / med if med > 0 else None,
+            "above_max": sel > max(rnd),
+            "at_least_5x_median": sel > 0 and sel >= 5 * max(med, 0.0),
+        }
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: settings, selection, ``unedited``, ``selected``, ``random`` (list), ``controls``
         (effects), ``curve``, coverage."""
         return {
-            "model": self.model, "transferred_from": self.transferred_from,
-            "label": f"selection ranked on {self.transferred_from}" if self.transferred_from else "re-ranked on this model",
-            "edit": _edit_json(self.edit), "k": self.k, "target": self.target, "scoring": self.scoring,
-            "option_scoring": self.option_scoring, "prior": self.prior,
+            "model": self.model,
+            "transferred_from": self.transferred_from,
+            "label": f"selection ranked on {self.transferred_from}"
+            if self.transferred_from
+            else "re-ranked on this model",
+            "edit": _edit_json(self.edit),
+            "k": self.k,
+            "target": self.target,
+            "scoring": self.scoring,
+            "option_scoring": self.option_scoring,
+            "prior": self.prior,
             "planted": list(self.planted) if self.planted is not None else None,
-            "selection": self.selection.to_json(), "n_fit": self.n_fit, "n_held_out": self.n_held_out,
-            "unedited": self.unedited, "selected": self.summaries["selected"],
+            "selection": self.selection.to_json(),
+            "n_fit": self.n_fit,
+            "n_held_out": self.n_held_out,
+            "unedited": self.unedited,
+            "selected": self.summaries["selected"],
             "random": [{"edit": _edit_json(c, 10), **self.summaries[c.label]} for c in self.controls],
-            "controls": self.control_summary(), "curve": self.curve,
-            "coverage": {"held_out": self.n_held_out, "skipped": {k: [list(x) for x in v] for k, v in self.skipped.items()}},
+            "controls": self.control_summary(),
+            "curve": self.curve,
+            "coverage": {
+                "held_out": self.n_held_out,
+                "skipped": {k: [list(x) for x in v] for k, v in self.skipped.items()},
+            },
             **self.meta,
         }
 
@@ -103,25 +132,61 @@ class RepairResult:
             acc = s["accuracy"]
             cells = [("accuracy", g, acc[g]) for g in ("all", "prior_wrong", "prior_right", "unplanted")]
             cells += [("accuracy", c, v) for c, v in acc["by_category"].items()]
-            cells += [("prior_to_gold", "prior_wrong", s["prior_to_gold"]), ("answers_prior", "prior_wrong", s["answers_prior"])]
+            cells += [
+                ("prior_to_gold", "prior_wrong", s["prior_to_gold"]),
+                ("answers_prior", "prior_wrong", s["answers_prior"]),
+            ]
             if "white_image" in s:
-                cells += [("white_image_accuracy", "all", s["white_image"]["accuracy"]),
-                          ("consistency", "complete&white_image", s["white_image"]["consistency"])]
+                cells += [
+                    ("white_image_accuracy", "all", s["white_image"]["accuracy"]),
+                    ("consistency", "complete&white_image", s["white_image"]["consistency"]),
+                ]
             for name, group, v in cells:
-                rows.append({"edit": label, "metric": name, "group": group, "value": v["value"],
-                             "lo": v["ci95"][0], "hi": v["ci95"][1], "n": v["n"]})
+                rows.append(
+                    {
+                        "edit": label,
+                        "metric": name,
+                        "group": group,
+                        "value": v["value"],
+                        "lo": v["ci95"][0],
+                        "hi": v["ci95"][1],
+                        "n": v["n"],
+                    }
+                )
             for f in ("wrong_to_right", "right_to_wrong"):
-                rows.append({"edit": label, "metric": f, "group": "all", "value": s["flips"][f]["fraction"],
-                             "lo": None, "hi": None, "n": s["flips"][f]["count"]})
+                rows.append(
+                    {
+                        "edit": label,
+                        "metric": f,
+                        "group": "all",
+                        "value": s["flips"][f]["fraction"],
+                        "lo": None,
+                        "hi": None,
+                        "n": s["flips"][f]["count"],
+                    }
+                )
             for letter, v in s.get("options", {}).get("distribution", {}).items():
-                rows.append({"edit": label, "metric": f"option_{letter}", "group": "all", "value": v, "lo": None,
-                             "hi": None, "n": s["options"]["n"]})
+                rows.append(
+                    {
+                        "edit": label,
+                        "metric": f"option_{letter}",
+                        "group": "all",
+                        "value": v,
+                        "lo": None,
+                        "hi": None,
+                        "n": s["options"]["n"],
+                    }
+                )
         return pd.DataFrame(rows)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """``pred.{label}.{condition}.{scoring}``: LongTensor ``[sample]`` (candidate index)."""
-        return {f"pred.{lab}.{c}.{sc}": t.contiguous() for lab, d in self.predictions.items()
-                for c, e in d.items() for sc, t in e.items()}
+        return {
+            f"pred.{lab}.{c}.{sc}": t.contiguous()
+            for lab, d in self.predictions.items()
+            for c, e in d.items()
+            for sc, t in e.items()
+        }
 
     def save(self, out: str | Path, figure: bool = True) -> dict[str, Any]:
         """Write ``repair.json``, ``repair.safetensors`` and (``figure``) ``repair.png`` into ``out`` (atomic);
@@ -140,4 +205,3 @@ class RepairResult:
             result["figures"] = ["repair.png"]
         write_json(out / "repair.json", result)
         return result
-

@@ -67,9 +67,22 @@ class Selection:
         return self.ranking[:k]
 
     def to_json(self, limit: int = 200) -> dict:
-        return {"granularity": self.granularity, "source": self.source, "model": self.model, "n_fit": self.n_fit,
-                "note": self.note, "ranking": [list(u) for u in self.ranking[:limit]],
-                "scores": [float(x) for x in self.scores[:limit]], "n_ranked": len(self.ranking)}
+        return {
+            "granularity": self.granularity,
+            "source": self.source,
+            "model": self.model,
+            "n_fit": self.n_fit,
+            "note": self.note,
+            "ranking": [list(u) for u in self.ranking[:limit]],
+            "scores": [float(x) for x in self.scores[:limit]],
+            "n_ranked": len(self.ranking),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Selection":
+        """The selection written by :meth:`to_json` (with ``limit`` at least its length)."""
+        return cls(d["granularity"], d["source"], tuple(tuple(u) for u in d["ranking"]), tuple(d["scores"]),
+                   d["model"], d["n_fit"], d.get("note", ""))
 
 
 def _at_answer(x: torch.Tensor, inputs) -> torch.Tensor:
@@ -86,8 +99,9 @@ def site_names(m, granularity: str, kind: str) -> list[str]:
     return [hook_name(granularity, l) for l in range(L)]
 
 
-def attribution_scores(m, batches, granularity: str, kind: str, values: dict | None = None,
-                       alpha: float = 1.0) -> torch.Tensor:
+def attribution_scores(
+    m, batches, granularity: str, kind: str, values: dict | None = None, alpha: float = 1.0
+) -> torch.Tensor:
     """``[layer, unit]``: ``−ΔM`` summed over the fit samples (module docstring), AtP at the answer position.
 
     Args:
@@ -103,7 +117,9 @@ def attribution_scores(m, batches, granularity: str, kind: str, values: dict | N
         last, acts, leaves = grad_run(m, inputs, names, points=POINTS)
         r = torch.arange(last.shape[0], device=last.device)
         metric = last[r, prior.to(last.device)] - last[r, gold.to(last.device)]
-        grads = dict(zip(names, torch.autograd.grad(metric.sum(), [leaves[n] for n in names], allow_unused=True)))
+        grads = dict(
+            zip(names, torch.autograd.grad(metric.sum(), [leaves[n] for n in names], allow_unused=True))
+        )
         for n in names:
             g = grads[n]
             if g is None:
@@ -143,14 +159,25 @@ def decomposition_scores(m, batches, seed: int = 0) -> torch.Tensor:
     return total
 
 
-def rank(scores: torch.Tensor, granularity: str, source: str, model: str, n_fit: int, note: str = "") -> Selection:
+def rank(
+    scores: torch.Tensor, granularity: str, source: str, model: str, n_fit: int, note: str = ""
+) -> Selection:
     """A :class:`Selection` of every unit of ``scores`` ``[layer, unit]`` that has a score (NaN: none), best
     (largest) first; ties by position."""
     flat = scores.flatten()
-    order = sorted((j for j in range(flat.numel()) if not torch.isnan(flat[j])), key=lambda j: (-float(flat[j]), j))
+    order = sorted(
+        (j for j in range(flat.numel()) if not torch.isnan(flat[j])), key=lambda j: (-float(flat[j]), j)
+    )
     n_u = scores.shape[1]
-    return Selection(granularity, source, tuple((j // n_u, j % n_u) for j in order),
-                     tuple(float(flat[j]) for j in order), model, n_fit, note)
+    return Selection(
+        granularity,
+        source,
+        tuple((j // n_u, j % n_u) for j in order),
+        tuple(float(flat[j]) for j in order),
+        model,
+        n_fit,
+        note,
+    )
 
 
 def from_list(m, granularity: str, units: Sequence[Sequence[int]]) -> Selection:
@@ -173,7 +200,7 @@ def fit_batches(m, samples: Sequence[dict], cands: Sequence, prior_idx: Sequence
     out = []
     rows = [i for i, c in enumerate(cands) if prior_idx[i] >= 0 and prior_idx[i] != c.gold]
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        chunk = rows[i : i + batch_size]
         inputs = condition_inputs(m, [samples[r] for r in chunk], "complete")
         prior = torch.tensor([cands[r].ids[prior_idx[r]] for r in chunk])
         gold = torch.tensor([cands[r].ids[cands[r].gold] for r in chunk])

@@ -81,19 +81,23 @@ def candidates(tokenizer: Any, sample: dict, scoring: str, option_scoring: str) 
         gold = answer_index(sample)
         if gold is None:
             raise InputError(f"sample {sample.get('id')!r}: its answer is not one of its options.")
-        return Candidates(tuple(LETTERS[:len(opts)]), tuple(opts), tuple(ids), int(gold))
+        return Candidates(tuple(LETTERS[: len(opts)]), tuple(opts), tuple(ids), int(gold))
     if scoring != "answer_set":
         raise ConfigError(f"scoring={scoring!r}; allowed: {', '.join(SCORINGS)}")
     words = answer_set(sample)
     if words is None:
-        raise ConfigError(f"sample {sample.get('id')!r} has no answer set (only the organisms' data sets define one); "
-                          "use scoring='options'.")
+        raise ConfigError(
+            f"sample {sample.get('id')!r} has no answer set (only the organisms' data sets define one); "
+            "use scoring='options'."
+        )
     ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in words]
     if len(set(ids)) != len(ids):
         raise InputError(f"answer words {words} share a first token; use scoring='options'.")
     gold_text = sample.get("true_answer", sample.get("answer_text"))
     if gold_text not in words:
-        raise InputError(f"sample {sample.get('id')!r}: gold answer {gold_text!r} is not in its answer set {words}.")
+        raise InputError(
+            f"sample {sample.get('id')!r}: gold answer {gold_text!r} is not in its answer set {words}."
+        )
     return Candidates(tuple(words), tuple(words), tuple(int(i) for i in ids), words.index(gold_text))
 
 
@@ -109,8 +113,10 @@ def resolve_prior(samples: Sequence[dict], prior: str) -> str:
     if prior == "auto":
         return "planted" if has else "white_image"
     if prior == "planted" and not has:
-        raise ConfigError("prior='planted' needs a 'prior_answer' in every sample (organism:shapes has one); "
-                          "use prior='white_image' (the model's text-only answer).")
+        raise ConfigError(
+            "prior='planted' needs a 'prior_answer' in every sample (organism:shapes has one); "
+            "use prior='white_image' (the model's text-only answer)."
+        )
     return prior
 
 
