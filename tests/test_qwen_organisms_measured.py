@@ -119,8 +119,15 @@ def test_dla_and_decomposition_are_complete(organism):
     torch.testing.assert_close(d.total(), (logits[r, q, a] - logits[r, q, b]).float(), atol=1e-4, rtol=0)
 
 
-def test_patching_matches_transformer_lens(organism):
+def test_patching_matches_transformer_lens(organism, monkeypatch):
     pytest.importorskip("transformer_lens")
+    from transformer_lens.model_bridge.supported_architectures import qwen2_5_vl
+
+    # TL's Qwen2.5-VL adapter lists torchvision as required because Hugging Face's Qwen2.5-VL video
+    # processor needs it; the bridge itself never imports it, and the organisms' processor has no video
+    # slot (mech.organisms.qwen.build_processor). torchvision has no CPU build for this torch (the
+    # registry's 0.28.0 is a CUDA build whose operators do not load), so the check is lifted here only.
+    monkeypatch.setattr(qwen2_5_vl.Qwen2_5_VLArchitectureAdapter, "required_libraries", [])
     import pandas as pd
     from transformer_lens.patching import get_act_patch_resid_pre
 
@@ -139,16 +146,17 @@ def test_patching_matches_transformer_lens(organism):
         bridge = boot_bridge(m)
     except Exception as exc:  # noqa: BLE001 - a bridge that does not support the family is a skip, said why
         pytest.skip(f"TransformerLens' bridge does not boot Qwen2.5-VL here: {type(exc).__name__}: {exc}")
-    kw = dict(pixel_values=clean["pixel_values"], image_grid_thw=clean["image_grid_thw"])
+    # every processor output but the ids: mm_token_type_ids gives Qwen2.5-VL its 3-D (M-RoPE) positions
+    kw = {k: v for k, v in clean.items() if k != "input_ids"}
     _, cache = bridge.run_with_cache(clean["input_ids"], **kw)
     P = clean["input_ids"].shape[1]
     pos = [int(clean.groups.positions("image", 0)[0]), int(clean.groups.positions("text", 0)[0]), P - 1]
     df = pd.DataFrame([(layer, p) for layer in range(m.arch.n_layers) for p in pos], columns=["layer", "pos"])
-    ckw = dict(pixel_values=corr["pixel_values"], image_grid_thw=corr["image_grid_thw"])
+    ckw = {k: v for k, v in corr.items() if k != "input_ids"}
     tl = get_act_patch_resid_pre(WithInputs(bridge, **ckw), corr["input_ids"], cache,
                                  lambda out: out[0, -1, a[0]] - out[0, -1, c[0]], index_axis_names=None, index_df=df)
     masks = [torch.nn.functional.one_hot(torch.tensor([p]), P).bool() for p in pos]
-    res = activation_patching(m, clean, corr, site="resid_pre", positions=masks, answer=a, counterfactual=c)
+    res = activation_patching(m, clean, corr, sites="resid_pre", positions=masks, answer=a, counterfactual=c)
     torch.testing.assert_close(res.patched["resid_pre"][:, :, 0].flatten(), tl.float(), rtol=1e-4, atol=1e-4)
 
 
@@ -235,7 +243,7 @@ def test_patching_matches_hand_written_hooks(organism):
     assert torch.equal(clean["input_ids"], corr["input_ids"])
     last = m.logits(clean)[torch.arange(6), clean.groups.last()]
     a, c = last.topk(2).indices.T
-    res = activation_patching(m, clean, corr, site="resid_post", positions=["image", "text"], answer=a,
+    res = activation_patching(m, clean, corr, sites="resid_post", positions=["image", "text"], answer=a,
                               counterfactual=c)
     for layer in range(m.arch.n_layers):
         mod = m.arch.module(m.model, "layer", layer)
