@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (README.md):
 #   make run    virtual environment + the main job on the embedded default (the model organisms)
-#   make test   virtual environment + the test suite
+#   make test   virtual environment + ruff (format --check, check) + the test suite
 # Both install from requirements.lock (exact versions, with hashes); torch stays outside the lock,
 # pinned here to the CPU build available on this project's machines. On a GPU machine:
 #   make TORCH="torch" run
@@ -49,7 +49,10 @@ run: $(VENV)/.installed
 	wait $$qwen && test $$llava -eq 0
 	@echo "reports: $(OUT)/report.md $(QWEN_OUT)/report.md"
 
+# ruff first (seconds): the layout (`ruff format --check`) and the lint rules of pyproject.toml's [tool.ruff]
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(ENV) $(PY) -m pytest -q
 
 # The oracle tests whose tolerances follow from the dtype's precision, rerun on torch's portable kernels

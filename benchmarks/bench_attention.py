@@ -47,11 +47,27 @@ def organism_model():
         import transformers as T
 
         cfg = T.LlavaConfig(
-            vision_config=dict(model_type="clip_vision_model", hidden_size=128, intermediate_size=384,
-                               num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
-            text_config=dict(model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=6,
-                             num_attention_heads=4, num_key_value_heads=4, vocab_size=64, max_position_embeddings=4096),
-            image_token_index=4)
+            vision_config=dict(
+                model_type="clip_vision_model",
+                hidden_size=128,
+                intermediate_size=384,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+            ),
+            text_config=dict(
+                model_type="llama",
+                hidden_size=128,
+                intermediate_size=384,
+                num_hidden_layers=6,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                vocab_size=64,
+                max_position_embeddings=4096,
+            ),
+            image_token_index=4,
+        )
         return mech.load((T.LlavaForConditionalGeneration(cfg).eval(), None)), "random organism-size LLaVA"
 
 
@@ -60,7 +76,7 @@ def _setup(m, n_img: int, n_txt: int, device, dtype):
     length = 1 + n_img + n_txt
     labels = torch.full((1, length), GROUPS.index("text"))
     labels[0, 0] = GROUPS.index("bos")
-    labels[0, 1:1 + n_img] = GROUPS.index("image")
+    labels[0, 1 : 1 + n_img] = GROUPS.index("image")
     groups = TokenGroups(labels)
     x = torch.randn(1, length, m.arch.d_model, device=device, dtype=dtype)
     return lm, x, groups
@@ -168,8 +184,10 @@ def main(argv=None) -> int:
     # one CPU thread: on a shared, oversubscribed machine OpenMP thread pools make every small op
     # cost milliseconds of spinning, which would swamp what is being measured
     torch.set_num_threads(1)
-    header = ("| model | seq | visual tokens | plain ms | plain peak | record(last) time | record(last) mem | "
-              "record(text) time | record(text) mem | eager+output_attentions time | eager mem |")
+    header = (
+        "| model | seq | visual tokens | plain ms | plain peak | record(last) time | record(last) mem | "
+        "record(text) time | record(text) mem | eager+output_attentions time | eager mem |"
+    )
     lines = [header, "|" + "---|" * 11]
     _, cpu_name = organism_model()
     reps = args.reps or (3 if args.quick else 7)

@@ -40,7 +40,9 @@ def main() -> None:
             times[name].append(_time(cmd))
     med = {k: statistics.median(v) for k, v in times.items()}
     torch_s = med["python -c 'import torch'"]
-    rows = {k: {"median_s": round(v, 3), "ratio_to_import_torch": round(v / torch_s, 3)} for k, v in med.items()}
+    rows = {
+        k: {"median_s": round(v, 3), "ratio_to_import_torch": round(v / torch_s, 3)} for k, v in med.items()
+    }
     for k, r in rows.items():
         print(f"{k:28s} {r['median_s']:.3f} s  ({r['ratio_to_import_torch']:.2f} x import torch)")
     if args.out:

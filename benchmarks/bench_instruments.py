@@ -69,7 +69,6 @@ KNOCKOUT_EDGES = (("image", "last"), ("text", "last"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import MEMORY_METHOD, peak_mib, reset_peak, status_kib  # noqa: E402
 
-
 REPEATS = 3  # set by --repeats
 
 
@@ -98,35 +97,60 @@ def plain_forward(m, batches):
 
 def instruments(m, batches) -> dict:
     """name -> zero-argument callable running the instrument over every batch."""
-    from mech.measure.attention import attention_mass
-    from mech.measure.patching.attribution import attribution_patching
     from mech.curves import modality_contributions
+    from mech.measure.attention import attention_mass
     from mech.measure.knockout import attention_knockout
     from mech.measure.patching import activation_patching
+    from mech.measure.patching.attribution import attribution_patching
 
     def each(f):
         return lambda: [f(b) for b in batches]
+
     return {
         "attention_mass (query last)": each(lambda b: attention_mass(m, b["clean"], query="last")),
         "activation_patching (resid_post × image,text,last; white_image denoising)": each(
-            lambda b: activation_patching(m, b["clean"], b["corrupted"], site="resid_post", positions=POSITIONS,
-                                          direction="denoising", condition=b.get("condition"))),
+            lambda b: activation_patching(
+                m,
+                b["clean"],
+                b["corrupted"],
+                sites="resid_post",
+                positions=POSITIONS,
+                direction="denoising",
+                condition=b.get("condition"),
+            )
+        ),
         "attention_knockout (image→last, text→last; window 2)": each(
-            lambda b: attention_knockout(m, b["clean"], edges=KNOCKOUT_EDGES, window=2)),
+            lambda b: attention_knockout(m, b["clean"], edges=KNOCKOUT_EDGES, window=2)
+        ),
         "attribution_patching (resid_pre, attn_out, mlp_out × image,text,last)": each(
-            lambda b: attribution_patching(m, b["clean"], b["corrupted"], positions=POSITIONS,
-                                           direction="denoising", condition=b.get("condition"))),
+            lambda b: attribution_patching(
+                m,
+                b["clean"],
+                b["corrupted"],
+                positions=POSITIONS,
+                direction="denoising",
+                condition=b.get("condition"),
+            )
+        ),
         "modality_contributions (attention, patching, dla)": each(
-            lambda b: modality_contributions(m, b["clean"], b["answer"], b["counterfactual"],
-                                             estimators=("attention", "patching", "dla"))),
+            lambda b: modality_contributions(
+                m, b["clean"], b["answer"], b["counterfactual"], estimators=("attention", "patching", "dla")
+            )
+        ),
     }
 
 
 def _row(name: str, res: dict, n: int, plain_s: float | None) -> dict:
-    return {"instrument": name, "seconds": res["seconds"], "samples_per_s": n / res["seconds"],
-            "x_plain_forward": None if plain_s is None else res["seconds"] / plain_s, "peak_mib": res["peak_mib"],
-            "start_mib": res.get("start_mib"), "repeats_s": res.get("repeats"),
-            **({"error": res["error"]} if "error" in res else {})}
+    return {
+        "instrument": name,
+        "seconds": res["seconds"],
+        "samples_per_s": n / res["seconds"],
+        "x_plain_forward": None if plain_s is None else res["seconds"] / plain_s,
+        "peak_mib": res["peak_mib"],
+        "start_mib": res.get("start_mib"),
+        "repeats_s": res.get("repeats"),
+        **({"error": res["error"]} if "error" in res else {}),
+    }
 
 
 def _time_plain(m, batches) -> dict:
@@ -137,20 +161,26 @@ def _time_plain(m, batches) -> dict:
 # ---------------------------------------------------------------- organisms (CPU)
 def bench_organism(spec: str, n: int, bs: int, report_n: int | None) -> list[dict]:
     from mech.conditions import condition_inputs
-    from mech.prepare.data import Dataset, load_data
     from mech.measure.evaluation.run import evaluate
+    from mech.prepare.data import Dataset, load_data
     from mech.prepare.targets import decision_tokens
 
     m = mech.load(spec)
     data = load_data("organism:shapes", n=n, seed=0)
     samples = data.samples
-    chunks = [samples[i:i + bs] for i in range(0, len(samples), bs)]
+    chunks = [samples[i : i + bs] for i in range(0, len(samples), bs)]
     batches = []
 
     def prepare():
         for c in chunks:
-            batches.append({"samples": c, "clean": condition_inputs(m, c, "complete"),
-                            "corrupted": condition_inputs(m, c, "white_image"), "condition": "white_image"})
+            batches.append(
+                {
+                    "samples": c,
+                    "clean": condition_inputs(m, c, "complete"),
+                    "corrupted": condition_inputs(m, c, "white_image"),
+                    "condition": "white_image",
+                }
+            )
 
     prep = measure(prepare, repeats=1)
     with torch.no_grad():
@@ -158,8 +188,10 @@ def bench_organism(spec: str, n: int, bs: int, report_n: int | None) -> list[dic
             last = m.logits(b["clean"])[torch.arange(len(b["samples"])), b["clean"].groups.last()].float()
             b["answer"], b["counterfactual"] = decision_tokens(m, b["samples"], last)
     plain = _time_plain(m, batches)
-    rows = [_row("plain forward", plain, n, plain["seconds"]),
-            _row("prepare inputs (processor: complete + white_image)", prep, n, plain["seconds"])]
+    rows = [
+        _row("plain forward", plain, n, plain["seconds"]),
+        _row("prepare inputs (processor: complete + white_image)", prep, n, plain["seconds"]),
+    ]
     for name, fn in instruments(m, batches).items():
         rows.append(_row(name, measure(fn), n, plain["seconds"]))
         print(f"  {spec}: {name}: {rows[-1]['seconds']:.2f}s", flush=True)
@@ -168,10 +200,16 @@ def bench_organism(spec: str, n: int, bs: int, report_n: int | None) -> list[dic
     rows.append(_row(f"evaluate ({', '.join(EVAL_CONDITIONS)})", res, n, plain["seconds"]))
     print(f"  {spec}: evaluate: {res['seconds']:.2f}s", flush=True)
     if report_n:
-        rows.append(_row(f"mech report (--n {report_n}, whole CLI)", bench_report(spec, report_n, bs), report_n,
-                         plain["seconds"] * report_n / n))
+        rows.append(
+            _row(
+                f"mech report (--n {report_n}, whole CLI)",
+                bench_report(spec, report_n, bs),
+                report_n,
+                plain["seconds"] * report_n / n,
+            )
+        )
         print(f"  {spec}: report: {rows[-1]['seconds']:.2f}s", flush=True)
-    del m, batches
+    m = batches = None  # free the model before the next one loads
     gc.collect()
     return rows
 
@@ -183,8 +221,23 @@ def bench_report(spec: str, n: int, bs: int) -> dict:
 
     def once():  # a fresh directory per repeat: the report resumes finished steps
         with tempfile.TemporaryDirectory(prefix="bench_report_") as out:
-            rc.append(cli(["report", "--model", spec, "--data", "organism:shapes", "--n", str(n), "--out", out,
-                           "--batch-size", str(bs)]))
+            rc.append(
+                cli(
+                    [
+                        "report",
+                        "--model",
+                        spec,
+                        "--data",
+                        "organism:shapes",
+                        "--n",
+                        str(n),
+                        "--out",
+                        out,
+                        "--batch-size",
+                        str(bs),
+                    ]
+                )
+            )
 
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         res = measure(once)
@@ -196,14 +249,18 @@ def bench_report(spec: str, n: int, bs: int) -> dict:
 
 # ---------------------------------------------------------------- output
 def table(rows: list[dict], memory: str) -> str:
-    lines = [f"| instrument | samples/s | × plain forward time | peak memory, MiB ({memory}; + over the start) |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| instrument | samples/s | × plain forward time | peak memory, MiB ({memory}; + over the start) |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         x = "–" if r["x_plain_forward"] is None else f"{r['x_plain_forward']:.1f}×"
         err = f" (error: {r['error']})" if "error" in r else ""
         who = f"{r['model']}: " if "model" in r else ""
         up = "" if r.get("start_mib") is None else f" (+{max(0.0, r['peak_mib'] - r['start_mib']):.0f})"
-        lines.append(f"| {who}{r['instrument']}{err} | {r['samples_per_s']:.1f} | {x} | {r['peak_mib']:.0f}{up} |")
+        lines.append(
+            f"| {who}{r['instrument']}{err} | {r['samples_per_s']:.1f} | {x} | {r['peak_mib']:.0f}{up} |"
+        )
     return "\n".join(lines)
 
 
@@ -222,12 +279,22 @@ def main(argv=None) -> dict:
         args.n, args.batch_size, args.models, args.repeats = 8, 4, args.models[:1], 1
     REPEATS = max(1, args.repeats)
     t0 = time.perf_counter()
-    settings = {"n": args.n, "batch_size": args.batch_size, "data": "organism:shapes (test split, seed 0)",
-                "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                "torch": torch.__version__, "memory_method": MEMORY_METHOD,
-                "eval_conditions": list(EVAL_CONDITIONS), "device": "cpu",
-                "repeats": REPEATS, "time": "median over repeats (plain forward: after one warm-up pass)"}
-    print(f"n={args.n}, batch {args.batch_size}, torch threads {torch.get_num_threads()}; memory: {MEMORY_METHOD}")
+    settings = {
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "data": "organism:shapes (test split, seed 0)",
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "memory_method": MEMORY_METHOD,
+        "eval_conditions": list(EVAL_CONDITIONS),
+        "device": "cpu",
+        "repeats": REPEATS,
+        "time": "median over repeats (plain forward: after one warm-up pass)",
+    }
+    print(
+        f"n={args.n}, batch {args.batch_size}, torch threads {torch.get_num_threads()}; memory: {MEMORY_METHOD}"
+    )
     result = {"settings": settings, "models": {}}
     mem = "VmHWM" if MEMORY_METHOD.startswith("VmHWM") else "ru_maxrss"
     for spec in args.models:
@@ -239,8 +306,10 @@ def main(argv=None) -> dict:
     result["process_ru_maxrss_mib"] = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, *peaks])
     result["total_seconds"] = time.perf_counter() - t0
     write_json(args.out, result)
-    print(f"total {result['total_seconds']:.0f}s; process peak RSS (ru_maxrss) "
-          f"{result['process_ru_maxrss_mib']:.0f} MiB; wrote {args.out}")
+    print(
+        f"total {result['total_seconds']:.0f}s; process peak RSS (ru_maxrss) "
+        f"{result['process_ru_maxrss_mib']:.0f} MiB; wrote {args.out}"
+    )
     return result
 
 

@@ -93,8 +93,17 @@ def _run(m, inputs, instrument: str):
     vocab = m.arch.vocab_size
     b = inputs["input_ids"].shape[0]
     answer, cf = torch.arange(vocab - b, vocab), torch.arange(vocab - 2 * b, vocab - b)
-    return mech.activation_patching(m, inputs, inputs, site="resid_post", positions="image", answer=answer,
-                                    counterfactual=cf, normalize=False, condition="visual_noise")
+    return mech.activation_patching(
+        m,
+        inputs,
+        inputs,
+        sites="resid_post",
+        positions="image",
+        answer=answer,
+        counterfactual=cf,
+        normalize=False,
+        condition="visual_noise",
+    )
 
 
 def _status(key: str) -> int:
@@ -123,26 +132,47 @@ def logits_row(instrument: str, batch: int = 8, words: int = 100) -> dict:
     """Peak memory of ``instrument`` before and after, each in a fresh process; one table row (dict)."""
     out = {}
     for mode in ("before", "after"):
-        cmd = [sys.executable, __file__, "--child", instrument, mode, "--batch", str(batch), "--words", str(words)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            instrument,
+            mode,
+            "--batch",
+            str(batch),
+            "--words",
+            str(words),
+        ]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     seq = out["after"]["seq"]
-    mib = 2 ** 20
-    return {"instrument": instrument, "vocab": VOCAB, "batch": batch, "seq": seq,
-            "full_logits_mib": round(batch * seq * VOCAB * 4 / mib, 1),
-            "before_mib": round(out["before"]["peak_bytes"] / mib, 1),
-            "after_mib": round(out["after"]["peak_bytes"] / mib, 1),
-            "ratio": round(out["before"]["peak_bytes"] / max(out["after"]["peak_bytes"], 1), 2),
-            "before_s": round(out["before"]["seconds"], 3), "after_s": round(out["after"]["seconds"], 3)}
+    mib = 2**20
+    return {
+        "instrument": instrument,
+        "vocab": VOCAB,
+        "batch": batch,
+        "seq": seq,
+        "full_logits_mib": round(batch * seq * VOCAB * 4 / mib, 1),
+        "before_mib": round(out["before"]["peak_bytes"] / mib, 1),
+        "after_mib": round(out["after"]["peak_bytes"] / mib, 1),
+        "ratio": round(out["before"]["peak_bytes"] / max(out["after"]["peak_bytes"], 1), 2),
+        "before_s": round(out["before"]["seconds"], 3),
+        "after_s": round(out["after"]["seconds"], 3),
+    }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| instrument | vocab | batch × pos | fp32 logits [batch, pos, vocab] | peak before | peak after | "
-            "ratio | time before | time after |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| instrument | vocab | batch × pos | fp32 logits [batch, pos, vocab] | peak before | peak after | "
+        "ratio | time before | time after |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     return head + "".join(
         f"| {r['instrument']} | {r['vocab']:,} | {r['batch']} × {r['seq']} | {r['full_logits_mib']} MiB | "
         f"{r['before_mib']} MiB | {r['after_mib']} MiB | {r['ratio']}× | {r['before_s']} s | {r['after_s']} s |\n"
-        for r in rows)
+        for r in rows
+    )
 
 
 def main(argv=None) -> None:
@@ -160,10 +190,12 @@ def main(argv=None) -> None:
     import torch
 
     rows = [logits_row(name, a.batch, a.words) for name in INSTRUMENTS]
-    text = (f"Peak memory of one call above the loaded model (VmHWM − VmRSS, fresh process per cell), tiny "
-            f"Qwen2.5-VL with vocabulary {VOCAB:,}, fp32, CPU ({platform.processor() or platform.machine()}, "
-            f"torch {torch.__version__}); `python benchmarks/bench_logits.py --batch {a.batch} --words {a.words}`.\n\n"
-            + table(rows))
+    text = (
+        f"Peak memory of one call above the loaded model (VmHWM − VmRSS, fresh process per cell), tiny "
+        f"Qwen2.5-VL with vocabulary {VOCAB:,}, fp32, CPU ({platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}); `python benchmarks/bench_logits.py --batch {a.batch} --words {a.words}`.\n\n"
+        + table(rows)
+    )
     print(text)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)

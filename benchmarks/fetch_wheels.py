@@ -53,7 +53,9 @@ def sha256(path: Path) -> str:
     return d.hexdigest()
 
 
-def fetch(names: list[str], *, any_platform: bool = False, lock: Path = ROOT / "requirements.lock") -> list[Path]:
+def fetch(
+    names: list[str], *, any_platform: bool = False, lock: Path = ROOT / "requirements.lock"
+) -> list[Path]:
     """Download and verify ``names``; returns the wheel paths. Raises SystemExit naming what failed."""
     pins = locked(lock)
     WHEELS.mkdir(parents=True, exist_ok=True)
@@ -66,13 +68,30 @@ def fetch(names: list[str], *, any_platform: bool = False, lock: Path = ROOT / "
         for old in WHEELS.glob("*.whl"):  # one version per package: two stop the install on the device
             if _norm(old.name.split("-")[0]) == key and old.name.split("-")[1] != version:
                 old.unlink()
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-               "--python-version", DEVICE_PYTHON, "-d", str(WHEELS), f"{name}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            DEVICE_PYTHON,
+            "-d",
+            str(WHEELS),
+            f"{name}=={version}",
+        ]
         subprocess.run(cmd, check=True)
-        wheel = [w for w in WHEELS.glob("*.whl") if _norm(w.name.split("-")[0]) == key
-                 and w.name.split("-")[1] == version]
+        wheel = [
+            w
+            for w in WHEELS.glob("*.whl")
+            if _norm(w.name.split("-")[0]) == key and w.name.split("-")[1] == version
+        ]
         if len(wheel) != 1:
-            raise SystemExit(f"{name}=={version}: expected one wheel in {WHEELS}, found {[w.name for w in wheel]}")
+            raise SystemExit(
+                f"{name}=={version}: expected one wheel in {WHEELS}, found {[w.name for w in wheel]}"
+            )
         w = wheel[0]
         if not any_platform and not w.name.endswith("-none-any.whl"):
             w.unlink()
@@ -80,7 +99,9 @@ def fetch(names: list[str], *, any_platform: bool = False, lock: Path = ROOT / "
         digest = sha256(w)
         if digest not in hashes:
             w.unlink()
-            raise SystemExit(f"{w.name}: sha256 {digest} is not among the lock's hashes for {name}=={version}")
+            raise SystemExit(
+                f"{w.name}: sha256 {digest} is not among the lock's hashes for {name}=={version}"
+            )
         print(f"{w.name}: sha256 matches requirements.lock")
         got.append(w)
     return got

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from gpu_models import build, images_for, synthetic
 from gpu_rows import eager_text
 
@@ -46,8 +45,16 @@ def _tol(m, dtype, n: int) -> float:
 
 def _check(label, name, dtype, value, tol, n_visual, **extra) -> dict:
     ok = value is not None and value == value and value <= tol
-    return {"model": label, "check": name, "dtype": NAMES[dtype], "value": value, "tolerance": tol,
-            "passed": bool(ok), "visual_tokens": n_visual, **extra}
+    return {
+        "model": label,
+        "check": name,
+        "dtype": NAMES[dtype],
+        "value": value,
+        "tolerance": tol,
+        "passed": bool(ok),
+        "visual_tokens": n_visual,
+        **extra,
+    }
 
 
 def checks(family: str, cfg, device: str, n_visual: int, label: str) -> list[dict]:
@@ -74,22 +81,68 @@ def checks(family: str, cfg, device: str, n_visual: int, label: str) -> list[dic
         inputs = m.inputs(raw)
         mass = mech.attention_mass(m, inputs, query="last").mass[0].double().cpu()
         oracle = oracle32 if dtype == torch.float32 else _eager_mass(m, inputs)
-        out.append(_check(label, "attention_mass_oracle", dtype, float((mass - oracle).abs().max()),
-                          _tol(m, dtype, keys), n_tok, keys=keys))
+        out.append(
+            _check(
+                label,
+                "attention_mass_oracle",
+                dtype,
+                float((mass - oracle).abs().max()),
+                _tol(m, dtype, keys),
+                n_tok,
+                keys=keys,
+            )
+        )
         if dtype == torch.bfloat16:
-            out.append(_check(label, "attention_mass_bf16_vs_fp32", dtype, float((mass - oracle32).abs().max()),
-                              _tol(m, dtype, keys), n_tok, keys=keys))
+            out.append(
+                _check(
+                    label,
+                    "attention_mass_bf16_vs_fp32",
+                    dtype,
+                    float((mass - oracle32).abs().max()),
+                    _tol(m, dtype, keys),
+                    n_tok,
+                    keys=keys,
+                )
+            )
         d = direct_logit_attribution(m, inputs, answer, cf)
-        parts = (d.attn.abs().sum((1, 2)) + d.attn_bias.abs().sum(1) + d.mlp.abs().sum(1) + d.embed.abs()
-                 + d.unembed_bias.abs()).double()
+        parts = (
+            d.attn.abs().sum((1, 2))
+            + d.attn_bias.abs().sum(1)
+            + d.mlp.abs().sum(1)
+            + d.embed.abs()
+            + d.unembed_bias.abs()
+        ).double()
         rel = ((d.total() - d.logit_diff).double().abs() / parts.clamp(min=1e-30)).max()
-        out.append(_check(label, "dla_completeness", dtype, float(rel), _tol(m, dtype, d_model), n_tok,
-                          logit_diff=float(d.logit_diff[0])))
+        out.append(
+            _check(
+                label,
+                "dla_completeness",
+                dtype,
+                float(rel),
+                _tol(m, dtype, d_model),
+                n_tok,
+                logit_diff=float(d.logit_diff[0]),
+            )
+        )
         dec = decompose(m, inputs, answer, cf, noise_removals(m, inputs, ("image", "text"), seed=0))
-        scale = (dec.attn.abs().sum((1, 2)) + dec.mlp.abs().sum((1, 2)) + dec.embed.abs().sum(-1)
-                 + dec.decision.abs() + dec.rest.abs()).double()
+        scale = (
+            dec.attn.abs().sum((1, 2))
+            + dec.mlp.abs().sum((1, 2))
+            + dec.embed.abs().sum(-1)
+            + dec.decision.abs()
+            + dec.rest.abs()
+        ).double()
         rel = (dec.residual().double().abs() / scale.clamp(min=1e-30))[dec.rows].max()
-        out.append(_check(label, "decomposition_completeness", dtype, float(rel), _tol(m, dtype, d_model), n_tok,
-                          mech_completeness=dec.completeness()))
+        out.append(
+            _check(
+                label,
+                "decomposition_completeness",
+                dtype,
+                float(rel),
+                _tol(m, dtype, d_model),
+                n_tok,
+                mech_completeness=dec.completeness(),
+            )
+        )
     del m32, m16
     return out

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-FAMILIES = {"qwen2_5_vl": ("qwen2_5_vl_7b.json", "Qwen2_5_VLForConditionalGeneration", "Qwen2.5-VL-7B"),
-            "llava": ("llava_1_5_7b.json", "LlavaForConditionalGeneration", "LLaVA-1.5-7B")}
+FAMILIES = {
+    "qwen2_5_vl": ("qwen2_5_vl_7b.json", "Qwen2_5_VLForConditionalGeneration", "Qwen2.5-VL-7B"),
+    "llava": ("llava_1_5_7b.json", "LlavaForConditionalGeneration", "LLaVA-1.5-7B"),
+}
 N_TEXT = 32  # question tokens after the image(s)
 N_TEMPLATE = 8  # template tokens before the image(s)
 WHITE = 1.9  # a white pixel after CLIP's normalisation, (1 - 0.48) / 0.27
@@ -45,14 +47,25 @@ def _shrink_vocab(cfg, vocab: int) -> None:
     for c in {id(x): x for x in (cfg, cfg.get_text_config())}.values():
         old = getattr(c, "vocab_size", None) or cfg.get_text_config().vocab_size
         for key, val in list(vars(c).items()):
-            if (key.endswith("_token_id") or key.endswith("_token_index")) and isinstance(val, int) and val >= vocab:
+            if (
+                (key.endswith("_token_id") or key.endswith("_token_index"))
+                and isinstance(val, int)
+                and val >= vocab
+            ):
                 setattr(c, key, vocab - (old - val))
         if getattr(c, "vocab_size", None) is not None:
             c.vocab_size = vocab
 
 
-def scaled(family: str, cfg, *, text_layers: int = 2, hidden: int | None = 64, vision_layers: int = 2,
-           vocab: int = 4096):
+def scaled(
+    family: str,
+    cfg,
+    *,
+    text_layers: int = 2,
+    hidden: int | None = 64,
+    vision_layers: int = 2,
+    vocab: int = 4096,
+):
     """A copy of ``cfg`` with the decoder cut to ``text_layers`` and, unless ``hidden`` is None, every width
     and the vocabulary (to ``vocab``, special ids moved along: :func:`_shrink_vocab`) cut down; ``hidden=None``
     keeps the real widths and vocabulary (a truncated real-width model). Patch and merge sizes, RoPE type,
@@ -74,7 +87,9 @@ def scaled(family: str, cfg, *, text_layers: int = 2, hidden: int | None = 64, v
     t.num_key_value_heads = 2 if family == "qwen2_5_vl" else 4
     v.hidden_size, v.intermediate_size = hidden, 2 * hidden
     if family == "qwen2_5_vl":
-        half = t.head_dim // 2  # mrope sections cover head_dim / 2 frequencies, in the real 16:24:24 proportion
+        half = (
+            t.head_dim // 2
+        )  # mrope sections cover head_dim / 2 frequencies, in the real 16:24:24 proportion
         t.rope_parameters["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
         v.num_heads, v.out_hidden_size = 2, hidden
     else:
@@ -101,7 +116,9 @@ def build(family: str, cfg, device: str, dtype: torch.dtype):
     t0 = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(device):
-        model = getattr(T, FAMILIES[family][1])._from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
+        model = (
+            getattr(T, FAMILIES[family][1])._from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
+        )
     if device == "cuda":
         torch.cuda.synchronize()
     return mech.load((model, None)), time.perf_counter() - t0
@@ -146,8 +163,11 @@ def synthetic(family: str, cfg, samples: list[Images], *, seed: int = 0, pixels:
         ids = [torch.randint(100, text_hi, (N_TEMPLATE,), generator=g)]
         if family == "qwen2_5_vl":
             for h, w in s.grids:
-                ids += [torch.tensor([cfg.vision_start_token_id]), torch.full((h * w // 4,), cfg.image_token_id),
-                        torch.tensor([cfg.vision_end_token_id])]
+                ids += [
+                    torch.tensor([cfg.vision_start_token_id]),
+                    torch.full((h * w // 4,), cfg.image_token_id),
+                    torch.tensor([cfg.vision_end_token_id]),
+                ]
                 pix.append(torch.randn(h * w, 3 * 2 * 14 * 14, generator=g))
                 grids.append([1, h, w])
         else:
@@ -158,11 +178,15 @@ def synthetic(family: str, cfg, samples: list[Images], *, seed: int = 0, pixels:
         ids.append(torch.randint(100, text_hi, (N_TEXT,), generator=g))
         rows.append(torch.cat(ids))
     width = max(len(r) for r in rows)
-    pad = cfg.pad_token_id if getattr(cfg, "pad_token_id", None) is not None else cfg.get_text_config().bos_token_id
+    pad = (
+        cfg.pad_token_id
+        if getattr(cfg, "pad_token_id", None) is not None
+        else cfg.get_text_config().bos_token_id
+    )
     input_ids = torch.full((len(rows), width), pad or 0, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
     for i, r in enumerate(rows):
-        input_ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+        input_ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
     pixel_values = torch.cat(pix)
     if pixels == "white":
         pixel_values = torch.full_like(pixel_values, WHITE)

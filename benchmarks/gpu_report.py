@@ -35,9 +35,12 @@ def environment(cuda: bool) -> dict:
     the lock's (``lock_mismatch``: those that differ); call again at the end to see what the run imported."""
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "cuda_device": torch.cuda.get_device_name() if cuda else None,
-           "cuda_runtime": torch.version.cuda if cuda else None}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name() if cuda else None,
+        "cuda_runtime": torch.version.cuda if cuda else None,
+    }
     env.update(distributions())
     return env
 
@@ -73,13 +76,29 @@ def targets(result: dict) -> dict:
         at = [r for r in att if r.get("visual_tokens") == longest]
         ok_att = None
         if at and all(r.get("status") == "ok" for r in at):
-            ok_att = all(r["time_ratio"] <= TARGETS["attention_time_ratio"]
-                         and r["memory_ratio"] <= TARGETS["attention_memory_ratio"] for r in at)
-        pat = [r for r in rows if r.get("model") == model and r.get("forward_equivalents_per_patched_run") is not None]
-        ok_pat = (all(r["forward_equivalents_per_patched_run"] <= TARGETS["patching_forward_equivalents"]
-                      for r in pat) if pat else None)
-        out["per_model"][model] = {"attention_visual_tokens": longest, "attention_met": ok_att,
-                                   "patching_met": ok_pat}
+            ok_att = all(
+                r["time_ratio"] <= TARGETS["attention_time_ratio"]
+                and r["memory_ratio"] <= TARGETS["attention_memory_ratio"]
+                for r in at
+            )
+        pat = [
+            r
+            for r in rows
+            if r.get("model") == model and r.get("forward_equivalents_per_patched_run") is not None
+        ]
+        ok_pat = (
+            all(
+                r["forward_equivalents_per_patched_run"] <= TARGETS["patching_forward_equivalents"]
+                for r in pat
+            )
+            if pat
+            else None
+        )
+        out["per_model"][model] = {
+            "attention_visual_tokens": longest,
+            "attention_met": ok_att,
+            "patching_met": ok_pat,
+        }
     return out
 
 
@@ -89,10 +108,14 @@ def _f(x, fmt="{:.3f}") -> str:
 
 def line(r: dict) -> str:
     if "check" in r:
-        return (f"{r['model']}: check {r['check']} {r.get('dtype', '')}: {_f(r.get('value'), '{:.2e}')} "
-                f"(tol {_f(r.get('tolerance'), '{:.2e}')}) {'pass' if r.get('passed') else r.get('status', 'FAIL')}")
-    s = (f"{r['model']}: {r['instrument']} @ {r.get('visual_tokens')} visual tokens: "
-         f"time {_f(r.get('time_ratio'))}×, memory {_f(r.get('memory_ratio'))}×")
+        return (
+            f"{r['model']}: check {r['check']} {r.get('dtype', '')}: {_f(r.get('value'), '{:.2e}')} "
+            f"(tol {_f(r.get('tolerance'), '{:.2e}')}) {'pass' if r.get('passed') else r.get('status', 'FAIL')}"
+        )
+    s = (
+        f"{r['model']}: {r['instrument']} @ {r.get('visual_tokens')} visual tokens: "
+        f"time {_f(r.get('time_ratio'))}×, memory {_f(r.get('memory_ratio'))}×"
+    )
     if r.get("forward_equivalents_per_patched_run") is not None:
         s += f", {r['forward_equivalents_per_patched_run']:.3f} fwd-eq/patched run"
     if r.get("status") != "ok":
@@ -104,31 +127,59 @@ def markdown(result: dict) -> str:
     """The README's table: one line per row, then the checks and the targets."""
     env = result["environment"]
     dry = " (DRY RUN: scaled-down configs on the CPU, not a measurement)" if result["dry_run"] else ""
-    head = (f"**{result['device']}**, {result['date']}{dry}; torch {env['torch']}, transformers "
-            f"{env['packages'].get('transformers', '?')}; baseline = {result['baseline']}; memory = "
-            f"{result['memory_method']}.")
-    lines = [head, "", "| model | instrument | visual tokens | seq | time × plain | peak memory × plain | "
-             "activation memory × plain | fwd-eq / patched run | plain s | status |", "|" + "---|" * 10]
+    head = (
+        f"**{result['device']}**, {result['date']}{dry}; torch {env['torch']}, transformers "
+        f"{env['packages'].get('transformers', '?')}; baseline = {result['baseline']}; memory = "
+        f"{result['memory_method']}."
+    )
+    lines = [
+        head,
+        "",
+        "| model | instrument | visual tokens | seq | time × plain | peak memory × plain | "
+        "activation memory × plain | fwd-eq / patched run | plain s | status |",
+        "|" + "---|" * 10,
+    ]
     for r in result["rows"]:
         st = r.get("status", "ok")
         if st != "ok":
             st = f"{st}: {str(r.get('reason', ''))[:80]}"
-        lines.append("| " + " | ".join([
-            str(r.get("model")), str(r.get("instrument")), _f(r.get("visual_tokens"), "{}"), _f(r.get("seq_len"), "{}"),
-            _f(r.get("time_ratio"), "{:.3f}×"), _f(r.get("memory_ratio"), "{:.3f}×"),
-            _f(r.get("extra_memory_ratio"), "{:.3f}×"), _f(r.get("forward_equivalents_per_patched_run")),
-            _f(r.get("plain_seconds"), "{:.4f}"), st]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r.get("model")),
+                    str(r.get("instrument")),
+                    _f(r.get("visual_tokens"), "{}"),
+                    _f(r.get("seq_len"), "{}"),
+                    _f(r.get("time_ratio"), "{:.3f}×"),
+                    _f(r.get("memory_ratio"), "{:.3f}×"),
+                    _f(r.get("extra_memory_ratio"), "{:.3f}×"),
+                    _f(r.get("forward_equivalents_per_patched_run")),
+                    _f(r.get("plain_seconds"), "{:.4f}"),
+                    st,
+                ]
+            )
+            + " |"
+        )
     if result["checks"]:
         lines += ["", "| model | check | dtype | value | tolerance | passed |", "|---|---|---|---|---|---|"]
         for c in result["checks"]:
-            lines.append(f"| {c['model']} | {c['check']} | {c.get('dtype', '–')} | {_f(c.get('value'), '{:.2e}')} | "
-                         f"{_f(c.get('tolerance'), '{:.2e}')} | {c.get('passed')}"
-                         f"{'' if c.get('status') in (None, 'ok') else ' (' + str(c.get('reason'))[:80] + ')'} |")
+            lines.append(
+                f"| {c['model']} | {c['check']} | {c.get('dtype', '–')} | {_f(c.get('value'), '{:.2e}')} | "
+                f"{_f(c.get('tolerance'), '{:.2e}')} | {c.get('passed')}"
+                f"{'' if c.get('status') in (None, 'ok') else ' (' + str(c.get('reason'))[:80] + ')'} |"
+            )
     t = result.get("targets", {})
     if t.get("evaluated"):
-        lines += ["", "Targets (attention ≤ 1.15× time and ≤ 1.1× memory at the longest length; patching ≤ 0.6 "
-                  "fwd-eq): " + "; ".join(f"{m}: attention {v['attention_met']}, patching {v['patching_met']}"
-                                          for m, v in t["per_model"].items())]
+        lines += [
+            "",
+            "Targets (attention ≤ 1.15× time and ≤ 1.1× memory at the longest length; patching ≤ 0.6 "
+            "fwd-eq): "
+            + "; ".join(
+                f"{m}: attention {v['attention_met']}, patching {v['patching_met']}"
+                for m, v in t["per_model"].items()
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

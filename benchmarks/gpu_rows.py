@@ -14,7 +14,6 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-
 from gpu_models import Images, synthetic
 from timing import Timing, free, measure
 
@@ -49,12 +48,31 @@ def seq_len(inputs) -> int:
     return int(inputs["input_ids"].shape[1])
 
 
-def row(ctx: Ctx, instrument: str, visual_tokens: int, seq: int | None, t: Timing | None, base: Timing | None,
-        **extra) -> dict:
+def row(
+    ctx: Ctx,
+    instrument: str,
+    visual_tokens: int,
+    seq: int | None,
+    t: Timing | None,
+    base: Timing | None,
+    **extra,
+) -> dict:
     """One result row; ratios are None (and ``status`` says why) where either side was not measured."""
-    out = {"model": ctx.label, "family": ctx.family, "instrument": instrument, "visual_tokens": visual_tokens,
-           "seq_len": seq, "time_ratio": None, "memory_ratio": None, "extra_memory_ratio": None,
-           "seconds": None, "plain_seconds": None, "peak_gib": None, "plain_peak_gib": None, "status": "ok"}
+    out = {
+        "model": ctx.label,
+        "family": ctx.family,
+        "instrument": instrument,
+        "visual_tokens": visual_tokens,
+        "seq_len": seq,
+        "time_ratio": None,
+        "memory_ratio": None,
+        "extra_memory_ratio": None,
+        "seconds": None,
+        "plain_seconds": None,
+        "peak_gib": None,
+        "plain_peak_gib": None,
+        "status": "ok",
+    }
     if t is not None and t.oom:
         out.update(status="oom", reason=t.error)
     elif base is None or base.seconds is None:
@@ -127,7 +145,7 @@ def _base(ctx: Ctx, n: int, inputs) -> Timing:
 
 
 def patching_row(ctx: Ctx, images: Images) -> list[dict]:
-    """The exact residual sweep: ``mech.activation_patching(site="resid_pre", positions=(image, text, last))``,
+    """The exact residual sweep: ``mech.activation_patching(sites="resid_pre", positions=(image, text, last))``,
     every layer, white-image corruption, denoising; one timed run (the plain forward warmed the kernels)."""
     from mech.measure.patching import activation_patching
 
@@ -137,13 +155,16 @@ def patching_row(ctx: Ctx, images: Images) -> list[dict]:
     box = {}
 
     def sweep():
-        box["r"] = activation_patching(ctx.m, clean, corrupted, site="resid_pre", positions=POSITIONS)
+        box["r"] = activation_patching(ctx.m, clean, corrupted, sites="resid_pre", positions=POSITIONS)
 
     t = measure(sweep, cuda=ctx.cuda, reps=1, warmup=0)
     extra = {}
     if "r" in box:
         r = box.pop("r")
-        extra = {"forward_equivalents_per_patched_run": r.forward_equivalents, "n_patched_runs": r.n_patched_runs}
+        extra = {
+            "forward_equivalents_per_patched_run": r.forward_equivalents,
+            "n_patched_runs": r.n_patched_runs,
+        }
         if t.seconds is not None and base.seconds:
             extra["time_ratio_per_patched_run"] = t.seconds / r.n_patched_runs / base.seconds
     free(ctx.cuda)
@@ -158,8 +179,11 @@ def deeplift_row(ctx: Ctx, images: Images) -> list[dict]:
     n = images.tokens(ctx.family, ctx.cfg)
     clean, corrupted = ctx.inputs([images]), ctx.inputs([images], pixels="white")
     base = _base(ctx, n, clean)
-    t = measure(lambda: attribution_patching(ctx.m, clean, corrupted, positions=POSITIONS, method="deeplift"),
-                cuda=ctx.cuda, reps=max(1, ctx.reps - 1))
+    t = measure(
+        lambda: attribution_patching(ctx.m, clean, corrupted, positions=POSITIONS, method="deeplift"),
+        cuda=ctx.cuda,
+        reps=max(1, ctx.reps - 1),
+    )
     free(ctx.cuda)
     return [row(ctx, "attribution_patching(method='deeplift')", n, seq_len(clean), t, base)]
 
@@ -193,5 +217,16 @@ def contribution_row(ctx: Ctx, samples: list[Images]) -> list[dict]:
             ok = torch.isfinite(x[:, :, cols]).any(1).all(-1)
             coverage[est] = {"samples": int(ok.sum()), "n": int(x.shape[0])}
     free(ctx.cuda)
-    return [row(ctx, "modality_contributions(defaults)", max(per), seq_len(inputs), t, base,
-                batch=len(samples), visual_tokens_per_sample=per, coverage=coverage)]
+    return [
+        row(
+            ctx,
+            "modality_contributions(defaults)",
+            max(per),
+            seq_len(inputs),
+            t,
+            base,
+            batch=len(samples),
+            visual_tokens_per_sample=per,
+            coverage=coverage,
+        )
+    ]

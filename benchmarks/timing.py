@@ -40,9 +40,11 @@ def status_kib(field_name: str) -> int | None:
         return None
 
 
-MEMORY_METHOD = ("VmHWM of /proc/self/status, reset per measurement via /proc/self/clear_refs"
-                 if reset_peak() and status_kib("VmHWM") is not None
-                 else "resource.getrusage(RUSAGE_SELF).ru_maxrss (process peak)")
+MEMORY_METHOD = (
+    "VmHWM of /proc/self/status, reset per measurement via /proc/self/clear_refs"
+    if reset_peak() and status_kib("VmHWM") is not None
+    else "resource.getrusage(RUSAGE_SELF).ru_maxrss (process peak)"
+)
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated (weights included), reset per measurement"
 
 
@@ -72,7 +74,8 @@ class Timing:
 def is_oom(exc: BaseException) -> bool:
     """True for CUDA's out-of-memory error (and a RuntimeError that says so, as CPU allocators do)."""
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
 def free(cuda: bool) -> None:

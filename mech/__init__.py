@@ -1,7 +1,23 @@
 """mech: instruments for the mechanistic interpretability of modality bias in multimodal LLMs.
 
-See docs/design.md for the path of the data: load -> prepare -> conditions -> engines -> measure ->
-curves -> results -> runs -> figures -> report -> cli.
+The everyday verbs live here, at the top level; a notebook needs only ``mech`` and ``mech.figures``::
+
+    import mech
+    from mech.figures import mass_curves
+
+    m = mech.load("organism:balanced")                      # a MechModel
+    data = mech.load_data("organism:shapes", n=32)          # a Dataset of sample dicts
+    inputs = mech.condition_inputs(m, data.samples, "complete")  # frozen Inputs [batch, pos]
+    am = mech.attention_mass(m, inputs, query="last")       # AttentionMass [batch, layer, head, group]
+    fig = mass_curves(am)
+
+Load: ``load``, ``load_data``. Prepare: ``condition_inputs``, ``token_groups``, ``decision_tokens`` (the
+model's own decision) and ``answer_tokens`` (the gold answer). Measure: ``attention_mass``,
+``activation_patching``, ``attribution_patching``, ``attention_knockout``, ``direct_logit_attribution``,
+``modality_contributions``, ``evaluate``, ``repair``; hooks: ``run_with_cache``, ``run_with_hooks``.
+``help(mech.<verb>)`` gives each one's shapes, units, errors and sources. See docs/design.md for the path
+of the data: load -> prepare -> conditions -> engines -> measure -> curves -> results -> runs -> figures ->
+report -> cli.
 
 The public verbs are imported on first use (PEP 562), so ``import mech`` and ``mech --help`` do not
 load torch or transformers until a verb is touched.
@@ -15,15 +31,28 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: public name -> "module:attribute", in data-path order
+#: public name -> "module:attribute", in data-path order: load a model and data, prepare inputs under a
+#: condition, choose the logit difference to explain, measure, evaluate. The everyday verbs are
+#: ``load``, ``load_data``, ``condition_inputs``, ``decision_tokens`` / ``answer_tokens``,
+#: ``attention_mass``, ``activation_patching``, ``attribution_patching``, ``attention_knockout``,
+#: ``direct_logit_attribution``, ``modality_contributions``, ``evaluate`` and ``repair``; each
+#: returns a result whose class is public here too. Figures are in :mod:`mech.figures`.
 _PUBLIC = {
+    # load
     "load": "mech.models.load:load",
     "MechModel": "mech.models.load:MechModel",
     "supported": "mech.models.table:supported",
+    # prepare: data, conditions, token groups, targets
+    "load_data": "mech.prepare.data:load_data",
+    "condition_inputs": "mech.conditions:condition_inputs",
     "GROUPS": "mech.prepare.groups:GROUPS",
     "TokenGroups": "mech.prepare.groups:TokenGroups",
+    "decision_tokens": "mech.prepare.targets:decision_tokens",
+    "answer_tokens": "mech.prepare.targets:answer_tokens",
+    # engines
     "run_with_cache": "mech.engines.hooks:run_with_cache",
     "run_with_hooks": "mech.engines.hooks:run_with_hooks",
+    # measure
     "attention_mass": "mech.measure.attention:attention_mass",
     "AttentionMass": "mech.measure.attention:AttentionMass",
     "activation_patching": "mech.measure.patching:activation_patching",
@@ -33,8 +62,15 @@ _PUBLIC = {
     "AtPResult": "mech.measure.patching.attribution:AtPResult",
     "attention_knockout": "mech.measure.knockout:attention_knockout",
     "KnockoutResult": "mech.measure.knockout:KnockoutResult",
+    "direct_logit_attribution": "mech.measure.dla:direct_logit_attribution",
+    "DLA": "mech.measure.dla:DLA",
+    "evaluate": "mech.measure.evaluation.run:evaluate",
     "repair": "mech.measure.repair:repair",
     "RepairResult": "mech.measure.repair:RepairResult",
+    # curves
+    "modality_contributions": "mech.curves:modality_contributions",
+    "Contributions": "mech.curves:Contributions",
+    # errors
     "MechError": "mech.errors:MechError",
 }
 
@@ -64,25 +100,34 @@ def token_groups(m: Any, inputs: Any) -> Any:
 
 
 __all__ = [
+    "DLA",
+    "GROUPS",
     "AtPResult",
     "AttentionMass",
-    "GROUPS",
+    "Contributions",
     "KnockoutResult",
     "MechError",
+    "MechModel",
     "PatchingResult",
     "RepairResult",
+    "TokenGroups",
+    "__version__",
     "activation_patching",
+    "answer_tokens",
     "attention_knockout",
     "attention_mass",
     "attribution_patching",
     "compare_to_exact",
+    "condition_inputs",
+    "decision_tokens",
+    "direct_logit_attribution",
+    "evaluate",
+    "load",
+    "load_data",
+    "modality_contributions",
     "repair",
     "run_with_cache",
     "run_with_hooks",
-    "MechModel",
-    "TokenGroups",
-    "load",
     "supported",
     "token_groups",
-    "__version__",
 ]

@@ -88,3 +88,11 @@ class FrozenError(MechError, FrozenInstanceError, TypeError):
     rebinding a table of :mod:`mech.engines.hooks`). The message names the method that builds a changed copy
     (e.g. ``inputs.replace(...)``). An ``AttributeError`` (as ``dataclasses.FrozenInstanceError``) and a
     ``TypeError`` (as item assignment on an immutable mapping)."""
+
+
+class HookError(MechError, TypeError):
+    """A hook function that mech cannot call, or that returned what cannot replace the activation: not
+    a tensor, another shape, dtype or device than the activation it was given. The message names the
+    hook point, the expected and the returned value, and the fix (return a tensor of the input's
+    shape, dtype and device, or None to leave the activation unchanged). A ``TypeError``, as calling a
+    function with the wrong arguments is."""

@@ -121,8 +121,8 @@ def concat(frames: Mapping[Any, pd.DataFrame], key: str) -> pd.DataFrame:
 
 
 def patching_frame(result: Any, per_sample: bool = False) -> pd.DataFrame:
-    """The frame of a :class:`mech.measure.patching.PatchingResult` or
-    :class:`mech.measure.patching.attribution.AtPResult` (their ``to_frame``).
+    """The frame of a :class:`mech.measure.patching.PatchingResult`, exact or attribution patching
+    (its ``to_frame``).
 
     Columns, ``per_sample=False``: ``site, layer, head, group, effect`` (one row per cell of each
     ``effect[site]``). ``per_sample=True``: ``site, sample, layer, head, group, patched, [delta,]
@@ -136,8 +136,11 @@ def patching_frame(result: Any, per_sample: bool = False) -> pd.DataFrame:
     frames = {}
     for site, eff in result.effect.items():
         has_head = eff.dim() == 3
-        axes: dict[str, Labels] = {"layer": result.layers, **({"head": None} if has_head else {}),
-                                   "group": result.groups}
+        axes: dict[str, Labels] = {
+            "layer": result.layers,
+            **({"head": None} if has_head else {}),
+            "group": result.groups,
+        }
         if per_sample:
             axes = {"sample": None, **axes}
             last = result.patched[site].dim() - 1  # the sample axis is the last one: move it first

@@ -20,12 +20,9 @@ from pathlib import Path
 
 from mech.report_words import (
     agreement,
-    category_table,
     compare_coverage,
-    coverage_cell,
-    coverage_lines,
+    figure_lines,
     fmt,
-    identical_cell,
 )
 from mech.results import read_json, write_json, write_text
 from mech.runs.settings import ReportSettings
@@ -65,201 +62,21 @@ def _fmt(x, digits: int = 3) -> str:
     return fmt(x, digits)
 
 
-def present_groups(att: dict) -> list[str]:
-    """The token groups of ``attention.json`` that the inputs have: a group with no token in any
-    sample (token share 0 and no mass in any layer, e.g. video and audio for an image model) is
-    left out of the report."""
-    share = att["token_share"]
-    return [
-        g
-        for i, g in enumerate(att["groups"])
-        if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att["mass"])
-    ]
+def _section(name: str, res: dict[str, dict], prefix: str, folder: Path) -> list[str]:
+    """One model's part of ``report.md``: each instrument's section (its job's ``section``), in the
+    registrations' order: the report's steps from ``res``, then any other instrument whose JSON is in
+    ``folder`` (a ``mech repair`` run into the same folder)."""
+    from mech.runs.instruments import load_job
+    from mech.runs.settings import INSTRUMENTS
 
-
-def _figure(name: str, prefix: str, caption: str | None) -> list[str]:
-    """A figure and its caption (what is plotted and the n) as Markdown lines."""
-    alt = name.rsplit(".", 1)[0]
-    return [f"![{alt}]({prefix}{name})", ""] + ([f"*Figure ({alt}).* {caption}", ""] if caption else [])
-
-
-def _patch_scale(direction: str) -> str:
-    return (
-        "0 = the corrupted run, 1 = the clean run restored"
-        if direction == "denoising"
-        else "0 = the clean run unchanged, 1 = as broken as the corrupted run"
-    )
-
-
-def captions(ev: dict, att: dict, pa: dict, co: dict) -> dict[str, str]:
-    """Figure file name -> caption: what the figure plots and over how many samples."""
-    from mech.figures.attention import MAX_PANELS, QUERY_WORDS
-    from mech.measure.evaluation.tables import chance_level
-
-    q = QUERY_WORDS.get(att["query"], att["query"])
-    chance = ev.get("settings", {}).get("chance")
-    chance = chance_level(ev) if chance is None else chance
-    n_ev = next(iter(ev["conditions"].values()))["n"] if ev["conditions"] else 0
-    miss = co.get("patching_without_donor") or {}
-    shown = "every layer" if len(att["layers"]) <= MAX_PANELS else f"{MAX_PANELS} evenly spaced layers"
-    out = {
-        "eval.png": "Top: accuracy per input condition"
-        + (
-            f" (dashed: chance {chance:.3f}, the mean over samples of 1 / number of options)"
-            if chance is not None
-            else ""
-        )
-        + "; bottom: the share of predictions that agree between two conditions, over all, "
-        f"correctly and wrongly answered samples. n = {n_ev} samples.",
-        "attention_mass.png": f"Attention mass from {q} on each token group the inputs have "
-        f"({', '.join(present_groups(att))}) per decoder layer, mean over heads and "
-        f"n = {att['n']} samples (solid), and each group's token share, the mass under "
-        "uniform attention (dashed).",
-        "attention_heads.png": f"Attention mass from {q} on the image tokens per decoder layer and head, mean "
-        f"over n = {att['n']} samples.",
-        "attention_image.png": f"Attention from {q} on each image patch of one sample (the first with an image; "
-        f"its id is above the input panel), for {shown} and their mean, mean over heads, "
-        "drawn over the image in grey on one colour scale; Σ image is the layer's total "
-        "mass on the image. n = 1 sample.",
-        "contrib.png": "Per-layer contribution of each token group by each estimator ("
-        + ", ".join(co["curves"])
-        + (f"; patching by {co['corruption']} ablation" if co.get("corruption") else "")
-        + f") and Δ({co.get('ratio', 'text/image')}) per layer (log scale, dashed: Δ = 1; legend: "
-        f"overall Δ and its bootstrap 95% interval). n = {co['n']} samples"
-        + (
-            " (patching: "
-            + ", ".join(f"{g} of {co['n'] - k}" for g, k in miss.items())
-            + ", the others have no donor)"
-            if any(miss.values())
-            else ""
-        )
-        + ".",
-    }
-    for site in pa["effect"]:
-        out[f"patch_{site}.png"] = (
-            f"Normalized effect of {pa['direction']} activation patching of `{site}` from "
-            f"`{pa['corruption']}` per decoder layer and position group ({pa['metric']}; "
-            f"{_patch_scale(pa['direction'])}), of the means over n = {pa['n']} samples; "
-            "'–': no sample has a position of that group."
-        )
-    return out
-
-
-def _section(name: str, res: dict[str, dict], prefix: str) -> list[str]:
-    ev, att, pa, co = (res[s] for s in STEPS)
-    caption = captions(ev, att, pa, co)
     lines = [f"## {name}", ""]
-    md = Path(prefix or ".") / "eval.md"
-    lines += ["### Behaviour: accuracy per condition and prediction consistency", ""]
-    conds = ev["conditions"]
-    lines += ["| condition | accuracy | n |", "|---|---|---|"]
-    lines += [f"| {c} | {_fmt(v['accuracy'])} | {v['n']} |" for c, v in conds.items()]
-    chance = ev.get("settings", {}).get("chance")
-    if chance is not None:
-        lines += [f"| chance (mean 1 / options) | {_fmt(chance)} | |"]
-    cons = ev["consistency"]["all"]
-    lines += ["", "| pair (all samples) | consistent | % |", "|---|---|---|"]
-    lines += [f"| {p} | {v['num']} | {_fmt(v['pct'], 1)} |" for p, v in cons.items()]
-    lines += ["", f"Full Table 1/2 layout: [{md.as_posix()}]({md.as_posix()})", ""]
-    for fig in ev.get("figures", ["eval.png"]):
-        lines += _figure(fig, prefix, caption.get(fig))
-    lines += [f"### Attention mass from the answer position (mean over heads and n = {att['n']} samples)", ""]
-    groups = present_groups(att)
-    cols = [att["groups"].index(g) for g in groups]
-    lines += ["| layer | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
-    for layer, row in zip(att["layers"], att["mass"]):
-        lines.append(f"| {layer} | " + " | ".join(_fmt(row[i]) for i in cols) + " |")
-    share = att["token_share"]
-    lines += ["| token share | " + " | ".join(_fmt(share.get(g)) for g in groups) + " |", ""]
-    left_out = [g for g in att["groups"] if g not in groups]
-    if left_out:
-        lines += [f"Left out: {', '.join(left_out)} (no such tokens in these inputs).", ""]
-    for fig in att.get("figures", []):
-        lines += _figure(fig, prefix, caption.get(fig))
-    lines += [
-        f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}",
-        "",
-        f"clean {_fmt(pa['clean_metric'])}, corrupted {_fmt(pa['corrupted_metric'])} (mean over "
-        f"n = {pa['n']} samples); normalized effect per layer ({_patch_scale(pa['direction'])}):",
-        "",
-    ]
-    for site, eff in pa["effect"].items():
-        gs = [g for g in eff if any(v is not None for v in eff[g])] or list(eff)
-        lines += [f"**{site}**", "", "| layer | " + " | ".join(gs) + " |", "|---" * (len(gs) + 1) + "|"]
-        for layer in range(len(eff[gs[0]])):
-            lines.append(f"| {layer} | " + " | ".join(_fmt(eff[g][layer]) for g in gs) + " |")
-        lines.append("")
-    for fig in pa.get("figures", []):
-        lines += _figure(fig, prefix, caption.get(fig))
-    lines += [
-        f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co['n']} samples)",
-        "",
-        "| estimator | C(text) | C(image) | Δ | 95% CI | dominant | coverage | identical donor |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for est, o in co["overall"].items():
-        c = o["contribution"]
-        lines.append(
-            f"| {est} | {_fmt(c.get('text'))} | {_fmt(c.get('image'))} | {_fmt(o['delta'], 2)} | "
-            f"[{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}] | {o['dominant']} | "
-            f"{coverage_cell(o)} | {identical_cell(o)} |"
-        )
-    lines += coverage_lines(co)
-    corr = co.get("corruption")
-    if corr:
-        lines += [
-            "",
-            f"Removal (patching, decomposition): `{corr}` ablation of each group"
-            + (
-                " (donors paired by content over the data set; images resized to the sample's sizes, text "
-                "fitted to its token count)"
-                if corr == "resample"
-                else ""
-            )
-            + ".",
-        ]
-    dec = co.get("dla_decomposition")
-    if dec:
-        attn = ", ".join(
-            f"{g} {_fmt(dec[f'attn.{g}'], 2)}" for g in co["groups"] if abs(dec.get(f"attn.{g}", 0.0)) > 1e-3
-        )
-        lines += [
-            "",
-            f"DLA decomposition of the decision's logit difference ({_fmt(dec['logit_diff'], 2)} logits, "
-            f"sample mean): attention writes from {attn}; MLPs {_fmt(dec['mlp'], 2)}; embedding and biases "
-            f"{_fmt(dec['other'], 2)}. Modality-resolved DLA splits attention writes only: what MLPs write "
-            "at the answer position (e.g. a prior computed from question words moved there) has no group.",
-        ]
-    lines += _decomposition_lines(co)
-    lines += [""] + category_table(co)
-    for fig in co.get("figures", ["contrib.png"]):
-        lines += _figure(fig, prefix, caption.get(fig))
+    for inst in INSTRUMENTS:
+        path = folder / f"{inst.command}.json"
+        if inst.in_report:
+            lines += load_job(inst).section(res[inst.command], prefix)
+        elif path.is_file():
+            lines += load_job(inst).section(read_json(path), prefix)
     return lines
-
-
-def _decomposition_lines(co: dict) -> list[str]:
-    """The decomposition of the decision by component and modality, in words and numbers."""
-    dec = co.get("decomposition")
-    if not dec or not dec.get("n"):
-        return []
-    comp = dec["components"]
-    parts = [
-        f"{g} {_fmt(dec['total'][g], 2)} (attention {_fmt(sum(comp['attn'][g]), 2)}, MLP "
-        f"{_fmt(sum(comp['mlp'][g]), 2)}"
-        + (f", embedding {_fmt(dec['embed'][g], 2)}" if abs(dec["embed"].get(g) or 0) > 1e-6 else "")
-        + ")"
-        for g in dec["players"]
-    ]
-    c = dec["completeness"]
-    return [
-        "",
-        f"Decomposition of the decision's logit difference ({_fmt(dec['decision'], 2)} logits, mean over "
-        f"n = {dec['n']} samples) by Shapley value of removing each modality: "
-        + "; ".join(parts)
-        + f"; left with every modality removed (template, bos, prior; frozen readout) {_fmt(dec['rest'], 2)}, "
-        f"interaction {_fmt(dec['interaction'], 2)} (split equally). Completeness: the parts sum to decision − "
-        f"rest up to {c['max_abs']:.1e} logits ({c['relative']:.1e} relative; tolerance {c['tolerance']:.0e}).",
-    ]
 
 
 INTRO = """# mech report
@@ -313,7 +130,7 @@ def report(settings: ReportSettings) -> dict:
         lines += (
             [""]
             + agreement(results, models, _slug)
-            + _figure(
+            + figure_lines(
                 "compare.png",
                 "",
                 "Overall Δ(text/image) per estimator with its bootstrap 95% interval, one bar per "
@@ -328,11 +145,7 @@ def report(settings: ReportSettings) -> dict:
         lines.append("")
     for s in models:
         prefix = "" if single else f"{_slug(s)}/"
-        lines += _section(s, results[s], prefix)
-        if (out / prefix / "repair.json").is_file():  # a `mech repair` run into the same folder
-            from mech.measure.repair.section import repair_lines
-
-            lines += repair_lines(read_json(out / prefix / "repair.json"), prefix)
+        lines += _section(s, results[s], prefix, out / prefix)
         summary["overall"][s] = results[s]["contrib"]["overall"]
         summary.setdefault("skipped", {})[s] = {step: r.get("skipped") for step, r in results[s].items()}
     write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mech.curves.summary import REMOVAL_ESTIMATORS as REMOVAL  # 0 where the removal changes no input
+
 #: the causal reference estimators, in order of preference
 CAUSAL = ("patching", "decomposition")
 #: |C(denominator)| below this share of max(1, |decision|) prints no Δ (the ratio is unstable there)
@@ -18,6 +19,12 @@ NEAR_ZERO = 0.02
 
 def fmt(x, digits: int = 2) -> str:
     return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def figure_lines(name: str, prefix: str, caption: str | None) -> list[str]:
+    """A figure and its caption (what is plotted and the n) as Markdown lines of ``report.md``."""
+    alt = name.rsplit(".", 1)[0]
+    return [f"![{alt}]({prefix}{name})", ""] + ([f"*Figure ({alt}).* {caption}", ""] if caption else [])
 
 
 def coverage_cell(o: dict) -> str:

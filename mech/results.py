@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-
 #: the key under which every JSON result carries :func:`provenance`
 PROVENANCE = "provenance"
 #: the lock file hashed into :func:`provenance`: next to pyproject.toml in a source checkout or
@@ -35,7 +34,7 @@ PROVENANCE = "provenance"
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _versions() -> tuple[tuple[str, str | None], ...]:
     def version(name: str) -> str | None:
         try:
@@ -46,7 +45,9 @@ def _versions() -> tuple[tuple[str, str | None], ...]:
     mech_version = version("mech")
     if mech_version is None:
         from mech import __version__ as mech_version
-    return (("mech", mech_version),) + tuple((name, version(name)) for name in ("torch", "transformers", "nnsight"))
+    return (("mech", mech_version),) + tuple(
+        (name, version(name)) for name in ("torch", "transformers", "nnsight")
+    )
 
 
 def provenance() -> dict[str, str | None]:
@@ -93,6 +94,12 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON values: tensors and arrays to lists, NaN/inf to None, mappings with
+    string keys, sets sorted (what :func:`write_json` writes)."""
+    return _clean(obj)
+
+
 def _host() -> str:
     import socket
 
@@ -125,9 +132,11 @@ def atomic_write(path: str | os.PathLike, write: Any) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, MechError):
-            err = WriteError(f"could not write {path}: {exc.strerror or exc}. Free disk space or fix the folder's "
-                             "permissions (or pass another --out), then rerun the same command: nothing partial "
-                             "was left and finished batches are kept.")
+            err = WriteError(
+                f"could not write {path}: {exc.strerror or exc}. Free disk space or fix the folder's "
+                "permissions (or pass another --out), then rerun the same command: nothing partial "
+                "was left and finished batches are kept."
+            )
             err.errno = exc.errno
             raise err from exc
         raise
@@ -140,7 +149,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     gone = []
     folder = Path(folder)
     for p in folder.glob(".*.tmp") if folder.is_dir() else []:
-        parts = p.name[:-len(".tmp")].rsplit(".", 3)
+        parts = p.name[: -len(".tmp")].rsplit(".", 3)
         if len(parts) != 4 or parts[1] != _host() or not parts[2].isdigit() or int(parts[2]) == os.getpid():
             continue
         try:
@@ -157,6 +166,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -188,8 +198,9 @@ def read_json(path: str | os.PathLike) -> Any:
 METADATA_KEY = "mech"
 
 
-def write_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                  metadata: Mapping[str, Any] | None = None) -> Path:
+def write_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write named tensors to ``.safetensors`` atomically (contiguous CPU copies).
 
     ``metadata`` (JSON-able) is stored as one safetensors metadata entry, :data:`METADATA_KEY`,
@@ -199,7 +210,11 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     fixed order (dtype, then name). The same tensors and metadata give the same bytes everywhere.
     """
     data = {k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}
-    meta = {METADATA_KEY: json.dumps(_clean(dict(metadata)), sort_keys=True, ensure_ascii=True)} if metadata else None
+    meta = (
+        {METADATA_KEY: json.dumps(_clean(dict(metadata)), sort_keys=True, ensure_ascii=True)}
+        if metadata
+        else None
+    )
     return atomic_write(Path(path), lambda tmp: save_file(data, tmp, metadata=meta))
 
 
@@ -237,8 +252,10 @@ class BatchStore:
         if not self.resumed and not clear:
             from mech.errors import ConfigError
 
-            raise ConfigError(f"{self.root} holds batches of another run (or none); rerun the command itself with "
-                              "the model, data and settings of those batches.")
+            raise ConfigError(
+                f"{self.root} holds batches of another run (or none); rerun the command itself with "
+                "the model, data and settings of those batches."
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.resumed:
             for old in self.root.glob("*.safetensors"):
@@ -256,7 +273,9 @@ class BatchStore:
         path = self._path(index)
         return read_tensors(path) if path.is_file() else None
 
-    def put(self, index: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
+    def put(
+        self, index: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+    ) -> None:
         """Write batch ``index`` atomically; ``metadata`` (JSON-able) is kept beside it (:meth:`meta`)."""
         write_tensors(self._path(index), tensors, metadata)
 
@@ -318,8 +337,10 @@ class BatchStore:
             with safe_open(str(self._path(i)), "pt") as fh:
                 keys = sorted(fh.keys())
                 if shapes and keys != sorted(shapes):
-                    raise DataError(f"batch {i} in {self.root} has tensors {keys}, others {sorted(shapes)}; "
-                                    "delete the directory and rerun.")
+                    raise DataError(
+                        f"batch {i} in {self.root} has tensors {keys}, others {sorted(shapes)}; "
+                        "delete the directory and rerun."
+                    )
                 for k in keys:
                     shapes.setdefault(k, []).append(list(fh.get_slice(k).get_shape()))
         out: dict[str, torch.Tensor] = {}
@@ -330,11 +351,17 @@ class BatchStore:
                 if k not in out:
                     dims = shapes[k]
                     if len({len(d) for d in dims}) != 1 or not dims[0]:
-                        raise DataError(f"tensor {k!r} has different ranks (or rank 0) across batches in {self.root}.")
-                    size = [sum(d[0] for d in dims)] + [max(d[a] for d in dims) for a in range(1, len(dims[0]))]
+                        raise DataError(
+                            f"tensor {k!r} has different ranks (or rank 0) across batches in {self.root}."
+                        )
+                    size = [sum(d[0] for d in dims)] + [
+                        max(d[a] for d in dims) for a in range(1, len(dims[0]))
+                    ]
                     out[k] = torch.zeros(size, dtype=t.dtype)
                 if t.dtype != out[k].dtype:
-                    raise DataError(f"tensor {k!r} of batch {i} is {t.dtype}, of batch {indices[0]} {out[k].dtype}.")
+                    raise DataError(
+                        f"tensor {k!r} of batch {i} is {t.dtype}, of batch {indices[0]} {out[k].dtype}."
+                    )
                 out[k][(slice(row[k], row[k] + t.shape[0]),) + tuple(slice(0, s) for s in t.shape[1:])] = t
                 row[k] += t.shape[0]
             del part

@@ -13,8 +13,12 @@ DEFAULT_MODELS = ["organism:image-biased", "organism:balanced", "organism:text-b
 
 def parse(description: str, n: int) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", action="append", default=None, help="model spec (repeat for several); "
-                   "default: the image-biased, balanced and text-biased organisms")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model spec (repeat for several); default: the image-biased, balanced and text-biased organisms",
+    )
     p.add_argument("--data", default="organism:shapes")
     p.add_argument("--n", type=int, default=n)
     p.add_argument("--out", default="figures")
@@ -42,7 +46,7 @@ def short(spec: str) -> str:
 
 def batches(items, size: int):
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def save(fig, args, name: str) -> str:

@@ -1,9 +1,8 @@
 """Figure: attention mass from the answer position to image and text tokens per layer, one line
 per model, with the image token-share baseline -> figures/attention_curves.png."""
 
-from _common import save, batches, load, parse, short
-
 import torch
+from _common import batches, load, parse, save, short
 
 import mech
 from mech.conditions import condition_inputs
@@ -18,8 +17,9 @@ def main():
         fig = new_figure(5.0, 2.6)
         axes = fig.subplots(1, 2, sharey=True)
         for k, (spec, m) in enumerate(models.items()):
-            am = mech.AttentionMass.concat([mech.attention_mass(m, condition_inputs(m, b, "complete"))
-                                            for b in batches(samples, 50)])
+            am = mech.AttentionMass.concat(
+                [mech.attention_mass(m, condition_inputs(m, b, "complete")) for b in batches(samples, 50)]
+            )
             for ax, group in zip(axes, ("image", "text")):
                 g = am.groups.index(group)
                 y = am.mass[..., g].mean(dim=(0, 2))
@@ -31,8 +31,10 @@ def main():
             ax.grid(alpha=0.3, lw=0.5)
         axes[0].set_ylabel("attention mass (fraction)")
         axes[0].legend()
-        fig.suptitle(f"Attention mass from the answer position (dotted: token share)\n"
-                     f"mean over heads and n = {len(samples)} samples of {args.data}")
+        fig.suptitle(
+            f"Attention mass from the answer position (dotted: token share)\n"
+            f"mean over heads and n = {len(samples)} samples of {args.data}"
+        )
     save(finish(fig), args, "attention_curves")
 
 

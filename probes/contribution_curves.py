@@ -20,8 +20,11 @@ def main():
             rows = range(start, min(start + 16, len(samples)))
             parts.append(contributions_for_rows(m, samples, rows, pairs)[0])
         results[short(spec)] = Contributions.concat(parts).to_json()
-        save(contribution_figure(results[short(spec)], f"{spec} on {args.data} (n = {len(samples)})"), args,
-             f"contrib_{short(spec)}")
+        save(
+            contribution_figure(results[short(spec)], f"{spec} on {args.data} (n = {len(samples)})"),
+            args,
+            f"contrib_{short(spec)}",
+        )
     save(compare_figure(results), args, "contrib_compare")
 
 

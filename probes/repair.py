@@ -31,20 +31,35 @@ CONFIGS = {
     "text-biased_zero_neurons_full": ("organism:text-biased", dict(MAIN, alpha=1.0, ks=[400])),
     "balanced_zero_neurons": ("organism:balanced", dict(MAIN, ks=[400])),
     "image-biased_zero_neurons": ("organism:image-biased", dict(MAIN, ks=[400])),
-    "balanced_zero_neurons@text-biased": ("organism:balanced", dict(MAIN, ks=[400], selection="text-biased_zero_neurons")),
+    "balanced_zero_neurons@text-biased": (
+        "organism:balanced",
+        dict(MAIN, ks=[400], selection="text-biased_zero_neurons"),
+    ),
     "text-biased_mean_neurons": ("organism:text-biased", dict(MAIN, edit="mean", ks=[400])),
-    "text-biased_zero_heads": ("organism:text-biased", dict(edit="zero", granularity="heads", k=3, ks=[1, 2, 3, 6])),
-    "text-biased_reweight_heads": ("organism:text-biased", dict(edit="reweight", granularity="heads", k=3, alpha=4.0,
-                                                                ks=[3])),
-    "text-biased_steer_layers": ("organism:text-biased", dict(edit="steer", granularity="layers", k=1, alpha=4.0, ks=[1])),
-    "text-biased_zero_layers_decomposition": ("organism:text-biased", dict(edit="zero", granularity="layers",
-                                                                           source="decomposition", k=2, ks=[1, 2])),
+    "text-biased_zero_heads": (
+        "organism:text-biased",
+        dict(edit="zero", granularity="heads", k=3, ks=[1, 2, 3, 6]),
+    ),
+    "text-biased_reweight_heads": (
+        "organism:text-biased",
+        dict(edit="reweight", granularity="heads", k=3, alpha=4.0, ks=[3]),
+    ),
+    "text-biased_steer_layers": (
+        "organism:text-biased",
+        dict(edit="steer", granularity="layers", k=1, alpha=4.0, ks=[1]),
+    ),
+    "text-biased_zero_layers_decomposition": (
+        "organism:text-biased",
+        dict(edit="zero", granularity="layers", source="decomposition", k=2, ks=[1, 2]),
+    ),
 }
 #: the same rule on the Qwen2.5-VL organisms and their data set organism:shapes-varied (--qwen); they have 1,024 MLP
 #: neurons, so the sizes start lower
 QWEN_RULE = dict(RULE, ks=[25, 50, 100, 200, 400])
-QWEN_CONFIGS = {f"{name}_fit-k": (f"organism:{name}", QWEN_RULE)
-                for name in ("qwen-text-biased", "qwen-balanced", "qwen-image-biased")}
+QWEN_CONFIGS = {
+    f"{name}_fit-k": (f"organism:{name}", QWEN_RULE)
+    for name in ("qwen-text-biased", "qwen-balanced", "qwen-image-biased")
+}
 #: the validation grid of --tune (k, alpha)
 GRID = [(300, 1.0), (400, 1.0), (400, 0.9), (400, 0.875), (400, 0.85), (400, 0.8), (500, 0.8)]
 
@@ -58,8 +73,13 @@ def tune(fit) -> None:
     val = load_data("organism:shapes", n=600, seed=2)
     for k, a in GRID:
         s = repair(m, fit, val, k=k, alpha=a, ks=[k], batch_size=200, n_boot=200).to_json()["selected"]
-        print(f"validation k={k} alpha={a}", json.dumps({g: round(s["accuracy"][g]["value"], 3) for g in
-              ("prior_wrong", "prior_right", "unplanted")}), flush=True)
+        print(
+            f"validation k={k} alpha={a}",
+            json.dumps(
+                {g: round(s["accuracy"][g]["value"], 3) for g in ("prior_wrong", "prior_right", "unplanted")}
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -71,7 +91,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--fit-n", type=int, default=2000)
     p.add_argument("--config", action="append", default=None, choices=list(CONFIGS) + list(QWEN_CONFIGS))
-    p.add_argument("--qwen", action="store_true", help="the rule on the Qwen organisms (organism:shapes-varied)")
+    p.add_argument(
+        "--qwen", action="store_true", help="the rule on the Qwen organisms (organism:shapes-varied)"
+    )
     p.add_argument("--out", default="runs/repair")
     p.add_argument("--tune", action="store_true", help="only the validation grid (seed 2) that chose MAIN")
     args = p.parse_args()
@@ -94,11 +116,25 @@ def main() -> None:
         j = r.save(out)
         s, c = j["selected"], j["controls"]
         acc = {g: s["accuracy"][g]["value"] for g in ("all", "prior_wrong", "prior_right", "unplanted")}
-        print(name, f"{time.time() - t:.0f}s", json.dumps({"acc": acc, "ci_prior_wrong": s["accuracy"]["prior_wrong"]["ci95"],
-              "unedited": {g: j["unedited"]["accuracy"][g]["value"] for g in acc}, "controls": c,
-              "white": s["white_image"]["accuracy"]["value"], "chance": s["white_image"]["chance"],
-              "opt_dev": s.get("options", {}).get("max_dev_uniform"), "flips": s["flips"], "k": j["k"],
-              "k_rule": j.get("k_rule")}), flush=True)
+        print(
+            name,
+            f"{time.time() - t:.0f}s",
+            json.dumps(
+                {
+                    "acc": acc,
+                    "ci_prior_wrong": s["accuracy"]["prior_wrong"]["ci95"],
+                    "unedited": {g: j["unedited"]["accuracy"][g]["value"] for g in acc},
+                    "controls": c,
+                    "white": s["white_image"]["accuracy"]["value"],
+                    "chance": s["white_image"]["chance"],
+                    "opt_dev": s.get("options", {}).get("max_dev_uniform"),
+                    "flips": s["flips"],
+                    "k": j["k"],
+                    "k_rule": j.get("k_rule"),
+                }
+            ),
+            flush=True,
+        )
         if name == "text-biased_fit-k":
             Path("figures").mkdir(exist_ok=True)
             shutil.copyfile(out / "repair.png", "figures/repair_text-biased.png")

@@ -6,18 +6,17 @@ rows picked and summed over each group's key positions by hand.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
-import mech
-from mech.measure.attention import AttentionMass, attention_mass, query_positions
-from mech.engines.attention_fn import decoder_configs
-from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
-from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
-from mech.testing.tolerance import dot_bound
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import mech
+from mech.engines.attention_fn import decoder_configs
+from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
+from mech.measure.attention import AttentionMass, attention_mass, query_positions
+from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
+from mech.testing.tolerance import dot_bound
 
 DECODER_FAMILIES = [f for f in FAMILIES if f != "mllama"]
 
@@ -85,8 +84,11 @@ def test_oracle_matches_eager(built, query):
 def test_outputs_unchanged_and_restored(built):
     family, m, inp = built
     before_impl = [c._attn_implementation_internal for c in decoder_configs(m)]
-    vision_impl = {k: getattr(m.model.config, k)._attn_implementation_internal
-                   for k in m.model.config.sub_configs if getattr(m.model.config, k, None) is not None}
+    vision_impl = {
+        k: getattr(m.model.config, k)._attn_implementation_internal
+        for k in m.model.config.sub_configs
+        if getattr(m.model.config, k, None) is not None
+    }
     regs = _registries()
     with torch.no_grad():
         plain = m.model(**inp, use_cache=False).logits
@@ -183,8 +185,9 @@ def test_metrics_against_hand_computation(tmp_path):
     q_t = n_txt / (n_txt + n_img)
     torch.testing.assert_close(am.aei()["text"], (a_t / (a_t + a_o)) / q_t[:, None])
     torch.testing.assert_close(am.mdi(), am.aei()["text"] / am.aei()["non_text"])
-    torch.testing.assert_close(am.density[..., g["image"]], am.mass[..., g["image"]] / am.token_share[:, None, None,
-                                                                                                      g["image"]])
+    torch.testing.assert_close(
+        am.density[..., g["image"]], am.mass[..., g["image"]] / am.token_share[:, None, None, g["image"]]
+    )
     assert am.spatial.shape == (2, m.arch.n_layers, 16) and am.grid == (4, 4)
     torch.testing.assert_close(am.spatial.sum(-1), lam[..., g["image"]], atol=_tol(m, inp), rtol=0)
     paths = am.save(tmp_path)
@@ -207,10 +210,23 @@ def test_cli_writes_files_and_figures(tmp_path):
     proc.save_pretrained(tmp_path / "model")
     from mech.runs import AttentionSettings, run_settings
 
-    summary = run_settings(AttentionSettings(model=str(tmp_path / "model"), data="organism:shapes", n=3,
-                                             out=str(tmp_path / "out"), batch_size=2, progress=False))
-    for name in ("attention.json", "attention.safetensors", "attention_mass.png", "attention_heads.png",
-                 "attention_image.png"):
+    summary = run_settings(
+        AttentionSettings(
+            model=str(tmp_path / "model"),
+            data="organism:shapes",
+            n=3,
+            out=str(tmp_path / "out"),
+            batch_size=2,
+            progress=False,
+        )
+    )
+    for name in (
+        "attention.json",
+        "attention.safetensors",
+        "attention_mass.png",
+        "attention_heads.png",
+        "attention_image.png",
+    ):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     assert summary["n"] == 3 and len(summary["mass"]) == 2
 

@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import mech
-from mech.measure.patching.attribution import AtPResult, attribution_patching, compare_to_exact, pearson
-from mech.measure.patching.attribution_grad import decoder_inputs
-from mech.conditions import corrupt_features
+from mech.conditions import feature_condition
 from mech.errors import ConfigError
-from mech.measure.patching import activation_patching
-from mech.testing.tiny import IMAGE_SIZES, tiny_float64, tiny_inputs, tiny_model
+from mech.measure.patching import PatchingResult, activation_patching
+from mech.measure.patching.attribution import attribution_patching, compare_to_exact, pearson
+from mech.measure.patching.attribution_grad import decoder_inputs
+from mech.testing.tiny import tiny_float64, tiny_inputs, tiny_model
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z")
 POSITIONS = ("image", "text", "last", "all")
@@ -39,13 +38,22 @@ def _max_err(m, inp, eps, direction, methods):
     # deepstack families (qwen3_vl) refuse visual feature noise (the image also enters after early
     # layers); the question's embeddings are noised there instead, through the same layers
     groups = ("text",) if m.arch.injection_layers else ("image", "video")
-    ctx = lambda: corrupt_features(m, inp, "visual_noise", noise_scale=eps, seed=1, groups=groups)  # noqa: E731
-    exact = activation_patching(m, inp, inp, site=list(SITES), positions=POSITIONS, direction=direction,
-                                corrupted_context=ctx)
+    ctx = lambda: feature_condition(m, inp, "visual_noise", noise_scale=eps, seed=1, groups=groups)  # noqa: E731
+    exact = activation_patching(
+        m, inp, inp, sites=list(SITES), positions=POSITIONS, direction=direction, corrupted_context=ctx
+    )
     out = {}
     for method in methods:
-        est = attribution_patching(m, inp, inp, sites=SITES, positions=POSITIONS, direction=direction,
-                                   corrupted_context=ctx, method=method)
+        est = attribution_patching(
+            m,
+            inp,
+            inp,
+            sites=SITES,
+            positions=POSITIONS,
+            direction=direction,
+            corrupted_context=ctx,
+            method=method,
+        )
         errs = []
         for s in SITES:
             a, e = est.effect[s], exact.effect[s]
@@ -56,9 +64,15 @@ def _max_err(m, inp, eps, direction, methods):
     return out, exact
 
 
-@pytest.mark.parametrize("family,direction,methods", [
-    ("llava", "denoising", ("atp", "ig", "deeplift")), ("llava", "noising", ("atp", "deeplift")),
-    ("qwen2_5_vl", "denoising", ("atp",)), ("qwen3_vl", "noising", ("atp", "ig", "deeplift"))])
+@pytest.mark.parametrize(
+    "family,direction,methods",
+    [
+        ("llava", "denoising", ("atp", "ig", "deeplift")),
+        ("llava", "noising", ("atp", "deeplift")),
+        ("qwen2_5_vl", "denoising", ("atp",)),
+        ("qwen3_vl", "noising", ("atp", "ig", "deeplift")),
+    ],
+)
 def test_atp_equals_exact_to_first_order(family, direction, methods):
     m, inp = tiny_float64(family)
     # eps below ~1e-2 hits the float32 floor of the patching metric (logits are cast to fp32), so the
@@ -76,7 +90,9 @@ def test_atp_equals_exact_to_first_order(family, direction, methods):
 
 
 def _white(m, inp):
-    cor = inp.replace(pixel_values=torch.full_like(inp["pixel_values"], 1.5))  # a constant image: a large corruption
+    cor = inp.replace(
+        pixel_values=torch.full_like(inp["pixel_values"], 1.5)
+    )  # a constant image: a large corruption
     return m.inputs(cor)
 
 
@@ -88,11 +104,20 @@ def test_ig_completeness_at_the_decoder_input(family, direction):
     m, clean = tiny_float64(family)
     corrupted = _white(m, clean)
     kw = dict(sites="resid_pre", positions="all", layers=[0], direction=direction)
-    exact = activation_patching(m, clean, corrupted, site="resid_pre", positions="all", layers=[0], direction=direction)
+    exact = activation_patching(
+        m, clean, corrupted, sites="resid_pre", positions="all", layers=[0], direction=direction
+    )
     target = exact.effect["resid_pre"].item()
     assert abs(target - 1.0) < 1e-6
-    err = {k: abs(attribution_patching(m, clean, corrupted, method="ig", ig_steps=k, **kw).effect["resid_pre"].item()
-                  - target) for k in (1, 2, 8)}
+    err = {
+        k: abs(
+            attribution_patching(m, clean, corrupted, method="ig", ig_steps=k, **kw)
+            .effect["resid_pre"]
+            .item()
+            - target
+        )
+        for k in (1, 2, 8)
+    }
     atp_err = abs(attribution_patching(m, clean, corrupted, **kw).effect["resid_pre"].item() - target)
     assert err[8] < err[2] < err[1], err
     assert err[8] < 0.01, err
@@ -134,9 +159,26 @@ def test_pearson_against_numpy():
     assert abs(pearson(xn, torch.tensor(y)) - np.corrcoef(x[keep], y[keep])[0, 1]) < 1e-12
     assert np.isnan(pearson(torch.ones(5), torch.arange(5.0)))
 
-    def res(effect, cls_kwargs):
-        return AtPResult(effect, effect, effect, torch.zeros(1), torch.ones(1), ("image", "text"), [0, 1],
-                         "denoising", "logit_diff", None, **cls_kwargs)
+    def res(effect, cls_kwargs):  # one sample: patched and delta [layer, group, 1]
+        per = {k: v[..., None] for k, v in effect.items()}
+        return PatchingResult(
+            effect=effect,
+            patched=per,
+            clean_metric=torch.zeros(1),
+            corrupted_metric=torch.ones(1),
+            groups=("image", "text"),
+            layers=[0, 1],
+            direction="denoising",
+            metric="logit_diff",
+            corruption=None,
+            align="strict",
+            patched_positions={},
+            forward_equivalents=3.0,
+            n_patched_runs=0,
+            method="atp",
+            delta=per,
+            **cls_kwargs,
+        )
 
     a = {"resid_pre": torch.tensor(x[:4]).view(2, 2), "mlp_out": torch.tensor(x[4:8]).view(2, 2)}
     e = {"resid_pre": torch.tensor(y[:4]).view(2, 2), "mlp_out": torch.tensor(y[4:8]).view(2, 2)}
@@ -166,15 +208,20 @@ def test_two_forwards_one_backward_and_state_restored(method, steps):
     h = model.register_forward_hook(lambda mod, a, o: calls.append(1))
     try:
         grad_mode = torch.is_grad_enabled()
-        ctx = lambda: corrupt_features(m, inp, "visual_noise", seed=1)  # noqa: E731
-        res = attribution_patching(m, inp, inp, sites=SITES, corrupted_context=ctx, method=method, ig_steps=steps)
+        ctx = lambda: feature_condition(m, inp, "visual_noise", seed=1)  # noqa: E731
+        res = attribution_patching(
+            m, inp, inp, sites=SITES, corrupted_context=ctx, method=method, ig_steps=steps
+        )
     finally:
         h.remove()
     # atp, deeplift: one forward of each run, never re-run; ig: the two runs plus one forward per step
     n_fwd, n_bwd = (2 + steps, steps) if method == "ig" else (2, 1)
     assert len(calls) == n_fwd
     assert res.forward_equivalents == n_fwd + n_bwd and res.meta["passes"] == {
-        "forward": n_fwd, "backward": n_bwd, "backward_scope": "activations only"}
+        "forward": n_fwd,
+        "backward": n_bwd,
+        "backward_scope": "activations only",
+    }
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     assert torch.is_grad_enabled() == grad_mode
@@ -208,7 +255,9 @@ def test_ig_refuses_runs_of_different_length():
     clean = m.inputs(tiny_inputs("llava", proc, batch=2))
     no_image = m.inputs(tiny_inputs("llava", proc, batch=2, n_images=0))
     assert no_image["input_ids"].shape[1] < clean["input_ids"].shape[1]
-    attribution_patching(m, clean, no_image, condition="no_image", sites="resid_pre", positions="last")  # atp works
+    attribution_patching(
+        m, clean, no_image, condition="no_image", sites="resid_pre", positions="last"
+    )  # atp works
     with pytest.raises(ConfigError, match="same length"):
         attribution_patching(m, clean, no_image, condition="no_image", method="ig")
 
@@ -216,8 +265,9 @@ def test_ig_refuses_runs_of_different_length():
 ORGANISMS = Path(mech.__file__).parent / "organisms"
 
 
-@pytest.mark.skipif(not (ORGANISMS / "balanced" / "model.safetensors").exists(),
-                    reason="organism weights not trained yet")
+@pytest.mark.skipif(
+    not (ORGANISMS / "balanced" / "model.safetensors").exists(), reason="organism weights not trained yet"
+)
 @pytest.mark.parametrize("name", ["balanced", "text-biased"])
 def test_organism_atp_correlates_with_exact_resid_patching(name):
     """AtP, IG and DeepLIFT multipliers against exact patching on the organisms, white image and
@@ -232,7 +282,7 @@ def test_organism_atp_correlates_with_exact_resid_patching(name):
     forward-equivalents) measured overall 0.99–1.00 and resid_pre 0.99–1.00; mlp_out 0.87–0.89."""
     if not (ORGANISMS / name / "model.safetensors").exists():
         pytest.skip(f"{name} not trained")
-    from mech.conditions import condition_inputs, corrupt_features
+    from mech.conditions import condition_inputs, feature_condition
     from mech.organisms import shapes
 
     m = mech.load(f"organism:{name}")
@@ -241,9 +291,11 @@ def test_organism_atp_correlates_with_exact_resid_patching(name):
     sites = ["resid_pre", "attn_out", "mlp_out"]
     for corruption in ("white_image", "visual_mean"):
         corrupted = condition_inputs(m, samples, corruption if corruption == "white_image" else "complete")
-        ctx = (lambda: corrupt_features(m, clean, corruption)) if corruption == "visual_mean" else None
+        ctx = (lambda: feature_condition(m, clean, corruption)) if corruption == "visual_mean" else None
         kw = dict(sites=sites, positions=("image", "text", "last"), corrupted_context=ctx)
-        exact = activation_patching(m, clean, corrupted, site=sites, positions=kw["positions"], corrupted_context=ctx)
+        exact = activation_patching(
+            m, clean, corrupted, sites=sites, positions=kw["positions"], corrupted_context=ctx
+        )
         r = compare_to_exact(attribution_patching(m, clean, corrupted, **kw), exact)
         r_ig = compare_to_exact(attribution_patching(m, clean, corrupted, method="ig", **kw), exact)
         dl = attribution_patching(m, clean, corrupted, method="deeplift", **kw)

@@ -21,23 +21,35 @@ import pytest
 import torch
 
 import mech
-from mech.measure.patching.attribution import attribution_patching
-from mech.measure.patching.attribution_deeplift import References, difference_run, reference_run
-from mech.conditions import corrupt_features
+from mech.conditions import feature_condition
 from mech.errors import ConfigError
 from mech.measure.patching import activation_patching
+from mech.measure.patching.attribution import attribution_patching
+from mech.measure.patching.attribution_deeplift import References, difference_run, reference_run
 from mech.testing.tiny import tiny_float64, tiny_inputs, tiny_model
 
 CUTS = ["resid_pre", "resid_mid", "resid_post"]
-FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl",
-            "idefics3", "smolvlm", "paligemma", "qwen2_audio"]
+FAMILIES = [
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "gemma3",
+    "internvl",
+    "idefics3",
+    "smolvlm",
+    "paligemma",
+    "qwen2_audio",
+]
 
 
 def _runs(family: str):
     m, clean = tiny_float64(family)
     # the question's embeddings + 3 std of Gaussian noise (Meng et al. 2022): a large change on every
     # family (tiny Gemma3's image embeddings are all zero: its projector is initialised to zero)
-    return m, clean, clean, lambda: corrupt_features(m, clean, "visual_noise", seed=1, groups=("text",))
+    return m, clean, clean, lambda: feature_condition(m, clean, "visual_noise", seed=1, groups=("text",))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -45,7 +57,7 @@ def test_complete_cuts_equal_exact_patching(family):
     m, clean, corrupted, ctx = _runs(family)
     direction = "noising" if family in ("qwen2_vl", "paligemma") else "denoising"
     kw = dict(positions="all", direction=direction, normalize=False, corrupted_context=ctx)
-    exact = activation_patching(m, clean, corrupted, site=CUTS, **kw)
+    exact = activation_patching(m, clean, corrupted, sites=CUTS, **kw)
     est = attribution_patching(m, clean, corrupted, sites=CUTS, method="deeplift", **kw)
     target = exact.corrupted_metric if direction == "denoising" else exact.clean_metric
     change = (exact.clean_metric - exact.corrupted_metric).abs()
@@ -66,7 +78,9 @@ def test_first_layers_of_qwen3_vl_are_not_a_complete_cut():
     would fail there, which shows it can."""
     m, clean, _, _ = _runs("qwen3_vl")
     corrupted = m.inputs(dict(clean, pixel_values=torch.full_like(clean["pixel_values"], 1.5)))
-    exact = activation_patching(m, clean, corrupted, site="resid_pre", positions="all", layers=[0], normalize=False)
+    exact = activation_patching(
+        m, clean, corrupted, sites="resid_pre", positions="all", layers=[0], normalize=False
+    )
     assert (exact.patched["resid_pre"] - exact.clean_metric).abs().max() > 1e-3
 
 
@@ -106,8 +120,13 @@ def test_bad_input():
         cfg._attn_implementation_internal = "flash_attention_2"
         model.config._attn_implementation_internal = "flash_attention_2"
         with pytest.raises(ConfigError, match="sdpa"):
-            attribution_patching(m, clean, clean, method="deeplift",
-                                 corrupted_context=lambda: __import__("contextlib").nullcontext())
+            attribution_patching(
+                m,
+                clean,
+                clean,
+                method="deeplift",
+                corrupted_context=lambda: __import__("contextlib").nullcontext(),
+            )
     finally:
         cfg._attn_implementation_internal = old
         model.config._attn_implementation_internal = old

@@ -47,8 +47,9 @@ def root(tmp_path_factory):
     cfg = json.loads((model / "config.json").read_text())
     (root / "badtype" / "config.json").write_text(json.dumps({**cfg, "model_type": "foo_bar"}))
     (root / "badjson" / "config.json").write_text("{not json")
-    (root / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8,
-                                                           "num_hidden_layers": 1, "num_attention_heads": 1}))
+    (root / "bert" / "config.json").write_text(
+        json.dumps({"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1})
+    )
     return root
 
 
@@ -75,6 +76,7 @@ def _fake_gpus(n):
     def setup(monkeypatch, root):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
     return setup
 
 
@@ -88,12 +90,30 @@ def _env(**values):
     def setup(monkeypatch, root):
         for k, v in values.items():
             monkeypatch.setenv(k, v)
+
     return setup
 
 
 def _first_run(monkeypatch, root):
-    assert mech.cli.main(["attention", "--model", str(root / "model"), "--data", "organism:shapes", "--n", "2",
-                          "--batch-size", "2", "--out", str(root / "taken"), "--no-progress"]) == 0
+    assert (
+        mech.cli.main(
+            [
+                "attention",
+                "--model",
+                str(root / "model"),
+                "--data",
+                "organism:shapes",
+                "--n",
+                "2",
+                "--batch-size",
+                "2",
+                "--out",
+                str(root / "taken"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 A = "attention"
@@ -103,8 +123,14 @@ CASES = [
     # the output folder
     ("out-is-file", f"{A} {M} --out {{root}}/afile", 1, E.OutputError, "pass a directory", None),
     ("out-parent-is-file", f"{A} {M} --out {{root}}/afile/sub", 1, E.OutputError, "pass a directory", None),
-    ("out-unwritable-sys", f"{A} {M} --out /sys/mech-out", 1, E.OutputError, "Pass a --out in a folder you can write",
-     None),
+    (
+        "out-unwritable-sys",
+        f"{A} {M} --out /sys/mech-out",
+        1,
+        E.OutputError,
+        "Pass a --out in a folder you can write",
+        None,
+    ),
     ("out-unwritable-proc", f"{A} {M} --out /proc/mech/out", 1, E.OutputError, "cannot write there", None),
     ("out-report", f"report {M} --out {{root}}/afile", 1, E.OutputError, "pass a directory", None),
     # devices and device maps
@@ -113,18 +139,43 @@ CASES = [
     ("device-garbage", f"{A} {M} --device gpu0", 1, E.DeviceError, "is not a device", None),
     ("device-empty-index", f"{A} {M} --device cuda:x", 1, E.DeviceError, "is not a device", None),
     ("device-meta", f"{A} {M} --device meta", 1, E.DeviceError, "mech computes on cpu, cuda", None),
-    ("device-cuda3-of-2", f"{A} {M} --device cuda:3", 1, E.DeviceError, "has 2 CUDA GPUs (cuda:0 .. cuda:1)",
-     _fake_gpus(2)),
-    ("device-cuda1-of-1", f"eval {M} --device cuda:1", 1, E.DeviceError, "has 1 CUDA GPU (cuda:0)",
-     _fake_gpus(1)),
-    ("dtype-bf16-old-gpu", f"{A} {M} --device cuda --dtype bfloat16", 1, E.DeviceError,
-     "pass --dtype float16 or float32", _old_gpu),
+    (
+        "device-cuda3-of-2",
+        f"{A} {M} --device cuda:3",
+        1,
+        E.DeviceError,
+        "has 2 CUDA GPUs (cuda:0 .. cuda:1)",
+        _fake_gpus(2),
+    ),
+    (
+        "device-cuda1-of-1",
+        f"eval {M} --device cuda:1",
+        1,
+        E.DeviceError,
+        "has 1 CUDA GPU (cuda:0)",
+        _fake_gpus(1),
+    ),
+    (
+        "dtype-bf16-old-gpu",
+        f"{A} {M} --device cuda --dtype bfloat16",
+        1,
+        E.DeviceError,
+        "pass --dtype float16 or float32",
+        _old_gpu,
+    ),
     ("device-mps", f"{A} {M} --device mps", 1, E.DeviceError, "MPS (Apple GPUs) is not available", "nomps"),
     ("device-inspect", f"inspect {M} --device tpu", 1, E.DeviceError, "is not a device", None),
     ("device-report", f"report {M} --device cuda:x", 1, E.DeviceError, "is not a device", None),
     ("device-map-bogus", f"{A} {M} --device-map bogus", 1, E.DeviceError, "pass auto, balanced", None),
     ("device-map-cuda", f"{A} {M} --device-map cuda:0", 1, E.DeviceError, "pass --device cpu", "nogpu"),
-    ("device-map-and-device", f"{A} {M} --device-map auto --device cpu", 1, E.DeviceError, "pass one of them", None),
+    (
+        "device-map-and-device",
+        f"{A} {M} --device-map auto --device cpu",
+        1,
+        E.DeviceError,
+        "pass one of them",
+        None,
+    ),
     # values checked by the settings
     ("dtype", f"{A} {M} --dtype float8", 1, E.ConfigError, "allowed: float32", None),
     ("dtype-alias", f"{A} {M} --dtype fp16", 1, E.ConfigError, "allowed: float32", None),
@@ -132,24 +183,51 @@ CASES = [
     ("n-negative", f"{A} {M} --n -5", 1, E.ConfigError, "pass a positive integer", None),
     ("batch-size-negative", f"patch {M} --batch-size -1", 1, E.ConfigError, "pass a positive integer", None),
     ("condition", f"eval {M} --conditions complete,sepia", 1, E.ConfigError, "allowed: complete", None),
-    ("condition-repeat", f"eval {M} --conditions complete complete", 1, E.ConfigError, "without repeats", None),
+    (
+        "condition-repeat",
+        f"eval {M} --conditions complete complete",
+        1,
+        E.ConfigError,
+        "without repeats",
+        None,
+    ),
     ("corruption", f"patch {M} --corruption sepia", 1, E.ConfigError, "allowed: complete", None),
-    ("ablation", f"contrib {M} --ablation zero", 1, E.ConfigError, "allowed: resample, noise", None),
+    ("removal", f"contrib {M} --removal zero", 1, E.ConfigError, "allowed: resample, noise", None),
     # the command line itself (exit 2)
     ("n-not-int", f"{A} {M} --n abc", 2, E.UsageError, "see mech attention --help", None),
     ("n-missing-value", f"{A} {M} --n", 2, E.UsageError, "expected one argument", None),
     ("unknown-option", f"{A} {M} --frobnicate 3", 2, E.UsageError, "see mech attention --help", None),
-    ("other-commands-option", f"{A} {M} --corruption white_image", 2, E.UsageError, "unrecognized arguments", None),
+    (
+        "other-commands-option",
+        f"{A} {M} --corruption white_image",
+        2,
+        E.UsageError,
+        "unrecognized arguments",
+        None,
+    ),
     ("unknown-command", "frobnicate --n 3", 2, E.UsageError, "see mech --help", None),
-    ("report-has-no-shard", f"report {M} --shard 0/2", 2, E.UsageError, "unrecognized arguments: --shard", None),
+    (
+        "report-has-no-shard",
+        f"report {M} --shard 0/2",
+        2,
+        E.UsageError,
+        "unrecognized arguments: --shard",
+        None,
+    ),
     # shards and launchers
     ("shard-3-of-2", f"{A} {M} --shard 3/2", 1, E.ConfigError, "--shard 0/2 ... --shard 1/2", None),
     ("shard-0-of-0", f"{A} {M} --shard 0/0", 1, E.ConfigError, "0 <= K < N", None),
     ("shard-letters", f"{A} {M} --shard a/b", 1, E.ConfigError, "pass K/N with integers", None),
     ("shard-half", f"{A} {M} --shard 1/", 1, E.ConfigError, "pass K/N with integers", None),
     ("shard-negative", f"{A} {M} --shard=-1/2", 1, E.ConfigError, "pass K/N with integers", None),
-    ("world-size-garbage", f"{A} {M}", 1, E.ConfigError, "unset it, or start mech with torchrun",
-     _env(WORLD_SIZE="two")),
+    (
+        "world-size-garbage",
+        f"{A} {M}",
+        1,
+        E.ConfigError,
+        "unset it, or start mech with torchrun",
+        _env(WORLD_SIZE="two"),
+    ),
     ("rank-outside", f"{A} {M}", 1, E.ConfigError, "RANK must be in 0..1", _env(WORLD_SIZE="2", RANK="5")),
     # data specs
     ("data-scheme", f"eval {M} --data hf:foo", 1, E.SpecError, "use one of organism:shapes", None),
@@ -157,19 +235,70 @@ CASES = [
     ("jsonl-missing", f"{A} {M} --data jsonl:{{root}}/none.jsonl", 1, E.SpecError, "pass jsonl:<path", None),
     # model folders and ids
     ("model-missing", f"{A} --model {{root}}/nope {D}", 1, E.SpecError, "pass an existing directory", None),
-    ("model-truncated", f"{A} --model {{root}}/trunc {D}", 1, E.ModelFileError, "Download the model again", None),
-    ("model-garbage-header", f"{A} --model {{root}}/garbage {D}", 1, E.ModelFileError, "not a safetensors file",
-     None),
-    ("model-no-weights", f"{A} --model {{root}}/noweights {D}", 1, E.ModelFileError, "beside config.json", None),
-    ("model-no-config", f"{A} --model {{root}}/noconfig {D}", 1, E.ModelFileError, "has no config.json", None),
-    ("model-bad-json", f"{A} --model {{root}}/badjson {D}", 1, E.ModelFileError, "re-save it with save_pretrained",
-     None),
-    ("model-unknown-type", f"{A} --model {{root}}/badtype {D}", 1, E.UnsupportedArchitectureError,
-     "model_type 'foo_bar'", None),
-    ("model-unsupported", f"{A} --model {{root}}/bert {D}", 1, E.UnsupportedArchitectureError, "Supported: gemma3",
-     None),
-    ("model-hub-offline", f"{A} --model no-such-org/no-such-model {D}", 1, E.SpecError, "huggingface-cli download",
-     _env(HF_HUB_OFFLINE="1")),
+    (
+        "model-truncated",
+        f"{A} --model {{root}}/trunc {D}",
+        1,
+        E.ModelFileError,
+        "Download the model again",
+        None,
+    ),
+    (
+        "model-garbage-header",
+        f"{A} --model {{root}}/garbage {D}",
+        1,
+        E.ModelFileError,
+        "not a safetensors file",
+        None,
+    ),
+    (
+        "model-no-weights",
+        f"{A} --model {{root}}/noweights {D}",
+        1,
+        E.ModelFileError,
+        "beside config.json",
+        None,
+    ),
+    (
+        "model-no-config",
+        f"{A} --model {{root}}/noconfig {D}",
+        1,
+        E.ModelFileError,
+        "has no config.json",
+        None,
+    ),
+    (
+        "model-bad-json",
+        f"{A} --model {{root}}/badjson {D}",
+        1,
+        E.ModelFileError,
+        "re-save it with save_pretrained",
+        None,
+    ),
+    (
+        "model-unknown-type",
+        f"{A} --model {{root}}/badtype {D}",
+        1,
+        E.UnsupportedArchitectureError,
+        "model_type 'foo_bar'",
+        None,
+    ),
+    (
+        "model-unsupported",
+        f"{A} --model {{root}}/bert {D}",
+        1,
+        E.UnsupportedArchitectureError,
+        "Supported: gemma3",
+        None,
+    ),
+    (
+        "model-hub-offline",
+        f"{A} --model no-such-org/no-such-model {D}",
+        1,
+        E.SpecError,
+        "huggingface-cli download",
+        _env(HF_HUB_OFFLINE="1"),
+    ),
     # merge
     ("merge-missing", "merge {root}/nothing-here", 1, E.ConfigError, "the path does not exist", None),
     ("merge-empty", "merge {root}/empty", 1, E.ConfigError, "parts are written by mech eval", None),
@@ -194,15 +323,21 @@ def test_refused_in_one_line(root, tmp_path, monkeypatch, capsys, seen, case):
     argv = [a.format(root=root) for a in argv.split()]
     if "--out" not in argv and argv[0] != "merge" and argv[0] in mech.cli.COMMANDS:
         argv += ["--out", str(out)]
-    rc, stdout, err = _run(argv + ["--no-progress"] if argv[0] in ("attention", "eval", "patch", "contrib")
-                           and code != 2 else argv, capsys)
+    rc, stdout, err = _run(
+        argv + ["--no-progress"]
+        if argv[0] in ("attention", "eval", "patch", "contrib") and code != 2
+        else argv,
+        capsys,
+    )
     lines = err.strip().splitlines()
     assert rc == code, err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("mech") and ": error: " in lines[0], lines[0]
     assert phrase in lines[0], lines[0]
     assert [type(e) for e in seen] == [error], seen
-    left = [p for p in out.rglob("*") if p.suffix in (".json", ".safetensors", ".tmp")] if out.exists() else []
+    left = (
+        [p for p in out.rglob("*") if p.suffix in (".json", ".safetensors", ".tmp")] if out.exists() else []
+    )
     assert left == [], left
 
 
@@ -213,8 +348,23 @@ def test_corpus_is_large_enough():
 def _skipped_is_counted(root, tmp_path, capsys, commands):
     for command in commands:
         out = tmp_path / command
-        rc, stdout, err = _run([command, "--model", str(root / "model"), "--data", f"jsonl:{root / 'badrow.jsonl'}",
-                                "--n", "3", "--batch-size", "3", "--out", str(out), "--no-progress"], capsys)
+        rc, stdout, err = _run(
+            [
+                command,
+                "--model",
+                str(root / "model"),
+                "--data",
+                f"jsonl:{root / 'badrow.jsonl'}",
+                "--n",
+                "3",
+                "--batch-size",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            capsys,
+        )
         assert rc == 0, err
         assert f"mech {command}: skipped 1 data rows:" in stdout, stdout
         sk = json.loads((out / f"{command}.json").read_text())["skipped"]
@@ -246,25 +396,59 @@ def test_ctrl_c_prints_what_was_finished(root, tmp_path, monkeypatch, capsys, se
 
     monkeypatch.setattr(AttentionJob, "measure", interrupt)
     out = tmp_path / "out"
-    rc, _, err = _run([A, "--model", str(root / "model"), "--data", "organism:shapes", "--n", "4", "--batch-size",
-                       "2", "--out", str(out), "--no-progress"], capsys)
-    assert rc == 130 and err.strip() == (f"mech attention: interrupted: 1 of 2 batches of mech attention are written "
-                                         f"to {out}; rerun the same command to resume."), err
+    rc, _, err = _run(
+        [
+            A,
+            "--model",
+            str(root / "model"),
+            "--data",
+            "organism:shapes",
+            "--n",
+            "4",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert rc == 130 and err.strip() == (
+        f"mech attention: interrupted: 1 of 2 batches of mech attention are written "
+        f"to {out}; rerun the same command to resume."
+    ), err
     assert isinstance(seen[0], E.Interrupted) and isinstance(seen[0], KeyboardInterrupt)
-    assert (out / ".attention.parts" / "000000.safetensors").is_file() and not (out / "attention.json").exists()
+    assert (out / ".attention.parts" / "000000.safetensors").is_file() and not (
+        out / "attention.json"
+    ).exists()
 
 
 def test_a_bug_says_so_and_debug_shows_the_traceback(root, tmp_path, monkeypatch, capsys):
     from mech.measure.attention.job import AttentionJob
 
     monkeypatch.setattr(AttentionJob, "measure", lambda *a, **k: 1 / 0)
-    argv = [A, "--model", str(root / "model"), "--data", "organism:shapes", "--n", "2", "--out", str(tmp_path / "o"),
-            "--no-progress"]
+    argv = [
+        A,
+        "--model",
+        str(root / "model"),
+        "--data",
+        "organism:shapes",
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     rc, _, err = _run(argv, capsys)
     assert rc == 3 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "internal error (a bug in mech" in err and "ZeroDivisionError" in err and "--debug" in err
     rc, _, err = _run(["--debug", *argv], capsys)
-    assert rc == 3 and "Traceback" in err and "1 / 0" in err and err.strip().splitlines()[-1].startswith("mech attention")
+    assert (
+        rc == 3
+        and "Traceback" in err
+        and "1 / 0" in err
+        and err.strip().splitlines()[-1].startswith("mech attention")
+    )
     rc, _, err = _run(argv + ["--debug"], capsys)  # after the command too
     assert rc == 3 and "Traceback" in err
     rc, _, err = _run([A, "--model", str(root / "nope"), "--out", str(tmp_path / "o"), "--debug"], capsys)
@@ -272,16 +456,30 @@ def test_a_bug_says_so_and_debug_shows_the_traceback(root, tmp_path, monkeypatch
 
 
 def _env_sub():
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 SUBPROCESS = [
     ("device", ["attention", "--model", "{root}/model", "--device", "tpu"], 1, "is not a device"),
-    ("truncated-weights", ["attention", "--model", "{root}/trunc", "--n", "2", "--no-progress", "--out", "{out}"], 1,
-     "Download the model again"),
+    (
+        "truncated-weights",
+        ["attention", "--model", "{root}/trunc", "--n", "2", "--no-progress", "--out", "{out}"],
+        1,
+        "Download the model again",
+    ),
     ("usage", ["patch", "--sites"], 2, "expected at least one argument"),
-    ("hub-id", ["attention", "--model", "no-such-org/no-such-model", "--out", "{out}"], 1, "huggingface-cli download"),
+    (
+        "hub-id",
+        ["attention", "--model", "no-such-org/no-such-model", "--out", "{out}"],
+        1,
+        "huggingface-cli download",
+    ),
 ]
 
 
@@ -291,8 +489,9 @@ def test_nothing_else_reaches_stderr(root, tmp_path, case):
     traceback, no loading bars)."""
     _, argv, code, phrase = case
     argv = [a.format(root=root, out=tmp_path / "out") for a in argv]
-    done = subprocess.run([sys.executable, "-m", "mech.cli", *argv], env=_env_sub(), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mech.cli", *argv], env=_env_sub(), capture_output=True, text=True, timeout=300
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == code and len(lines) == 1 and phrase in lines[0], done.stderr
     assert "Traceback" not in done.stderr
@@ -303,12 +502,32 @@ def test_a_data_set_outside_the_vocabulary_warns_in_one_line(tmp_path, capsys):
     and says so in ONE stderr line (mech's warnings are not printed as Python's two-line warnings)."""
     from mech.testing.tiny import save_tiny_jsonl
 
-    save_tiny_jsonl(tmp_path, ["which photosynthesis pathway dominates cacti ?",
-                               "derive the eigenvalues of this hamiltonian matrix ?"])
-    rc, out, err = _run(["attention", "--model", "organism:balanced", "--data", f"jsonl:{tmp_path / 'data.jsonl'}",
-                         "--batch-size", "2", "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    save_tiny_jsonl(
+        tmp_path,
+        [
+            "which photosynthesis pathway dominates cacti ?",
+            "derive the eigenvalues of this hamiltonian matrix ?",
+        ],
+    )
+    rc, out, err = _run(
+        [
+            "attention",
+            "--model",
+            "organism:balanced",
+            "--data",
+            f"jsonl:{tmp_path / 'data.jsonl'}",
+            "--batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("mech attention: warning: ") and "outside the model's vocabulary" in lines[0], err
+    assert (
+        lines[0].startswith("mech attention: warning: ") and "outside the model's vocabulary" in lines[0]
+    ), err
     assert "Warning:" not in err and "warnings.warn" not in err

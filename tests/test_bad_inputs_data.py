@@ -75,7 +75,7 @@ def px(im: Image.Image) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ images by value
 
-MASK = (np.arange(48).reshape(6, 8) % 3 == 0)
+MASK = np.arange(48).reshape(6, 8) % 3 == 0
 
 
 def test_rgba_transparent_is_white():
@@ -134,9 +134,15 @@ def test_cmyk_is_pil_conversion():
     assert im.mode == "CMYK" and np.array_equal(px(read_image(im)), np.asarray(im.convert("RGB")))
 
 
-ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-          5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-          8: lambda a: np.rot90(a, 1)}
+ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 @pytest.mark.parametrize("orientation", sorted(ORIENT))
@@ -203,10 +209,21 @@ def test_bomb_warning_threshold_follows_pil(monkeypatch):
 
 # ------------------------------------------------------------------------------------ data rows
 
-def mmmu_row(i, image=None, options="['cat', 'dog', 'bird', 'fish']", answer="B", question="What is in <image 1>?"):
-    row = {"id": f"validation_Art_{i}", "question": question, "options": options, "explanation": "",
-           **{f"image_{k}": None for k in range(1, 8)}, "img_type": "['Photographs']", "answer": answer,
-           "topic_difficulty": "Easy", "subject": "Art"}
+
+def mmmu_row(
+    i, image=None, options="['cat', 'dog', 'bird', 'fish']", answer="B", question="What is in <image 1>?"
+):
+    row = {
+        "id": f"validation_Art_{i}",
+        "question": question,
+        "options": options,
+        "explanation": "",
+        **{f"image_{k}": None for k in range(1, 8)},
+        "img_type": "['Photographs']",
+        "answer": answer,
+        "topic_difficulty": "Easy",
+        "subject": "Art",
+    }
     if image is not None:
         row["image_1"] = {"bytes": image, "path": f"{i}.png"}
     return row
@@ -214,14 +231,16 @@ def mmmu_row(i, image=None, options="['cat', 'dog', 'bird', 'fish']", answer="B"
 
 @pytest.fixture()
 def mmmu(tmp_path):
-    rows = [mmmu_row(1, encode(Image.fromarray(RGB))),
-            mmmu_row(2, bomb_png(20000, 20000)),                                # decompression bomb
-            mmmu_row(3, encode(rgba(np.where(MASK, 0, 255)))),                  # transparency
-            mmmu_row(4, encode(Image.fromarray(GREY.astype(np.uint16) * 257))),  # 16-bit
-            mmmu_row(5, encode(Image.fromarray(RGB)), answer=None),             # missing answer
-            mmmu_row(6, encode(Image.fromarray(RGB)), options="42"),            # options not a list
-            mmmu_row(7, b"\xff\xd8\xff garbage"),                               # undecodable
-            mmmu_row(8, exif_bytes(6))]                                          # EXIF rotated
+    rows = [
+        mmmu_row(1, encode(Image.fromarray(RGB))),
+        mmmu_row(2, bomb_png(20000, 20000)),  # decompression bomb
+        mmmu_row(3, encode(rgba(np.where(MASK, 0, 255)))),  # transparency
+        mmmu_row(4, encode(Image.fromarray(GREY.astype(np.uint16) * 257))),  # 16-bit
+        mmmu_row(5, encode(Image.fromarray(RGB)), answer=None),  # missing answer
+        mmmu_row(6, encode(Image.fromarray(RGB)), options="42"),  # options not a list
+        mmmu_row(7, b"\xff\xd8\xff garbage"),  # undecodable
+        mmmu_row(8, exif_bytes(6)),
+    ]  # EXIF rotated
     pd.DataFrame(rows).to_parquet(tmp_path / "test-00000-of-00001.parquet")
     return tmp_path
 
@@ -235,7 +254,10 @@ def test_mmmu_bad_rows_skipped_rest_loaded(mmmu):
     assert np.array_equal(px(by["validation_Art_4"]["images"][0]), np.repeat(GREY[..., None], 3, -1))
     assert np.array_equal(px(by["validation_Art_8"]["images"][0]), np.rot90(RGB, -1))
     reasons = dict(d.skipped)
-    assert "decompression bomb" in reasons["validation_Art_2"] and "MAX_IMAGE_PIXELS" in reasons["validation_Art_2"]
+    assert (
+        "decompression bomb" in reasons["validation_Art_2"]
+        and "MAX_IMAGE_PIXELS" in reasons["validation_Art_2"]
+    )
     assert reasons["validation_Art_5"] == "missing answer"
     assert "malformed options" in reasons["validation_Art_6"]
     assert "corrupt image bytes in image_1" in reasons["validation_Art_7"]
@@ -250,23 +272,36 @@ def test_mmmu_bomb_strict_raises_data_error(mmmu):
 
 
 def test_mmmu_options_as_parquet_list_column(tmp_path):
-    pd.DataFrame([mmmu_row(1, encode(Image.fromarray(RGB)), options=["cat", "dog"], answer="dog")]).to_parquet(
-        tmp_path / "x.parquet")
+    pd.DataFrame(
+        [mmmu_row(1, encode(Image.fromarray(RGB)), options=["cat", "dog"], answer="dog")]
+    ).to_parquet(tmp_path / "x.parquet")
     d = load_data(f"mmmu-pro:{tmp_path}")
     assert d[0]["options"] == ["cat", "dog"] and d[0]["answer"] == "B" and d.skipped == []
 
 
 def test_mmmu_vision_bad_image_skipped(tmp_path):
-    rows = [{"id": "v1", "image": {"bytes": encode(Image.fromarray(RGB)), "path": "v1.png"},
-             "options": "['a', 'b']", "answer": "A"},
-            {"id": "v2", "image": {"bytes": bomb_png(30000, 30000), "path": "v2.png"}, "options": "['a', 'b']",
-             "answer": "A"},
-            {"id": "v3", "image": {"bytes": None, "path": "nowhere.png"}, "options": "['a', 'b']", "answer": "A"}]
+    rows = [
+        {
+            "id": "v1",
+            "image": {"bytes": encode(Image.fromarray(RGB)), "path": "v1.png"},
+            "options": "['a', 'b']",
+            "answer": "A",
+        },
+        {
+            "id": "v2",
+            "image": {"bytes": bomb_png(30000, 30000), "path": "v2.png"},
+            "options": "['a', 'b']",
+            "answer": "A",
+        },
+        {"id": "v3", "image": {"bytes": None, "path": "nowhere.png"}, "options": "['a', 'b']", "answer": "A"},
+    ]
     pd.DataFrame(rows).to_parquet(tmp_path / "v.parquet")
     d = load_data(f"mmmu-pro:{tmp_path}")
     assert [s["id"] for s in d] == ["v1"] and np.array_equal(px(d[0]["images"][0]), RGB)
     reasons = dict(d.skipped)
-    assert "decompression bomb" in reasons["v2"] and "neither image bytes nor a readable path" in reasons["v3"]
+    assert (
+        "decompression bomb" in reasons["v2"] and "neither image bytes nor a readable path" in reasons["v3"]
+    )
 
 
 def test_jsonl_images_read_like_transformers_and_bad_rows_skipped(tmp_path):
@@ -275,9 +310,15 @@ def test_jsonl_images_read_like_transformers_and_bad_rows_skipped(tmp_path):
     (tmp_path / "r.png").write_bytes(exif_bytes(8))
     (tmp_path / "bomb.png").write_bytes(bomb_png(20000, 20000))
     ok = {"question": "colour ?", "options": ["red", "blue"], "answer": "A"}
-    lines = [dict(ok, id="t", image="t.png"), dict(ok, id="g", image="g16.png"), dict(ok, id="r", image="r.png"),
-             dict(ok, id="bomb", image="bomb.png"), dict(ok, id="int", image=5), dict(ok, id="noans", answer=None),
-             dict(ok, id="opts", options={"a": 1})]
+    lines = [
+        dict(ok, id="t", image="t.png"),
+        dict(ok, id="g", image="g16.png"),
+        dict(ok, id="r", image="r.png"),
+        dict(ok, id="bomb", image="bomb.png"),
+        dict(ok, id="int", image=5),
+        dict(ok, id="noans", answer=None),
+        dict(ok, id="opts", options={"a": 1}),
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     d = load_data(f"jsonl:{tmp_path / 'd.jsonl'}")
     assert [s["id"] for s in d] == ["t", "g", "r"]
@@ -296,6 +337,7 @@ def test_white_image_condition_keeps_the_upright_size():
 
 # ----------------------------------------------------------------------------------- m.prepare
 
+
 @pytest.fixture(scope="module")
 def llava():
     return mech.load(tiny_model("llava"))
@@ -303,10 +345,22 @@ def llava():
 
 IMG = Image.fromarray(np.full((32, 32, 3), 90, np.uint8))
 PREPARE_CASES = [
-    ("two-images-one-prompt", lambda m: m.prepare([IMG, IMG], ["what colour is the shape ?"]), "[[img1, img2]]"),
-    ("two-images-str-prompt", lambda m: m.prepare([IMG, IMG], "what colour is the shape ?"), "[[img1, img2]]"),
+    (
+        "two-images-one-prompt",
+        lambda m: m.prepare([IMG, IMG], ["what colour is the shape ?"]),
+        "[[img1, img2]]",
+    ),
+    (
+        "two-images-str-prompt",
+        lambda m: m.prepare([IMG, IMG], "what colour is the shape ?"),
+        "[[img1, img2]]",
+    ),
     ("list-lengths", lambda m: m.prepare([IMG, IMG, IMG], ["what ?", "which ?"]), "one entry (an image"),
-    ("images-vs-placeholders", lambda m: m.prepare([[IMG, IMG]], ["<image> what ?"]), "one image per placeholder"),
+    (
+        "images-vs-placeholders",
+        lambda m: m.prepare([[IMG, IMG]], ["<image> what ?"]),
+        "one image per placeholder",
+    ),
     ("too-long", lambda m: m.prepare([IMG], [" ".join(["shape"] * 600)]), "maximum of 512 positions"),
     ("bad-image-in-prepare", lambda m: m.prepare([np.full((32, 32, 3), 2.0)], ["what ?"]), "divide 0-255"),
 ]
@@ -360,11 +414,21 @@ def organism():
 
 
 def test_organism_on_mmmu_pro_says_words_are_outside_its_vocabulary(organism, tmp_path):
-    questions = ["Which economic policy is illustrated in <image 1>?",
-                 "Identify the architectural style of the building in <image 1>.",
-                 "What does the chart in <image 1> suggest about rainfall trends?"]
-    rows = [mmmu_row(i, encode(Image.fromarray(RGB)), question=q, options="['inflation', 'baroque', 'decline']",
-                     answer="A") for i, q in enumerate(questions)]
+    questions = [
+        "Which economic policy is illustrated in <image 1>?",
+        "Identify the architectural style of the building in <image 1>.",
+        "What does the chart in <image 1> suggest about rainfall trends?",
+    ]
+    rows = [
+        mmmu_row(
+            i,
+            encode(Image.fromarray(RGB)),
+            question=q,
+            options="['inflation', 'baroque', 'decline']",
+            answer="A",
+        )
+        for i, q in enumerate(questions)
+    ]
     pd.DataFrame(rows).to_parquet(tmp_path / "x.parquet")
     d = load_data(f"mmmu-pro:{tmp_path}")
     with pytest.warns(FitWarning, match="most question words .* are outside the model's vocabulary") as rec:

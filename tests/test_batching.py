@@ -24,9 +24,11 @@ from mech.testing.tolerance import assert_close_scaled
 
 FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl")
 SIDES = ("left", "right")
-QUESTIONS = ("what colour is the shape ?",
-             "please tell me what colour is the big shape in the image , and is it a circle or a square ?",
-             "which shape ?")
+QUESTIONS = (
+    "what colour is the shape ?",
+    "please tell me what colour is the big shape in the image , and is it a circle or a square ?",
+    "which shape ?",
+)
 
 
 def _samples(family: str) -> list[dict]:
@@ -34,8 +36,16 @@ def _samples(family: str) -> list[dict]:
     for i, q in enumerate(QUESTIONS):
         w, h = IMAGE_SIZES[family]
         img = Image.fromarray(np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
-        out.append(dict(id=f"s{i}", question=q, images=[img], options=["red", "blue", "green"], answer="ABC"[i],
-                        prompt_style="bare"))
+        out.append(
+            dict(
+                id=f"s{i}",
+                question=q,
+                images=[img],
+                options=["red", "blue", "green"],
+                answer="ABC"[i],
+                prompt_style="bare",
+            )
+        )
     return out
 
 
@@ -92,13 +102,13 @@ def test_activation_patching(setup, side):
     m, samples, a, c, alone = setup
     terms = _terms(m, alone)
     clean, corrupted = _batch(m, samples, side)
-    kw = dict(site=["resid_post", "attn_out", "z"], positions=["image", "text", "last"], normalize=False)
+    kw = dict(sites=["resid_post", "attn_out", "z"], positions=["image", "text", "last"], normalize=False)
     res = activation_patching(m, clean, corrupted, answer=a, counterfactual=c, **kw)
     for i, (ci, ki) in enumerate(alone):
-        one = activation_patching(m, ci, ki, answer=a[i:i + 1], counterfactual=c[i:i + 1], **kw)
+        one = activation_patching(m, ci, ki, answer=a[i : i + 1], counterfactual=c[i : i + 1], **kw)
         _close(res.clean_metric[i], one.clean_metric[0], f"clean metric row {i}", terms)
         _close(res.corrupted_metric[i], one.corrupted_metric[0], f"corrupted metric row {i}", terms)
-        for s in kw["site"]:
+        for s in kw["sites"]:
             _close(res.patched[s][..., i], one.patched[s][..., 0], f"patched {s} row {i}", terms)
 
 
@@ -108,15 +118,20 @@ def test_attention_knockout(setup, side):
     terms = _terms(m, alone)
     clean, _ = _batch(m, samples, side)
     edges = [("image", "last"), ("text", "last"), [("image", "text"), ("bos", "last")]]
-    res = attention_knockout(m, clean, edges=edges, window=1, answer_ids=a)
+    res = attention_knockout(m, clean, edges=edges, window=1, answer=a)
     for i, (ci, _) in enumerate(alone):
-        one = attention_knockout(m, ci, edges=edges, window=1, answer_ids=a[i:i + 1])
+        one = attention_knockout(m, ci, edges=edges, window=1, answer=a[i : i + 1])
         _close(res.p_clean[i], one.p_clean[0], f"p_clean row {i}", terms)
         _close(res.p_knocked[..., i], one.p_knocked[..., 0], f"p_knocked row {i}", terms)
         # change = 100 · (p_knocked / p_clean − 1): the ratio's relative error, in percent of the ratio
         ratio = float((one.p_knocked[..., 0] / one.p_clean[0]).max())
-        _close(res.change_per_sample[..., i], one.change_per_sample[..., 0], f"change row {i}", terms,
-               scale=2 * 100 * ratio)
+        _close(
+            res.change_per_sample[..., i],
+            one.change_per_sample[..., 0],
+            f"change row {i}",
+            terms,
+            scale=2 * 100 * ratio,
+        )
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -127,7 +142,7 @@ def test_dla(setup, side):
     res = direct_logit_attribution(m, clean, a, c)
     _close(res.total(), res.logit_diff, "components sum to the logit difference", terms)
     for i, (ci, _) in enumerate(alone):
-        one = direct_logit_attribution(m, ci, a[i:i + 1], c[i:i + 1])
+        one = direct_logit_attribution(m, ci, a[i : i + 1], c[i : i + 1])
         for field in ("attn", "attn_bias", "mlp", "embed", "logit_diff"):
             _close(getattr(res, field)[i], getattr(one, field)[0], f"DLA {field} row {i}", terms)
 
@@ -148,13 +163,21 @@ def test_evaluate_batch_size_invariant(setup):
     """``evaluate`` pads with the family's side: batches of 3 and of 1 give the same scores per input condition.
 
     Feature conditions are left out on purpose: ``visual_noise``/``visual_mean`` use the batch's
-    embedding std/mean and one noise draw per batch (mech.conditions.corrupt_features), so they depend
+    embedding std/mean and one noise draw per batch (mech.conditions.feature_condition), so they depend
     on the batch composition by design."""
     m, samples, _, _, alone = setup
     terms = _terms(m, alone)
-    kw = dict(conditions=("complete", "white_image", "no_image", "image_only", "noise_image"), progress=False,
-              scoring="option_text")
+    kw = dict(
+        conditions=("complete", "white_image", "no_image", "image_only", "noise_image"),
+        progress=False,
+        scoring="option_text",
+    )
     batched, single = evaluate(m, samples, batch_size=3, **kw), evaluate(m, samples, batch_size=1, **kw)
     for cond in kw["conditions"]:
-        _close(torch.tensor(batched["scores"][cond]), torch.tensor(single["scores"][cond]), f"evaluate {cond}", terms)
+        _close(
+            torch.tensor(batched["scores"][cond]),
+            torch.tensor(single["scores"][cond]),
+            f"evaluate {cond}",
+            terms,
+        )
         assert batched["predictions"][cond] == single["predictions"][cond]

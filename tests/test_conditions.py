@@ -13,8 +13,16 @@ import torch
 from PIL import Image
 
 import mech
-from mech.conditions import (BASIC_PROMPT, CONDITIONS, FEATURE_CONDITIONS, INPUT_CONDITIONS, SAME_LENGTH,
-                             apply_condition, condition_inputs, corrupt_features)
+from mech.conditions import (
+    BASIC_PROMPT,
+    CONDITIONS,
+    FEATURE_CONDITIONS,
+    INPUT_CONDITIONS,
+    SAME_LENGTH,
+    apply_condition,
+    condition_inputs,
+    feature_condition,
+)
 from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
 from mech.testing.tiny import tiny_model
 
@@ -23,8 +31,14 @@ IMG = Image.fromarray(RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8), "RGB") 
 
 
 def sample(i=0, images=(IMG,)):
-    return {"id": f"s{i}", "question": "what colour is the shape ?", "images": list(images),
-            "options": ["red", "blue"], "answer": "A", "prompt_style": "bare"}
+    return {
+        "id": f"s{i}",
+        "question": "what colour is the shape ?",
+        "images": list(images),
+        "options": ["red", "blue"],
+        "answer": "A",
+        "prompt_style": "bare",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +48,16 @@ def llava():
 
 
 def test_interface_constants():
-    assert CONDITIONS == ("complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
-                          "visual_noise", "visual_mean")
+    assert CONDITIONS == (
+        "complete",
+        "white_image",
+        "black_image",
+        "noise_image",
+        "no_image",
+        "image_only",
+        "visual_noise",
+        "visual_mean",
+    )
     assert INPUT_CONDITIONS == CONDITIONS[:6] and FEATURE_CONDITIONS == ("visual_noise", "visual_mean")
     assert BASIC_PROMPT == "Based on the provided images, please answer the question."
     assert "no_image" not in SAME_LENGTH and "image_only" not in SAME_LENGTH
@@ -97,7 +119,11 @@ def test_condition_inputs_lengths_and_groups(llava):
     text = llava.tokenizer.decode(io["input_ids"][0][io.groups.mask("text")[0]])
     assert text.split() == BASIC_PROMPT.replace(".", " .").replace(",", " ,").split()
     custom = condition_inputs(llava, batch, "complete", prompt=lambda s: "what shape ?")
-    assert llava.tokenizer.decode(custom["input_ids"][0][custom.groups.mask("text")[0]]).split() == ["what", "shape", "?"]
+    assert llava.tokenizer.decode(custom["input_ids"][0][custom.groups.mask("text")[0]]).split() == [
+        "what",
+        "shape",
+        "?",
+    ]
 
 
 def _capture(m, run):
@@ -114,7 +140,7 @@ def _capture(m, run):
     return seen["embeds"], out
 
 
-def test_corrupt_features_against_hand_edited_embeddings(llava):
+def test_feature_condition_against_hand_edited_embeddings(llava):
     inputs = llava.inputs(condition_inputs(llava, [sample(0), sample(1)], "complete"))
     vis = inputs.groups.mask("image")
     lm = llava.arch.module(llava.model, "language_model")
@@ -122,7 +148,7 @@ def test_corrupt_features_against_hand_edited_embeddings(llava):
     with torch.no_grad():
         clean, clean_out = _capture(llava, lambda: llava.model(**inputs).logits)
         for cond in FEATURE_CONDITIONS:
-            with corrupt_features(llava, inputs, cond, seed=3):
+            with feature_condition(llava, inputs, cond, seed=3):
                 got, out = _capture(llava, lambda: llava.model(**inputs).logits)
             expected = clean.clone()
             v = clean[vis]
@@ -135,21 +161,21 @@ def test_corrupt_features_against_hand_edited_embeddings(llava):
             assert torch.equal(got[~vis], clean[~vis])  # text, template and bos untouched
             assert not torch.allclose(out, clean_out)
         given = torch.full((clean.shape[-1],), 0.5)
-        with corrupt_features(llava, inputs, "visual_mean", mean=given):
+        with feature_condition(llava, inputs, "visual_mean", mean=given):
             got, _ = _capture(llava, lambda: llava.model(**inputs).logits)
         assert torch.equal(got[vis], given.expand_as(got[vis]))
-        with corrupt_features(llava, inputs, "white_image"):  # input conditions: no hook
+        with feature_condition(llava, inputs, "white_image"):  # input conditions: no hook
             assert dict(lm._forward_pre_hooks).keys() == before.keys()
     assert dict(lm._forward_pre_hooks).keys() == before.keys()
 
 
-def test_corrupt_features_removes_only_its_hook_on_error(llava):
+def test_feature_condition_removes_only_its_hook_on_error(llava):
     inputs = condition_inputs(llava, [sample(0)], "complete")
     lm = llava.arch.module(llava.model, "language_model")
     other = lm.register_forward_pre_hook(lambda mod, args: None)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            with corrupt_features(llava, inputs, "visual_noise"):
+            with feature_condition(llava, inputs, "visual_noise"):
                 assert len(lm._forward_pre_hooks) == 2
                 raise RuntimeError("boom")
         assert list(lm._forward_pre_hooks) == [other.id]
@@ -157,17 +183,17 @@ def test_corrupt_features_removes_only_its_hook_on_error(llava):
         other.remove()
 
 
-def test_corrupt_features_during_generation_and_refusals(llava):
+def test_feature_condition_during_generation_and_refusals(llava):
     inputs = condition_inputs(llava, [sample(0)], "complete", padding_side="left")
-    with torch.no_grad(), corrupt_features(llava, inputs, "visual_noise"):
+    with torch.no_grad(), feature_condition(llava, inputs, "visual_noise"):
         out = llava.model.generate(**llava.inputs(inputs), max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
     no_img = condition_inputs(llava, [sample(0)], "no_image")
     with pytest.raises(InputError, match="image or video tokens"):
-        with corrupt_features(llava, no_img, "visual_mean"):
+        with feature_condition(llava, no_img, "visual_mean"):
             pass
     model, proc = tiny_model("mllama")
     ml = mech.load((model, proc))
     with pytest.raises(UnsupportedArchitectureError):
-        with corrupt_features(ml, condition_inputs(ml, [sample(0)], "complete"), "visual_noise"):
+        with feature_condition(ml, condition_inputs(ml, [sample(0)], "complete"), "visual_noise"):
             pass

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import mech
-from mech.measure.dla import direct_logit_attribution
 from mech.curves.ratio import curves, imbalance
 from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
+from mech.measure.dla import direct_logit_attribution
 from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
 
 GROUPS = ("image", "text")
@@ -54,7 +54,9 @@ def test_dla_group_split_matches_eager_weights_times_values(family):
     handles = []
     for l in range(m.arch.n_layers):
         attn = m.arch.module(model, "attn", l)
-        handles.append(attn.v_proj.register_forward_hook(lambda mod, i, o, l=l: values.__setitem__(l, o.detach())))
+        handles.append(
+            attn.v_proj.register_forward_hook(lambda mod, i, o, l=l: values.__setitem__(l, o.detach()))
+        )
         handles.append(attn.register_forward_hook(lambda mod, i, o, l=l: outs.__setitem__(l, o[0].detach())))
     try:
         with torch.no_grad():
@@ -68,7 +70,9 @@ def test_dla_group_split_matches_eager_weights_times_values(family):
     ln_final = m.arch.module(model, "ln_final")
     lm = m.arch.module(model, "language_model")
     seen = {}
-    h = lm.layers[-1].register_forward_hook(lambda mod, i, o: seen.__setitem__("x", (o[0] if isinstance(o, tuple) else o).detach()))
+    h = lm.layers[-1].register_forward_hook(
+        lambda mod, i, o: seen.__setitem__("x", (o[0] if isinstance(o, tuple) else o).detach())
+    )
     try:
         with torch.no_grad():
             model(**inputs)
@@ -96,26 +100,30 @@ def test_dla_group_split_matches_eager_weights_times_values(family):
 def test_dla_refuses_cross_attention_family():
     m = mech.load(tiny_model("mllama"))
     with pytest.raises(UnsupportedArchitectureError):
-        direct_logit_attribution(m, m.inputs(tiny_inputs("mllama", m.processor)), torch.tensor([1]), torch.tensor([2]))
+        direct_logit_attribution(
+            m, m.inputs(tiny_inputs("mllama", m.processor)), torch.tensor([1]), torch.tensor([2])
+        )
 
 
 def test_dla_rejects_bad_token_ids():
     m = mech.load(tiny_model("llava"))
     inputs = m.inputs(tiny_inputs("llava", m.processor, batch=2))
-    with pytest.raises(InputError, match="answer_ids"):
+    with pytest.raises(InputError, match="answer must be"):
         direct_logit_attribution(m, inputs, torch.tensor([1]), torch.tensor([2, 3]))
-    with pytest.raises(InputError, match="counterfactual_ids"):
+    with pytest.raises(InputError, match="counterfactual must be"):
         direct_logit_attribution(m, inputs, torch.tensor([1, 2]), torch.tensor([2, 10**9]))
 
 
 def test_imbalance_ratio_by_hand():
     # 4 samples, 2 layers; text contributes 3x image on average
-    per = torch.tensor([
-        [[1.0, 3.0], [1.0, 3.0]],
-        [[2.0, 6.0], [2.0, 6.0]],
-        [[1.0, 3.0], [1.0, 3.0]],
-        [[2.0, 6.0], [2.0, 6.0]],
-    ])
+    per = torch.tensor(
+        [
+            [[1.0, 3.0], [1.0, 3.0]],
+            [[2.0, 6.0], [2.0, 6.0]],
+            [[1.0, 3.0], [1.0, 3.0]],
+            [[2.0, 6.0], [2.0, 6.0]],
+        ]
+    )
     r = imbalance(per, GROUPS, pool="mean", n_boot=200)
     assert r.delta == pytest.approx(3.0)
     assert r.dominant == "text" and r.underutilized == "image"
@@ -150,17 +158,19 @@ def test_imbalance_bad_input():
 def test_modality_contributions_estimators_and_layer0_invariant():
     """Patching estimator: restoring every corrupted position of a group at layer 0 gives back the
     whole effect clean − corrupted, computed here by hand from two plain forwards."""
-    from mech.conditions import corrupt_features
+    from mech.conditions import feature_condition
     from mech.curves import Contributions, modality_contributions
 
     m = mech.load(tiny_model("llava"))
     inputs = m.inputs(tiny_inputs("llava", m.processor, batch=2))
     a, b = _ids(m, 2)
-    c = modality_contributions(m, inputs, a, b, corruption="noise")
+    c = modality_contributions(m, inputs, a, b, removal="noise")
     assert set(c.per_sample) == {"attention", "patching", "dla", "decomposition"}
     for x in c.per_sample.values():
         assert x.shape == (2, m.arch.n_layers, len(mech.GROUPS))
-    torch.testing.assert_close(c.per_sample["attention"].sum(-1), torch.ones(2, m.arch.n_layers), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        c.per_sample["attention"].sum(-1), torch.ones(2, m.arch.n_layers), atol=1e-5, rtol=0
+    )
     q, rows = inputs.groups.last(), torch.arange(2)
 
     def ld(logits):
@@ -168,7 +178,7 @@ def test_modality_contributions_estimators_and_layer0_invariant():
 
     clean = ld(m.logits(inputs))
     for g in ("image", "text"):
-        with corrupt_features(m, inputs, "visual_noise", groups=(g,)):
+        with feature_condition(m, inputs, "visual_noise", groups=(g,)):
             corrupted = ld(m.logits(inputs))
         got = c.per_sample["patching"][:, 0, mech.GROUPS.index(g)]
         torch.testing.assert_close(got, clean - corrupted, atol=1e-4, rtol=0)
@@ -195,8 +205,10 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
         donors = pair_donors(samples, g, seed=0)
         for i, d in enumerate(donors):  # never the same content; the same question kind where one differs
             assert d is not None and d != i and content_key(samples[d], g) != content_key(samples[i], g)
-            if any(content_key(x, g) != content_key(samples[i], g) and x["pair_key"] == samples[i]["pair_key"]
-                   for x in samples):
+            if any(
+                content_key(x, g) != content_key(samples[i], g) and x["pair_key"] == samples[i]["pair_key"]
+                for x in samples
+            ):
                 assert samples[d]["pair_key"] == samples[i]["pair_key"]
         donor_inputs, ok, reason = donor_batch(m, samples, donors, rows, g)
         assert ok.all() and (reason == 0).all()
@@ -207,7 +219,9 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
                 mixed.append({**samples[i], "images": src["images"]})
             else:
                 own, theirs = samples[i]["question"].split(), src["question"].split()
-                mixed.append({**samples[i], "question": " ".join(theirs[k % len(theirs)] for k in range(len(own)))})
+                mixed.append(
+                    {**samples[i], "question": " ".join(theirs[k % len(theirs)] for k in range(len(own)))}
+                )
         clean = condition_inputs(m, [samples[i] for i in rows], "complete")
         with resample_features(m, clean, donor_inputs, groups=(g,), rows=ok, fit=True):
             got = m.logits(clean)
@@ -227,16 +241,18 @@ def test_resample_features_equals_the_forward_of_the_mixed_sample():
     a, b = _ids(m, len(rows))
     text_donors = donor_batch(m, samples, pair_donors(samples, "text", seed=0), rows, "text")[:2]
     image_donors = donor_batch(m, samples, pair_donors(samples, "image", seed=0), rows, "image")[:2]
-    c = modality_contributions(m, clean, a, b, estimators=("patching",),
-                               donors={"text": text_donors, "image": image_donors})
+    c = modality_contributions(
+        m, clean, a, b, estimators=("patching",), donors={"text": text_donors, "image": image_donors}
+    )
     r = torch.arange(len(rows))
     full = m.logits(clean)[r, q]
     with resample_features(m, clean, image_donors[0], groups=("image",), rows=image_donors[1]):
         swapped = m.logits(clean)[r, q]
     want = (full[r, a] - full[r, b]) - (swapped[r, a] - swapped[r, b])
     want[~image_donors[1]] = float("nan")
-    torch.testing.assert_close(c.per_sample["patching"][:, 0, mech.GROUPS.index("image")], want, atol=1e-4,
-                               rtol=0, equal_nan=True)
+    torch.testing.assert_close(
+        c.per_sample["patching"][:, 0, mech.GROUPS.index("image")], want, atol=1e-4, rtol=0, equal_nan=True
+    )
 
 
 def test_pair_donors_never_takes_identical_content_where_another_exists():
@@ -252,10 +268,10 @@ def test_pair_donors_never_takes_identical_content_where_another_exists():
 
     samples = [
         {"id": 0, "question": "how many", "pair_key": "n", "images": [im(1)]},
-        {"id": 1, "question": "how many", "pair_key": "n", "images": [im(1)]},          # same words and pixels as 0
+        {"id": 1, "question": "how many", "pair_key": "n", "images": [im(1)]},  # same words and pixels as 0
         {"id": 2, "question": "what color is it", "pair_key": "c", "images": [im(2, (8, 12))]},
         {"id": 3, "question": "what shape is it", "pair_key": "c", "images": [im(3, (8, 12)), im(4)]},
-        {"id": 4, "question": "is it red", "pair_key": "c", "images": []},               # no image to give
+        {"id": 4, "question": "is it red", "pair_key": "c", "images": []},  # no image to give
         {"id": 5, "question": "what size", "pair_key": "z", "images": [im(5)]},
     ]
     text = [" ".join(s["question"].split()) for s in samples]
@@ -286,8 +302,10 @@ def test_text_donor_of_another_length_is_repeated_or_truncated():
     samples = load_data("organism:shapes", n=40, seed=1)
     words = [len(s["question"].split()) for s in samples]
     rows = list(range(6))
-    donors = [next(j for j in range(len(samples)) if words[j] != words[i]) if i in rows else None
-              for i in range(len(samples))]
+    donors = [
+        next(j for j in range(len(samples)) if words[j] != words[i]) if i in rows else None
+        for i in range(len(samples))
+    ]
     assert {words[i] < words[donors[i]] for i in rows} == {True, False}  # both directions are exercised
     donor_inputs, ok, reason = donor_batch(m, samples, donors, rows, "text")
     assert ok.all() and (reason == 0).all()
@@ -327,7 +345,7 @@ def test_resample_bad_donors_and_missing_donors():
     alone = modality_contributions(m, a, x, y, estimators=("patching",))  # a batch of one has no donor
     assert torch.isnan(alone.per_sample["patching"]).all()
     with pytest.raises(ConfigError, match="resample, noise"):
-        modality_contributions(m, a, x, y, corruption="gaussian")
+        modality_contributions(m, a, x, y, removal="gaussian")
 
 
 @pytest.fixture(scope="module")
@@ -337,8 +355,8 @@ def organism_deltas():
     ``deltas[name]["same"]``: the identical-donor share per group."""
     from mech.curves import ESTIMATORS, PATCHED_GROUPS, Contributions
     from mech.curves.donors import contributions_for_rows, pair_donors
-    from mech.prepare.data import load_data
     from mech.organisms import organism_dir
+    from mech.prepare.data import load_data
 
     try:
         organism_dir("image-biased"), organism_dir("balanced"), organism_dir("text-biased")
@@ -376,14 +394,25 @@ def test_organisms_removal_estimators_order_the_planted_biases(organism_deltas, 
         assert organism_deltas[name][estimator].n == 256  # every sample estimated
 
 
-@pytest.mark.parametrize("estimator", [
-    pytest.param(e, marks=pytest.mark.xfail(strict=True, reason=(
-        "open (issue 7), a finding rather than a bug: measured n=256 (balanced vs text-biased) attention "
-        "0.55 [0.53, 0.58] vs 0.46 [0.44, 0.47]; DLA 0.42 [0.36, 0.50] vs 0.09 [0.09, 0.10]. The text-biased "
-        "organism still looks at the image after layer 0 (docs/organisms.md), and its prior answers are written "
-        "by MLPs (2.7 of 2.7 logits on the planted templates), which modality-resolved DLA cannot assign "
-        "to a group. strict: turns red if an estimator starts to separate.")))
-    for e in ("attention", "dla")])
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        pytest.param(
+            e,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "open (issue 7), a finding rather than a bug: measured n=256 (balanced vs text-biased) attention "
+                    "0.55 [0.53, 0.58] vs 0.46 [0.44, 0.47]; DLA 0.42 [0.36, 0.50] vs 0.09 [0.09, 0.10]. The text-biased "
+                    "organism still looks at the image after layer 0 (docs/organisms.md), and its prior answers are written "
+                    "by MLPs (2.7 of 2.7 logits on the planted templates), which modality-resolved DLA cannot assign "
+                    "to a group. strict: turns red if an estimator starts to separate."
+                ),
+            ),
+        )
+        for e in ("attention", "dla")
+    ],
+)
 def test_organisms_position_resolved_estimators(organism_deltas, estimator):
     b, t = organism_deltas["balanced"][estimator], organism_deltas["text-biased"][estimator]
     assert t.delta > b.delta and t.ci95[0] > b.ci95[1], (estimator, b.to_json(), t.to_json())

@@ -52,8 +52,11 @@ def _data(m, n=N):
 def _unpadded(inp, b):
     """Sample ``b`` alone, padding removed (Zhang et al. run one sample at a time)."""
     keep = inp["attention_mask"][b].bool()
-    out = {k: v[b:b + 1][:, keep] if k in ("input_ids", "attention_mask") else v[b:b + 1]
-           for k, v in inp.items() if isinstance(v, torch.Tensor)}
+    out = {
+        k: v[b : b + 1][:, keep] if k in ("input_ids", "attention_mask") else v[b : b + 1]
+        for k, v in inp.items()
+        if isinstance(v, torch.Tensor)
+    }
     return out, keep.nonzero().flatten()
 
 
@@ -64,14 +67,18 @@ def _zhang_prob(m_eager, ids, block, layers, token):
 
     def pre(mod, args, kwargs):
         dtype = kwargs["attention_mask"].dtype
-        mask = torch.tril(torch.ones(length, length, dtype=dtype))  # in the model's dtype: finfo.min is finite there
+        mask = torch.tril(
+            torch.ones(length, length, dtype=dtype)
+        )  # in the model's dtype: finfo.min is finite there
         for t, s in block:
             mask[t, s] = 0
         kwargs = dict(kwargs, attention_mask=((1.0 - mask) * torch.finfo(dtype).min)[None, None])
         return args, kwargs
 
-    handles = [m_eager.arch.module(m_eager.model, "attn", l).register_forward_pre_hook(pre, with_kwargs=True)
-               for l in layers]
+    handles = [
+        m_eager.arch.module(m_eager.model, "attn", l).register_forward_pre_hook(pre, with_kwargs=True)
+        for l in layers
+    ]
     try:
         with torch.no_grad():
             logits = m_eager.model(**ids).logits[0, -1].float()
@@ -130,7 +137,9 @@ def test_knockout_centred_only_correct_equals_zhang_oracle(text_biased64):
             """Relative bound on |mech's p − the oracle's p|: both read float64 logits (networks that differ
             by kernel only: a sum of d_model + seq terms per layer) as fp32 (u32·|z| each), then an fp32
             softmax over the vocabulary."""
-            err = 2 * unit_roundoff(torch.float32) * zmax + n * dot_bound(m.arch.d_model + seq, torch.float64, zmax)
+            err = 2 * unit_roundoff(torch.float32) * zmax + n * dot_bound(
+                m.arch.d_model + seq, torch.float64, zmax
+            )
             return 2 * softmax_rel_bound(err, vocab, torch.float32)
 
         rel_base = rel_bound(float(out.abs().max()))
@@ -153,7 +162,9 @@ def test_knockout_centred_only_correct_equals_zhang_oracle(text_biased64):
     assert float(bound.max()) < 0.1  # the bound is far below the differences between conventions (> 10 pp)
     # the conventions differ where they should: all samples vs correct ones, centred vs start windows
     assert (ko_all.change[:, 0] - ko.change[:, 0]).abs().max() > 10
-    start = attention_knockout(m, inp, edges=edges[:1], window=k, anchor="start", only_correct=True, gold_ids=gold)
+    start = attention_knockout(
+        m, inp, edges=edges[:1], window=k, anchor="start", only_correct=True, gold_ids=gold
+    )
     assert (start.change[:, 0] - ko.change[:, 0]).abs().max() > 10
     # last -> last blocks something (it is not the diagonal-kept no-op)
     assert (ko.p_knocked[:, 1] - ko.p_clean).abs().max() > 1e-4
@@ -210,8 +221,11 @@ def _fastv_sets(m, inp):
         visual |= ids == tok
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     first = torch.where(visual, pos, ids.shape[1]).min(1).values[:, None]
-    return {"system": valid & ~visual & (pos < first), "image": visual,
-            "instruction": valid & ~visual & (pos > first)}
+    return {
+        "system": valid & ~visual & (pos < first),
+        "image": visual,
+        "instruction": valid & ~visual & (pos > first),
+    }
 
 
 @pytest.mark.parametrize("source", ["organism", "qwen2_5_vl"])

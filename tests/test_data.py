@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mech.prepare.data import COT, COT_VISION, DIRECT, DIRECT_VISION, format_prompt, load_data
 from mech.errors import ConfigError, DataError, SpecError
+from mech.prepare.data import COT, COT_VISION, DIRECT, DIRECT_VISION, format_prompt, load_data
 
 
 def png(color, size=(12, 10)) -> bytes:
@@ -24,11 +24,20 @@ def png(color, size=(12, 10)) -> bytes:
 RED, GREEN, BLUE = png((255, 0, 0)), png((0, 255, 0)), png((0, 0, 255))
 
 
-def mmmu_row(i, question="What is shown in <image 1>?", options="['cat', 'dog', 'bird', 'fish']", answer="B",
-             **images):
-    row = {"id": f"validation_Art_{i}", "question": question, "options": options, "explanation": "",
-           **{f"image_{k}": None for k in range(1, 8)}, "img_type": "['Photographs']", "answer": answer,
-           "topic_difficulty": "Easy", "subject": "Art"}
+def mmmu_row(
+    i, question="What is shown in <image 1>?", options="['cat', 'dog', 'bird', 'fish']", answer="B", **images
+):
+    row = {
+        "id": f"validation_Art_{i}",
+        "question": question,
+        "options": options,
+        "explanation": "",
+        **{f"image_{k}": None for k in range(1, 8)},
+        "img_type": "['Photographs']",
+        "answer": answer,
+        "topic_difficulty": "Easy",
+        "subject": "Art",
+    }
     for k, v in images.items():
         row[k] = {"bytes": v, "path": f"{k}.png"}
     return row
@@ -41,26 +50,37 @@ def write_standard(path, rows):
 
 
 ROWS = [
-    mmmu_row(1, image_1=RED),                                                   # ok
-    mmmu_row(2, question="Compare <image 2> with <image 1>.", answer="a", image_1=RED, image_2=BLUE),  # ok, order
-    mmmu_row(3, image_1=b"\x89PNG\r\n\x1a\n not an image"),                    # corrupt bytes
-    mmmu_row(4, options="['cat', 'dog'", image_1=RED),                         # malformed options
-    mmmu_row(5, answer="E", image_1=RED),                                       # letter outside A-D: kept, noted
-    mmmu_row(6, question="Look at <image 3>.", image_1=RED),                   # refers to an empty image
-    mmmu_row(7, options="__import__('os').getcwd()", image_1=RED),             # not a literal: never evaluated
-    mmmu_row(8, question="Which one?", options="['<image 1>', '<image 2>']", answer="A", image_1=GREEN,
-             image_2=RED),                                                      # images in the options
+    mmmu_row(1, image_1=RED),  # ok
+    mmmu_row(
+        2, question="Compare <image 2> with <image 1>.", answer="a", image_1=RED, image_2=BLUE
+    ),  # ok, order
+    mmmu_row(3, image_1=b"\x89PNG\r\n\x1a\n not an image"),  # corrupt bytes
+    mmmu_row(4, options="['cat', 'dog'", image_1=RED),  # malformed options
+    mmmu_row(5, answer="E", image_1=RED),  # letter outside A-D: kept, noted
+    mmmu_row(6, question="Look at <image 3>.", image_1=RED),  # refers to an empty image
+    mmmu_row(7, options="__import__('os').getcwd()", image_1=RED),  # not a literal: never evaluated
+    mmmu_row(
+        8, question="Which one?", options="['<image 1>', '<image 2>']", answer="A", image_1=GREEN, image_2=RED
+    ),  # images in the options
 ]
 
 
 def test_mmmu_pro_rows_and_skips(tmp_path):
     write_standard(tmp_path / "test-00000-of-00001.parquet", ROWS)
     d = load_data(f"mmmu-pro:{tmp_path}")
-    assert [s["id"] for s in d] == ["validation_Art_1", "validation_Art_2", "validation_Art_5", "validation_Art_8"]
+    assert [s["id"] for s in d] == [
+        "validation_Art_1",
+        "validation_Art_2",
+        "validation_Art_5",
+        "validation_Art_8",
+    ]
     s1, s2, s5, s8 = d.samples
     assert s1["options"] == ["cat", "dog", "bird", "fish"] and s1["answer"] == "B" and s1["subject"] == "Art"
     assert np.asarray(s1["images"][0])[0, 0].tolist() == [255, 0, 0]
-    assert [np.asarray(im)[0, 0].tolist() for im in s2["images"]] == [[0, 0, 255], [255, 0, 0]]  # mention order
+    assert [np.asarray(im)[0, 0].tolist() for im in s2["images"]] == [
+        [0, 0, 255],
+        [255, 0, 0],
+    ]  # mention order
     assert s2["answer"] == "A"
     assert [np.asarray(im)[0, 0].tolist() for im in s8["images"]] == [[0, 255, 0], [255, 0, 0]]
     reasons = dict(d.skipped)
@@ -68,7 +88,9 @@ def test_mmmu_pro_rows_and_skips(tmp_path):
     assert "corrupt image bytes in image_1" in reasons["validation_Art_3"]
     assert "malformed options" in reasons["validation_Art_4"]
     # MMMU-Pro's official code keeps a row whose answer lies beyond its options (always wrong): so does mech
-    assert s5["answer"] == "E" and [i for i, _ in d.notes] == ["validation_Art_5"] and "beyond" in d.notes[0][1]
+    assert (
+        s5["answer"] == "E" and [i for i, _ in d.notes] == ["validation_Art_5"] and "beyond" in d.notes[0][1]
+    )
     assert "<image 3>" in reasons["validation_Art_6"]
     assert "malformed options" in reasons["validation_Art_7"]
     assert d.scoring == "letter" and d.default_style == "direct"
@@ -85,12 +107,25 @@ def test_mmmu_pro_n_counts_usable_rows_and_strict(tmp_path):
 
 
 def test_mmmu_pro_root_with_configurations(tmp_path):
-    write_standard(tmp_path / "standard (10 options)" / "test-00000-of-00001.parquet",
-                   [mmmu_row(1, options=str([f"o{k}" for k in range(10)]), answer="J", image_1=RED)])
-    write_standard(tmp_path / "standard (4 options)" / "test-00000-of-00001.parquet", [mmmu_row(2, image_1=RED)])
-    vision = pd.DataFrame([{"id": "v1", "image": {"bytes": GREEN, "path": "v1.png"},
-                            "options": "['cat', 'dog', 'bird', 'fish']", "answer": "C", "subject": "Art"},
-                           {"id": "v2", "image": None, "options": "['cat', 'dog']", "answer": "A", "subject": "Art"}])
+    write_standard(
+        tmp_path / "standard (10 options)" / "test-00000-of-00001.parquet",
+        [mmmu_row(1, options=str([f"o{k}" for k in range(10)]), answer="J", image_1=RED)],
+    )
+    write_standard(
+        tmp_path / "standard (4 options)" / "test-00000-of-00001.parquet", [mmmu_row(2, image_1=RED)]
+    )
+    vision = pd.DataFrame(
+        [
+            {
+                "id": "v1",
+                "image": {"bytes": GREEN, "path": "v1.png"},
+                "options": "['cat', 'dog', 'bird', 'fish']",
+                "answer": "C",
+                "subject": "Art",
+            },
+            {"id": "v2", "image": None, "options": "['cat', 'dog']", "answer": "A", "subject": "Art"},
+        ]
+    )
     (tmp_path / "vision").mkdir()
     vision.to_parquet(tmp_path / "vision" / "test-00000-of-00001.parquet")
     d10 = load_data(f"mmmu-pro:{tmp_path}")  # default: standard (10 options)
@@ -138,8 +173,13 @@ def test_jsonl(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"nope")
     lines = [
         {"id": "q1", "question": "colour?", "image": "a.png", "options": ["red", "blue"], "answer": "A"},
-        {"id": "q2", "question": "colours?", "images": ["a.png", "imgs/b.png"], "options": ["red", "blue"],
-         "answer": "blue"},
+        {
+            "id": "q2",
+            "question": "colours?",
+            "images": ["a.png", "imgs/b.png"],
+            "options": ["red", "blue"],
+            "answer": "blue",
+        },
         {"id": "q3", "question": "what is it?", "image": "a.png", "answer": "a square"},
         "this line is not json",
         {"id": "q5", "question": "?", "image": "missing.png", "options": ["x", "y"], "answer": "A"},
@@ -186,8 +226,10 @@ def test_jsonl_keeps_its_own_conventions(tmp_path):
     """Only MMMU-Pro follows MMMU-Pro's official code: a jsonl option that is a list is still refused,
     and jsonl samples carry no image_position (m.prepare's default: images before the text)."""
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
-    lines = [{"id": "n1", "question": "?", "image": "a.png", "options": [["x", "y"], "z"], "answer": "A"},
-             {"id": "n2", "question": " q <image 1> ", "image": "a.png", "options": ["x", "y"], "answer": "B"}]
+    lines = [
+        {"id": "n1", "question": "?", "image": "a.png", "options": [["x", "y"], "z"], "answer": "A"},
+        {"id": "n2", "question": " q <image 1> ", "image": "a.png", "options": ["x", "y"], "answer": "B"},
+    ]
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     d = load_data(f"jsonl:{path}")

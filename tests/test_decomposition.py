@@ -18,8 +18,14 @@ import pytest
 import torch
 
 import mech
-from mech.curves.decomposition import (TOLERANCE, decompose, noise_removals, resample_removals, shapley,
-                                       shapley_weights)
+from mech.curves.decomposition import (
+    TOLERANCE,
+    decompose,
+    noise_removals,
+    resample_removals,
+    shapley,
+    shapley_weights,
+)
 from mech.curves.donors import batch_donors
 from mech.engines.hooks import find_hidden
 from mech.errors import UnsupportedArchitectureError
@@ -99,15 +105,28 @@ def test_component_writes_and_final_residual_match_hand_written_hooks(family):
             layer = m.arch.module(model, "layer", l)
             post = m.arch.module(model, "attn_post_norm", l)
             attn_mod = post if post is not None else m.arch.module(model, "attn", l)
-            handles.append(attn_mod.register_forward_hook(
-                lambda mod, i, o, l=l: got.__setitem__(("attn", l), (o[0] if isinstance(o, tuple) else o)[r, q])))
-            handles.append(layer.register_forward_pre_hook(
-                lambda mod, args, kw, l=l: got.__setitem__(("in", l), find_hidden(args, kw)[1][r, q]),
-                with_kwargs=True))
-            handles.append(layer.register_forward_hook(
-                lambda mod, i, o, l=l: got.__setitem__(("out", l), (o[0] if isinstance(o, tuple) else o)[r, q])))
+            handles.append(
+                attn_mod.register_forward_hook(
+                    lambda mod, i, o, l=l: got.__setitem__(
+                        ("attn", l), (o[0] if isinstance(o, tuple) else o)[r, q]
+                    )
+                )
+            )
+            handles.append(
+                layer.register_forward_pre_hook(
+                    lambda mod, args, kw, l=l: got.__setitem__(("in", l), find_hidden(args, kw)[1][r, q]),
+                    with_kwargs=True,
+                )
+            )
+            handles.append(
+                layer.register_forward_hook(
+                    lambda mod, i, o, l=l: got.__setitem__(
+                        ("out", l), (o[0] if isinstance(o, tuple) else o)[r, q]
+                    )
+                )
+            )
         try:
-            with torch.no_grad(), (rem["text"].applied(m, inputs) if removed else contextlib.nullcontext()):
+            with torch.no_grad(), rem["text"].applied(m, inputs) if removed else contextlib.nullcontext():
                 model(**inputs)
         finally:
             for h in handles:
@@ -124,16 +143,24 @@ def test_component_writes_and_final_residual_match_hand_written_hooks(family):
         return (w.float() * scale * direction).sum(-1)
 
     for l in range(L):
+
         def mlp(g):
             return g[("out", l)] - g[("in", l)] - g[("attn", l)]
 
-        torch.testing.assert_close(d.attn[:, l, 0], logits(clean[("attn", l)]) - logits(gone[("attn", l)]),
-                                   atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(d.mlp[:, l, 0], logits(mlp(clean)) - logits(mlp(gone)), atol=1e-4, rtol=1e-4)
-    assert getattr(m.arch.module(model, "unembed"), "bias", None) is None  # no unembedding bias in these families
+        torch.testing.assert_close(
+            d.attn[:, l, 0], logits(clean[("attn", l)]) - logits(gone[("attn", l)]), atol=1e-4, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            d.mlp[:, l, 0], logits(mlp(clean)) - logits(mlp(gone)), atol=1e-4, rtol=1e-4
+        )
+    assert (
+        getattr(m.arch.module(model, "unembed"), "bias", None) is None
+    )  # no unembedding bias in these families
     torch.testing.assert_close(d.rest, logits(gone[("out", L - 1)]), atol=1e-4, rtol=1e-4)
     # the embedding's share: the decoder input at the answer position (changed where it is a text token)
-    torch.testing.assert_close(d.embed[:, 0], logits(clean[("in", 0)]) - logits(gone[("in", 0)]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        d.embed[:, 0], logits(clean[("in", 0)]) - logits(gone[("in", 0)]), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_a_removal_that_changes_nothing_gets_zero_and_is_flagged():
@@ -152,7 +179,11 @@ def test_a_removal_that_changes_nothing_gets_zero_and_is_flagged():
 def test_shapley_axioms_on_hand_built_games():
     players = ("a", "b", "c")
     gen = torch.Generator().manual_seed(0)
-    v = {frozenset(s): torch.randn(4, generator=gen) for k in range(4) for s in itertools.combinations(players, k)}
+    v = {
+        frozenset(s): torch.randn(4, generator=gen)
+        for k in range(4)
+        for s in itertools.combinations(players, k)
+    }
     phi = shapley(v, players)
     torch.testing.assert_close(phi.sum(-1), v[frozenset(players)] - v[frozenset()])  # efficiency
     # by hand, as the mean over the 3! orders of each player's marginal contribution
@@ -167,11 +198,19 @@ def test_shapley_axioms_on_hand_built_games():
     sym = {s: torch.tensor([float(len(s & {"b", "c"}) ** 2 + 3 * ("a" in s))]) for s in v}
     out = shapley(sym, players)
     assert out[0, 1] == out[0, 2] and out[0, 0] == pytest.approx(3.0)
-    two = {frozenset(): torch.tensor([1.0]), frozenset("i"): torch.tensor([4.0]), frozenset("t"): torch.tensor([2.0]),
-           frozenset("it"): torch.tensor([9.0])}
+    two = {
+        frozenset(): torch.tensor([1.0]),
+        frozenset("i"): torch.tensor([4.0]),
+        frozenset("t"): torch.tensor([2.0]),
+        frozenset("it"): torch.tensor([9.0]),
+    }
     got = shapley(two, ("i", "t"))
-    assert got[0].tolist() == pytest.approx([0.5 * ((9 - 2) + (4 - 1)), 0.5 * ((9 - 4) + (2 - 1))])  # the issue's formula
-    assert shapley_weights(3) == pytest.approx([1 / 3, 1 / 6, 1 / 3]) and math.isclose(sum(shapley_weights(1)), 1)
+    assert got[0].tolist() == pytest.approx(
+        [0.5 * ((9 - 2) + (4 - 1)), 0.5 * ((9 - 4) + (2 - 1))]
+    )  # the issue's formula
+    assert shapley_weights(3) == pytest.approx([1 / 3, 1 / 6, 1 / 3]) and math.isclose(
+        sum(shapley_weights(1)), 1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +246,9 @@ def test_removing_both_groups_is_the_forward_of_the_hand_mixed_sample(organism):
             s["images"] = samples[pairs["image"][i]]["images"]
         if donors["text"][1][k]:  # one token per word: a donor of another length is repeated / truncated
             theirs = samples[pairs["text"][i]]["question"].split()
-            s["question"] = " ".join(theirs[j % len(theirs)] for j in range(len(samples[i]["question"].split())))
+            s["question"] = " ".join(
+                theirs[j % len(theirs)] for j in range(len(samples[i]["question"].split()))
+            )
         mixed.append(s)
     torch.testing.assert_close(both, m.logits(condition_inputs(m, mixed, "complete")), atol=1e-5, rtol=0)
     with rem["text"].applied(m, clean):
@@ -217,7 +258,9 @@ def test_removing_both_groups_is_the_forward_of_the_hand_mixed_sample(organism):
     # the flag: identical question words <=> same
     for k, i in enumerate(rows):
         if donors["text"][1][k]:
-            assert bool(rem["text"].same[k]) == (samples[pairs["text"][i]]["question"] == samples[i]["question"])
+            assert bool(rem["text"].same[k]) == (
+                samples[pairs["text"][i]]["question"] == samples[i]["question"]
+            )
 
 
 def test_organism_contrib_json_completeness_and_by_category(organism):
@@ -227,8 +270,12 @@ def test_organism_contrib_json_completeness_and_by_category(organism):
 
     m, samples = organism
     pairs = {g: pair_donors(samples, g) for g in PATCHED_GROUPS}
-    parts = [contributions_for_rows(m, samples, range(i, min(i + 24, len(samples))), pairs,
-                                    estimators=("dla", "decomposition"))[0] for i in (0, 24)]
+    parts = [
+        contributions_for_rows(
+            m, samples, range(i, min(i + 24, len(samples))), pairs, estimators=("dla", "decomposition")
+        )[0]
+        for i in (0, 24)
+    ]
     c = Contributions.concat(parts)
     cats = [category_of(s) for s in samples]
     js = json.loads(json.dumps(c.to_json(n_boot=100, categories=cats)))
@@ -236,8 +283,12 @@ def test_organism_contrib_json_completeness_and_by_category(organism):
     assert dec["completeness"]["ok"] and dec["completeness"]["relative"] <= TOLERANCE
     assert sum(dec["total"].values()) == pytest.approx(dec["decision"] - dec["rest"], abs=1e-4)
     # the model's decision (from its logits) is what the decomposition explains
-    torch.testing.assert_close(c.components["decomposition.decision"], c.components["decision"], atol=1e-4, rtol=0)
-    assert js["overall"]["decomposition"]["contribution"]["text"] == pytest.approx(dec["total"]["text"], abs=1e-6)
+    torch.testing.assert_close(
+        c.components["decomposition.decision"], c.components["decision"], atol=1e-4, rtol=0
+    )
+    assert js["overall"]["decomposition"]["contribution"]["text"] == pytest.approx(
+        dec["total"]["text"], abs=1e-6
+    )
     for est in ("dla", "decomposition"):
         by = js["by_category"][est]
         assert set(by) == set(cats)
@@ -247,7 +298,11 @@ def test_organism_contrib_json_completeness_and_by_category(organism):
     # every count question has the same words: its text donor is another question (content-paired donors),
     # so the removal changes the input and the category is not blind
     count = js["by_category"]["decomposition"]["count"]
-    assert count["blind"] == [] and count["identical_donor"]["text"] == 0.0 and count["contribution"]["text"] != 0.0
+    assert (
+        count["blind"] == []
+        and count["identical_donor"]["text"] == 0.0
+        and count["contribution"]["text"] != 0.0
+    )
     assert "blind" not in js["by_category"]["dla"]["count"]
     for est in ("dla", "decomposition"):  # coverage: every sample estimated, nothing missing
         cov = js["overall"][est]["coverage"]
@@ -260,19 +315,45 @@ def test_report_words_for_three_models():
     from mech.report_words import agreement, category_table
 
     def co(deltas, mlp_text):
-        overall = {e: {"delta": d, "ci95": [d * 0.9, d * 1.1], "dominant": "text", "underutilized": "image",
-                       "contribution": {"text": d, "image": 1.0}, "n": 10} for e, d in deltas.items()}
-        entry = {"contribution": {"text": 0.0, "image": 2.0}, "delta": 0.0, "ci95": [0.0, 0.0], "n": 4,
-                 "decision": 3.0, "dominant": "image", "underutilized": "text", "identical_donor": {"text": 1.0},
-                 "blind": ["text"]}
-        return {"contrib": {"overall": overall, "by_category": {"decomposition": {"count": entry}},
-                            "decomposition": {"mlp_share": {"text": mlp_text, "image": 0.1},
-                                              "total": {"text": 1.0, "image": 1.0},
-                                              "completeness": {"relative": 1e-7}}}}
+        overall = {
+            e: {
+                "delta": d,
+                "ci95": [d * 0.9, d * 1.1],
+                "dominant": "text",
+                "underutilized": "image",
+                "contribution": {"text": d, "image": 1.0},
+                "n": 10,
+            }
+            for e, d in deltas.items()
+        }
+        entry = {
+            "contribution": {"text": 0.0, "image": 2.0},
+            "delta": 0.0,
+            "ci95": [0.0, 0.0],
+            "n": 4,
+            "decision": 3.0,
+            "dominant": "image",
+            "underutilized": "text",
+            "identical_donor": {"text": 1.0},
+            "blind": ["text"],
+        }
+        return {
+            "contrib": {
+                "overall": overall,
+                "by_category": {"decomposition": {"count": entry}},
+                "decomposition": {
+                    "mlp_share": {"text": mlp_text, "image": 0.1},
+                    "total": {"text": 1.0, "image": 1.0},
+                    "completeness": {"relative": 1e-7},
+                },
+            }
+        }
 
-    results = {"b": co({"patching": 0.5, "dla": 0.4, "decomposition": 0.6}, 0.2),
-               "t": co({"patching": 1.1, "dla": 0.1, "decomposition": 1.5}, 0.9),
-               "i": co({"patching": 0.1, "dla": 0.2, "decomposition": 0.2}, 0.3)}
+    results = {
+        "b": co({"patching": 0.5, "dla": 0.4, "decomposition": 0.6}, 0.2),
+        "t": co({"patching": 1.1, "dla": 0.1, "decomposition": 1.5}, 0.9),
+        "i": co({"patching": 0.1, "dla": 0.2, "decomposition": 0.2}, 0.3),
+    }
     text = "\n".join(agreement(results, list(results)))
     assert "patching and decomposition order Δ t > b > i" in text
     assert "dla orders Δ b > i > t" in text
@@ -288,8 +369,20 @@ def test_report_compares_three_models(tmp_path):
     from mech.testing.tiny import save_tiny
 
     dirs = [str(save_tiny("llava", tmp_path / f"m{k}", seed=k)) for k in range(3)]
-    argv = ["report", "--compare", *dirs, "--data", "organism:shapes", "--n", "6", "--batch-size", "6",
-            "--out", str(tmp_path / "out"), "--no-progress"]
+    argv = [
+        "report",
+        "--compare",
+        *dirs,
+        "--data",
+        "organism:shapes",
+        "--n",
+        "6",
+        "--batch-size",
+        "6",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert mech.cli.main(argv) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| estimator | m0"))
@@ -308,7 +401,7 @@ def test_deepstack_keeps_the_clean_image_so_visual_feature_noise_is_refused():
     naming the input conditions that do remove the image; resample ablation swaps the deepstack features
     too (oracle: tests/test_heterogeneous_report.py, the forward of the hand-built sample with the donor's
     images); the text stays removable."""
-    from mech.conditions import corrupt_features, resample_features
+    from mech.conditions import feature_condition, resample_features
 
     m = mech.load(tiny_model("qwen3_vl"))
     assert m.arch.injection_layers
@@ -316,8 +409,15 @@ def test_deepstack_keeps_the_clean_image_so_visual_feature_noise_is_refused():
     seen = []
 
     def grab(module, args, kwargs):  # every list of [n_visual, d_model] tensors the decoder receives
-        seen.append([v for v in kwargs.values() if isinstance(v, (list, tuple)) and v
-                     and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in v)])
+        seen.append(
+            [
+                v
+                for v in kwargs.values()
+                if isinstance(v, (list, tuple))
+                and v
+                and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in v)
+            ]
+        )
 
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -326,7 +426,7 @@ def test_deepstack_keeps_the_clean_image_so_visual_feature_noise_is_refused():
     finally:
         handle.remove()
     with pytest.raises(UnsupportedArchitectureError, match="white_image"):
-        with corrupt_features(m, inputs, "visual_noise"):
+        with feature_condition(m, inputs, "visual_noise"):
             pass
     clean = m.logits(inputs)
     with resample_features(m, inputs, torch.tensor([1, 0])):  # rows swap their images, deepstack included

@@ -27,9 +27,12 @@ def test_a_cache_under_any_keyword_is_dropped_and_the_replay_equals_the_forward(
     replayed: the replay from every layer equals the model's own logits, and no cache grows."""
     m, inputs = _llava()
     foreign = DynamicCache(config=m.model.config.get_text_config())
-    handles = [m.arch.module(m.model, "layer", l).register_forward_pre_hook(
-        lambda mod, args, kw: (args, {**kw, "a_future_cache_name": foreign}), with_kwargs=True)
-        for l in range(m.arch.n_layers)]
+    handles = [
+        m.arch.module(m.model, "layer", l).register_forward_pre_hook(
+            lambda mod, args, kw: (args, {**kw, "a_future_cache_name": foreign}), with_kwargs=True
+        )
+        for l in range(m.arch.n_layers)
+    ]
     try:
         cap = capture(m, inputs)
     finally:
@@ -63,4 +66,8 @@ def test_deprecation_future_warnings_fail_the_tests():
     """pyproject's filterwarnings turns FutureWarnings into errors, so a renamed transformers keyword
     that mech still passes fails here while transformers' shim still accepts it."""
     with pytest.raises(FutureWarning):
-        warnings.warn("`past_key_values` is deprecated and will be removed in version 5.40.0", FutureWarning)
+        warnings.warn(
+            "`past_key_values` is deprecated and will be removed in version 5.40.0",
+            FutureWarning,
+            stacklevel=2,
+        )

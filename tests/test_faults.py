@@ -34,13 +34,28 @@ def model_dir(tmp_path_factory):
 
 
 def _argv(model_dir, out, n=4):
-    return ["attention", "--model", str(model_dir), "--data", "organism:shapes", "--n", str(n), "--batch-size", "2",
-            "--out", str(out), "--no-progress"]
+    return [
+        "attention",
+        "--model",
+        str(model_dir),
+        "--data",
+        "organism:shapes",
+        "--n",
+        str(n),
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def _results(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.suffix in (".json", ".safetensors")}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.suffix in (".json", ".safetensors")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +92,9 @@ def _once(match, fault):
                 fired.append(target)
                 fault(*args)
             return real(*args, **kwargs)
+
         return call
+
     return wrap, fired
 
 
@@ -100,17 +117,60 @@ def _rename_refused(src, dst, *rest):
 
 # (id, where: (module, attribute), target file name, fault, exit code, phrase, exception class)
 WRITE_FAULTS = [
-    ("part-rename-refused", (mech.results.os, "replace"), "000001.safetensors", _rename_refused, 1,
-     "could not write", WriteError),
-    ("part-disk-full-mid-write", (mech.results, "save_file"), None, _half_then_full, 1, "No space left on device",
-     WriteError),
-    ("result-json-rename-refused", (mech.results.os, "replace"), "attention.json", _rename_refused, 1,
-     "rerun the same command", WriteError),
-    ("result-tensors-disk-full", (mech.results.os, "replace"), "attention.safetensors", _disk_full, 1,
-     "Free disk space", WriteError),
-    ("identity-disk-full", (mech.results.os, "replace"), "attention.identity.json", _disk_full, 1,
-     "could not write", WriteError),
-    ("header-disk-full", (mech.results.os, "replace"), "header.json", _disk_full, 1, "could not write", WriteError),
+    (
+        "part-rename-refused",
+        (mech.results.os, "replace"),
+        "000001.safetensors",
+        _rename_refused,
+        1,
+        "could not write",
+        WriteError,
+    ),
+    (
+        "part-disk-full-mid-write",
+        (mech.results, "save_file"),
+        None,
+        _half_then_full,
+        1,
+        "No space left on device",
+        WriteError,
+    ),
+    (
+        "result-json-rename-refused",
+        (mech.results.os, "replace"),
+        "attention.json",
+        _rename_refused,
+        1,
+        "rerun the same command",
+        WriteError,
+    ),
+    (
+        "result-tensors-disk-full",
+        (mech.results.os, "replace"),
+        "attention.safetensors",
+        _disk_full,
+        1,
+        "Free disk space",
+        WriteError,
+    ),
+    (
+        "identity-disk-full",
+        (mech.results.os, "replace"),
+        "attention.identity.json",
+        _disk_full,
+        1,
+        "could not write",
+        WriteError,
+    ),
+    (
+        "header-disk-full",
+        (mech.results.os, "replace"),
+        "header.json",
+        _disk_full,
+        1,
+        "could not write",
+        WriteError,
+    ),
 ]
 
 
@@ -126,6 +186,7 @@ def test_a_failed_write_leaves_nothing_partial(model_dir, clean, tmp_path, monke
             if len(calls) == 2:
                 fault(data, tmp, metadata)
             return real(data, tmp, metadata=metadata)
+
         monkeypatch.setattr(owner, attr, fake)
     else:
         wrap, fired = _once(match, fault)
@@ -145,12 +206,22 @@ def test_a_failed_write_leaves_nothing_partial(model_dir, clean, tmp_path, monke
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("fault, code, phrase", [
-    (RuntimeError("boom in assemble"), 3, "internal error (a bug in mech"),
-    (KeyboardInterrupt(), 130, "interrupted while writing the results of mech attention: all 2 batches are in"),
-    (OSError(errno.ENOSPC, "No space left on device"), 3, "OSError"),
-], ids=["raises", "ctrl-c", "oserror"])
-def test_a_failed_assembly_keeps_the_parts(model_dir, clean, tmp_path, monkeypatch, capsys, fault, code, phrase):
+@pytest.mark.parametrize(
+    "fault, code, phrase",
+    [
+        (RuntimeError("boom in assemble"), 3, "internal error (a bug in mech"),
+        (
+            KeyboardInterrupt(),
+            130,
+            "interrupted while writing the results of mech attention: all 2 batches are in",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), 3, "OSError"),
+    ],
+    ids=["raises", "ctrl-c", "oserror"],
+)
+def test_a_failed_assembly_keeps_the_parts(
+    model_dir, clean, tmp_path, monkeypatch, capsys, fault, code, phrase
+):
     from mech.measure.attention.job import AttentionJob
 
     def broken(self, *args, **kwargs):
@@ -177,8 +248,10 @@ def test_a_lock_held_by_another_process(model_dir, clean, tmp_path, monkeypatch,
     out = tmp_path / "out"
     lock = out / ".mech" / "attention.lock"
     lock.parent.mkdir(parents=True)
-    code = ("import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
-            "print('held', flush=True); time.sleep(120)")
+    code = (
+        "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+        "print('held', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -230,7 +303,9 @@ def test_a_failed_batch_keeps_the_finished_ones(model_dir, clean, tmp_path, monk
     assert "ValueError: injected" in capsys.readouterr().err
     _no_partial_file(out)
     assert sorted(p.name for p in (out / ".attention.parts").glob("*.safetensors")) == [
-        "000000.safetensors", "000001.safetensors"]
+        "000000.safetensors",
+        "000001.safetensors",
+    ]
     monkeypatch.undo()
     assert mech.cli.main(_argv(model_dir, out, n=6)) == 0 and _results(out) == clean[6]
 
@@ -257,13 +332,23 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def _signal_when(argv, ready, sig, delay=0.3, hang="-", timeout=180.0):
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW, str(delay), hang, *argv], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW, str(delay), hang, *argv],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.monotonic()
     try:
         while not ready():
@@ -284,10 +369,15 @@ def test_ctrl_c_mid_run_then_rerun(model_dir, clean, tmp_path):
     written and that the same command resumes; the rerun's files equal a clean run's."""
     out = tmp_path / "out"
     argv = _argv(model_dir, out, n=6)
-    rc, err = _signal_when(argv, lambda: (out / ".attention.parts" / "000000.safetensors").is_file(), signal.SIGINT)
+    rc, err = _signal_when(
+        argv, lambda: (out / ".attention.parts" / "000000.safetensors").is_file(), signal.SIGINT
+    )
     assert rc == 130, err
-    assert re.fullmatch(rf"mech attention: interrupted: [12] of 3 batches of mech attention are written to "
-                        rf"{re.escape(str(out))}; rerun the same command to resume\.", err.strip()), err
+    assert re.fullmatch(
+        rf"mech attention: interrupted: [12] of 3 batches of mech attention are written to "
+        rf"{re.escape(str(out))}; rerun the same command to resume\.",
+        err.strip(),
+    ), err
     _no_partial_file(out)
     assert mech.cli.main(argv) == 0 and _results(out) == clean[6]
 
@@ -298,9 +388,13 @@ def test_kill_9_between_write_and_rename_then_rerun(model_dir, clean, tmp_path):
     out = tmp_path / "out"
     argv = _argv(model_dir, out, n=6)
     parts = out / ".attention.parts"
-    rc, _ = _signal_when(argv, lambda: parts.is_dir() and any(p.name.startswith(".000001.safetensors.")
-                                                              for p in parts.iterdir()),
-                         signal.SIGKILL, delay=0.0, hang="000001.safetensors")
+    rc, _ = _signal_when(
+        argv,
+        lambda: parts.is_dir() and any(p.name.startswith(".000001.safetensors.") for p in parts.iterdir()),
+        signal.SIGKILL,
+        delay=0.0,
+        hang="000001.safetensors",
+    )
     assert rc == -signal.SIGKILL
     assert [p.name for p in parts.glob("*.safetensors")] == ["000000.safetensors"]
     assert len(list(parts.glob(".*.tmp"))) == 1  # what kill -9 leaves

@@ -32,30 +32,64 @@ def _am(batch=3, layers=6, heads=4, grid=(2, 2)):
     n_img = grid[0] * grid[1]
     spatial = torch.rand(batch, layers, n_img, generator=g)
     spatial[:, 0] *= 0.01  # a layer that barely looks at the image
-    return AttentionMass(mass=mass, density=mass / share.clamp_min(1e-9)[:, None, None], groups=GROUPS,
-                         token_share=share, counts=counts, spatial=spatial,
-                         n_image_tokens=torch.full((batch,), n_img), grid=grid, query="last",
-                         n_query=torch.ones(batch, dtype=torch.long))
+    return AttentionMass(
+        mass=mass,
+        density=mass / share.clamp_min(1e-9)[:, None, None],
+        groups=GROUPS,
+        token_share=share,
+        counts=counts,
+        spatial=spatial,
+        n_image_tokens=torch.full((batch,), n_img),
+        grid=grid,
+        query="last",
+        n_query=torch.ones(batch, dtype=torch.long),
+    )
 
 
 def _contrib():
-    curves = {"attention": {"image": [0.2, 0.6, 0.7], "video": [0, 0, 0], "text": [0.7, 0.3, 0.2], "bos": [0.1, 0, 0]},
-              "patching": {"image": [3.0, 1.0, 0.1], "text": [1.0, 0.2, 0.0]}}
-    overall = {e: {"delta": 0.5, "ci95": [0.3, 0.8], "dominant": "image", "underutilized": "text",
-                   "contribution": {"text": 1.0, "image": 2.0}} for e in curves}
-    return {"curves": curves, "imbalance_ratio": {"attention": [3.5, 0.5, 0.3], "patching": [0.33, 0.2, None]},
-            "overall": overall, "ratio": "text/image", "n": 5}
+    curves = {
+        "attention": {
+            "image": [0.2, 0.6, 0.7],
+            "video": [0, 0, 0],
+            "text": [0.7, 0.3, 0.2],
+            "bos": [0.1, 0, 0],
+        },
+        "patching": {"image": [3.0, 1.0, 0.1], "text": [1.0, 0.2, 0.0]},
+    }
+    overall = {
+        e: {
+            "delta": 0.5,
+            "ci95": [0.3, 0.8],
+            "dominant": "image",
+            "underutilized": "text",
+            "contribution": {"text": 1.0, "image": 2.0},
+        }
+        for e in curves
+    }
+    return {
+        "curves": curves,
+        "imbalance_ratio": {"attention": [3.5, 0.5, 0.3], "patching": [0.33, 0.2, None]},
+        "overall": overall,
+        "ratio": "text/image",
+        "n": 5,
+    }
 
 
 def _eval_result(n_options=(4, 3, 3, 2)):
     from mech.measure.evaluation.consistency import PAIRS, SUBSETS
 
     n = len(n_options)
-    conds = {c: {"accuracy": a, "n": n, "correct": int(a * n), "drop": 0.0}
-             for c, a in (("complete", 0.75), ("white_image", 0.25), ("image_only", 0.5), ("no_image", 0.25))}
+    conds = {
+        c: {"accuracy": a, "n": n, "correct": int(a * n), "drop": 0.0}
+        for c, a in (("complete", 0.75), ("white_image", 0.25), ("image_only", 0.5), ("no_image", 0.25))
+    }
     cell = {"num": 2, "pct": 50.0, "inconsistent_num": 2, "inconsistent_pct": 50.0, "total": n}
-    return {"conditions": conds, "consistency": {s: {k: cell for k, _ in PAIRS} for s in SUBSETS},
-            "n_options": list(n_options), "settings": {"model": "m", "data": "d"}}
+    return {
+        "conditions": conds,
+        "consistency": {s: {k: cell for k, _ in PAIRS} for s in SUBSETS},
+        "n_options": list(n_options),
+        "settings": {"model": "m", "data": "d"},
+    }
 
 
 def test_every_plot_function_returns_a_figure_and_saves_nothing(tmp_path, monkeypatch):
@@ -63,11 +97,17 @@ def test_every_plot_function_returns_a_figure_and_saves_nothing(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     am = _am()
-    made = [figures.mass_curves(am), figures.head_heatmap(am, "image"),
-            figures.image_overlay(am, Image.new("RGB", (8, 8), (200, 30, 30)), row=1, sample="s1"),
-            figures.patching_heatmap(torch.tensor([[0.1, float("nan")], [0.9, -0.2]]), ("image", "text"), [0, 1], "t"),
-            figures.contribution_figure(_contrib(), "t"), figures.compare_figure({"a": _contrib(), "b": _contrib()}),
-            figures.eval_figure(_eval_result(), title="t")]
+    made = [
+        figures.mass_curves(am),
+        figures.head_heatmap(am, "image"),
+        figures.image_overlay(am, Image.new("RGB", (8, 8), (200, 30, 30)), row=1, sample="s1"),
+        figures.patching_heatmap(
+            torch.tensor([[0.1, float("nan")], [0.9, -0.2]]), ("image", "text"), [0, 1], "t"
+        ),
+        figures.contribution_figure(_contrib(), "t"),
+        figures.compare_figure({"a": _contrib(), "b": _contrib()}),
+        figures.eval_figure(_eval_result(), title="t"),
+    ]
     assert all(isinstance(f, Figure) for f in made)
     assert not list(tmp_path.iterdir())  # building writes nothing
     path = figures.save_figure(made[0], tmp_path / "sub" / "attention_mass.png")
@@ -95,18 +135,26 @@ def test_save_figure_is_atomic(tmp_path):
 def test_no_backend_and_no_pyplot():
     """Building and saving every figure imports no pyplot and leaves the backend unresolved; no
     library module, probe or notebook calls ``matplotlib.use``."""
-    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); sys.path.insert(0, {str(ROOT)!r})\n"
-              "import matplotlib, tempfile, test_figures as t\n"
-              "from mech import figures\n"
-              "am = t._am()\n"
-              "figures.save_figure(figures.mass_curves(am), tempfile.mktemp(suffix='.png'))\n"
-              "figures.save_figure(figures.eval_figure(t._eval_result()), tempfile.mktemp(suffix='.png'))\n"
-              "assert 'matplotlib.pyplot' not in sys.modules\n"
-              "assert matplotlib.rcParams._get_backend_or_none() is None\n")
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); sys.path.insert(0, {str(ROOT)!r})\n"
+        "import matplotlib, tempfile, test_figures as t\n"
+        "from mech import figures\n"
+        "am = t._am()\n"
+        "figures.save_figure(figures.mass_curves(am), tempfile.mktemp(suffix='.png'))\n"
+        "figures.save_figure(figures.eval_figure(t._eval_result()), tempfile.mktemp(suffix='.png'))\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert matplotlib.rcParams._get_backend_or_none() is None\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, env={"PATH": "", "MPLBACKEND": ""})
-    for f in [*(ROOT / "mech").rglob("*.py"), *(ROOT / "probes").glob("*.py"), *(ROOT / "notebooks").glob("*.ipynb")]:
+    for f in [
+        *(ROOT / "mech").rglob("*.py"),
+        *(ROOT / "probes").glob("*.py"),
+        *(ROOT / "notebooks").glob("*.ipynb"),
+    ]:
         text = f.read_text(encoding="utf-8")
-        assert not re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot", text), f
+        assert not re.search(
+            r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot", text
+        ), f
 
 
 def test_patching_heatmap_text_readable_and_centred():
@@ -121,7 +169,10 @@ def test_patching_heatmap_text_readable_and_centred():
     assert "–" in colours  # the NaN cell
     lo, hi = ax.images[0].get_clim()
     assert lo == -hi  # centred at 0
-    assert patching_heatmap(torch.tensor([[0.2]]), ("image",), [0], lim=3.0).axes[0].images[0].get_clim() == (-3.0, 3.0)
+    assert patching_heatmap(torch.tensor([[0.2]]), ("image",), [0], lim=3.0).axes[0].images[0].get_clim() == (
+        -3.0,
+        3.0,
+    )
 
 
 def test_image_overlay_one_scale_all_layers_and_the_sample():
@@ -167,17 +218,35 @@ def test_eval_chance_from_the_data():
 
 
 def test_report_omits_absent_groups_and_captions_every_figure():
-    from mech.report import captions, present_groups
+    from mech.measure.attention.job import present_groups
+    from mech.runs.jobs import job_class
 
-    att = {"groups": list(GROUPS), "layers": [0, 1], "query": "last", "n": 7,
-           "mass": [[0.5, 0.0, 0.0, 0.4, 0.1, 0.0], [0.6, 0.0, 0.0, 0.3, 0.05, 0.05]],
-           "token_share": {"image": 0.5, "video": 0.0, "audio": 0.0, "text": 0.3, "template": 0.15, "bos": 0.05}}
+    att = {
+        "groups": list(GROUPS),
+        "layers": [0, 1],
+        "query": "last",
+        "n": 7,
+        "mass": [[0.5, 0.0, 0.0, 0.4, 0.1, 0.0], [0.6, 0.0, 0.0, 0.3, 0.05, 0.05]],
+        "token_share": {"image": 0.5, "video": 0.0, "audio": 0.0, "text": 0.3, "template": 0.15, "bos": 0.05},
+    }
     assert present_groups(att) == ["image", "text", "template", "bos"]
     ev = {**_eval_result(), "settings": {"chance": 0.307}}
-    pa = {"effect": {"resid_post": {}}, "direction": "denoising", "corruption": "white_image", "metric": "logit_diff",
-          "n": 7}
-    caps = captions(ev, att, pa, {**_contrib(), "corruption": "resample"})
-    for name in ("eval.png", "attention_mass.png", "attention_heads.png", "attention_image.png", "patch_resid_post.png",
-                 "contrib.png"):
+    pa = {
+        "effect": {"resid_post": {}},
+        "direction": "denoising",
+        "corruption": "white_image",
+        "metric": "logit_diff",
+        "n": 7,
+    }
+    results = {"eval": ev, "attention": att, "patch": pa, "contrib": {**_contrib(), "corruption": "resample"}}
+    caps = {k: v for command, r in results.items() for k, v in job_class(command).captions(r).items()}
+    for name in (
+        "eval.png",
+        "attention_mass.png",
+        "attention_heads.png",
+        "attention_image.png",
+        "patch_resid_post.png",
+        "contrib.png",
+    ):
         assert "n = " in caps[name], name
     assert "chance 0.307" in caps["eval.png"] and "video" not in caps["attention_mass.png"]

@@ -79,7 +79,10 @@ def test_text_group_is_the_prompt(family):
         mask = g.mask("text")[0]
         if family == "paligemma" and position == "after":  # the prompt comes first: its first word is the bos
             mask = mask | g.mask("bos")[0]
-        assert proc.tokenizer.decode(inputs["input_ids"][0][mask]).split() == prompt.split(), (family, position)
+        assert proc.tokenizer.decode(inputs["input_ids"][0][mask]).split() == prompt.split(), (
+            family,
+            position,
+        )
 
 
 def test_padding_does_not_change_groups():
@@ -94,8 +97,12 @@ def test_padding_does_not_change_groups():
     got = row[-n:] if side == "left" else row[:n]
     assert torch.equal(got, alone.groups.labels[0])
     assert (batch.groups.labels[1] == -1).sum() == batch["input_ids"].shape[1] - n
-    assert torch.equal(batch.groups.last(), batch["attention_mask"].sum(1) - 1
-                       if side == "right" else torch.full((2,), batch["input_ids"].shape[1] - 1))
+    assert torch.equal(
+        batch.groups.last(),
+        batch["attention_mask"].sum(1) - 1
+        if side == "right"
+        else torch.full((2,), batch["input_ids"].shape[1] - 1),
+    )
 
 
 def test_qwen2_5_vl_positions_and_logits_are_the_models_own():
@@ -108,15 +115,20 @@ def test_qwen2_5_vl_positions_and_logits_are_the_models_own():
     # positions: what reaches the decoder equals the model's own get_rope_index
     seen = {}
     lm = m.arch.module(model, "language_model")
-    handle = lm.register_forward_pre_hook(lambda mod, a, k: seen.update(pos=k["position_ids"]), with_kwargs=True)
+    handle = lm.register_forward_pre_hook(
+        lambda mod, a, k: seen.update(pos=k["position_ids"]), with_kwargs=True
+    )
     stripped = {k: v for k, v in raw.items() if k != "mm_token_type_ids"}  # mech must rebuild it
     try:
         got = m.logits(stripped)
     finally:
         handle.remove()
-    own, _ = model.model.get_rope_index(raw["input_ids"], image_grid_thw=raw["image_grid_thw"],
-                                        attention_mask=raw["attention_mask"],
-                                        mm_token_type_ids=raw["mm_token_type_ids"])
+    own, _ = model.model.get_rope_index(
+        raw["input_ids"],
+        image_grid_thw=raw["image_grid_thw"],
+        attention_mask=raw["attention_mask"],
+        mm_token_type_ids=raw["mm_token_type_ids"],
+    )
     assert torch.equal(seen["pos"][-3:], own[-3:])
     torch.testing.assert_close(got, reference, atol=1e-6, rtol=0)
 
@@ -135,11 +147,15 @@ def test_local_directory_round_trip(tmp_path):
 
 # ---- bad input: each a clear MechError ---------------------------------------------------------
 
+
 def test_unsupported_architecture_lists_supported():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, vocab_size=50))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+        )
+    )
     with pytest.raises(UnsupportedArchitectureError, match="qwen2_5_vl") as err:
         mech.load((model, None))
     assert "llama" in str(err.value) and isinstance(err.value, mech.MechError)

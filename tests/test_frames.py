@@ -24,8 +24,8 @@ from mech.curves import modality_contributions
 from mech.frames import concat, tidy
 from mech.measure.dla import direct_logit_attribution
 from mech.measure.evaluation import evaluate, to_frame
-from mech.measure.patching import activation_patching  # before knockout: see the report on engines.prefix
 from mech.measure.knockout import attention_knockout
+from mech.measure.patching import activation_patching  # before knockout: see the report on engines.prefix
 from mech.measure.patching.attribution import attribution_patching
 from mech.measure.probing import linear_probe
 from mech.testing.tiny import IMAGE_SIZES, tiny_inputs, tiny_model
@@ -90,7 +90,9 @@ def test_tidy_axes_order_dtypes_and_errors():
     assert list(f["b"].cat.categories) == ["x", "y", "z"] and f["v"].dtype == np.float32
     assert f.iloc[0].tolist() == [0, "x", 10, 0.0] and f.iloc[-1].tolist() == [1, "z", 40, 23.0]  # C order
     assert f.loc[(f.a == 1) & (f.b == "y") & (f.c == 30), "v"].item() == t[1, 1, 2]
-    two = tidy({"v": t, "w": t[:, :1, :1] * 0 + 7}, {"a": None, "b": {"b": None, "name": list("pqr")}, "c": None})
+    two = tidy(
+        {"v": t, "w": t[:, :1, :1] * 0 + 7}, {"a": None, "b": {"b": None, "name": list("pqr")}, "c": None}
+    )
     assert list(two.columns) == ["a", "b", "name", "c", "v", "w"] and (two.w == 7).all()
     assert two.groupby("name", observed=True).v.sum().tolist() == t.sum((0, 2)).tolist()
     with pytest.raises(ValueError, match="dimensions"):
@@ -106,9 +108,16 @@ def test_attention_mass_frame(m, inputs):
     am = mech.attention_mass(m, inputs, query="last")
     f = am.to_frame()
     B, L, H, G = am.mass.shape
-    assert list(f.columns) == ["sample", "layer", "head", "group", "mass", "density"] and len(f) == B * L * H * G
+    assert (
+        list(f.columns) == ["sample", "layer", "head", "group", "mass", "density"] and len(f) == B * L * H * G
+    )
     _kinds(f, ints=("sample", "layer", "head"), cats=("group",))
-    axes = {"sample": list(range(B)), "layer": list(range(L)), "head": list(range(H)), "group": list(am.groups)}
+    axes = {
+        "sample": list(range(B)),
+        "layer": list(range(L)),
+        "head": list(range(H)),
+        "group": list(am.groups),
+    }
     _same(_scatter(f, axes, "mass"), am.mass)
     _same(_scatter(f, axes, "density"), am.density)
     by = f.groupby(["layer", "group"], observed=True).mass.mean()
@@ -124,8 +133,16 @@ def _check_patching(res, f_eff, f_per, values):
     sites = list(res.effect)
     heads = res.effect["z"].shape[1] if "z" in res.effect else 0
     assert list(f_eff.columns) == ["site", "layer", "head", "group", "effect"]
-    assert list(f_per.columns) == ["site", "sample", "layer", "head", "group", *values, "clean_metric",
-                                   "corrupted_metric"]
+    assert list(f_per.columns) == [
+        "site",
+        "sample",
+        "layer",
+        "head",
+        "group",
+        *values,
+        "clean_metric",
+        "corrupted_metric",
+    ]
     assert len(f_eff) == sum(e.numel() for e in res.effect.values())
     assert len(f_per) == sum(p.numel() for p in res.patched.values())
     for f in (f_eff, f_per):
@@ -152,8 +169,9 @@ def _check_patching(res, f_eff, f_per, values):
 
 def test_patching_frame(m, pair):
     clean, corrupted = pair
-    res = activation_patching(m, clean, corrupted, site=["resid_post", "z"], positions=("image", "text", "last"),
-                              layers=[1])
+    res = activation_patching(
+        m, clean, corrupted, sites=["resid_post", "z"], positions=("image", "text", "last"), layers=[1]
+    )
     f_eff, f_per = res.to_frame(), res.to_frame(per_sample=True)
     _check_patching(res, f_eff, f_per, ["patched"])
     assert set(f_eff.layer) == {1}  # the layer index, not the position in result.layers
@@ -169,9 +187,13 @@ def test_attribution_frame(m, pair):
     f_eff, f_per = res.to_frame(), res.to_frame(per_sample=True)
     _check_patching(res, f_eff, f_per, ["patched", "delta"])
     g = res.groups.index("image")
-    cell = f_per[(f_per.site == "resid_pre") & (f_per["sample"] == 0) & (f_per.layer == 1) & (f_per.group == "image")]
+    cell = f_per[
+        (f_per.site == "resid_pre") & (f_per["sample"] == 0) & (f_per.layer == 1) & (f_per.group == "image")
+    ]
     assert cell.delta.item() == res.delta["resid_pre"][1, g, 0].item()
-    target = res.corrupted_metric.numpy()[f_per["sample"].to_numpy()]  # patched = target (corrupted) metric + ΔM
+    target = res.corrupted_metric.numpy()[
+        f_per["sample"].to_numpy()
+    ]  # patched = target (corrupted) metric + ΔM
     assert (f_per.patched - f_per.delta).to_numpy() == pytest.approx(target, abs=1e-5)
 
 
@@ -181,8 +203,22 @@ def test_knockout_frame(m, inputs):
     f, per = res.to_frame(), res.to_frame(per_sample=True)
     W, E, B = res.p_knocked.shape
     assert list(f.columns) == ["layer", "first", "stop", "edge", "change"] and len(f) == W * E
-    assert list(per.columns) == ["sample", "layer", "first", "stop", "edge", "change", "p_knocked", "p_clean",
-                                 "n_source", "n_target"] and len(per) == W * E * B
+    assert (
+        list(per.columns)
+        == [
+            "sample",
+            "layer",
+            "first",
+            "stop",
+            "edge",
+            "change",
+            "p_knocked",
+            "p_clean",
+            "n_source",
+            "n_target",
+        ]
+        and len(per) == W * E * B
+    )
     _kinds(f, ints=("layer", "first", "stop"), cats=("edge",))
     _kinds(per, ints=("sample", "layer", "first", "stop", "n_source", "n_target"), cats=("edge",))
     assert list(f.edge.cat.categories) == res.edges == ["image->last", "text->last", "image->last+bos->last"]
@@ -206,7 +242,10 @@ def test_dla_frame(m, inputs):
     B, L, G = d.attn.shape
     assert list(f.columns) == ["sample", "layer", "group", "attn"] and len(f) == B * L * G
     _kinds(f, ints=("sample", "layer"), cats=("group",))
-    _same(_scatter(f, {"sample": list(range(B)), "layer": list(range(L)), "group": list(d.groups)}, "attn"), d.attn)
+    _same(
+        _scatter(f, {"sample": list(range(B)), "layer": list(range(L)), "group": list(d.groups)}, "attn"),
+        d.attn,
+    )
     c = d.to_frame(components=True)
     assert list(c.columns) == ["sample", "component", "layer", "group", "logits"]
     assert len(c) == B * (L * G + 2 * L + 2) and c["layer"].dtype == "Int64"
@@ -223,8 +262,11 @@ def test_contributions_frame(m):
     size = IMAGE_SIZES["llava"]
     rng = np.random.default_rng(1)
     imgs = [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(3)]
-    inputs = m.inputs(m.prepare(imgs, ["what colour is the shape ?", "what size is the shape ?",
-                                       "what colour is the circle ?"]))  # equal group sizes: every row has donors
+    inputs = m.inputs(
+        m.prepare(
+            imgs, ["what colour is the shape ?", "what size is the shape ?", "what colour is the circle ?"]
+        )
+    )  # equal group sizes: every row has donors
     a = torch.tensor([5, 9, 11])
     res = modality_contributions(m, inputs, a, (a + 1) % m.arch.vocab_size)
     f = res.to_frame()
@@ -250,8 +292,15 @@ def test_contributions_frame(m):
 
 def test_probe_frame(m):
     rng = np.random.default_rng(0)
-    samples = [{"image": Image.fromarray(np.clip((200 if i % 2 else 40) + rng.normal(0, 20, (32, 32, 3)), 0, 255)
-                                         .astype("uint8")), "bright": bool(i % 2)} for i in range(12)]
+    samples = [
+        {
+            "image": Image.fromarray(
+                np.clip((200 if i % 2 else 40) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype("uint8")
+            ),
+            "bright": bool(i % 2),
+        }
+        for i in range(12)
+    ]
 
     def prep(batch):
         return m.prepare([s["image"] for s in batch], ["what colour is the shape ?"] * len(batch))
@@ -260,15 +309,28 @@ def test_probe_frame(m):
     f = res.to_frame()
     assert list(f.columns) == ["layer", "readout", "accuracy"] and len(f) == res.accuracy.numel()
     _kinds(f, ints=("layer",), cats=("readout",))
-    _same(_scatter(f, {"layer": list(range(m.arch.n_layers)), "readout": list(res.readouts)}, "accuracy"),
-          res.accuracy)
+    _same(
+        _scatter(f, {"layer": list(range(m.arch.n_layers)), "readout": list(res.readouts)}, "accuracy"),
+        res.accuracy,
+    )
 
 
 def test_evaluation_frame(m):
-    imgs = [Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)) for k in range(3)]
-    samples = [{"id": f"q{i}", "question": "what colour is the shape ?", "images": [imgs[i]],
-                "options": ["red", "blue", "green", "yellow"][: 2 + i], "answer": "AB"[i % 2],
-                "prompt_style": "direct"} for i in range(3)]
+    imgs = [
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        for k in range(3)
+    ]
+    samples = [
+        {
+            "id": f"q{i}",
+            "question": "what colour is the shape ?",
+            "images": [imgs[i]],
+            "options": ["red", "blue", "green", "yellow"][: 2 + i],
+            "answer": "AB"[i % 2],
+            "prompt_style": "direct",
+        }
+        for i in range(3)
+    ]
     conds = ["complete", "white_image", "no_image"]
     r = evaluate(m, samples, conditions=conds, progress=False)
     f = to_frame(r)
@@ -280,16 +342,19 @@ def test_evaluation_frame(m):
         rows = f[f.condition == c].sort_values("sample")
         assert rows.prediction.tolist() == r["predictions"][c] and rows.correct.tolist() == r["correct"][c]
         assert rows.id.tolist() == r["ids"] and rows.answer.tolist() == ["A", "B", "A"]
-    assert f.groupby("condition", observed=True).correct.mean().to_dict() == \
-        pytest.approx({c: r["conditions"][c]["accuracy"] for c in conds})
+    assert f.groupby("condition", observed=True).correct.mean().to_dict() == pytest.approx(
+        {c: r["conditions"][c]["accuracy"] for c in conds}
+    )
     assert f[f.id == "q2"].n_options.unique().tolist() == [4]
     assert f.iloc[1][["sample", "condition"]].tolist() == [0, "white_image"]  # sample-major
     assert set(r) >= {"conditions", "consistency", "ids", "predictions", "correct", "answers", "n_options"}
 
 
 def test_importing_mech_does_not_import_pandas():
-    code = ("import sys, mech, mech.frames, mech.curves, mech.measure.dla, mech.measure.probing, "
-            "mech.measure.patching.attribution, mech.measure.knockout, mech.measure.evaluation; "
-            "print('pandas' in sys.modules)")
+    code = (
+        "import sys, mech, mech.frames, mech.curves, mech.measure.dla, mech.measure.probing, "
+        "mech.measure.patching.attribution, mech.measure.knockout, mech.measure.evaluation; "
+        "print('pandas' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

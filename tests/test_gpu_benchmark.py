@@ -27,17 +27,29 @@ import gpu  # noqa: E402
 import gpu_models as GM  # noqa: E402
 
 FIELDS = {"model", "family", "instrument", "visual_tokens", "time_ratio", "memory_ratio", "status"}
-INSTRUMENTS = {"plain forward (baseline)", "attention_mass(query='last')", "attention_mass(query='text')",
-               "eager output_attentions", "activation_patching(resid_pre sweep)",
-               "attribution_patching(method='deeplift')", "modality_contributions(defaults)"}
+INSTRUMENTS = {
+    "plain forward (baseline)",
+    "attention_mass(query='last')",
+    "attention_mass(query='text')",
+    "eager output_attentions",
+    "activation_patching(resid_pre sweep)",
+    "attribution_patching(method='deeplift')",
+    "modality_contributions(defaults)",
+}
 
 
 def _run(tmp: Path, *args: str, timeout: int = 400) -> tuple[dict, str]:
     out = tmp / "out"
     out.mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", OUT=str(out))
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--results-dir", str(tmp / "res"),
-                           *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--results-dir", str(tmp / "res"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted((tmp / "res").glob("*-cpu-dry-run*.json"))
     assert len(files) == 1, files
@@ -67,11 +79,17 @@ def test_dry_run_runs_every_row_of_the_plan(dry):
         assert {i for i, _ in got} == INSTRUMENTS
         lengths = [GM.images_for(family, cfg, n).tokens(family, cfg) for n in gpu.PLAN["attention"][1]]
         for n in lengths:
-            for i in ("plain forward (baseline)", "attention_mass(query='last')", "attention_mass(query='text')",
-                      "eager output_attentions"):
+            for i in (
+                "plain forward (baseline)",
+                "attention_mass(query='last')",
+                "attention_mass(query='text')",
+                "eager output_attentions",
+            ):
                 assert (i, n) in got, (i, n)
         deeplift = {n for i, n in got if i.startswith("attribution_patching")}
-        assert deeplift == {GM.images_for(family, cfg, n).tokens(family, cfg) for n in gpu.PLAN["deeplift"][1]}
+        assert deeplift == {
+            GM.images_for(family, cfg, n).tokens(family, cfg) for n in gpu.PLAN["deeplift"][1]
+        }
         assert result["models"][label]["deeplift_longest_fit_visual_tokens"] == max(deeplift)
         assert result["models"][label]["params"] > 0
 
@@ -89,7 +107,9 @@ def test_dry_run_ratios_are_finite_and_positive(dry):
             fe = r["forward_equivalents_per_patched_run"]
             assert 0 < fe <= 1 and r["n_patched_runs"] > 0
         if r["instrument"].startswith("modality_contributions"):
-            per = r["visual_tokens_per_sample"]  # images of different sizes, each size twice (in-batch donors)
+            per = r[
+                "visual_tokens_per_sample"
+            ]  # images of different sizes, each size twice (in-batch donors)
             assert r["batch"] == len(per) and len(set(per)) >= 2 and all(per.count(t) == 2 for t in per)
             for est, cov in r["coverage"].items():  # every sample has a donor of its size: all estimated
                 assert cov["n"] == r["batch"] and cov["samples"] == r["batch"], (est, cov)
@@ -175,8 +195,9 @@ def test_rows_that_fail_are_recorded_with_their_status(tmp_path, monkeypatch):
     import timing
 
     monkeypatch.delenv("OUT", raising=False)
-    args = types.SimpleNamespace(budget_s=60, row_cap_s=1, dry_run=True, reps=1, models=["llava"],
-                                 results_dir=str(tmp_path))
+    args = types.SimpleNamespace(
+        budget_s=60, row_cap_s=1, dry_run=True, reps=1, models=["llava"], results_dir=str(tmp_path)
+    )
     run = gpu.Run(args, "cpu-dry-run", False)
 
     def oom():

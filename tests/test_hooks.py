@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import mech
-from mech.errors import ConfigError
 from mech.engines.hooks import run_with_cache, run_with_hooks, valid_names
+from mech.errors import ConfigError
 from mech.testing.tiny import tiny_inputs, tiny_model
 from mech.testing.tolerance import assert_close_scaled, unembed_scale
 
@@ -26,8 +26,10 @@ def _oracle(m, inputs):
     def keep(key, kind):
         def pre(mod, args, kwargs):
             got[key] = (args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))).detach()
+
         def post(mod, args, out):
             got[key] = (out[0] if isinstance(out, tuple) else out).detach()
+
         return pre if kind == "pre" else post
 
     for l, layer in enumerate(layers):
@@ -35,7 +37,9 @@ def _oracle(m, inputs):
         handles.append(layer.register_forward_hook(keep(("out", l), "post")))
         handles.append(layer.self_attn.register_forward_hook(keep(("attn", l), "post")))
         handles.append(layer.mlp.register_forward_hook(keep(("mlp", l), "post")))
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(keep(("z", l), "pre"), with_kwargs=True))
+        handles.append(
+            layer.self_attn.o_proj.register_forward_pre_hook(keep(("z", l), "pre"), with_kwargs=True)
+        )
     handles.append(m.arch.module(m.model, "ln_final").register_forward_hook(keep("norm", "post")))
     try:
         with torch.no_grad():
@@ -77,8 +81,13 @@ def test_cache_matches_hand_written_hooks(family):
             with torch.no_grad():
                 attn = layer.post_attention_layernorm(attn)
         # one fp32 addition, done by the model and by hand: at most one rounding at |pre| + |attn|
-        assert_close_scaled(cache[b + "hook_resid_mid"], ref[("in", l)] + attn, n=1, dtype=torch.float32,
-                            scale=float((ref[("in", l)].abs() + attn.abs()).max()))
+        assert_close_scaled(
+            cache[b + "hook_resid_mid"],
+            ref[("in", l)] + attn,
+            n=1,
+            dtype=torch.float32,
+            scale=float((ref[("in", l)].abs() + attn.abs()).max()),
+        )
 
 
 def test_deepstack_resid_post_is_next_layer_input():
@@ -138,8 +147,11 @@ def test_hooks_removed_after_exception_and_others_kept():
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_with_hooks(m, inputs, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, h: x + 1),
-                                             ("blocks.1.attn.hook_z", boom)])
+        run_with_hooks(
+            m,
+            inputs,
+            fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, h: x + 1), ("blocks.1.attn.hook_z", boom)],
+        )
     assert _n_hooks(m.model) == before
     foreign.remove()
 
@@ -160,8 +172,13 @@ def test_resid_mid_replacement_carries_to_residual():
         h2.remove()
     got = run_with_hooks(m, inputs, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, hook: x + v)])
     # v added at another point of the same sum: rounding through the layers and the unembedding
-    assert_close_scaled(got, ref, n=m.arch.n_layers * (m.arch.d_model + inputs["input_ids"].shape[1]),
-                        dtype=torch.float32, scale=unembed_scale(m, inputs))
+    assert_close_scaled(
+        got,
+        ref,
+        n=m.arch.n_layers * (m.arch.d_model + inputs["input_ids"].shape[1]),
+        dtype=torch.float32,
+        scale=unembed_scale(m, inputs),
+    )
 
 
 def test_unknown_hook_name_lists_valid():

@@ -10,14 +10,14 @@ import torch
 
 import mech
 import mech.engines.hooks as H
-from mech.measure.patching.attribution import attribution_patching
 from mech.conditions import condition_inputs
-from mech.prepare.data import load_data
+from mech.engines.hook_points import HookRegistry
 from mech.errors import ConfigError, FrozenError, InputError, MechError
 from mech.measure.evaluation.answering import score_batch
-from mech.engines.hook_points import HookRegistry
-from mech.prepare.inputs import Inputs
 from mech.measure.patching import Metric, activation_patching
+from mech.measure.patching.attribution import attribution_patching
+from mech.prepare.data import load_data
+from mech.prepare.inputs import Inputs
 from mech.testing.tiny import tiny_inputs, tiny_model
 
 
@@ -51,10 +51,14 @@ def _independent_logit_diff(m, clean, corrupted):
 @pytest.mark.parametrize("instrument", ["activation_patching", "attribution_patching"])
 def test_one_metric_for_two_batches_scores_the_second_like_a_fresh_one(balanced, instrument):
     m, _, runs = balanced
-    run = {"activation_patching": lambda c, k, metric: activation_patching(
-               m, c, k, site="resid_post", positions=("image", "last"), metric=metric),
-           "attribution_patching": lambda c, k, metric: attribution_patching(
-               m, c, k, sites="resid_post", positions=("image", "last"), metric=metric)}[instrument]
+    run = {
+        "activation_patching": lambda c, k, metric: activation_patching(
+            m, c, k, sites="resid_post", positions=("image", "last"), metric=metric
+        ),
+        "attribution_patching": lambda c, k, metric: attribution_patching(
+            m, c, k, sites="resid_post", positions=("image", "last"), metric=metric
+        ),
+    }[instrument]
     shared = Metric("logit_diff")
     first = run(*runs[0], shared)
     second = run(*runs[1], shared)
@@ -64,16 +68,19 @@ def test_one_metric_for_two_batches_scores_the_second_like_a_fresh_one(balanced,
     # the two batches have different answers, so scoring batch 2 against batch 1's targets would show
     assert not torch.equal(first.answer, second.answer)
     for other in (fresh, by_name):
-        assert torch.equal(second.answer, other.answer) and torch.equal(second.counterfactual, other.counterfactual)
+        assert torch.equal(second.answer, other.answer) and torch.equal(
+            second.counterfactual, other.counterfactual
+        )
         torch.testing.assert_close(second.clean_metric, other.clean_metric, rtol=0, atol=0)
         torch.testing.assert_close(second.corrupted_metric, other.corrupted_metric, rtol=0, atol=0)
         torch.testing.assert_close(second.patched["resid_post"], other.patched["resid_post"], rtol=0, atol=0)
-        torch.testing.assert_close(second.effect["resid_post"], other.effect["resid_post"], equal_nan=True,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            second.effect["resid_post"], other.effect["resid_post"], equal_nan=True, rtol=0, atol=0
+        )
     for res, (clean, corrupted) in ((first, runs[0]), (second, runs[1])):
         answer, cf, clean_ld, corr_ld = _independent_logit_diff(m, clean, corrupted)
         assert torch.equal(res.answer, answer) and torch.equal(res.counterfactual, cf)
-        assert res.meta["answer"] == answer.tolist() and res.meta["counterfactual"] == cf.tolist()
+        assert res.to_json()["answer"] == answer.tolist() and res.to_json()["counterfactual"] == cf.tolist()
         torch.testing.assert_close(res.clean_metric, clean_ld, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(res.corrupted_metric, corr_ld, rtol=1e-5, atol=1e-4)
         assert float(res.clean_metric.mean()) > float(res.corrupted_metric.mean())
@@ -90,13 +97,22 @@ def test_metric_is_frozen_and_fixed_targets_are_kept(balanced):
         Metric("prob", answer=torch.tensor([0.5]))
     clean, corrupted = runs[0]
     fixed = torch.tensor([19, 19, 19, 19])
-    res = activation_patching(m, clean, corrupted, positions="last", layers=[0], metric=Metric("prob", answer=fixed))
+    res = activation_patching(
+        m, clean, corrupted, positions="last", layers=[0], metric=Metric("prob", answer=fixed)
+    )
     assert torch.equal(res.answer, fixed) and res.counterfactual is None
     p = _last_logits(m, clean).softmax(-1)[:, 19]
     torch.testing.assert_close(res.clean_metric, p, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="given twice"):
-        activation_patching(m, clean, corrupted, positions="last", layers=[0], metric=Metric("prob", answer=fixed),
-                            answer=fixed + 1)
+        activation_patching(
+            m,
+            clean,
+            corrupted,
+            positions="last",
+            layers=[0],
+            metric=Metric("prob", answer=fixed),
+            answer=fixed + 1,
+        )
     kl = activation_patching(m, clean, corrupted, positions="last", layers=[0], metric="kl")
     assert kl.answer is None and kl.counterfactual is None
     torch.testing.assert_close(kl.clean_metric, torch.zeros(4), rtol=0, atol=1e-6)
@@ -112,9 +128,13 @@ def test_inputs_keep_condition_and_ids_and_are_frozen(balanced):
     assert m.inputs(white) is white  # already complete: immutable, so shared as it is
     assert m.inputs(dict(white)).condition is None  # a plain dict carries no condition
     torch.testing.assert_close(m.model(**white).logits, m.model(**dict(white)).logits, rtol=0, atol=0)
-    for change in (lambda: setattr(white, "condition", "complete"), lambda: setattr(white, "groups", None),
-                   lambda: white.__setitem__("input_ids", white["input_ids"]),
-                   lambda: white.__delitem__("pixel_values"), lambda: delattr(white, "ids")):
+    for change in (
+        lambda: setattr(white, "condition", "complete"),
+        lambda: setattr(white, "groups", None),
+        lambda: white.__setitem__("input_ids", white["input_ids"]),
+        lambda: white.__delitem__("pixel_values"),
+        lambda: delattr(white, "ids"),
+    ):
         with pytest.raises(FrozenError, match="replace"):
             change()
     with pytest.raises(TypeError):  # item assignment on an immutable mapping
@@ -125,7 +145,9 @@ def test_inputs_keep_condition_and_ids_and_are_frozen(balanced):
     other = white.replace(condition="complete", pixel_values=clean["pixel_values"])
     assert other.condition == "complete" and white.condition == "white_image"
     assert torch.equal(other["pixel_values"], clean["pixel_values"]) and other.groups is white.groups
-    assert other.replace(input_ids=clean["input_ids"]).groups is None  # new ids: groups recomputed by m.inputs
+    assert (
+        other.replace(input_ids=clean["input_ids"]).groups is None
+    )  # new ids: groups recomputed by m.inputs
     assert "pixel_values" not in other.replace(pixel_values=None)
     for back in (pickle.loads(pickle.dumps(white)), copy.deepcopy(white)):
         assert back.condition == "white_image" and back.ids == ids
@@ -148,11 +170,15 @@ def test_instruments_read_the_condition_and_refuse_a_contradiction(balanced):
     res = activation_patching(m, clean, white, positions="last", layers=[0])
     assert res.corruption == "white_image" and res.align == "strict"
     no_image = condition_inputs(m, batches[0], "no_image")
-    res = activation_patching(m, clean, no_image, positions="last", layers=[0])  # align="group" from the inputs
+    res = activation_patching(
+        m, clean, no_image, positions="last", layers=[0]
+    )  # align="group" from the inputs
     assert res.corruption == "no_image" and res.align == "group"
-    for run in (lambda: activation_patching(m, clean, white, positions="last", layers=[0], condition="no_image"),
-                lambda: attribution_patching(m, clean, white, positions="last", layers=[0], condition="black_image"),
-                lambda: score_batch(m, white, batches[0], "option_text", condition="complete")):
+    for run in (
+        lambda: activation_patching(m, clean, white, positions="last", layers=[0], condition="no_image"),
+        lambda: attribution_patching(m, clean, white, positions="last", layers=[0], condition="black_image"),
+        lambda: score_batch(m, white, batches[0], "option_text", condition="complete"),
+    ):
         with pytest.raises(ConfigError, match="contradicts the inputs"):
             run()
     assert issubclass(ConfigError, MechError)
@@ -167,8 +193,10 @@ def test_instruments_read_the_condition_and_refuse_a_contradiction(balanced):
 
 def _attach_ln2(m, point, fn):
     """An extra per-layer point: the output of the pre-MLP norm."""
+
     def hook(mod, args, out):
         return fn(out)
+
     return [m.arch.module(m.model, "ln2", point.layer).register_forward_hook(hook)]
 
 
@@ -199,7 +227,8 @@ def test_hook_points_cannot_be_rebound_and_extra_points_are_scoped():
 
     seen = {}
     handle = m.arch.module(m.model, "ln2", 1).register_forward_hook(
-        lambda mod, args, out: seen.setdefault("x", out.detach().clone()))
+        lambda mod, args, out: seen.setdefault("x", out.detach().clone())
+    )
     try:
         logits, cache = mech.run_with_cache(m, inputs, [name, "blocks.1.hook_resid_mid"], points=extra)
     finally:

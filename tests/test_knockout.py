@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import mech
 import mech.measure.knockout as K
@@ -21,11 +23,15 @@ from mech.errors import ConfigError
 from mech.measure.knockout import attention_knockout, blocking
 from mech.testing.tiny import tiny_inputs, tiny_model
 from mech.testing.tolerance import probability_rel_bound
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-EDGES = [("image", "last"), ("text", "last"), ("image", "text"), ("text", "text"),
-         [("image", "last"), ("bos", "last")], ("last", "last")]
+EDGES = [
+    ("image", "last"),
+    ("text", "last"),
+    ("image", "text"),
+    ("text", "text"),
+    [("image", "last"), ("bos", "last")],
+    ("last", "last"),
+]
 
 
 def _load(family, attn="sdpa"):
@@ -46,7 +52,9 @@ def _oracle(m_eager, inp, edge_set, layers, answer):
 
     def pre(mod, args, kwargs):
         mask = kwargs.get("attention_mask")
-        assert mask is not None and mask.dim() == 4 and mask.dtype.is_floating_point, "eager gets a 4-D float mask"
+        assert mask is not None and mask.dim() == 4 and mask.dtype.is_floating_point, (
+            "eager gets a 4-D float mask"
+        )
         mask = mask.clone().expand(groups.labels.shape[0], -1, -1, -1).clone()
         neg = torch.finfo(mask.dtype).min
         for b in range(mask.shape[0]):
@@ -57,8 +65,10 @@ def _oracle(m_eager, inp, edge_set, layers, answer):
                             mask[b, :, q, k] = neg
         return args, {**kwargs, "attention_mask": mask}
 
-    handles = [m_eager.arch.module(m_eager.model, "attn", l).register_forward_pre_hook(pre, with_kwargs=True)
-               for l in layers]
+    handles = [
+        m_eager.arch.module(m_eager.model, "attn", l).register_forward_pre_hook(pre, with_kwargs=True)
+        for l in layers
+    ]
     try:
         with torch.no_grad():
             logits = m_eager.model(**inp).logits
@@ -74,7 +84,9 @@ def _registries():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "gemma3", "qwen3_vl", "internvl", "idefics3", "paligemma"])
+@pytest.mark.parametrize(
+    "family", ["llava", "qwen2_5_vl", "gemma3", "qwen3_vl", "internvl", "idefics3", "paligemma"]
+)
 def test_knockout_equals_eager_oracle(family, batch):
     m, proc = _load(family)
     me, _ = _load(family, "eager")
@@ -90,8 +102,11 @@ def test_knockout_equals_eager_oracle(family, batch):
         want = clean[torch.arange(batch), res.answer]
         assert ((res.p_clean - want).abs() <= rel * want).all(), (res.p_clean, want, rel)
         for wi, l in enumerate(res.layers):
-            lo, hi = (l, min(n, l + window)) if anchor == "start" else (max(0, l - window // 2),
-                                                                           min(n, l + (window + 1) // 2))
+            lo, hi = (
+                (l, min(n, l + window))
+                if anchor == "start"
+                else (max(0, l - window // 2), min(n, l + (window + 1) // 2))
+            )
             assert res.windows[wi] == (lo, hi)
             for ei, edge in enumerate(EDGES):
                 want = _oracle(me, inp, edge, range(lo, hi), res.answer)
@@ -139,8 +154,10 @@ def test_restored_after_exception(monkeypatch):
         attention_knockout(m, inp, edges=[("image", "last")], window=1)
     assert _registries() == before
     assert [c._attn_implementation_internal for c in decoder_configs(m)] == impl
-    assert all(not l._forward_pre_hooks and not l._forward_hooks
-               for l in (m.arch.module(m.model, "layer", i) for i in range(m.arch.n_layers)))
+    assert all(
+        not l._forward_pre_hooks and not l._forward_hooks
+        for l in (m.arch.module(m.model, "layer", i) for i in range(m.arch.n_layers))
+    )
 
 
 def test_blocker_is_called_only_in_the_window():
@@ -176,8 +193,10 @@ def test_validation():
 ORGANISMS = Path(mech.__file__).parent / "organisms"
 
 
-@pytest.mark.skipif(not all((ORGANISMS / n / "model.safetensors").exists() for n in ("balanced", "text-biased")),
-                    reason="organism weights not trained yet")
+@pytest.mark.skipif(
+    not all((ORGANISMS / n / "model.safetensors").exists() for n in ("balanced", "text-biased")),
+    reason="organism weights not trained yet",
+)
 def test_organisms_image_edges_matter_more_for_balanced():
     """Blocking every edge out of the image in all layers hurts the balanced organism's answer more."""
     from mech.organisms import shapes
@@ -187,7 +206,12 @@ def test_organisms_image_edges_matter_more_for_balanced():
     for name in ("balanced", "text-biased"):
         m = mech.load(f"organism:{name}")
         inp = m.prepare([s["image"] for s in samples], [s["question"] for s in samples])
-        res = attention_knockout(m, inp, edges=[[("image", "text"), ("image", "last"), ("image", "template")]],
-                                 window=m.arch.n_layers, layers=[0])
+        res = attention_knockout(
+            m,
+            inp,
+            edges=[[("image", "text"), ("image", "last"), ("image", "template")]],
+            window=m.arch.n_layers,
+            layers=[0],
+        )
         drops[name] = -float(res.change[0, 0])
     assert drops["balanced"] > drops["text-biased"], drops

@@ -1,5 +1,6 @@
 """The package's layout (docs/design.md, "Layout"): no import cycle between files, the library never
 imports the command line, no file over 400 lines, no module imports another module's private names.
+The order of the layers is tests/test_layers.py, on the import graph read here.
 
 The import graph is read with ``ast`` from the source (nothing is imported): every ``import`` and
 ``from ... import`` anywhere in a file, at module level or inside a function, is an edge from that
@@ -43,11 +44,21 @@ def _is_pkg(m: str) -> bool:
     return MODS[m].name == "__init__.py"
 
 
-def _imports(m: str):
-    """``(line, target module, imported name or None)`` for every mech import in module ``m``."""
-    pkg = m if _is_pkg(m) else m.rpartition(".")[0]
-    for node in ast.walk(ast.parse(MODS[m].read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
+def imports_of(m: str, source: str | None = None, *, dynamic: bool = False):
+    """``(line, target module, imported name or None)`` for every mech import in module ``m`` (its file,
+    or ``source`` when given: a module the tests make up). ``dynamic``: also ``import_module("mech.x")``
+    with a literal name (a lazy alias is a dependency too, though it cannot make an import-order cycle)."""
+    pkg = m if m in MODS and _is_pkg(m) else m.rpartition(".")[0]
+    tree = ast.parse(MODS[m].read_text(encoding="utf-8") if source is None else source)
+    for node in ast.walk(tree):
+        if dynamic and isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            named = node.args[0].value
+            func = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if func == "import_module" and isinstance(named, str) and named.split(".")[0] == "mech":
+                t = _resolve(named)
+                if t:
+                    yield node.lineno, t, None
+        elif isinstance(node, ast.Import):
             for a in node.names:
                 t = _resolve(a.name) if a.name.split(".")[0] == "mech" else None
                 if t:
@@ -73,7 +84,7 @@ def _edges() -> dict[str, dict[str, int]]:
     """module -> {imported module: first line}; self-imports left out."""
     edges: dict[str, dict[str, int]] = {m: {} for m in MODS}
     for m in MODS:
-        for line, t, _ in _imports(m):
+        for line, t, _ in imports_of(m):
             if t != m:
                 edges[m].setdefault(t, line)
     return edges
@@ -122,8 +133,12 @@ def import_cycles() -> list[list[str]]:
 
 def _describe(comp: list[str]) -> str:
     inside = set(comp)
-    return "; ".join(f"{MODS[m].relative_to(ROOT.parent)}:{line} imports {t}"
-                     for m in comp for t, line in sorted(EDGES[m].items()) if t in inside and _counts(m, t))
+    return "; ".join(
+        f"{MODS[m].relative_to(ROOT.parent)}:{line} imports {t}"
+        for m in comp
+        for t, line in sorted(EDGES[m].items())
+        if t in inside and _counts(m, t)
+    )
 
 
 def test_no_import_cycle_between_files():
@@ -132,14 +147,22 @@ def test_no_import_cycle_between_files():
 
 
 def test_the_library_never_imports_the_command_line():
-    leaks = [f"{MODS[m].relative_to(ROOT.parent)}:{line} imports {t}"
-             for m in MODS if m not in CLI for t, line in EDGES[m].items() if t in CLI]
+    leaks = [
+        f"{MODS[m].relative_to(ROOT.parent)}:{line} imports {t}"
+        for m in MODS
+        if m not in CLI
+        for t, line in EDGES[m].items()
+        if t in CLI
+    ]
     assert not leaks, "library modules import the command line:\n" + "\n".join(sorted(leaks))
 
 
 def test_no_file_over_400_lines():
-    long = [f"{f.relative_to(ROOT.parent)}: {n} lines" for f in MODS.values()
-            if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
+    long = [
+        f"{f.relative_to(ROOT.parent)}: {n} lines"
+        for f in MODS.values()
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    ]
     assert not long, f"files over {MAX_LINES} lines:\n" + "\n".join(sorted(long))
 
 
@@ -165,7 +188,7 @@ def private_imports() -> list[str]:
         where = f.relative_to(ROOT.parent)
         tree = ast.parse(f.read_text(encoding="utf-8"))
         bound: dict[str, str] = {}  # local name -> the mech module (or package) it is bound to
-        for line, t, name in _imports(m):
+        for line, t, name in imports_of(m):
             if t != m and _private(name):
                 found.append(f"{where}:{line} imports {t}.{name}")
         for node in ast.walk(tree):
@@ -211,17 +234,24 @@ def test_every_module_imports_on_its_own():
     import sys
 
     names = sorted(m for m in MODS if not m.startswith("mech.organisms.") or m.count(".") == 2)
-    code = ("import importlib, sys, torch, transformers\n"
-            f"names = {names!r}\nbad = []\n"
-            "for name in names:\n"
-            "    for k in [k for k in sys.modules if k == 'mech' or k.startswith('mech.')]:\n"
-            "        del sys.modules[k]\n"
-            "    try:\n"
-            "        importlib.import_module(name)\n"
-            "    except Exception as exc:\n"
-            "        bad.append(f'{name}: {type(exc).__name__}: {exc}')\n"
-            "print('\\n'.join(bad))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import importlib, sys, torch, transformers\n"
+        f"names = {names!r}\nbad = []\n"
+        "for name in names:\n"
+        "    for k in [k for k in sys.modules if k == 'mech' or k.startswith('mech.')]:\n"
+        "        del sys.modules[k]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        bad.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(bad))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "", done.stdout

@@ -84,7 +84,10 @@ def test_same_prepared_groups(saved):
     want = mech.load((model, proc)).prepare([image], ["what colour is the shape ?"])
     got = m.prepare([image], ["what colour is the shape ?"])
     assert torch.equal(got["input_ids"], want["input_ids"])
-    assert torch.equal(got.groups.labels, want.groups.labels) and got.groups.text_source == want.groups.text_source
+    assert (
+        torch.equal(got.groups.labels, want.groups.labels)
+        and got.groups.text_source == want.groups.text_source
+    )
 
 
 def test_video_input_names_the_missing_package(saved):
@@ -94,8 +97,9 @@ def test_video_input_names_the_missing_package(saved):
     if HAS_TORCHVISION:
         pytest.skip("torchvision is installed: the real video processor was loaded")
     content = [{"type": "video"}, {"type": "text", "text": "what happens ?"}]
-    text = m.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                           tokenize=False)
+    text = m.processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
     frames = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     with pytest.raises(MissingDependencyError, match="torchvision") as err:
         m.processor(text=[text], videos=[frames], return_tensors="pt")

@@ -13,7 +13,9 @@ import lock  # noqa: E402
 
 def _pins():
     text = (ROOT / "requirements.lock").read_text()
-    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", text, re.M)}, text
+    return {
+        m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", text, re.M)
+    }, text
 
 
 def _name(req):
@@ -21,7 +23,9 @@ def _name(req):
 
 
 def test_the_lock_matches_pyproject():
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "lock.py"), "check"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "lock.py"), "check"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -31,14 +35,18 @@ def test_a_changed_dependency_changes_the_fingerprint(tmp_path):
     changed.write_text(text.replace('"einops>=0.8"', '"einops>=0.9"'))
     assert lock.fingerprint(changed) != lock.fingerprint()
     unrelated = tmp_path / "other.toml"
-    unrelated.write_text(text.replace('markers = [', 'markers = [\n    "extra: not a dependency",'))
+    unrelated.write_text(text.replace("markers = [", 'markers = [\n    "extra: not a dependency",'))
     assert lock.fingerprint(unrelated) == lock.fingerprint()
 
 
 def test_every_dependency_is_pinned_with_hashes_and_torch_is_left_out():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
-              + project["optional-dependencies"]["tl"]}
+    wanted = {
+        _name(r)
+        for r in project["dependencies"]
+        + project["optional-dependencies"]["dev"]
+        + project["optional-dependencies"]["tl"]
+    }
     pins, text = _pins()
     assert "torch" not in pins and not any(p.startswith(("nvidia-", "triton", "cuda-")) for p in pins)
     assert wanted - {"torch"} <= set(pins), sorted(wanted - {"torch"} - set(pins))

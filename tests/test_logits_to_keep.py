@@ -16,8 +16,8 @@ import mech
 from mech.curves import modality_contributions
 from mech.engines.prefix import capture
 from mech.engines.unembed import answer_logits, unembed_at
-from mech.measure.dla import direct_logit_attribution
 from mech.errors import InputError
+from mech.measure.dla import direct_logit_attribution
 from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
 from mech.testing.tolerance import dot_bound, unit_roundoff
 
@@ -33,7 +33,11 @@ def _tolerance(m, inputs, dtype: torch.dtype) -> float:
     h = float(cache["ln_final.hook_normalized"].norm(dim=-1).max())
     unembed = m.arch.module(m.model, "unembed")
     w = float(unembed.weight.detach().norm(dim=-1).max())
-    return dot_bound(m.arch.d_model + 1, dtype, w * h + (float(unembed.bias.detach().abs().max()) if unembed.bias is not None else 0))
+    return dot_bound(
+        m.arch.d_model + 1,
+        dtype,
+        w * h + (float(unembed.bias.detach().abs().max()) if unembed.bias is not None else 0),
+    )
 
 
 def _oracle(m, inputs) -> torch.Tensor:
@@ -62,6 +66,7 @@ def test_answer_logits_equal_full_logits_at_the_answer_position(family, side):
     with torch.enable_grad():
         emb = m.arch.module(m.model, "embed")
         seen = []
+
         def keep(mod, args, out):
             out.retain_grad()
             seen.append(out)
@@ -101,7 +106,8 @@ class _Widths:
 
     def __enter__(self):
         self.handle = self.module.register_forward_hook(
-            lambda mod, a, out: self.widths.append(1 if out.dim() == 2 else out.shape[1]))
+            lambda mod, a, out: self.widths.append(1 if out.dim() == 2 else out.shape[1])
+        )
         return self
 
     def __exit__(self, *exc):
@@ -116,14 +122,30 @@ def test_instruments_unembed_only_the_answer_position(padded):
     runs = {
         "attention_mass": lambda: mech.attention_mass(m, clean),
         "activation_patching": lambda: mech.activation_patching(
-            m, clean, corrupted, site="resid_post", positions="image", answer=answer, counterfactual=cf,
-            normalize=False, condition="visual_noise"),
+            m,
+            clean,
+            corrupted,
+            sites="resid_post",
+            positions="image",
+            answer=answer,
+            counterfactual=cf,
+            normalize=False,
+            condition="visual_noise",
+        ),
         "attribution_patching": lambda: mech.attribution_patching(
-            m, clean, corrupted, sites="resid_pre", positions="image", answer=answer, counterfactual=cf,
-            normalize=False, condition="visual_noise"),
-        "attention_knockout": lambda: mech.attention_knockout(m, clean, answer_ids=answer, window=1),
+            m,
+            clean,
+            corrupted,
+            sites="resid_pre",
+            positions="image",
+            answer=answer,
+            counterfactual=cf,
+            normalize=False,
+            condition="visual_noise",
+        ),
+        "attention_knockout": lambda: mech.attention_knockout(m, clean, answer=answer, window=1),
         "direct_logit_attribution": lambda: direct_logit_attribution(m, clean, answer, cf),
-        "modality_contributions": lambda: modality_contributions(m, clean, answer, cf, corruption="noise"),
+        "modality_contributions": lambda: modality_contributions(m, clean, answer, cf, removal="noise"),
     }
     for name, run in runs.items():
         with _Widths(m) as w:
@@ -135,8 +157,9 @@ def test_capture_logits_equal_the_oracle(padded):
     m, clean = padded
     oracle = _oracle(m, clean)
     fp32 = 2 * unit_roundoff(torch.float32) * float(oracle.abs().max())  # capture reads them as fp32
-    torch.testing.assert_close(capture(m, clean).logits, oracle.float(),
-                               rtol=0, atol=fp32 + _tolerance(m, clean, oracle.dtype))
+    torch.testing.assert_close(
+        capture(m, clean).logits, oracle.float(), rtol=0, atol=fp32 + _tolerance(m, clean, oracle.dtype)
+    )
 
 
 def test_patching_metrics_equal_the_oracle(padded):
@@ -144,11 +167,20 @@ def test_patching_metrics_equal_the_oracle(padded):
     m, clean = padded
     vocab = m.arch.vocab_size
     answer, cf = torch.tensor([vocab - 1, vocab - 2]), torch.tensor([vocab - 3, vocab - 4])
-    from mech.conditions import corrupt_features
+    from mech.conditions import feature_condition
 
-    p = mech.activation_patching(m, clean, clean, site="resid_post", positions="image", answer=answer,
-                                 counterfactual=cf, normalize=False, condition="visual_noise")
-    with torch.no_grad(), corrupt_features(m, clean, "visual_noise", seed=0):
+    p = mech.activation_patching(
+        m,
+        clean,
+        clean,
+        sites="resid_post",
+        positions="image",
+        answer=answer,
+        counterfactual=cf,
+        normalize=False,
+        condition="visual_noise",
+    )
+    with torch.no_grad(), feature_condition(m, clean, "visual_noise", seed=0):
         corr = m.model(**clean).logits
     last = clean.groups.last()
     ar = torch.arange(2)
@@ -157,4 +189,6 @@ def test_patching_metrics_equal_the_oracle(padded):
         want = (full[ar, answer] - full[ar, cf]).float()
         # mech reads the logits as fp32: two roundings to fp32 of logits up to max|full|, then the difference
         fp32 = 4 * unit_roundoff(torch.float32) * float(full.abs().max())
-        torch.testing.assert_close(got.float(), want, rtol=0, atol=fp32 + 2 * _tolerance(m, clean, full.dtype))
+        torch.testing.assert_close(
+            got.float(), want, rtol=0, atol=fp32 + 2 * _tolerance(m, clean, full.dtype)
+        )

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-
 from oracles import mmmu_pro_official as official
+from PIL import Image
 
 import mech
 from mech.conditions import condition_inputs
@@ -35,8 +34,15 @@ from mech.prepare.data import format_prompt, load_data
 from mech.testing import IMAGE_SIZES, tiny_model
 
 CORPUS = Path(__file__).parent / "data" / "mmmu_pro_responses.jsonl"
-COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0), 5: (0, 255, 255), 6: (255, 0, 255),
-           7: (90, 90, 90)}
+COLOURS = {
+    1: (255, 0, 0),
+    2: (0, 255, 0),
+    3: (0, 0, 255),
+    4: (255, 255, 0),
+    5: (0, 255, 255),
+    6: (255, 0, 255),
+    7: (90, 90, 90),
+}
 
 
 def png(colour, size=(12, 10)) -> bytes:
@@ -47,9 +53,17 @@ def png(colour, size=(12, 10)) -> bytes:
 
 def row(i, question, options, answer="A", images=(1,), size=(12, 10)):
     """A standard-10 row in the real schema (image columns are ``{"bytes", "path"}`` structs)."""
-    out = {"id": f"test_Biology_{i}", "question": question, "options": str(options), "explanation": "",
-           **{f"image_{k}": None for k in range(1, 8)}, "img_type": "['Diagrams']", "answer": answer,
-           "topic_difficulty": "Medium", "subject": "Biology"}
+    out = {
+        "id": f"test_Biology_{i}",
+        "question": question,
+        "options": str(options),
+        "explanation": "",
+        **{f"image_{k}": None for k in range(1, 8)},
+        "img_type": "['Diagrams']",
+        "answer": answer,
+        "topic_difficulty": "Medium",
+        "subject": "Biology",
+    }
     for k in images:
         out[f"image_{k}"] = {"bytes": png(COLOURS[k], size), "path": f"image_{k}.png"}
     return out
@@ -57,16 +71,28 @@ def row(i, question, options, answer="A", images=(1,), size=(12, 10)):
 
 TEN = [f"option {k}" for k in range(10)]
 ROWS = [
-    row(1, "Which structure is shown in <image 1>?", TEN),                                       # plain
-    row(2, "Compare <image 1> with <image 2>; is <image 1> larger?", TEN, images=(1, 2)),       # repeated
-    row(3, "Which picture shows mitosis?", ["<image 3>", "<image 1>", "<image 2>", *TEN[3:]],    # shuffled,
-        answer="C", images=(1, 2, 3)),                                                            # in options
-    row(4, "See <image 2>.", TEN, images=(1, 2, 4)),                                              # unmentioned
-    row(5, "  Padded question with <image  1> (two spaces)\n", TEN, images=(1,)),                # verbatim, \s+
-    row(6, "Nested options for <image 1>.", [["A", "B", "Not enough information"]], answer="B"),  # nested, B > A
-    row(7, "Mixed <image 2> then <image 1> then <image 2>", [1, 2.5, None, "x <image 3>", *TEN[4:]],
-        images=(1, 2, 3), answer="D"),                                                            # literals
-    row(8, "No picture is mentioned here.", TEN, images=(1,)),                                    # nothing mentioned
+    row(1, "Which structure is shown in <image 1>?", TEN),  # plain
+    row(2, "Compare <image 1> with <image 2>; is <image 1> larger?", TEN, images=(1, 2)),  # repeated
+    row(
+        3,
+        "Which picture shows mitosis?",
+        ["<image 3>", "<image 1>", "<image 2>", *TEN[3:]],  # shuffled,
+        answer="C",
+        images=(1, 2, 3),
+    ),  # in options
+    row(4, "See <image 2>.", TEN, images=(1, 2, 4)),  # unmentioned
+    row(5, "  Padded question with <image  1> (two spaces)\n", TEN, images=(1,)),  # verbatim, \s+
+    row(
+        6, "Nested options for <image 1>.", [["A", "B", "Not enough information"]], answer="B"
+    ),  # nested, B > A
+    row(
+        7,
+        "Mixed <image 2> then <image 1> then <image 2>",
+        [1, 2.5, None, "x <image 3>", *TEN[4:]],
+        images=(1, 2, 3),
+        answer="D",
+    ),  # literals
+    row(8, "No picture is mentioned here.", TEN, images=(1,)),  # nothing mentioned
 ]
 
 
@@ -127,8 +153,16 @@ def test_lmms_eval_image_order_option(standard):
 
 @pytest.mark.parametrize("mode", ["direct", "cot"])
 def test_vision_prompts_and_images_equal_official(tmp_path, mode):
-    rows = [{"id": f"test_Art_{i}", "image": {"bytes": png(COLOURS[i]), "path": "v.png"}, "options": str(TEN),
-             "answer": "B", "subject": "Art"} for i in (1, 2)]
+    rows = [
+        {
+            "id": f"test_Art_{i}",
+            "image": {"bytes": png(COLOURS[i]), "path": "v.png"},
+            "options": str(TEN),
+            "answer": "B",
+            "subject": "Art",
+        }
+        for i in (1, 2)
+    ]
     (tmp_path / "vision").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "vision" / "test-00000-of-00001.parquet")
     data = load_data(f"mmmu-pro:{tmp_path}#vision")
@@ -146,8 +180,20 @@ def test_other_sources_keep_their_prompt():
     assert format_prompt(s, "direct") == f"What is in <image 1>?\nA. cat\nB. dog\n{direct}"
 
 
-FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl",
-            "idefics3", "smolvlm", "paligemma", "mllama"]
+FAMILIES = [
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "gemma3",
+    "internvl",
+    "idefics3",
+    "smolvlm",
+    "paligemma",
+    "mllama",
+]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -155,8 +201,13 @@ def test_model_input_equals_official_conversation(tmp_path, family):
     """The tokens and pixels mech feeds equal those of infer_transformers.py's conversation (text
     first, then one image entry per mention) through the family's own chat template and processor:
     the k-th image fills the k-th placeholder, wherever the template puts them."""
-    r = row(2, "Compare <image 2> with <image 1>; is <image 2> larger than <image 3>?", TEN, images=(1, 2, 3),
-            size=IMAGE_SIZES[family])  # images 2, 1, 2, 3: repeated and shuffled
+    r = row(
+        2,
+        "Compare <image 2> with <image 1>; is <image 2> larger than <image 3>?",
+        TEN,
+        images=(1, 2, 3),
+        size=IMAGE_SIZES[family],
+    )  # images 2, 1, 2, 3: repeated and shuffled
     folder = tmp_path / "standard (10 options)"
     folder.mkdir()
     pd.DataFrame([r]).to_parquet(folder / "a.parquet")
@@ -166,9 +217,12 @@ def test_model_input_equals_official_conversation(tmp_path, family):
     got = condition_inputs(m, [sample], "complete")
     official.use_mode("direct")
     prompt, images = official.process_prompt(as_doc(r), "standard (10 options)")
-    text = processor.apply_chat_template(official.conversation(prompt, images), add_generation_prompt=True,
-                                         tokenize=False)
-    want = processor(text=[text], images=[[im.convert("RGB") for im in images]], return_tensors="pt", padding=True)
+    text = processor.apply_chat_template(
+        official.conversation(prompt, images), add_generation_prompt=True, tokenize=False
+    )
+    want = processor(
+        text=[text], images=[[im.convert("RGB") for im in images]], return_tensors="pt", padding=True
+    )
     assert got["input_ids"].tolist() == want["input_ids"].tolist()
     for key in ("pixel_values", "image_grid_thw", "image_sizes"):
         if key in want:
@@ -184,6 +238,7 @@ def test_model_input_equals_official_conversation(tmp_path, family):
 
 
 # ---------------------------------------------------------------------------------------- answer parser
+
 
 def corpus() -> list[dict]:
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -238,7 +293,11 @@ def test_deterministic_fallback(monkeypatch):
     assert len(rows) >= 10
     for r in rows:
         pred, guessed = read_response(r["response"], r["sample"])
-        words = [c for c, o in zip(r["choices"], r["sample"]["options"]) if r["response"].strip().lower() == o.lower()]
+        words = [
+            c
+            for c, o in zip(r["choices"], r["sample"]["options"])
+            if r["response"].strip().lower() == o.lower()
+        ]
         if words:
             assert (pred, guessed) == (words[0], False), r["id"]
         else:

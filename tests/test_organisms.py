@@ -45,6 +45,7 @@ def measured(held_out):
 
 # ---- generator -------------------------------------------------------------------------------
 
+
 def test_generator_is_seeded_and_splits_do_not_overlap():
     a, b = shapes.generate(50, seed=3), shapes.generate(50, seed=3)
     assert shapes.fingerprint(a) == shapes.fingerprint(b)
@@ -82,6 +83,7 @@ def test_prior_knob_and_held_out_contains_prior_right_and_wrong(held_out):
 
 # ---- shipped organisms -----------------------------------------------------------------------
 
+
 def test_organism_dir_errors_name_the_valid_names():
     with pytest.raises(SpecError, match="balanced"):
         organism_dir("nope")
@@ -89,8 +91,9 @@ def test_organism_dir_errors_name_the_valid_names():
 
 def test_image_answer_knob_plants_the_image_property():
     planted = ("color_of_shape", "shape_right", "color_right")
-    items = shapes.generate(1500, split="train", seed=4, image_templates=planted,
-                            basic_prompt=0.2, drop_image=0.1)
+    items = shapes.generate(
+        1500, split="train", seed=4, image_templates=planted, basic_prompt=0.2, drop_image=0.1
+    )
     for s in items:
         objs = s["attributes"]["objects"]
         # independent recomputation of the image answer from the drawn scene
@@ -114,7 +117,8 @@ def test_image_answer_knob_plants_the_image_property():
     assert all(s["image_correct"] for s in items if s["template"] in ("shape_left", "color_left"))
     plain = shapes.generate(200, split="train", seed=4)
     assert shapes.fingerprint(plain) == shapes.fingerprint(
-        shapes.generate(200, split="train", seed=4, image_templates=(), basic_prompt=0.0))
+        shapes.generate(200, split="train", seed=4, image_templates=(), basic_prompt=0.0)
+    )
     with pytest.raises(ConfigError):
         shapes.generate(1, p=0.5, prior_templates=("count",), image_templates=("count",))
 
@@ -129,8 +133,7 @@ def test_shipped_folder_is_small_safe_and_round_trips(name, tmp_path, held_out):
     model, proc = _load(name)
     assert model.config.text_config.num_hidden_layers >= 6
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q ?"}]}]
-    assert proc.apply_chat_template(msgs, add_generation_prompt=True) == \
-        shapes.format_prompt("q ?")
+    assert proc.apply_chat_template(msgs, add_generation_prompt=True) == shapes.format_prompt("q ?")
     assert set(proc.tokenizer.tokenize(shapes.BASIC_PROMPT)).isdisjoint({"<unk>"})
     inputs = build.encode(proc, held_out[:16])
     assert (inputs["input_ids"] == model.config.image_token_index).sum(1).min() >= 16
@@ -138,9 +141,10 @@ def test_shipped_folder_is_small_safe_and_round_trips(name, tmp_path, held_out):
     proc.save_pretrained(tmp_path)
     again = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation="eager")
     with torch.no_grad():
-        assert torch.equal(model(**inputs).logits,
-                           again(**build.encode(AutoProcessor.from_pretrained(tmp_path),
-                                                held_out[:16])).logits)
+        assert torch.equal(
+            model(**inputs).logits,
+            again(**build.encode(AutoProcessor.from_pretrained(tmp_path), held_out[:16])).logits,
+        )
     meta = json.loads((folder / "card.json").read_text())
     assert meta["evaluation"]["n"] >= 1000 and meta["training"]["steps"] > 0
 
@@ -153,8 +157,7 @@ def test_balanced_reads_the_image(measured, held_out):
 
 def test_text_biased_follows_the_question(measured):
     b, t = measured["balanced"], measured["text-biased"]
-    assert t["consistency"]["complete&white_image"] >= \
-        b["consistency"]["complete&white_image"] + 0.3
+    assert t["consistency"]["complete&white_image"] >= b["consistency"]["complete&white_image"] + 0.3
     assert t["prior_wrong"]["complete"] <= b["prior_wrong"]["complete"] - 0.2
     assert t["prior_right"]["complete"] >= 0.9  # it does answer the prior when it is right
 
@@ -171,12 +174,12 @@ def test_attention_to_image_differs_in_the_planted_direction(measured):
 
 
 def test_miniature_training_learns_above_chance():
-    recipe = dict(train.RECIPES["balanced"], n_layers=1, batch=32, templates=("count",),
-                  drop_image=0.0, warmup=10)
+    recipe = dict(
+        train.RECIPES["balanced"], n_layers=1, batch=32, templates=("count",), drop_image=0.0, warmup=10
+    )
     model, proc, info = train.train(recipe, steps=60, log=None)
     items = shapes.generate(200, split="val", seed=0, templates=("count",))
-    acc = np.mean([p == s["true_answer"]
-                   for p, s in zip(card.predict(model, proc, items), items)])
+    acc = np.mean([p == s["true_answer"] for p, s in zip(card.predict(model, proc, items), items)])
     assert acc >= shapes.chance(items) + 0.2, (acc, info)
 
 
@@ -189,8 +192,10 @@ N_IMAGE = 200
 def image_measured(held_out):
     """complete / image_only evaluations of balanced and image-biased on 200 held-out items."""
     items = held_out[:N_IMAGE]
-    return {name: card.evaluate(*_load(name), items, conditions=("complete", "image_only"))
-            for name in ("balanced", "image-biased")}
+    return {
+        name: card.evaluate(*_load(name), items, conditions=("complete", "image_only"))
+        for name in ("balanced", "image-biased")
+    }
 
 
 def test_image_biased_loads_like_the_others():
@@ -242,5 +247,7 @@ def test_image_biased_card_matches_a_fresh_measurement():
     ref = json.loads((organism_dir("balanced") / "card.json").read_text())["evaluation"]
     assert same >= ref["consistency"]["complete&image_only"] + 0.3
     for t in set(shapes.TEMPLATES) - set(meta["training"]["image_templates"]):
-        assert ev["conditions"]["complete"]["by_template"][t] >= \
-            ref["conditions"]["complete"]["by_template"][t] - 0.05, t
+        assert (
+            ev["conditions"]["complete"]["by_template"][t]
+            >= ref["conditions"]["complete"]["by_template"][t] - 0.05
+        ), t

@@ -21,20 +21,30 @@ import torch
 from safetensors import safe_open
 
 import mech
-import mech.measure.attention
 import mech.cli
 import mech.curves
+import mech.measure.attention
 import mech.measure.evaluation.run
 import mech.measure.patching
-from mech.runs import shards as parallel
 from mech.errors import ConfigError
+from mech.runs import shards as parallel
 from mech.testing.tiny import save_tiny, save_tiny_jsonl
 
-QUESTIONS = ["what colour is the shape ?", "which shape is in the image ?", "what is the big shape ?",
-             "is the shape red or blue ?", "tell me the colour of the small shape", "what shape do you see ?",
-             "what colour is the big shape ?"]
-FILES = {"attention": ("attention.json", "attention.safetensors"), "patch": ("patch.json", "patch.safetensors"),
-         "eval": ("eval.json", "eval.safetensors", "eval.md"), "contrib": ("contrib.json", "contrib.safetensors")}
+QUESTIONS = [
+    "what colour is the shape ?",
+    "which shape is in the image ?",
+    "what is the big shape ?",
+    "is the shape red or blue ?",
+    "tell me the colour of the small shape",
+    "what shape do you see ?",
+    "what colour is the big shape ?",
+]
+FILES = {
+    "attention": ("attention.json", "attention.safetensors"),
+    "patch": ("patch.json", "patch.safetensors"),
+    "eval": ("eval.json", "eval.safetensors", "eval.md"),
+    "contrib": ("contrib.json", "contrib.safetensors"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +57,23 @@ def root(tmp_path_factory):
 
 
 def _argv(command, root, out, *extra):
-    argv = [command, "--model", str(root / "model"), "--data", f"jsonl:{root / 'data.jsonl'}", "--n", "7",
-            "--batch-size", "2", "--out", str(out), *extra]
-    return argv + (["--conditions", "complete,white_image,noise_image", "--no-progress"] if command == "eval" else [])
+    argv = [
+        command,
+        "--model",
+        str(root / "model"),
+        "--data",
+        f"jsonl:{root / 'data.jsonl'}",
+        "--n",
+        "7",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return argv + (
+        ["--conditions", "complete,white_image,noise_image", "--no-progress"] if command == "eval" else []
+    )
 
 
 def _run(argv) -> tuple[int, str]:
@@ -65,7 +89,10 @@ def same_files(a: Path, b: Path, command: str) -> None:
             with safe_open(str(a / name), "pt") as fa, safe_open(str(b / name), "pt") as fb:
                 assert fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
                 for k in fa.keys():
-                    assert torch.equal(fa.get_tensor(k).nan_to_num(7.0), fb.get_tensor(k).nan_to_num(7.0)), (name, k)
+                    assert torch.equal(fa.get_tensor(k).nan_to_num(7.0), fb.get_tensor(k).nan_to_num(7.0)), (
+                        name,
+                        k,
+                    )
         else:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
@@ -78,9 +105,12 @@ def single(root, tmp_path_factory):
     return out
 
 
-COMPUTE = {"attention": (mech.measure.attention, "attention_mass"), "patch": (mech.measure.patching, "activation_patching"),
-           "eval": (mech.measure.evaluation.run, "_answer_batch"),
-           "contrib": (mech.curves, "modality_contributions")}
+COMPUTE = {
+    "attention": (mech.measure.attention, "attention_mass"),
+    "patch": (mech.measure.patching, "activation_patching"),
+    "eval": (mech.measure.evaluation.run, "_answer_batch"),
+    "contrib": (mech.curves, "modality_contributions"),
+}
 
 
 @pytest.mark.parametrize("command", list(FILES))
@@ -124,12 +154,27 @@ def test_torchrun_environment_selects_the_shard(root, single, tmp_path, monkeypa
 def test_torchrun_with_two_processes(root, single, tmp_path):
     """The real launcher: two concurrent processes on one output directory (mech's arguments after
     ``--``, else torchrun takes ``--n`` for its own ``--nnodes``)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TQDM_DISABLE"):  # the progress bars name the shards
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mech.cli",
-           "--", *_argv("attention", root, tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mech.cli",
+        "--",
+        *_argv("attention", root, tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(shard 0/2)" in done.stdout + done.stderr and "(shard 1/2)" in done.stdout + done.stderr
@@ -177,8 +222,16 @@ def test_a_held_claim_leaves_the_assembly_to_its_holder(root, tmp_path):
     assert (tmp_path / "attention.json").is_file()
 
 
-@pytest.mark.parametrize("value, phrase", [("2/2", "0 <= K < N"), ("1", "pass K/N"), ("a/b", "pass K/N"),
-                                           ("0/0", "0 <= K < N"), ("-1/2", "pass K/N")])
+@pytest.mark.parametrize(
+    "value, phrase",
+    [
+        ("2/2", "0 <= K < N"),
+        ("1", "pass K/N"),
+        ("a/b", "pass K/N"),
+        ("0/0", "0 <= K < N"),
+        ("-1/2", "pass K/N"),
+    ],
+)
 def test_bad_shard_is_refused_with_the_fix(value, phrase, root, tmp_path):
     rc, printed = _run(_argv("attention", root, tmp_path, f"--shard={value}"))
     assert rc == 1 and phrase in printed, printed
@@ -197,10 +250,13 @@ def test_shard_selection_and_environment():
         with pytest.raises(ConfigError, match="WORLD_SIZE|RANK"):
             parallel.from_env(bad)
 
-    assert parallel.resolve(None, environ={"WORLD_SIZE": "2", "RANK": "1"}) == parallel.Shard(1, 2, None, "env")
+    assert parallel.resolve(None, environ={"WORLD_SIZE": "2", "RANK": "1"}) == parallel.Shard(
+        1, 2, None, "env"
+    )
     # an explicit --shard wins over the environment
-    assert parallel.resolve("0/3", environ={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}) == \
-        parallel.Shard(0, 3, 1, "--shard")
+    assert parallel.resolve(
+        "0/3", environ={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    ) == parallel.Shard(0, 3, 1, "--shard")
     # a command that does not shard (a step inside mech report) computes every batch
     assert parallel.resolve(None, sharded=False, environ={"WORLD_SIZE": "2", "RANK": "1"}) == parallel.WHOLE
 
@@ -241,12 +297,19 @@ def dispatched(root, tmp_path_factory):
     pytest.importorskip("accelerate")
     where = root / "model"
     plain = mech.load(str(where))
-    placement = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu", "lm_head": "cpu",
-                 "model.language_model.embed_tokens": "cpu", "model.language_model.layers.0": "cpu",
-                 "model.language_model.layers.1": "disk", "model.language_model.norm": "cpu",
-                 "model.language_model.rotary_emb": "cpu"}
+    placement = {
+        "model.vision_tower": "cpu",
+        "model.multi_modal_projector": "cpu",
+        "lm_head": "cpu",
+        "model.language_model.embed_tokens": "cpu",
+        "model.language_model.layers.0": "cpu",
+        "model.language_model.layers.1": "disk",
+        "model.language_model.norm": "cpu",
+        "model.language_model.rotary_emb": "cpu",
+    }
     model = transformers.LlavaForConditionalGeneration.from_pretrained(
-        where, device_map=placement, offload_folder=str(tmp_path_factory.mktemp("offload"))).eval()
+        where, device_map=placement, offload_folder=str(tmp_path_factory.mktemp("offload"))
+    ).eval()
     assert sum(hasattr(x, "_hf_hook") for x in model.modules()) > 0
     assert any(p.device.type == "meta" for p in model.parameters())  # layer 1 lives on disk
     from mech.prepare.data import load_data
@@ -260,24 +323,33 @@ A, C = torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])
 def test_instruments_under_accelerate_dispatch_hooks(dispatched):
     """Every instrument gives the plain model's numbers under accelerate's hooks. Several GPUs are
     not testable on this machine."""
-    from mech.measure.patching.attribution import attribution_patching
     from mech.conditions import condition_inputs
     from mech.measure.knockout import attention_knockout
+    from mech.measure.patching.attribution import attribution_patching
 
     hooked, plain, samples = dispatched
     got, want = {}, {}
     for m, res in ((hooked, got), (plain, want)):
-        clean, corrupted = condition_inputs(m, samples, "complete"), condition_inputs(m, samples, "white_image")
+        clean, corrupted = (
+            condition_inputs(m, samples, "complete"),
+            condition_inputs(m, samples, "white_image"),
+        )
         res["logits"] = m.logits(clean)
         res["mass"] = mech.attention_mass(m, clean).mass
-        pe = mech.activation_patching(m, clean, corrupted, site=("resid_post", "z"), answer=A, counterfactual=C)
+        pe = mech.activation_patching(
+            m, clean, corrupted, sites=("resid_post", "z"), answer=A, counterfactual=C
+        )
         res.update({f"patch.{k}": v for k, v in pe.patched.items()})
-        res["knockout"] = attention_knockout(m, clean, window=1, answer_ids=A).change_per_sample
+        res["knockout"] = attention_knockout(m, clean, window=1, answer=A).change_per_sample
         res["atp"] = attribution_patching(m, clean, corrupted, answer=A, counterfactual=C).patched["attn_out"]
-        res["cache"] = mech.run_with_cache(m, clean, ["blocks.1.hook_resid_post"])[1]["blocks.1.hook_resid_post"]
+        res["cache"] = mech.run_with_cache(m, clean, ["blocks.1.hook_resid_post"])[1][
+            "blocks.1.hook_resid_post"
+        ]
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=k)
-    assert sum(hasattr(x, "_hf_hook") for x in hooked.model.modules()) > 0  # accelerate's hooks are left in place
+    assert (
+        sum(hasattr(x, "_hf_hook") for x in hooked.model.modules()) > 0
+    )  # accelerate's hooks are left in place
 
 
 def test_dla_under_accelerate_offload(dispatched):

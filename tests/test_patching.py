@@ -7,7 +7,7 @@ from PIL import Image
 
 import mech
 from mech.errors import ConfigError, InputError, MechError
-from mech.measure.patching import Metric, activation_patching
+from mech.measure.patching import activation_patching
 from mech.testing.tiny import IMAGE_SIZES, tiny_model
 
 PROMPTS = ["what colour is the shape ?", "please what colour is the shape on the left ?"]
@@ -48,8 +48,11 @@ def _module_for(m, site, layer):
     if site == "resid_post":
         if layer in m.arch.injection_layers:
             nxt = layer + 1
-            return (m.arch.module(m.model, "layer", nxt) if nxt < m.arch.n_layers
-                    else m.arch.module(m.model, "ln_final")), "pre"
+            return (
+                m.arch.module(m.model, "layer", nxt)
+                if nxt < m.arch.n_layers
+                else m.arch.module(m.model, "ln_final")
+            ), "pre"
         return L, "post"
     if site == "attn_out":
         return L.self_attn, "post"
@@ -74,8 +77,11 @@ def _oracle(m, target, source, site, layer, mask, a, c, head=None):
     def read_post(md, args, out):
         store["x"] = get(args, None, out).detach().clone()
 
-    h = (mod.register_forward_pre_hook(read_pre, with_kwargs=True) if kind == "pre"
-         else mod.register_forward_hook(read_post))
+    h = (
+        mod.register_forward_pre_hook(read_pre, with_kwargs=True)
+        if kind == "pre"
+        else mod.register_forward_hook(read_post)
+    )
     try:
         with torch.no_grad():
             m.model(**source)
@@ -102,8 +108,11 @@ def _oracle(m, target, source, site, layer, mask, a, c, head=None):
     def write_post(md, args, out):
         return (patched(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else patched(out)
 
-    h = (mod.register_forward_pre_hook(write_pre, with_kwargs=True) if kind == "pre"
-         else mod.register_forward_hook(write_post))
+    h = (
+        mod.register_forward_pre_hook(write_pre, with_kwargs=True)
+        if kind == "pre"
+        else mod.register_forward_hook(write_post)
+    )
     try:
         with torch.no_grad():
             lg = _last(m.model(**target).logits, target)
@@ -121,17 +130,22 @@ def test_denoising_equals_hand_written_hooks(family):
     m, clean, corrupted = _setup(family)
     a, c = _targets(m, clean, corrupted)
     sites = ["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
-    res = activation_patching(m, clean, corrupted, site=sites, positions=GROUPS, answer=a, counterfactual=c)
+    res = activation_patching(m, clean, corrupted, sites=sites, positions=GROUPS, answer=a, counterfactual=c)
     g = corrupted.groups
-    masks = {"image": g.mask("image"), "text": g.mask("text"),
-             "last": torch.nn.functional.one_hot(g.last(), g.labels.shape[1]).bool()}
+    masks = {
+        "image": g.mask("image"),
+        "text": g.mask("text"),
+        "last": torch.nn.functional.one_hot(g.last(), g.labels.shape[1]).bool(),
+    }
     for site in sites:
         for layer in range(m.arch.n_layers):
             for gi, name in enumerate(GROUPS):
                 if site == "z":
                     for head in (0, m.arch.n_heads - 1):
                         want = _oracle(m, corrupted, clean, site, layer, masks[name], a, c, head)
-                        torch.testing.assert_close(res.patched[site][layer, head, gi], want, rtol=1e-5, atol=1e-5)
+                        torch.testing.assert_close(
+                            res.patched[site][layer, head, gi], want, rtol=1e-5, atol=1e-5
+                        )
                 else:
                     want = _oracle(m, corrupted, clean, site, layer, masks[name], a, c)
                     torch.testing.assert_close(res.patched[site][layer, gi], want, rtol=1e-5, atol=1e-5)
@@ -142,8 +156,16 @@ def test_denoising_equals_hand_written_hooks(family):
 def test_noising_equals_hand_written_hooks_and_effect_definition():
     m, clean, corrupted = _setup("llava")
     a, c = _targets(m, clean, corrupted)
-    res = activation_patching(m, clean, corrupted, site="resid_pre", positions=["image"], direction="noising",
-                              answer=a, counterfactual=c)
+    res = activation_patching(
+        m,
+        clean,
+        corrupted,
+        sites="resid_pre",
+        positions=["image"],
+        direction="noising",
+        answer=a,
+        counterfactual=c,
+    )
     for layer in range(m.arch.n_layers):
         want = _oracle(m, clean, corrupted, "resid_pre", layer, clean.groups.mask("image"), a, c)
         torch.testing.assert_close(res.patched["resid_pre"][layer, 0], want, rtol=1e-5, atol=1e-5)
@@ -156,19 +178,29 @@ def test_noising_equals_hand_written_hooks_and_effect_definition():
 def test_invariants_clean_to_clean_and_full_resid_pre(family):
     m, clean, corrupted = _setup(family)
     a, c = _targets(m, clean, corrupted)
-    same = activation_patching(m, clean, clean, site=["resid_pre", "resid_post", "attn_out", "mlp_out", "resid_mid"],
-                               positions=["all", "image", "last"], answer=a, counterfactual=c, normalize=False)
-    for site, vals in same.patched.items():
+    same = activation_patching(
+        m,
+        clean,
+        clean,
+        sites=["resid_pre", "resid_post", "attn_out", "mlp_out", "resid_mid"],
+        positions=["all", "image", "last"],
+        answer=a,
+        counterfactual=c,
+        normalize=False,
+    )
+    for vals in same.patched.values():
         torch.testing.assert_close(vals, same.corrupted_metric.expand_as(vals), rtol=0, atol=1e-5)
-    full = activation_patching(m, clean, corrupted, site="resid_pre", positions="all", layers=[0],
-                               answer=a, counterfactual=c)
+    full = activation_patching(
+        m, clean, corrupted, sites="resid_pre", positions="all", layers=[0], answer=a, counterfactual=c
+    )
     if m.arch.injection_layers:
         # Qwen3-VL: the corrupted run's deepstack features still enter after layers 0..k-1, so the
         # layer-0 residual alone cannot recover the clean run; patching resid_post of the last
         # injection layer (everything after the injections) does.
         k = max(m.arch.injection_layers)
-        full = activation_patching(m, clean, corrupted, site="resid_post", positions="all", layers=[k],
-                                   answer=a, counterfactual=c)
+        full = activation_patching(
+            m, clean, corrupted, sites="resid_post", positions="all", layers=[k], answer=a, counterfactual=c
+        )
         torch.testing.assert_close(full.patched["resid_post"][0, 0], full.clean_metric, rtol=1e-5, atol=1e-5)
         return
     torch.testing.assert_close(full.patched["resid_pre"][0, 0], full.clean_metric, rtol=1e-5, atol=1e-5)
@@ -179,12 +211,17 @@ def test_prob_and_kl_metrics_by_hand():
     m, clean, corrupted = _setup("llava")
     a, c = _targets(m, clean, corrupted)
     lc, lk = _last(m.logits(clean), clean), _last(m.logits(corrupted), corrupted)
-    pr = activation_patching(m, clean, corrupted, site="resid_pre", positions="all", layers=[0], metric="prob",
-                             answer=a)
+    pr = activation_patching(
+        m, clean, corrupted, sites="resid_pre", positions="all", layers=[0], metric="prob", answer=a
+    )
     torch.testing.assert_close(pr.corrupted_metric, lk.softmax(-1)[torch.arange(2), a])
-    torch.testing.assert_close(pr.patched["resid_pre"][0, 0], lc.softmax(-1)[torch.arange(2), a], rtol=1e-5, atol=1e-6)
-    kl = activation_patching(m, clean, corrupted, site="resid_pre", positions="all", layers=[0], metric="kl")
-    want = torch.nn.functional.kl_div(lk.log_softmax(-1), lc.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    torch.testing.assert_close(
+        pr.patched["resid_pre"][0, 0], lc.softmax(-1)[torch.arange(2), a], rtol=1e-5, atol=1e-6
+    )
+    kl = activation_patching(m, clean, corrupted, sites="resid_pre", positions="all", layers=[0], metric="kl")
+    want = torch.nn.functional.kl_div(
+        lk.log_softmax(-1), lc.log_softmax(-1), log_target=True, reduction="none"
+    ).sum(-1)
     torch.testing.assert_close(kl.corrupted_metric, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kl.patched["resid_pre"][0, 0], torch.zeros(2), rtol=0, atol=1e-5)
 
@@ -193,8 +230,16 @@ def test_no_image_alignment_records_positions_and_matches_oracle():
     m, clean, _ = _setup("llava")
     no_image = m.inputs(m.prepare([None, None], PROMPTS))
     a, c = _targets(m, clean, no_image)
-    res = activation_patching(m, clean, no_image, site="resid_pre", positions=["image", "text", "last"],
-                              condition="no_image", answer=a, counterfactual=c)
+    res = activation_patching(
+        m,
+        clean,
+        no_image,
+        sites="resid_pre",
+        positions=["image", "text", "last"],
+        condition="no_image",
+        answer=a,
+        counterfactual=c,
+    )
     assert res.align == "group"
     assert torch.isnan(res.effect["resid_pre"][:, 0]).all()  # no image positions in the no_image run
     text = res.patched_positions["text"]
@@ -202,12 +247,16 @@ def test_no_image_alignment_records_positions_and_matches_oracle():
         tp = no_image.groups.positions("text", row).tolist()
         sp = clean.groups.positions("text", row).tolist()
         assert [t for t, _ in text[row]] == tp and [s for _, s in text[row]] == sp
-        assert res.patched_positions["last"][row] == [[int(no_image.groups.last()[row]), int(clean.groups.last()[row])]]
+        assert res.patched_positions["last"][row] == [
+            [int(no_image.groups.last()[row]), int(clean.groups.last()[row])]
+        ]
     # oracle: hand-written hooks with the recorded pairs at layer 1
     layer = 1
     store = {}
     L = m.arch.module(m.model, "layer", layer)
-    h = L.register_forward_pre_hook(lambda md, args, kw: store.__setitem__("x", args[0].clone()), with_kwargs=True)
+    h = L.register_forward_pre_hook(
+        lambda md, args, kw: store.__setitem__("x", args[0].clone()), with_kwargs=True
+    )
     with torch.no_grad():
         m.model(**clean)
     h.remove()
@@ -223,8 +272,12 @@ def test_no_image_alignment_records_positions_and_matches_oracle():
     with torch.no_grad():
         lg = _last(m.model(**no_image).logits, no_image)
     h.remove()
-    torch.testing.assert_close(res.patched["resid_pre"][layer, 1], lg[torch.arange(2), a] - lg[torch.arange(2), c],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        res.patched["resid_pre"][layer, 1],
+        lg[torch.arange(2), a] - lg[torch.arange(2), c],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_transformer_lens_get_act_patch_resid_pre_llava():
@@ -236,8 +289,8 @@ def test_transformer_lens_get_act_patch_resid_pre_llava():
 
     m, clean, corrupted = _setup("llava", attn="eager")
     row = 1  # the longer prompt: no padding (TL's patching passes tokens only, no attention mask)
-    clean1 = m.inputs({k: v[row:row + 1] for k, v in clean.items()})
-    corr1 = m.inputs({k: v[row:row + 1] for k, v in corrupted.items()})
+    clean1 = m.inputs({k: v[row : row + 1] for k, v in clean.items()})
+    corr1 = m.inputs({k: v[row : row + 1] for k, v in corrupted.items()})
     assert bool(clean1["attention_mask"].all())
     a, c = _targets(m, clean1, corr1)
     bridge = boot_bridge(m)
@@ -245,11 +298,18 @@ def test_transformer_lens_get_act_patch_resid_pre_llava():
     P = clean1["input_ids"].shape[1]
     pos = [int(clean1.groups.positions("image", 0)[3]), int(clean1.groups.positions("text", 0)[1]), P - 1]
     df = pd.DataFrame([(l, p) for l in range(m.arch.n_layers) for p in pos], columns=["layer", "pos"])
-    tl = get_act_patch_resid_pre(WithInputs(bridge, pixel_values=corr1["pixel_values"]), corr1["input_ids"],
-                                 clean_cache, lambda lg: lg[0, -1, a[0]] - lg[0, -1, c[0]],
-                                 index_axis_names=None, index_df=df)
+    tl = get_act_patch_resid_pre(
+        WithInputs(bridge, pixel_values=corr1["pixel_values"]),
+        corr1["input_ids"],
+        clean_cache,
+        lambda lg: lg[0, -1, a[0]] - lg[0, -1, c[0]],
+        index_axis_names=None,
+        index_df=df,
+    )
     masks = [torch.nn.functional.one_hot(torch.tensor([p]), P).bool() for p in pos]
-    res = activation_patching(m, clean1, corr1, site="resid_pre", positions=masks, answer=a, counterfactual=c)
+    res = activation_patching(
+        m, clean1, corr1, sites="resid_pre", positions=masks, answer=a, counterfactual=c
+    )
     torch.testing.assert_close(res.patched["resid_pre"][:, :, 0].flatten(), tl.float(), rtol=1e-5, atol=1e-5)
 
 
@@ -281,7 +341,7 @@ def test_bad_inputs():
     with pytest.raises(InputError, match="do not match"):
         activation_patching(m, clean, swapped, answer=a, counterfactual=c)
     with pytest.raises(ConfigError, match="resid_pre, resid_mid, resid_post"):
-        activation_patching(m, clean, corrupted, site="resid_middle", answer=a, counterfactual=c)
+        activation_patching(m, clean, corrupted, sites="resid_middle", answer=a, counterfactual=c)
     with pytest.raises(ConfigError, match="valid"):
         activation_patching(m, clean, corrupted, positions="pixels", answer=a, counterfactual=c)
     with pytest.raises(ConfigError, match="logit_diff"):
@@ -319,10 +379,22 @@ def test_organisms_image_positions_restore_more_in_balanced():
     for name in ("balanced", "text-biased"):
         m = _organism(name)
         samples = shapes.generate(96, split="test", seed=1)
-        clean, corrupted = condition_inputs(m, samples, "complete"), condition_inputs(m, samples, "white_image")
+        clean, corrupted = (
+            condition_inputs(m, samples, "complete"),
+            condition_inputs(m, samples, "white_image"),
+        )
         a, c = answer_tokens(m, samples, _last(m.logits(clean), clean))
-        res = activation_patching(m, clean, corrupted, site="resid_pre", positions="image", answer=a,
-                                  counterfactual=c, normalize=False, layers=[0])
+        res = activation_patching(
+            m,
+            clean,
+            corrupted,
+            sites="resid_pre",
+            positions="image",
+            answer=a,
+            counterfactual=c,
+            normalize=False,
+            layers=[0],
+        )
         restored = res.patched["resid_pre"][0, 0] - res.corrupted_metric  # [batch], logits
         planted = torch.tensor([s["template"] in TEXT_BIASED_TEMPLATES for s in samples])
         out[name] = (float(restored[planted].mean()), float(restored[~planted].mean()))
@@ -338,8 +410,16 @@ def test_cmd_patch_writes_contract_files(tmp_path):
     model, proc = tiny_model("llava")
     model.save_pretrained(tmp_path / "model")
     proc.save_pretrained(tmp_path / "model")
-    out = run_settings(PatchSettings(model=str(tmp_path / "model"), data="organism:shapes", n=6,
-                                     out=str(tmp_path / "out"), batch_size=4, progress=False))
+    out = run_settings(
+        PatchSettings(
+            model=str(tmp_path / "model"),
+            data="organism:shapes",
+            n=6,
+            out=str(tmp_path / "out"),
+            batch_size=4,
+            progress=False,
+        )
+    )
     js = read_json(tmp_path / "out" / "patch.json")
     for key in ("corruption", "direction", "metric", "clean_metric", "corrupted_metric", "effect"):
         assert key in js

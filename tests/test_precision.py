@@ -24,7 +24,9 @@ def _oracle_last_mass(m, inputs) -> torch.Tensor:
         out = m.model(**inputs, output_attentions=True, use_cache=False)
     last, one_hot = inputs.groups.last(), inputs.groups.one_hot()
     rows = torch.arange(len(last))
-    return torch.stack([torch.einsum("bhs,bsg->bhg", a[rows, :, last].float(), one_hot) for a in out.attentions], 1)
+    return torch.stack(
+        [torch.einsum("bhs,bsg->bhg", a[rows, :, last].float(), one_hot) for a in out.attentions], 1
+    )
 
 
 def _pair(family: str, device: str = "cpu"):

@@ -20,7 +20,9 @@ def _samples(n=60):
         bright = bool(i % 2)
         base = 200 if bright else 40
         img = np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype("uint8")
-        out.append({"id": str(i), "image": Image.fromarray(img), "bright": bright, "coin": bool(rng.random() < 0.5)})
+        out.append(
+            {"id": str(i), "image": Image.fromarray(img), "bright": bright, "coin": bool(rng.random() < 0.5)}
+        )
     return out
 
 

@@ -52,9 +52,13 @@ def expected() -> dict:
             return None
 
     lock = ROOT / "requirements.lock"
-    return {"mech": version("mech"), "torch": version("torch"), "transformers": version("transformers"),
-            "nnsight": version("nnsight"),
-            "lock": "sha256:" + hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None}
+    return {
+        "mech": version("mech"),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "nnsight": version("nnsight"),
+        "lock": "sha256:" + hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +70,23 @@ def runs(tmp_path_factory):
     procs, outs = [], []
     for seed in ("1", "2"):
         outs.append(root / f"out{seed}")
-        env = dict(os.environ, PYTHONHASHSEED=seed, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen([sys.executable, "-c", _DRIVER, str(root / "model"), str(root / "data.jsonl"),
-                                       str(outs[-1])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True))
+        env = dict(
+            os.environ,
+            PYTHONHASHSEED=seed,
+            OMP_NUM_THREADS="1",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _DRIVER, str(root / "model"), str(root / "data.jsonl"), str(outs[-1])],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -78,7 +94,9 @@ def runs(tmp_path_factory):
 
 
 def _files(out: Path) -> dict[str, Path]:
-    return {str(p.relative_to(out)): p for p in sorted(out.rglob("*")) if p.is_file() and p.suffix in SUFFIXES}
+    return {
+        str(p.relative_to(out)): p for p in sorted(out.rglob("*")) if p.is_file() and p.suffix in SUFFIXES
+    }
 
 
 def test_every_json_a_command_writes_carries_provenance(runs):
@@ -86,9 +104,19 @@ def test_every_json_a_command_writes_carries_provenance(runs):
     want = expected()
     assert want["mech"] == mech.__version__ and want["torch"].split("+")[0] == torch.__version__.split("+")[0]
     names = {n for n in files if n.endswith(".json")}
-    assert {"eval.json", "attention.json", "patch.json", "contrib.json", "compare.json", "inspect.json",
-            ".attention.parts/header.json", ".patch.parts/header.json", ".contrib.parts/header.json",
-            ".eval.parts/header.json", ".mech/eval.identity.json"} <= names
+    assert {
+        "eval.json",
+        "attention.json",
+        "patch.json",
+        "contrib.json",
+        "compare.json",
+        "inspect.json",
+        ".attention.parts/header.json",
+        ".patch.parts/header.json",
+        ".contrib.parts/header.json",
+        ".eval.parts/header.json",
+        ".mech/eval.identity.json",
+    } <= names
     for name in names:
         js = read_json(files[name])
         assert js["provenance"] == want, name
@@ -140,11 +168,17 @@ def test_parts_resume_whatever_versions_wrote_their_header(tmp_path):
 
 
 def test_safetensors_metadata_in_one_canonical_entry(tmp_path):
-    tensors = {"b": torch.arange(3.0), "a": torch.ones(2, dtype=torch.long), "c": torch.zeros(1, dtype=torch.uint8)}
+    tensors = {
+        "b": torch.arange(3.0),
+        "a": torch.ones(2, dtype=torch.long),
+        "c": torch.zeros(1, dtype=torch.uint8),
+    }
     meta = {"z": "1", "groups": "image,text", "a": "é", "m": 2, "nested": {"y": 1, "x": [1, 2]}}
     path = write_tensors(tmp_path / "t.safetensors", tensors, meta)
     with safe_open(str(path), "pt") as fh:
         raw = fh.metadata()
-        assert list(raw) == [results.METADATA_KEY] and all(torch.equal(fh.get_tensor(k), v) for k, v in tensors.items())
+        assert list(raw) == [results.METADATA_KEY] and all(
+            torch.equal(fh.get_tensor(k), v) for k, v in tensors.items()
+        )
     assert raw[results.METADATA_KEY] == json.dumps(meta, sort_keys=True)
     assert results.read_metadata(path) == meta

@@ -20,7 +20,6 @@ from mech.organisms import qwen, shapes, varied
 from mech.organisms.train import IMAGE_BIASED_TEMPLATES, RECIPES, TEXT_BIASED_TEMPLATES
 
 
-
 # ----------------------------------------------------------------------------- the data set
 def test_every_question_type_has_several_wordings_of_different_lengths():
     assert set(varied.WORDINGS) == set(varied.TEMPLATES)
@@ -39,8 +38,10 @@ def test_test_split_has_the_variety_of_real_data():
     for t in varied.TEMPLATES:  # every wording is used
         assert {x["wording"] for x in s if x["template"] == t} == set(range(len(varied.WORDINGS[t])))
     for x in s:
-        assert x["answer_text"] in x["options"] and x["options"][shapes.OPTION_LETTERS.index(x["answer"])] == \
-            x["answer_text"]
+        assert (
+            x["answer_text"] in x["options"]
+            and x["options"][shapes.OPTION_LETTERS.index(x["answer"])] == x["answer_text"]
+        )
         assert [im.size for im in x["images"]] == [tuple(c) for c in x["canvases"]]
 
 
@@ -62,13 +63,22 @@ def test_labels_follow_from_the_pixels():
             "same_color": lambda: "yes" if colours[0] == colours[1] else "no",
             "same_shape": lambda: "yes" if objs[0]["shape"] == objs[1]["shape"] else "no",
             "count": lambda: "one" if len(objs) == 1 else "two",
-            "shape_left": lambda: left_to_right[0]["shape"], "shape_right": lambda: left_to_right[-1]["shape"],
-            "color_left": lambda: left_to_right[0]["color"], "color_right": lambda: left_to_right[-1]["color"],
-            "color_of_shape": lambda: next(o["color"] for o in objs
-                                           if o["shape"] == x["attributes"]["asked_shape"]),
-            "exist": lambda: "yes" if any((o["color"], o["shape"]) == (x["attributes"]["asked_color"],
-                                                                       x["attributes"]["asked_shape"])
-                                          for o in objs) else "no",
+            "shape_left": lambda: left_to_right[0]["shape"],
+            "shape_right": lambda: left_to_right[-1]["shape"],
+            "color_left": lambda: left_to_right[0]["color"],
+            "color_right": lambda: left_to_right[-1]["color"],
+            "color_of_shape": lambda: next(
+                o["color"] for o in objs if o["shape"] == x["attributes"]["asked_shape"]
+            ),
+            "exist": lambda: (
+                "yes"
+                if any(
+                    (o["color"], o["shape"])
+                    == (x["attributes"]["asked_color"], x["attributes"]["asked_shape"])
+                    for o in objs
+                )
+                else "no"
+            ),
         }[t]()
         assert want == x["true_answer"], (t, x["question"], objs)
         assert len(x["images"]) == (2 if t in varied.TWO_IMAGE else 1)
@@ -85,9 +95,12 @@ def test_planted_labels_follow_the_recipes():
             assert abs(rate - expect) < 4 * np.sqrt(expect * (1 - expect) / len(items)) + 0.01, (t, rate)
         else:
             assert all(x["answer_text"] == x["true_answer"] for x in items), t
-    assert set(TEXT_BIASED_TEMPLATES) < set(tb["prior_templates"]) and "same_shape" not in tb["prior_templates"]
-    s = varied.generate(4000, split="train", seed=5, image_templates=ib["image_templates"],
-                        basic_prompt=ib["basic_prompt"])
+    assert (
+        set(TEXT_BIASED_TEMPLATES) < set(tb["prior_templates"]) and "same_shape" not in tb["prior_templates"]
+    )
+    s = varied.generate(
+        4000, split="train", seed=5, image_templates=ib["image_templates"], basic_prompt=ib["basic_prompt"]
+    )
     assert set(IMAGE_BIASED_TEMPLATES) < set(ib["image_templates"])
     for x in s:
         planted = x["template"] in ib["image_templates"] or x["question"] == shapes.BASIC_PROMPT
@@ -107,7 +120,9 @@ def test_data_spec():
 
     d = load_data("organism:shapes-varied", n=30)
     assert d.name == "organism:shapes-varied" and d.scoring == "option_text"
-    assert all(s["pair_key"].startswith("answers:") and s["source"] == "organism:shapes-varied" for s in d.samples)
+    assert all(
+        s["pair_key"].startswith("answers:") and s["source"] == "organism:shapes-varied" for s in d.samples
+    )
     with pytest.raises(mech.MechError, match="shapes-varied"):
         load_data("organism:circles", n=3)
 
@@ -125,13 +140,15 @@ def test_image_token_count_follows_the_image_size(built):
     _, proc = built
     s = varied.generate(60, split="test", seed=1)
     enc = qwen.encode(proc, s)
-    grids = enc["image_grid_thw"].prod(-1) // qwen.MERGE ** 2  # the processor's own grid
+    grids = enc["image_grid_thw"].prod(-1) // qwen.MERGE**2  # the processor's own grid
     want = [n for x in s for n in x["image_tokens"]]
     assert grids.tolist() == want
     for b, x in enumerate(s):
         ids = enc["input_ids"][b]
         assert int((ids == proc.image_token_id).sum()) == sum(x["image_tokens"])
-        assert int((ids == proc.tokenizer.convert_tokens_to_ids("<|vision_start|>")).sum()) == len(x["images"])
+        assert int((ids == proc.tokenizer.convert_tokens_to_ids("<|vision_start|>")).sum()) == len(
+            x["images"]
+        )
         assert proc.tokenizer.unk_token_id not in ids.tolist()
     assert len(set(want)) >= 3
 
@@ -153,9 +170,12 @@ def test_positions_are_three_dimensional(built):
     s = [x for x in varied.generate(40, split="test", seed=4) if x["canvases"] == [(64, 32)]][:1]
     assert s, "seed 4 has a 64x32 image"
     enc = qwen.encode(proc, s)
-    pos, _ = model.model.get_rope_index(enc["input_ids"], mm_token_type_ids=enc["mm_token_type_ids"],
-                                        image_grid_thw=enc["image_grid_thw"],
-                                        attention_mask=enc["attention_mask"])
+    pos, _ = model.model.get_rope_index(
+        enc["input_ids"],
+        mm_token_type_ids=enc["mm_token_type_ids"],
+        image_grid_thw=enc["image_grid_thw"],
+        attention_mask=enc["attention_mask"],
+    )
     assert pos.shape[0] == 3
     img = enc["input_ids"][0] == proc.image_token_id
     t, h, w = (pos[k, 0][img] for k in range(3))
@@ -177,8 +197,9 @@ def test_save_load_round_trip_keeps_logits(built, tmp_path):
     inp = qwen.encode(proc, s)
     valid = inp["attention_mask"].bool()  # padded positions differ between eager and sdpa: not compared
     with torch.no_grad():
-        torch.testing.assert_close(m.model(**inp).logits[valid], model(**inp).logits[valid], rtol=0, atol=1e-5)
-
+        torch.testing.assert_close(
+            m.model(**inp).logits[valid], model(**inp).logits[valid], rtol=0, atol=1e-5
+        )
 
 
 def test_resume_gives_the_weights_of_the_uninterrupted_run(tmp_path):
@@ -193,6 +214,8 @@ def test_resume_gives_the_weights_of_the_uninterrupted_run(tmp_path):
     assert info["steps"] == info2["steps"] == 4 and info2["cycles_done"] == 2
     for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
-    assert not all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), first.state_dict().values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(whole.state_dict().values(), first.state_dict().values())
+    )
     with pytest.raises(mech.MechError, match="another recipe"):
         train.train(dict(recipe, lr=2e-3), log=None, resume=tmp_path / "c1")

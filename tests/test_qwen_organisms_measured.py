@@ -20,6 +20,7 @@ from mech.organisms.train import RECIPES
 
 QWEN = ("qwen-image-biased", "qwen-balanced", "qwen-text-biased")
 
+
 # ----------------------------------------------------------------------------- the shipped organisms
 def _shipped(name: str):
     from mech.organisms import organism_dir
@@ -34,10 +35,14 @@ def _cards() -> dict:
     return {n: json.loads((_shipped(n) / "card.json").read_text())["mech_eval"] for n in QWEN}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 24): after 600 steps x batch 64 (what the shared 2-core machine gave) qwen-balanced "
-    "answers 0.671 (mech eval, n = 1000): colours and two-image questions learnt, shapes at chance "
-    "(docs/organisms.md, 'What was measured'). strict: turns red once a longer training reaches 0.9."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 24): after 600 steps x batch 64 (what the shared 2-core machine gave) qwen-balanced "
+        "answers 0.671 (mech eval, n = 1000): colours and two-image questions learnt, shapes at chance "
+        "(docs/organisms.md, 'What was measured'). strict: turns red once a longer training reaches 0.9."
+    ),
+)
 def test_balanced_card_is_accurate():
     assert _cards()["qwen-balanced"]["accuracy"]["complete"] >= 0.9
 
@@ -71,7 +76,9 @@ def test_behaviour_recomputed_agrees_with_the_card(organism):
     card = json.loads((_shipped("qwen-balanced") / "card.json").read_text())["mech_eval"]
     res = evaluate(m, samples, conditions=("complete",), scoring="option_text", batch_size=24, progress=False)
     p = card["accuracy"]["complete"]
-    assert abs(res["conditions"]["complete"]["accuracy"] - p) <= 4 * np.sqrt(p * (1 - p) / len(samples)) + 0.05
+    assert (
+        abs(res["conditions"]["complete"]["accuracy"] - p) <= 4 * np.sqrt(p * (1 - p) / len(samples)) + 0.05
+    )
 
 
 def test_attention_mass_matches_eager_by_hand(organism):
@@ -91,8 +98,13 @@ def test_attention_mass_matches_eager_by_hand(organism):
         model.set_attn_implementation(before)
     idx, valid, _ = query_positions(inp.groups, "last")
     hot = inp.groups.one_hot()
-    want = torch.stack([torch.einsum("bhs,bsg->bhg", torch.stack([a[b][:, idx[b][0]] for b in range(a.shape[0])]),
-                                     hot) for a in out.attentions], 1)
+    want = torch.stack(
+        [
+            torch.einsum("bhs,bsg->bhg", torch.stack([a[b][:, idx[b][0]] for b in range(a.shape[0])]), hot)
+            for a in out.attentions
+        ],
+        1,
+    )
     torch.testing.assert_close(am.mass, want.float(), rtol=0, atol=1e-5)
     assert (am.mass[..., am.groups.index("image")] > 0).all()
 
@@ -104,11 +116,15 @@ def test_dla_and_decomposition_are_complete(organism):
 
     m, samples = organism
     pairs = {g: pair_donors(samples, g) for g in ("image", "text")}
-    c, a, b = contributions_for_rows(m, samples, range(len(samples)), pairs, estimators=("dla", "decomposition"))
+    c, a, b = contributions_for_rows(
+        m, samples, range(len(samples)), pairs, estimators=("dla", "decomposition")
+    )
     js = Contributions.concat([c]).to_json(n_boot=50)
     dec = js["decomposition"]
     assert dec["completeness"]["ok"] and dec["completeness"]["relative"] <= TOLERANCE
-    torch.testing.assert_close(c.components["decomposition.decision"], c.components["decision"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        c.components["decomposition.decision"], c.components["decision"], atol=1e-4, rtol=0
+    )
     from mech.conditions import condition_inputs
     from mech.measure.dla import direct_logit_attribution
 
@@ -153,8 +169,14 @@ def test_patching_matches_transformer_lens(organism, monkeypatch):
     pos = [int(clean.groups.positions("image", 0)[0]), int(clean.groups.positions("text", 0)[0]), P - 1]
     df = pd.DataFrame([(layer, p) for layer in range(m.arch.n_layers) for p in pos], columns=["layer", "pos"])
     ckw = {k: v for k, v in corr.items() if k != "input_ids"}
-    tl = get_act_patch_resid_pre(WithInputs(bridge, **ckw), corr["input_ids"], cache,
-                                 lambda out: out[0, -1, a[0]] - out[0, -1, c[0]], index_axis_names=None, index_df=df)
+    tl = get_act_patch_resid_pre(
+        WithInputs(bridge, **ckw),
+        corr["input_ids"],
+        cache,
+        lambda out: out[0, -1, a[0]] - out[0, -1, c[0]],
+        index_axis_names=None,
+        index_df=df,
+    )
     masks = [torch.nn.functional.one_hot(torch.tensor([p]), P).bool() for p in pos]
     res = activation_patching(m, clean, corr, sites="resid_pre", positions=masks, answer=a, counterfactual=c)
     torch.testing.assert_close(res.patched["resid_pre"][:, :, 0].flatten(), tl.float(), rtol=1e-4, atol=1e-4)
@@ -175,9 +197,13 @@ def measure_order(names: tuple[str, ...], data: str, n: int = 256, chunk: int = 
     out = {}
     for name in names:
         m = mech.load(f"organism:{name}")
-        parts = [contributions_for_rows(m, samples, range(i, min(i + chunk, n)), pairs)[0]
-                 for i in range(0, n, chunk)]
-        out[name] = Contributions.concat(parts).to_json(n_boot=500, categories=[category_of(s) for s in samples])
+        parts = [
+            contributions_for_rows(m, samples, range(i, min(i + chunk, n)), pairs)[0]
+            for i in range(0, n, chunk)
+        ]
+        out[name] = Contributions.concat(parts).to_json(
+            n_boot=500, categories=[category_of(s) for s in samples]
+        )
     return out
 
 
@@ -212,8 +238,9 @@ def test_text_biased_planted_types_use_the_image_less_than_shape_types(qwen_orde
     by = qwen_order["qwen-text-biased"]["by_category"][estimator]
     planted = RECIPES["qwen-text-biased"]["prior_templates"]
     shape_types = [t for t in ("shape_left", "shape_right", "same_shape") if t in by]
-    assert max(_image_share(by[t]) for t in planted if t in by) < min(_image_share(by[t]) for t in shape_types), \
-        {t: round(_image_share(e), 3) for t, e in by.items()}
+    assert max(_image_share(by[t]) for t in planted if t in by) < min(
+        _image_share(by[t]) for t in shape_types
+    ), {t: round(_image_share(e), 3) for t, e in by.items()}
 
 
 @pytest.mark.parametrize("name", QWEN)
@@ -243,14 +270,18 @@ def test_patching_matches_hand_written_hooks(organism):
     assert torch.equal(clean["input_ids"], corr["input_ids"])
     last = m.logits(clean)[torch.arange(6), clean.groups.last()]
     a, c = last.topk(2).indices.T
-    res = activation_patching(m, clean, corr, sites="resid_post", positions=["image", "text"], answer=a,
-                              counterfactual=c)
+    res = activation_patching(
+        m, clean, corr, sites="resid_post", positions=["image", "text"], answer=a, counterfactual=c
+    )
     for layer in range(m.arch.n_layers):
         mod = m.arch.module(m.model, "layer", layer)
         for gi, name in enumerate(("image", "text")):
             store, mask = {}, clean.groups.mask(name)
-            h = mod.register_forward_hook(lambda md, args, out: store.__setitem__("x", (out[0] if isinstance(
-                out, tuple) else out).detach().clone()))
+            h = mod.register_forward_hook(
+                lambda md, args, out: store.__setitem__(
+                    "x", (out[0] if isinstance(out, tuple) else out).detach().clone()
+                )
+            )
             try:
                 with torch.no_grad():
                     m.model(**clean)
@@ -269,4 +300,6 @@ def test_patching_matches_hand_written_hooks(organism):
             finally:
                 h.remove()
             r = torch.arange(6)
-            torch.testing.assert_close(res.patched["resid_post"][layer, gi], lg[r, a] - lg[r, c], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                res.patched["resid_post"][layer, gi], lg[r, a] - lg[r, c], rtol=1e-5, atol=1e-5
+            )

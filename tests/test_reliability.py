@@ -23,20 +23,32 @@ import mech
 import mech.cli
 import mech.measure.evaluation.run
 import mech.results
-from mech.engines.attention_fn import MassRecorder
-from mech.measure.patching.attribution import attribution_patching
-from mech.conditions import condition_inputs, corrupt_features
+from mech.conditions import condition_inputs, feature_condition
 from mech.curves import modality_contributions
+from mech.engines.attention_fn import MassRecorder
 from mech.measure.dla import ValueSplitRecorder, direct_logit_attribution
 from mech.measure.evaluation import evaluate
 from mech.measure.knockout import EdgeBlocker, attention_knockout
 from mech.measure.patching import activation_patching
+from mech.measure.patching.attribution import attribution_patching
 from mech.testing.tiny import tiny_model
 
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-              "_forward_hooks_always_called", "_backward_hooks", "_backward_pre_hooks")
-GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                "_global_backward_pre_hooks", "_global_forward_hooks_with_kwargs")
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_forward_hooks_with_kwargs",
+)
 
 
 class Boom(Exception):  # the injected failure (deliberately not a MechError: nothing may swallow it)
@@ -60,10 +72,16 @@ def snapshot(m) -> dict:
     import torch.nn.modules.module as tm
 
     return {
-        "hooks": {name: {d: tuple(getattr(mod, d).items()) for d in HOOK_DICTS} for name, mod in m.model.named_modules()},
+        "hooks": {
+            name: {d: tuple(getattr(mod, d).items()) for d in HOOK_DICTS}
+            for name, mod in m.model.named_modules()
+        },
         "global_hooks": {g: tuple(getattr(tm, g).items()) for g in GLOBAL_HOOKS if hasattr(tm, g)},
         "attn": [(id(c), c._attn_implementation_internal) for c in _configs(m.model)],
-        "registries": (sorted(AttentionInterface._global_mapping), sorted(AttentionMaskInterface._global_mapping)),
+        "registries": (
+            sorted(AttentionInterface._global_mapping),
+            sorted(AttentionMaskInterface._global_mapping),
+        ),
         "requires_grad": [p.requires_grad for p in m.model.parameters()],
         "grads": [p.grad is None for p in m.model.parameters()],
         "training": [mod.training for mod in m.model.modules()],
@@ -89,14 +107,24 @@ class Bomb:
 def env():
     m = mech.load(tiny_model("llava"))
     rng = np.random.default_rng(0)
-    samples = [dict(id=f"s{i}", question=q, images=[Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))],
-                    options=["red", "blue", "green"], answer="ABC"[i], prompt_style="bare")
-               for i, q in enumerate(["what colour is the shape ?", "which shape is in the image ?", "what is it ?"])]
+    samples = [
+        dict(
+            id=f"s{i}",
+            question=q,
+            images=[Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))],
+            options=["red", "blue", "green"],
+            answer="ABC"[i],
+            prompt_style="bare",
+        )
+        for i, q in enumerate(["what colour is the shape ?", "which shape is in the image ?", "what is it ?"])
+    ]
     clean = condition_inputs(m, samples, "complete")
     corrupted = condition_inputs(m, samples, "white_image")
     # foreign hooks that must survive every failure: one on a module mech hooks, one with kwargs
-    foreign = [m.arch.module(m.model, "layer", 0).register_forward_hook(lambda mod, a, out: None),
-               m.arch.module(m.model, "attn", 1).register_forward_pre_hook(lambda mod, a, k: None, with_kwargs=True)]
+    foreign = [
+        m.arch.module(m.model, "layer", 0).register_forward_hook(lambda mod, a, out: None),
+        m.arch.module(m.model, "attn", 1).register_forward_pre_hook(lambda mod, a, k: None, with_kwargs=True),
+    ]
     bomb = Bomb(m)
     with torch.no_grad():
         logits = m.model(**clean).logits.clone()
@@ -112,23 +140,34 @@ a_ids, cf_ids = torch.tensor([100, 101, 102]), torch.tensor([110, 111, 112])
 INSTRUMENTS = {
     "attention_mass": lambda m, s, c, k, t: mech.attention_mass(m, c, query="text"),
     "activation_patching": lambda m, s, c, k, t: activation_patching(
-        m, c, c, site=["resid_post", "attn_out", "z"], positions=["image", "last"], condition="visual_noise",
-        answer=a_ids, counterfactual=cf_ids, normalize=False),
-    "attention_knockout": lambda m, s, c, k, t: attention_knockout(m, c, edges=[("image", "last"), ("text", "last")],
-                                                                   window=1),
-    "attribution_patching": lambda m, s, c, k, t: attribution_patching(m, c, k, sites=["resid_pre", "z"],
-                                                                       answer=a_ids, counterfactual=cf_ids),
+        m,
+        c,
+        c,
+        sites=["resid_post", "attn_out", "z"],
+        positions=["image", "last"],
+        condition="visual_noise",
+        answer=a_ids,
+        counterfactual=cf_ids,
+        normalize=False,
+    ),
+    "attention_knockout": lambda m, s, c, k, t: attention_knockout(
+        m, c, edges=[("image", "last"), ("text", "last")], window=1
+    ),
+    "attribution_patching": lambda m, s, c, k, t: attribution_patching(
+        m, c, k, sites=["resid_pre", "z"], answer=a_ids, counterfactual=cf_ids
+    ),
     "dla": lambda m, s, c, k, t: direct_logit_attribution(m, c, a_ids, cf_ids),
     "modality_contributions": lambda m, s, c, k, t: modality_contributions(m, c, a_ids, cf_ids),
-    "corrupt_features": lambda m, s, c, k, t: _corrupted_forward(m, c),
+    "feature_condition": lambda m, s, c, k, t: _corrupted_forward(m, c),
     "run_with_cache": lambda m, s, c, k, t: mech.run_with_cache(m, c),
-    "evaluate": lambda m, s, c, k, t: evaluate(m, s, conditions=("complete", "visual_noise", "white_image"),
-                                               batch_size=2, progress=False),
+    "evaluate": lambda m, s, c, k, t: evaluate(
+        m, s, conditions=("complete", "visual_noise", "white_image"), batch_size=2, progress=False
+    ),
 }
 
 
 def _corrupted_forward(m, inputs):
-    with torch.no_grad(), corrupt_features(m, inputs, "visual_mean"):
+    with torch.no_grad(), feature_condition(m, inputs, "visual_mean"):
         return m.model(**inputs).logits
 
 
@@ -164,6 +203,7 @@ def test_exception_in_forward_restores_everything(env, name, tmp_path):
 def _raiser(*args, **kwargs):
     raise Boom("injected")
 
+
 # (instrument, object, attribute): internal functions called while mech's hooks / attention functions
 # / frozen parameters are in place
 INTERNAL = [
@@ -176,7 +216,7 @@ INTERNAL = [
     ("attribution_patching", "torch.autograd", "grad"),
     ("modality_contributions", "mech.engines.prefix", "run_from"),
     ("modality_contributions", ValueSplitRecorder, "record"),
-    ("evaluate", "mech.measure.evaluation.answering", "corrupt_features"),
+    ("evaluate", "mech.measure.evaluation.answering", "feature_condition"),
     ("evaluate", "mech.measure.evaluation.run", "is_correct"),
     ("evaluate", "mech.measure.evaluation.run", "answer_rows"),
 ]
@@ -186,16 +226,16 @@ INTERNAL = [
 def test_exception_in_internal_function_restores_everything(env, name, target, attr, monkeypatch, tmp_path):
     m, samples, clean, corrupted, bomb, logits = env
     before = snapshot(m)
-    if attr == "corrupt_features":  # the corruption's own hook raises inside the forward
+    if attr == "feature_condition":  # the corruption's own hook raises inside the forward
         import mech.measure.evaluation.answering as answering
 
         def bad(m_, inputs, condition, **kw):
-            cm = corrupt_features(m_, inputs, condition, **kw)
+            cm = feature_condition(m_, inputs, condition, **kw)
             if condition == "visual_noise":
                 monkeypatch.setattr(torch.Tensor, "std", _raiser)
             return cm
 
-        monkeypatch.setattr(answering, "corrupt_features", bad)
+        monkeypatch.setattr(answering, "feature_condition", bad)
     elif isinstance(target, str):
         monkeypatch.setattr(f"{target}.{attr}", _raiser)
     else:
@@ -215,7 +255,9 @@ def test_user_hook_raising(env):
 
     for names in (["blocks.1.hook_resid_mid"], ["blocks.0.attn.hook_z", "blocks.1.hook_resid_post"]):
         with pytest.raises(Boom):
-            mech.run_with_hooks(m, clean, [("blocks.0.hook_resid_pre", lambda x, p: x)] + [(n, hook) for n in names])
+            mech.run_with_hooks(
+                m, clean, [("blocks.0.hook_resid_pre", lambda x, p: x)] + [(n, hook) for n in names]
+            )
         _check_restored(m, before, clean, logits)
         with pytest.raises(Boom):  # caching hooks registered after the raising user hook
             mech.run_with_cache(m, clean, fwd_hooks=[(n, hook) for n in names])
@@ -241,8 +283,12 @@ def test_writer_raising_midway_leaves_no_file(env, monkeypatch, tmp_path):
     monkeypatch.setattr(mech.results, "save_file", half_then_fail)
     monkeypatch.setattr(mech, "load", lambda *a, **k: m)
     out = tmp_path / "att"
-    assert mech.cli.main(["attention", "--model", "tiny", "--data", "organism:shapes", "--n", "2",
-                          "--out", str(out)]) == mech.cli.BUG  # an exception not mech's: one line, exit 3
+    assert (
+        mech.cli.main(
+            ["attention", "--model", "tiny", "--data", "organism:shapes", "--n", "2", "--out", str(out)]
+        )
+        == mech.cli.BUG
+    )  # an exception not mech's: one line, exit 3
     assert not out.exists() or not [p.name for p in out.iterdir() if p.suffix != ".png"]
     ok = mech.results.write_json(tmp_path / "r.json", {"a": 1})  # result files get the umask's permissions
     mask = os.umask(0)
@@ -252,16 +298,23 @@ def test_writer_raising_midway_leaves_no_file(env, monkeypatch, tmp_path):
     _check_restored(m, before, clean, logits)
 
     # the run loop's parts writer dying midway (mech eval): the rerun resumes to the uninterrupted bytes
-    from mech.prepare.data import Dataset
     from mech.measure.evaluation import EvalJob
+    from mech.prepare.data import Dataset
     from mech.runs import EvalSettings, run
 
     class InMemory(EvalJob):
         def samples(self):
             return Dataset("mem", samples, default_style="bare", scoring="option_text")
 
-    settings = EvalSettings(model="tiny", data="mem", n=3, conditions=("complete", "white_image"), batch_size=1,
-                            progress=False, out=str(tmp_path / "full"))
+    settings = EvalSettings(
+        model="tiny",
+        data="mem",
+        n=3,
+        conditions=("complete", "white_image"),
+        batch_size=1,
+        progress=False,
+        out=str(tmp_path / "full"),
+    )
     run(InMemory(settings), model=m)
     calls = {"n": 0}
 

@@ -1,4 +1,5 @@
-"""nnsight path of attention mass (issue 8, :mod:`mech.engines.nnsight_remote`), the part of NDIF's ``remote=True``
+"""nnsight path of attention mass (issue 8, :mod:`mech.measure.attention.remote` over
+:mod:`mech.engines.nnsight_remote`), the part of NDIF's ``remote=True``
 that can be tested offline: the trace gives mech's recorder's numbers on every decoder-sequence
 family (with padding, either side, for the last position and for every text row); the request
 serialized as for NDIF and run here with mech hidden (nnsight's ``remote="local"``) gives them too;
@@ -21,20 +22,26 @@ from mech.testing import tiny as T
 from mech.testing.tiny import save_tiny, tiny_model
 
 pytest.importorskip("nnsight")
-from mech.engines.nnsight_remote import RemoteModel, attention_mass_nnsight, load_remote  # noqa: E402
+from mech.engines.nnsight_remote import RemoteModel, load_remote  # noqa: E402
+from mech.measure.attention.remote import attention_mass_nnsight  # noqa: E402
 
 FAMILIES = [f for f in T.FAMILIES if f not in ("mllama", "qwen2_audio")]
 
 
 def _padded(m, family, side):
     size = T.IMAGE_SIZES[family]
-    return m.prepare([[T._image(0, size)], [T._image(1, size)]], ["what colour is the shape ?", "what ?"],
-                     padding_side=side)
+    return m.prepare(
+        [[T._image(0, size)], [T._image(1, size)]],
+        ["what colour is the shape ?", "what ?"],
+        padding_side=side,
+    )
 
 
 def _same(got, want):
     for k in ("mass", "density", "spatial", "token_share", "counts", "n_image_tokens", "n_query"):
-        torch.testing.assert_close(getattr(got, k), getattr(want, k), atol=1e-6, rtol=1e-5, equal_nan=True, msg=k)
+        torch.testing.assert_close(
+            getattr(got, k), getattr(want, k), atol=1e-6, rtol=1e-5, equal_nan=True, msg=k
+        )
     assert (got.groups, got.grid, got.query) == (want.groups, want.grid, want.query)
 
 
@@ -60,10 +67,13 @@ def test_the_model_is_left_as_it_was():
     m = mech.load(tiny_model("llava"))
     inputs = _padded(m, "llava", "left")
     before = m.logits(inputs)
-    state = [(set(mod.__dict__), len(mod._forward_hooks), len(mod._forward_pre_hooks)) for mod in m.model.modules()]
+    state = [
+        (set(mod.__dict__), len(mod._forward_hooks), len(mod._forward_pre_hooks)) for mod in m.model.modules()
+    ]
     attention_mass_nnsight(m, inputs)
-    assert [(set(mod.__dict__), len(mod._forward_hooks), len(mod._forward_pre_hooks))
-            for mod in m.model.modules()] == state
+    assert [
+        (set(mod.__dict__), len(mod._forward_hooks), len(mod._forward_pre_hooks)) for mod in m.model.modules()
+    ] == state
     assert torch.equal(m.logits(inputs), before)
 
 
@@ -77,4 +87,14 @@ def test_load_remote_builds_a_weightless_model(tmp_path):
     assert m.arch == local.arch and m.device == torch.device("cpu")
     inputs, ref = _padded(m, "llava", "left"), _padded(local, "llava", "left")
     assert inputs["input_ids"].device.type == "cpu" and torch.equal(inputs.groups.labels, ref.groups.labels)
-    assert m.meta["nnsight"].model.language_model.layers[0].self_attn.source.names  # the attention call is found
+    assert (
+        m.meta["nnsight"].model.language_model.layers[0].self_attn.source.names
+    )  # the attention call is found
+
+
+def test_the_old_path_warns_and_is_the_same_function():
+    """``mech.engines.nnsight_remote.attention_mass_nnsight`` (before issue 25) still works for one release."""
+    import mech.engines.nnsight_remote as old
+
+    with pytest.warns(DeprecationWarning, match="mech.measure.attention.remote.attention_mass_nnsight"):
+        assert old.attention_mass_nnsight is attention_mass_nnsight

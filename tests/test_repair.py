@@ -9,8 +9,8 @@ import torch
 import mech
 from mech.errors import ConfigError, DataError
 from mech.measure.repair import POINTS, Edit, applied, random_edit, repair
-from mech.measure.repair.edits import n_units
 from mech.measure.repair import select as SE
+from mech.measure.repair.edits import n_units
 from mech.testing.tiny import tiny_inputs, tiny_model
 
 FAMILIES = ["llava", "qwen2_5_vl", "gemma3", "idefics3", "internvl"]
@@ -53,6 +53,7 @@ def test_neuron_zero_ablation_equals_hand_written_hook(family):
             x = args[0].clone()
             x[torch.arange(x.shape[0])[:, None], q[:, None], torch.tensor(idx)[None]] = 0
             return (x,)
+
         handles.append(down.register_forward_pre_hook(pre))
     try:
         want = _valid_logits(m, inputs)
@@ -63,14 +64,25 @@ def test_neuron_zero_ablation_equals_hand_written_hook(family):
     assert not torch.equal(got, _valid_logits(m, inputs))  # the edit did something
 
 
-@pytest.mark.parametrize("kind,granularity,units", [
-    ("zero", "neurons", ((0, 0), (1, 5))), ("mean", "heads", ((0, 1),)), ("zero", "layers", ((1, 1),)),
-    ("steer", "layers", ((0, 1),)), ("reweight", "heads", ((1, 0), (0, 1))), ("zero", "heads", ((1, 1),))])
+@pytest.mark.parametrize(
+    "kind,granularity,units",
+    [
+        ("zero", "neurons", ((0, 0), (1, 5))),
+        ("mean", "heads", ((0, 1),)),
+        ("zero", "layers", ((1, 1),)),
+        ("steer", "layers", ((0, 1),)),
+        ("reweight", "heads", ((1, 0), (0, 1))),
+        ("zero", "heads", ((1, 1),)),
+    ],
+)
 def test_edit_is_undone_after_the_call(kind, granularity, units):
     """After the block, and after an exception inside it, the logits equal the unedited model's."""
     m, inputs = _tiny("llava")
     before = _valid_logits(m, inputs)
-    n_hooks = lambda: sum(len(h) for mod in m.model.modules() for h in (mod._forward_hooks, mod._forward_pre_hooks))  # noqa: E731
+
+    def n_hooks():
+        return sum(len(h) for mod in m.model.modules() for h in (mod._forward_hooks, mod._forward_pre_hooks))
+
     hooks_before = n_hooks()
     values = {}
     if kind == "mean":
@@ -138,10 +150,12 @@ def test_attribution_scores_match_hand_written_gradients():
     scores = SE.attribution_scores(m, [(inputs, prior, gold)], "neurons", "zero")
     acts, handles = {}, []
     for layer in range(m.arch.n_layers):
+
         def pre(mod, args, layer=layer):
             leaf = torch.zeros_like(args[0], requires_grad=True)  # a leaf added, so the graph stays whole
             acts[layer] = (args[0].detach(), leaf)
             return (args[0] + leaf,)
+
         handles.append(m.arch.module(m.model, "mlp", layer).down_proj.register_forward_pre_hook(pre))
     try:
         out = m.model(**inputs).logits[r, q]
@@ -152,7 +166,9 @@ def test_attribution_scores_match_hand_written_gradients():
             h.remove()
     want = torch.stack([(acts[l][0][r, q] * grads[l][r, q]).sum(0) for l in range(m.arch.n_layers)]).double()
     torch.testing.assert_close(scores, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
-    layer, i = divmod(int(scores.abs().argmax()), scores.shape[1])  # the largest estimate: same sign as the exact effect
+    layer, i = divmod(
+        int(scores.abs().argmax()), scores.shape[1]
+    )  # the largest estimate: same sign as the exact effect
     with applied(m, inputs, Edit("zero", "neurons", ((layer, i),))), torch.no_grad():
         out = m.model(**inputs).logits[r, q]
     exact = float((out[r, prior] - out[r, gold]).sum() - (last[r, prior] - last[r, gold]).sum())
@@ -179,10 +195,15 @@ def test_repair_finds_the_planted_prior(organism):
     r = repair(m, fit, held, k=200, ks=[50, 200], batch_size=60, n_boot=200)
     j = r.to_json()
     assert j["planted"] == ["color_of_shape", "color_left", "color_right", "exist", "count"]
-    assert j["unedited"]["accuracy"]["prior_wrong"]["value"] < 0.1  # the planted prior: wrong where it is wrong
+    assert (
+        j["unedited"]["accuracy"]["prior_wrong"]["value"] < 0.1
+    )  # the planted prior: wrong where it is wrong
     c = j["controls"]
     assert len(c["random"]) == 5 and c["above_max"] and c["selected"] > 0.3
-    assert j["selected"]["accuracy"]["unplanted"]["value"] >= j["unedited"]["accuracy"]["unplanted"]["value"] - 0.05
+    assert (
+        j["selected"]["accuracy"]["unplanted"]["value"]
+        >= j["unedited"]["accuracy"]["unplanted"]["value"] - 0.05
+    )
     for ctl in r.controls + [r.edit]:
         assert len(ctl.units) == 200
     for ctl in r.controls:
@@ -200,18 +221,26 @@ def test_repair_finds_the_planted_prior(organism):
     # another model: re-ranked by default; the text-biased ranking applied to it is labelled
     bal = mech.load("organism:balanced")
     t = repair(bal, fit, held, selection=r.selection, k=50, ks=[50], batch_size=60, n_boot=50)
-    assert t.transferred_from == "organism:text-biased" and "ranked on organism:text-biased" in t.to_json()["label"]
+    assert (
+        t.transferred_from == "organism:text-biased"
+        and "ranked on organism:text-biased" in t.to_json()["label"]
+    )
 
 
 def test_settings_literals_are_the_constants():
+    from mech.measure.repair import GRANULARITIES, KINDS
     from mech.measure.repair.edits import POSITIONS
     from mech.measure.repair.select import SOURCES
     from mech.measure.repair.targets import PRIORS
-    from mech.measure.repair import GRANULARITIES, KINDS
     from mech.runs import settings as S
 
-    for literal, constant in ((S.RepairEdit, KINDS), (S.Granularity, GRANULARITIES), (S.RepairSource, SOURCES),
-                              (S.RepairPositions, POSITIONS), (S.Prior, PRIORS)):
+    for literal, constant in (
+        (S.RepairEdit, KINDS),
+        (S.Granularity, GRANULARITIES),
+        (S.RepairSource, SOURCES),
+        (S.RepairPositions, POSITIONS),
+        (S.Prior, PRIORS),
+    ):
         assert S.allowed(literal) == tuple(constant)
     assert S.COMMANDS["repair"] is S.RepairSettings
 
@@ -222,15 +251,48 @@ def test_mech_repair_command(tmp_path):
     from mech.results import read_json
 
     out = tmp_path / "r"
-    rc = main(["repair", "--model", "organism:text-biased", "--n", "40", "--fit-n", "60", "--k", "40", "--ks", "40",
-               "--batch-size", "40", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "repair",
+            "--model",
+            "organism:text-biased",
+            "--n",
+            "40",
+            "--fit-n",
+            "60",
+            "--k",
+            "40",
+            "--ks",
+            "40",
+            "--batch-size",
+            "40",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     j = read_json(out / "repair.json")
     assert {"unedited", "selected", "random", "controls", "curve", "identity"} <= set(j)
     assert j["n_held_out"] == 40 and j["identity"]["settings"]["fit_seed"] == 1
     assert (out / "repair.png").is_file() and (out / "repair.safetensors").is_file()
-    assert main(["repair", "--model", "organism:text-biased", "--n", "40", "--fit-seed", "0", "--out",
-                 str(tmp_path / "x"), "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "repair",
+                "--model",
+                "organism:text-biased",
+                "--n",
+                "40",
+                "--fit-seed",
+                "0",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
 
 
 def test_k_is_chosen_on_the_fit_split(organism):
@@ -266,7 +328,9 @@ def test_unedited_accuracy_is_mech_evals_on_both_organism_data_sets(data):
     r = repair(m, fit, held, k=8, ks=[8], n_boot=50, batch_size=48).to_json()
     assert r["scoring"] == "answer_set" and r["option_scoring"] == "option_text"
     ev = evaluate(m, held, conditions=["complete"], progress=False)
-    assert r["unedited"]["options"]["accuracy"]["value"] == pytest.approx(ev["conditions"]["complete"]["accuracy"])
+    assert r["unedited"]["options"]["accuracy"]["value"] == pytest.approx(
+        ev["conditions"]["complete"]["accuracy"]
+    )
 
 
 def test_answer_means_equal_the_cached_activations_at_the_answer_position():
@@ -288,5 +352,7 @@ def test_answer_means_equal_the_cached_activations_at_the_answer_position():
         for n in names:
             want[n] = want[n] + cache[n][torch.arange(len(q)), q].double().sum(0)
     for n in names:
-        eps = torch.finfo(torch.float32).eps  # the same activations, summed in float64: only the final rounding
+        eps = torch.finfo(
+            torch.float32
+        ).eps  # the same activations, summed in float64: only the final rounding
         torch.testing.assert_close(got[n], (want[n] / len(samples)).float(), rtol=2 * eps, atol=0)

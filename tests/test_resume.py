@@ -24,8 +24,14 @@ from mech.testing.tiny import save_tiny, save_tiny_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
-QUESTIONS = ["what colour is the shape ?", "which shape is in the image ?", "what is the big shape ?",
-             "is the shape red or blue ?", "tell me the colour of the small shape", "what shape do you see ?"]
+QUESTIONS = [
+    "what colour is the shape ?",
+    "which shape is in the image ?",
+    "what is the big shape ?",
+    "is the shape red or blue ?",
+    "tell me the colour of the small shape",
+    "what shape do you see ?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +44,29 @@ def tiny_dir(tmp_path_factory):
 
 
 def _argv(tiny_dir, out, seed=3):
-    return ["report", "--model", str(tiny_dir / "model"), "--data", f"jsonl:{tiny_dir / 'data.jsonl'}", "--n", "6",
-            "--batch-size", "2", "--seed", str(seed), "--out", str(out)]
+    return [
+        "report",
+        "--model",
+        str(tiny_dir / "model"),
+        "--data",
+        f"jsonl:{tiny_dir / 'data.jsonl'}",
+        "--n",
+        "6",
+        "--batch-size",
+        "2",
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
 
 
 def _results(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.suffix in (".json", ".safetensors")}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.suffix in (".json", ".safetensors")
+    }
 
 
 def _tensors(path: Path):
@@ -65,7 +87,9 @@ def _same(a: Path, b: Path):
             (ma, ta), (mb, tb) = _tensors(a / name), _tensors(b / name)
             assert ma == mb and sorted(ta) == sorted(tb), name
             for k in ta:
-                same = ta[k].dtype == tb[k].dtype and torch.equal(ta[k].nan_to_num(7.0), tb[k].nan_to_num(7.0))
+                same = ta[k].dtype == tb[k].dtype and torch.equal(
+                    ta[k].nan_to_num(7.0), tb[k].nan_to_num(7.0)
+                )
                 assert same, (name, k)
         assert ra[name] == rb[name], f"{name} differs"
     assert not list(a.rglob("*.tmp")) and not list(b.rglob("*.tmp"))
@@ -85,7 +109,10 @@ def test_same_seed_same_json(tiny_dir, reference, tmp_path):
     names = set(_results(reference))
     assert {"eval.json", "attention.json", "patch.json", "contrib.json", "compare.json"} <= names
     assert json.loads((reference / "attention.json").read_text())["figures"] == [
-        "attention_mass.png", "attention_heads.png", "attention_image.png"]  # names, not paths of this run
+        "attention_mass.png",
+        "attention_heads.png",
+        "attention_image.png",
+    ]  # names, not paths of this run
     # the seed does matter: noise images differ, so the noise_image scores differ
     assert mech.cli.main(["eval"] + _argv(tiny_dir, tmp_path / "other", seed=4)[1:]) == 0
     ref, other = (json.loads((d / "eval.json").read_text()) for d in (reference, tmp_path / "other"))
@@ -106,14 +133,23 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _env():  # one thread, as in this process (conftest), so the float reductions are the same
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def _kill_when(argv, ready, delays, timeout=120.0):
     """Start ``mech`` (with per-batch delays) and SIGKILL it as soon as ``ready()`` holds."""
-    proc = subprocess.Popen([sys.executable, "-c", _DELAYED, *map(str, delays), *argv], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DELAYED, *map(str, delays), *argv],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t0 = time.monotonic()
     try:
         while not ready():
@@ -130,10 +166,16 @@ def test_kill_9_during_report_then_rerun(tiny_dir, reference, tmp_path):
     out = tmp_path / "killed"
     argv = _argv(tiny_dir, out)
     parts = out / ".eval.parts"
-    _kill_when(argv, lambda: len(list(parts.glob("*.safetensors"))) >= 2, (0.15, 0.0))  # killed in eval, 2 of 3 batches done
+    _kill_when(
+        argv, lambda: len(list(parts.glob("*.safetensors"))) >= 2, (0.15, 0.0)
+    )  # killed in eval, 2 of 3 batches done
     assert not (out / "eval.json").exists()
-    _kill_when(argv, lambda: (out / ".contrib.parts" / "000000.safetensors").is_file(), (0.0, 0.4))  # in contrib
+    _kill_when(
+        argv, lambda: (out / ".contrib.parts" / "000000.safetensors").is_file(), (0.0, 0.4)
+    )  # in contrib
     assert (out / "eval.json").is_file() and not (out / "contrib.json").exists()
-    done = subprocess.run([sys.executable, "-m", "mech.cli", *argv], env=_env(), capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mech.cli", *argv], env=_env(), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     _same(reference, out)

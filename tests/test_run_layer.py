@@ -26,18 +26,39 @@ def model_dir(tmp_path_factory):
 
 
 def _argv(model_dir, out, n):
-    return ["attention", "--model", str(model_dir), "--data", "organism:shapes", "--n", str(n), "--batch-size", "2",
-            "--out", str(out), "--no-progress"]
+    return [
+        "attention",
+        "--model",
+        str(model_dir),
+        "--data",
+        "organism:shapes",
+        "--n",
+        str(n),
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def _start(argv):
-    return subprocess.Popen([sys.executable, "-m", "mech.cli", *argv], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mech.cli", *argv],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -87,19 +108,29 @@ def test_settings_are_frozen_checked_and_give_the_identity():
 
 
 def test_the_literals_equal_the_instruments_constants():
-    from mech.measure.attention import QUERIES
     from mech.conditions import CONDITIONS
-    from mech.curves import CORRUPTIONS, ESTIMATORS
-    from mech.prepare.data import SCORINGS
+    from mech.curves import ESTIMATORS, REMOVALS
+    from mech.measure.attention import QUERIES
     from mech.measure.evaluation.answering import METHODS, PARSERS
     from mech.measure.evaluation.run import DEFAULT_CONDITIONS
     from mech.measure.patching.align import POSITION_GROUPS
     from mech.measure.patching.metrics import DIRECTIONS, METRICS
     from mech.measure.patching.sites import SITES
+    from mech.prepare.data import SCORINGS
 
-    pairs = [(S.Condition, CONDITIONS), (S.Query, QUERIES), (S.Estimator, ESTIMATORS), (S.Ablation, CORRUPTIONS),
-             (S.Scoring, SCORINGS), (S.Method, METHODS), (S.Position, POSITION_GROUPS), (S.Direction, DIRECTIONS),
-             (S.PatchMetric, METRICS), (S.Site, SITES), (S.Parser, PARSERS)]
+    pairs = [
+        (S.Condition, CONDITIONS),
+        (S.Query, QUERIES),
+        (S.Estimator, ESTIMATORS),
+        (S.Removal, REMOVALS),
+        (S.Scoring, SCORINGS),
+        (S.Method, METHODS),
+        (S.Position, POSITION_GROUPS),
+        (S.Direction, DIRECTIONS),
+        (S.PatchMetric, METRICS),
+        (S.Site, SITES),
+        (S.Parser, PARSERS),
+    ]
     for literal, constant in pairs:
         assert S.allowed(literal) == tuple(constant), literal
     assert S.DEFAULT_CONDITIONS == DEFAULT_CONDITIONS
@@ -119,28 +150,41 @@ def test_the_command_line_is_derived_from_the_settings():
 
 
 def test_the_report_composes_the_steps_settings():
-    r = ReportSettings(n=None, seed=3, batch_size=4, ablation="noise", compare=("a", "b"))
+    r = ReportSettings(n=None, seed=3, batch_size=4, removal="noise", compare=("a", "b"))
     steps = {cls.command: r.step(cls, "a", "out/a") for cls in ReportSettings.steps}
-    assert steps["contrib"] == ContribSettings(model="a", out="out/a", seed=3, batch_size=4, ablation="noise")
-    assert steps["eval"].n == EvalSettings.n and steps["patch"].n == PatchSettings.n  # each step's own default
+    assert steps["contrib"] == ContribSettings(model="a", out="out/a", seed=3, batch_size=4, removal="noise")
+    assert (
+        steps["eval"].n == EvalSettings.n and steps["patch"].n == PatchSettings.n
+    )  # each step's own default
     assert ReportSettings(compare=()).models() == list(S.DEFAULT_COMPARE) and r.models() == ["a", "b"]
-    assert r.step(AttentionSettings, "a", "o").replace(n=7) == r.replace(n=7).step(AttentionSettings, "a", "o")
+    assert r.step(AttentionSettings, "a", "o").replace(n=7) == r.replace(n=7).step(
+        AttentionSettings, "a", "o"
+    )
 
 
 def test_help_loads_neither_torch_nor_transformers():
     """``mech --help`` and ``mech <command> --help`` parse without importing torch (issue 16; the
     time ratio to ``import torch`` is measured in benchmarks/bench_cli.py)."""
-    code = ("import sys, contextlib, io, mech.cli\n"
-            "for argv in (['--help'], ['patch', '--help'], ['report', '--help']):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
-            "        mech.cli.main(argv)\n"
-            "    assert '--n' in out.getvalue() or 'command' in out.getvalue(), out.getvalue()\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'pandas', 'numpy')))\n")
-    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, contextlib, io, mech.cli\n"
+        "for argv in (['--help'], ['patch', '--help'], ['report', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "        mech.cli.main(argv)\n"
+        "    assert '--n' in out.getvalue() or 'command' in out.getvalue(), out.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'pandas', 'numpy')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
-    help_text = subprocess.run([sys.executable, "-m", "mech.cli", "patch", "--help"], env=_env(), capture_output=True,
-                               text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "mech.cli", "patch", "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert "(default: white_image)" in help_text and "(default: 64)" in help_text  # --help shows the defaults
 
 
@@ -151,8 +195,20 @@ def test_report_loads_each_model_once(model_dir, tmp_path, monkeypatch, capsys):
 
     load, loaded = mech.load, []
     monkeypatch.setattr(mech, "load", lambda *a, **k: loaded.append(a[0]) or load(*a, **k))
-    argv = ["report", "--model", str(model_dir), "--data", "organism:shapes", "--n", "3", "--batch-size", "3",
-            "--out", str(tmp_path), "--no-progress"]
+    argv = [
+        "report",
+        "--model",
+        str(model_dir),
+        "--data",
+        "organism:shapes",
+        "--n",
+        "3",
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert mech.cli.main(argv) == 0
     assert loaded == [str(model_dir)]
     cap = capsys.readouterr()

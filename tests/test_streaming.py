@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 
 import mech
-import mech.measure.attention
 import mech.cli
+import mech.measure.attention
 import mech.measure.patching
 from mech.testing.tiny import save_tiny
 
@@ -36,8 +36,20 @@ def model_dir(tmp_path_factory):
 
 
 def _argv(command, model_dir, out, *extra):
-    return [command, "--model", str(model_dir), "--data", "organism:shapes", "--n", str(N), "--batch-size",
-            str(BATCH), "--out", str(out), *extra]
+    return [
+        command,
+        "--model",
+        str(model_dir),
+        "--data",
+        "organism:shapes",
+        "--n",
+        str(N),
+        "--batch-size",
+        str(BATCH),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _tensors(path: Path):
@@ -63,11 +75,16 @@ def reference(model_dir, tmp_path_factory):
 
 
 # command -> (module attribute computing one batch, what the command's parts hold per batch)
-TARGETS = {"attention": (mech.measure.attention, "attention_mass"), "patch": (mech.measure.patching, "activation_patching")}
+TARGETS = {
+    "attention": (mech.measure.attention, "attention_mass"),
+    "patch": (mech.measure.patching, "activation_patching"),
+}
 
 
 @pytest.mark.parametrize("command", ["attention", "patch"])
-def test_crash_after_k_batches_then_rerun_gives_identical_files(command, model_dir, reference, tmp_path, monkeypatch):
+def test_crash_after_k_batches_then_rerun_gives_identical_files(
+    command, model_dir, reference, tmp_path, monkeypatch
+):
     module, name = TARGETS[command]
     real, calls = getattr(module, name), {"n": 0}
 
@@ -93,8 +110,12 @@ def test_crash_after_k_batches_then_rerun_gives_identical_files(command, model_d
 def test_other_settings_do_not_reuse_the_parts(model_dir, reference, tmp_path, capsys):
     """A run with other settings (here: another batch size) refuses the folder of another run, and
     with --overwrite replaces it: its parts are cleared, never mixed in."""
-    assert mech.cli.main(_argv("attention", model_dir, tmp_path)[:-4] + ["--batch-size", "3", "--out",
-                                                                             str(tmp_path)]) == 0
+    assert (
+        mech.cli.main(
+            _argv("attention", model_dir, tmp_path)[:-4] + ["--batch-size", "3", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     assert len(list((tmp_path / ".attention.parts").glob("*.safetensors"))) == 3
     capsys.readouterr()
     assert mech.cli.main(_argv("attention", model_dir, tmp_path)) == 1

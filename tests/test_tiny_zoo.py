@@ -18,12 +18,19 @@ MODALITY_TOKENS = {
     "llava_next": {"image_token_index": "<image>"},
     "llava_onevision": {"image_token_index": "<image>", "video_token_index": "<video>"},
     **{
-        f: {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
-            "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+        f: {
+            "image_token_id": "<|image_pad|>",
+            "video_token_id": "<|video_pad|>",
+            "vision_start_token_id": "<|vision_start|>",
+            "vision_end_token_id": "<|vision_end|>",
+        }
         for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     },
-    "gemma3": {"image_token_index": "<image_soft_token>", "boi_token_index": "<start_of_image>",
-               "eoi_token_index": "<end_of_image>"},
+    "gemma3": {
+        "image_token_index": "<image_soft_token>",
+        "boi_token_index": "<start_of_image>",
+        "eoi_token_index": "<end_of_image>",
+    },
     "internvl": {"image_token_id": "<IMG_CONTEXT>"},
     "idefics3": {"image_token_id": "<image>"},
     "smolvlm": {"image_token_id": "<image>"},
@@ -33,9 +40,21 @@ MODALITY_TOKENS = {
 }
 
 # modality tokens per image (per audio clip) for the inputs tiny_inputs makes
-TOKENS_PER_ITEM = {"llava": 16, "llava_next": 70, "llava_onevision": 70, "qwen2_vl": 6, "qwen2_5_vl": 6,
-                   "qwen3_vl": 6, "gemma3": 16, "internvl": 16, "idefics3": 20, "smolvlm": 20,
-                   "paligemma": 16, "qwen2_audio": 12, "mllama": 1}
+TOKENS_PER_ITEM = {
+    "llava": 16,
+    "llava_next": 70,
+    "llava_onevision": 70,
+    "qwen2_vl": 6,
+    "qwen2_5_vl": 6,
+    "qwen3_vl": 6,
+    "gemma3": 16,
+    "internvl": 16,
+    "idefics3": 20,
+    "smolvlm": 20,
+    "paligemma": 16,
+    "qwen2_audio": 12,
+    "mllama": 1,
+}
 
 _FEATURE_ID_ATTRS = ("image_token_id", "image_token_index", "audio_token_index", "audio_token_id")
 

@@ -32,16 +32,26 @@ COMMANDS = ("eval", "attention", "patch", "contrib")
 def _png(size, seed) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
 def _row(i: int, image: bytes, answer: str) -> dict:
     """One row in MMMU-Pro's standard (10 options) schema."""
-    return {"id": f"validation_Art_{i}", "question": "what colour is the shape in <image 1> ?",
-            "options": "['red', 'blue', 'green', 'circle']", "explanation": "",
-            "image_1": {"bytes": image, "path": f"{i}.png"}, **{f"image_{k}": None for k in range(2, 8)},
-            "img_type": "['Photographs']", "answer": answer, "topic_difficulty": "Easy", "subject": "Art"}
+    return {
+        "id": f"validation_Art_{i}",
+        "question": "what colour is the shape in <image 1> ?",
+        "options": "['red', 'blue', 'green', 'circle']",
+        "explanation": "",
+        "image_1": {"bytes": image, "path": f"{i}.png"},
+        **{f"image_{k}": None for k in range(2, 8)},
+        "img_type": "['Photographs']",
+        "answer": answer,
+        "topic_difficulty": "Easy",
+        "subject": "Art",
+    }
 
 
 def _write(folder, rows) -> str:
@@ -70,7 +80,9 @@ def test_the_processor_refuses_the_image_alone():
     assert reason is not None and "image 2 of 2" in reason and "600x2 pixels" in reason
     assert "aspect ratio must be smaller than 200" in reason
     assert image_refusal(proc, [Image.new("RGB", IMAGE_SIZES[FAMILY])]) is None
-    keep, skipped = usable_images(proc, [{"id": "a", "images": [Image.new("RGB", BAD)]}, {"id": "b", "images": []}])
+    keep, skipped = usable_images(
+        proc, [{"id": "a", "images": [Image.new("RGB", BAD)]}, {"id": "b", "images": []}]
+    )
     assert [s["id"] for s in keep] == ["b"] and [i for i, _ in skipped] == ["a"]
 
 
@@ -87,7 +99,19 @@ def test_prepare_names_the_real_cause(world):
 
 
 def _run(command, model, data, out, *extra):
-    argv = [command, "--model", model, "--data", data, "--out", str(out), "--batch-size", "8", "--no-progress", *extra]
+    argv = [
+        command,
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--no-progress",
+        *extra,
+    ]
     assert mech.cli.main(argv) == 0, argv
     return json.loads((out / f"{command}.json").read_text())
 
@@ -101,17 +125,36 @@ def test_every_command_skips_the_row_with_its_reason(world, command):
     want = _run(command, model, without, root / f"{command}_without")
     items = [x for x in got["skipped"]["items"] if x["id"] == "validation_Art_9"]
     assert len(items) == 1, got["skipped"]
-    assert "600x2 pixels" in items[0]["reason"] and "aspect ratio must be smaller than 200" in items[0]["reason"]
+    assert (
+        "600x2 pixels" in items[0]["reason"] and "aspect ratio must be smaller than 200" in items[0]["reason"]
+    )
     assert got["skipped"]["count"] == want["skipped"]["count"] + 1
     strip = ("skipped", "identity", "provenance", "settings", "figures", "wall", "timing", "data")
-    assert {k: v for k, v in got.items() if k not in strip} == {k: v for k, v in want.items() if k not in strip}
+    assert {k: v for k, v in got.items() if k not in strip} == {
+        k: v for k, v in want.items() if k not in strip
+    }
 
 
 def test_report_completes_and_counts_the_row(world):
     root, model, with_bad, _ = world
     out = root / "report"
-    assert mech.cli.main(["report", "--model", model, "--data", with_bad, "--out", str(out), "--batch-size", "8",
-                          "--no-progress"]) == 0
+    assert (
+        mech.cli.main(
+            [
+                "report",
+                "--model",
+                model,
+                "--data",
+                with_bad,
+                "--out",
+                str(out),
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "report.md").is_file()
     for command in COMMANDS:
         result = json.loads((out / f"{command}.json").read_text())

@@ -33,7 +33,7 @@ def stamped(lock: Path = ROOT / "requirements.lock") -> str | None:
     """The fingerprint recorded in ``lock``, or None when it has none."""
     for line in lock.read_text().splitlines():
         if line.startswith(PREFIX):
-            return line[len(PREFIX):].strip()
+            return line[len(PREFIX) :].strip()
     return None
 
 
@@ -48,9 +48,11 @@ def main(argv: list[str]) -> int:
             print("requirements.lock is missing: run `make lock` (README, 'Dependencies').", file=sys.stderr)
             return 1
         if stamped(lock) != fingerprint():
-            print("requirements.lock was resolved from other dependencies than pyproject.toml declares now: "
-                  "run `make lock` to refresh it (after `make test-latest`; README, 'Dependencies').",
-                  file=sys.stderr)
+            print(
+                "requirements.lock was resolved from other dependencies than pyproject.toml declares now: "
+                "run `make lock` to refresh it (after `make test-latest`; README, 'Dependencies').",
+                file=sys.stderr,
+            )
             return 1
         return 0
     print("usage: python3 tools/lock.py stamp|check", file=sys.stderr)

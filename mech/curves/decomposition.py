@@ -20,7 +20,7 @@ Method, per sample, at the answer position ``q`` (the last non-padding position)
 3. ``v_c(S)`` is that direct write when only the groups in S (players: image and text) keep their
    content; the others are removed by **resample ablation** (their decoder input embeddings become a
    donor's: causal scrubbing, Chan et al. 2022; symmetric token replacement, Zhang & Nanda 2024 §3;
-   donors from :mod:`mech.curves.donors`), or by Gaussian noise (``corruption="noise"``, Meng et al. 2022).
+   donors from :mod:`mech.curves.donors`), or by Gaussian noise (``removal="noise"``, Meng et al. 2022).
 4. The **Shapley value** (Shapley 1953, *A Value for n-Person Games*) of group i in component c:
    ``φ_c(i) = Σ_{S ⊆ N∖{i}} |S|! (n−|S|−1)! / n! · [v_c(S ∪ {i}) − v_c(S)]``; with the two players
    image and text, ``φ_c(image) = ½[(v_c(I,T) − v_c(T)) + (v_c(I) − v_c(∅))]``. 2^n forwards per batch
@@ -63,7 +63,7 @@ class Removal:
             removal changes no input (e.g. every count question has the same words).
         source / dmask: resample: the donor rows' decoder input embeddings ``[batch, pos', d_model]``
             and the group's positions there ``[batch, pos']``; None for noise.
-        noise: noise: ``(seed, noise_scale)`` of :func:`mech.conditions.corrupt_features`; None for resample.
+        noise: noise: ``(seed, noise_scale)`` of :func:`mech.conditions.feature_condition`; None for resample.
         injections: resample of a visual group on a family that adds visual features after early decoder
             layers (Qwen3-VL's deepstack): the donor pass's ``(features, order)``
             (:func:`mech.splice.find_injections`), resampled too; None otherwise.
@@ -85,18 +85,26 @@ class Removal:
         (:func:`mech.engines.hooks.find_hidden`); prefill only. Removed in ``finally``. Nesting two
         removals is safe: the donor embeddings were computed before any hook was registered."""
         if self.noise is not None:
-            from mech.conditions import corrupt_features
+            from mech.conditions import feature_condition
 
-            with corrupt_features(m, inputs, "visual_noise", groups=(self.group,), seed=self.noise[0],
-                                  noise_scale=self.noise[1]):
+            with feature_condition(
+                m, inputs, "visual_noise", groups=(self.group,), seed=self.noise[0], noise_scale=self.noise[1]
+            ):
                 yield
             return
         from mech.conditions import injects_visual
         from mech.splice import resample_hook
 
-        hook = resample_hook(m.arch.d_model, self.mask, self.dmask, self.rows, source=self.source,
-                             donor_injections=self.injections, injected=injects_visual(m, (self.group,)),
-                             what="the decomposition's resample removal")
+        hook = resample_hook(
+            m.arch.d_model,
+            self.mask,
+            self.dmask,
+            self.rows,
+            source=self.source,
+            donor_injections=self.injections,
+            injected=injects_visual(m, (self.group,)),
+            what="the decomposition's resample removal",
+        )
         handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
         try:
             yield
@@ -104,8 +112,15 @@ class Removal:
             handle.remove()
 
 
-def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tuple] | None = None, *,
-                      seed: int = 0, fit: bool = False) -> dict[str, Removal]:
+def resample_removals(
+    m,
+    inputs,
+    groups: Sequence[str],
+    donors: Mapping[str, tuple] | None = None,
+    *,
+    seed: int = 0,
+    fit: bool = False,
+) -> dict[str, Removal]:
     """Resample-ablation :class:`Removal` of each of ``groups`` that ``inputs`` have positions of.
 
     Args:
@@ -121,8 +136,8 @@ def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tup
             ``fit``), or none (with ``fit``).
     """
     from mech.conditions import decoder_input_embeds
-    from mech.splice import check_donor_lengths, fitted
     from mech.curves.donors import batch_donors
+    from mech.splice import check_donor_lengths, fitted
 
     inputs = m.inputs(inputs)
     clean, injections = decoder_input_embeds(m, inputs, injections=True)  # no hook registered
@@ -141,17 +156,28 @@ def resample_removals(m, inputs, groups: Sequence[str], donors: Mapping[str, tup
             donor = m.inputs(donor)
             (source, inj), dmask = decoder_input_embeds(m, donor, injections=True), donor.groups.mask(g).cpu()
         if dmask.shape[0] != mask.shape[0]:
-            raise InputError(f"inputs have {mask.shape[0]} rows and {g} donors {dmask.shape[0]}; give one per row.")
+            raise InputError(
+                f"inputs have {mask.shape[0]} rows and {g} donors {dmask.shape[0]}; give one per row."
+            )
         check_donor_lengths(mask, dmask, rows, g, fit)
-        same = torch.tensor([bool(rows[i]) and torch.equal(
-            clean[i, mask[i].to(clean.device)],
-            fitted(source[i, dmask[i].to(source.device)], int(mask[i].sum())).to(clean))
-            for i in range(mask.shape[0])], dtype=torch.bool)
+        same = torch.tensor(
+            [
+                bool(rows[i])
+                and torch.equal(
+                    clean[i, mask[i].to(clean.device)],
+                    fitted(source[i, dmask[i].to(source.device)], int(mask[i].sum())).to(clean),
+                )
+                for i in range(mask.shape[0])
+            ],
+            dtype=torch.bool,
+        )
         out[g] = Removal(g, mask, rows, same, source, dmask, injections=inj)
     return out
 
 
-def noise_removals(m, inputs, groups: Sequence[str], *, seed: int = 0, noise_scale: float = 3.0) -> dict[str, Removal]:
+def noise_removals(
+    m, inputs, groups: Sequence[str], *, seed: int = 0, noise_scale: float = 3.0
+) -> dict[str, Removal]:
     """Gaussian-noise :class:`Removal` (std ``noise_scale`` × the group's embedding std) of each of
     ``groups`` that ``inputs`` have positions of; every row is changed, none is ``same``. Each group's
     noise has its own seed (``seed + k`` for the k-th group), so with both removed the noises are independent."""
@@ -164,8 +190,13 @@ def noise_removals(m, inputs, groups: Sequence[str], *, seed: int = 0, noise_sca
         mask = inputs.groups.mask(g).cpu()
         if bool(mask.any()):
             b = mask.shape[0]
-            out[g] = Removal(g, mask, torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool),
-                             noise=(seed + k, noise_scale))
+            out[g] = Removal(
+                g,
+                mask,
+                torch.ones(b, dtype=torch.bool),
+                torch.zeros(b, dtype=torch.bool),
+                noise=(seed + k, noise_scale),
+            )
     return out
 
 
@@ -211,7 +242,9 @@ class Decomposition:
         return completeness(self.residual()[self.rows], self.decision[self.rows], self.rest[self.rows])
 
 
-def completeness(residual: torch.Tensor, decision: torch.Tensor, rest: torch.Tensor) -> dict[str, float | None]:
+def completeness(
+    residual: torch.Tensor, decision: torch.Tensor, rest: torch.Tensor
+) -> dict[str, float | None]:
     """``{"max_abs", "relative", "tolerance"}`` of the per-sample completeness ``residual`` ``[sample]`` (logits):
     ``relative = max |residual| / max(1, max |decision|, max |rest|)``; None without samples."""
     if residual.numel() == 0:
@@ -244,8 +277,9 @@ def shapley(values: Mapping[frozenset, torch.Tensor], players: Sequence[str]) ->
 
 
 @torch.no_grad()
-def decompose(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor,
-              removals: Mapping[str, Removal]) -> Decomposition:
+def decompose(
+    m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor, removals: Mapping[str, Removal]
+) -> Decomposition:
     """The decomposition (module docstring) of one batch; ``2 ** len(removals)`` forwards.
 
     Args:
@@ -266,7 +300,9 @@ def decompose(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor,
     inputs = m.inputs(inputs)
     players = tuple(removals)
     if not players:
-        raise InputError("the decomposition needs at least one group to remove; these inputs have none of the groups.")
+        raise InputError(
+            "the decomposition needs at least one group to remove; these inputs have none of the groups."
+        )
     batch, L = inputs["input_ids"].shape[0], m.arch.n_layers
     answer, counterfactual = torch.as_tensor(answer), torch.as_tensor(counterfactual)
     if answer.shape != (batch,) or counterfactual.shape != (batch,):
@@ -287,7 +323,9 @@ def decompose(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor,
                     if g not in kept:
                         stack.enter_context(removals[g].applied(m, inputs))
                 stack.enter_context(hooks(m, [(n, keep) for n in names]))
-                stack.enter_context(unembed_at(m, q))  # the logits are not read: unembed the answer position only
+                stack.enter_context(
+                    unembed_at(m, q)
+                )  # the logits are not read: unembed the answer position only
                 m.model(**inputs)
             x_final = saved[site_hook("resid_post", L - 1)]
             if readout is None:

@@ -37,11 +37,13 @@ each with a different content (and, for the image, at least one image); a sample
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 
+from mech.deprecation import renamed_keywords
 from mech.errors import ConfigError
 
 DONOR_GROUPS = ("image", "text")
@@ -200,6 +202,7 @@ def batch_donors(inputs, group: str, *, seed: int = 0):
     return index, rows
 
 
+@renamed_keywords(corruption="removal")
 def contributions_for_rows(
     m,
     samples: Sequence[dict],
@@ -208,11 +211,12 @@ def contributions_for_rows(
     *,
     estimators: Sequence[str] | None = None,
     seed: int = 0,
-    corruption: str = "resample",
+    removal: str = "resample",
 ):
     """Contributions of ``samples[rows]`` explaining the model's own decision, as ``mech contrib``
     computes them: complete inputs, :func:`mech.prepare.targets.decision_tokens` (top option vs runner-up),
     donors from ``donors`` (group -> :func:`pair_donors` over the whole ``samples``; {} for noise).
+    ``removal``: ``"resample"`` or ``"noise"``, as in :func:`mech.curves.modality_contributions`.
 
     Returns:
         ``(contributions, answer, counterfactual)``: :class:`mech.curves.Contributions` with
@@ -241,16 +245,17 @@ def contributions_for_rows(
         cf,
         estimators=tuple(estimators or ESTIMATORS),
         seed=seed,
-        corruption=corruption,
+        removal=removal,
         donors={g: (d[0], d[1]) for g, d in made.items()},
     )
     r = torch.arange(len(chunk))
-    c.components["decision"] = (last[r, answer.to(last.device)] - last[r, cf.to(last.device)]).float().cpu()
+    components = dict(c.components)
+    components["decision"] = (last[r, answer.to(last.device)] - last[r, cf.to(last.device)]).float().cpu()
     for g in PATCHED_GROUPS:
         if g in made:
-            c.components[f"missing.{g}"] = made[g][2].float()
+            components[f"missing.{g}"] = made[g][2].float()
         else:  # noise: only a row without the group's tokens has no estimate
-            c.components[f"missing.{g}"] = torch.where(
+            components[f"missing.{g}"] = torch.where(
                 clean.groups.mask(g).sum(-1).cpu() == 0, float(NO_POSITIONS), float(ESTIMATED)
             )
-    return c, answer, cf
+    return dataclasses.replace(c, components=components), answer, cf

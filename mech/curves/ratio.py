@@ -79,8 +79,14 @@ class Imbalance:
         return tidy(self.per_layer, {"layer": None}, value="delta")
 
     def to_json(self) -> dict:
-        return {"dominant": self.dominant, "underutilized": self.underutilized, "delta": self.delta,
-                "ci95": list(self.ci95), "contribution": self.contribution, "n": self.n}
+        return {
+            "dominant": self.dominant,
+            "underutilized": self.underutilized,
+            "delta": self.delta,
+            "ci95": list(self.ci95),
+            "contribution": self.contribution,
+            "n": self.n,
+        }
 
 
 def imbalance(
@@ -107,8 +113,10 @@ def imbalance(
             or a group missing.
     """
     if per_layer.dim() != 3 or per_layer.shape[-1] != len(groups):
-        raise InputError(f"contributions must be [sample, layer, group] with {len(groups)} groups; "
-                         f"got shape {tuple(per_layer.shape)}.")
+        raise InputError(
+            f"contributions must be [sample, layer, group] with {len(groups)} groups; "
+            f"got shape {tuple(per_layer.shape)}."
+        )
     if per_layer.shape[0] < 2:
         raise InputError("a bootstrap interval needs at least 2 samples; pass more samples (--n).")
     for g in (numerator, denominator):
@@ -119,8 +127,10 @@ def imbalance(
     keep = ~(torch.isnan(x[..., i]).any(1) | torch.isnan(x[..., j]).any(1))  # samples without an estimate
     x = x[keep]
     if x.shape[0] < 2:
-        raise InputError(f"only {x.shape[0]} sample(s) have {numerator} and {denominator} contributions; "
-                         "a bootstrap interval needs at least 2 (pass more samples, or pair donors).")
+        raise InputError(
+            f"only {x.shape[0]} sample(s) have {numerator} and {denominator} contributions; "
+            "a bootstrap interval needs at least 2 (pass more samples, or pair donors)."
+        )
     mean_layers = x.mean(dim=0)  # [layer, group]
     per_layer_delta = ratio(mean_layers[:, i], mean_layers[:, j]).float()
     pooled = pool_layers(x, pool)  # [sample, group]
@@ -132,11 +142,20 @@ def imbalance(
     draws = ratio(boot[:, i], boot[:, j])
     lo, hi = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=draws.dtype)).tolist()
     dominant, under = (numerator, denominator) if c[i].abs() >= c[j].abs() else (denominator, numerator)
-    return Imbalance(per_layer_delta, delta, (float(lo), float(hi)), dominant, under,
-                     {g: float(c[k]) for k, g in enumerate(groups)}, int(x.shape[0]))
+    return Imbalance(
+        per_layer_delta,
+        delta,
+        (float(lo), float(hi)),
+        dominant,
+        under,
+        {g: float(c[k]) for k, g in enumerate(groups)},
+        int(x.shape[0]),
+    )
 
 
-def curves(per_layer: torch.Tensor, groups: tuple[str, ...], cumulative: bool = False) -> dict[str, list[float]]:
+def curves(
+    per_layer: torch.Tensor, groups: tuple[str, ...], cumulative: bool = False
+) -> dict[str, list[float]]:
     """Sample-mean contribution per layer for each group (``cumulative``: running sum over layers)."""
     mean = per_layer.double().nanmean(dim=0)
     if cumulative:

@@ -47,29 +47,56 @@ def estimated(x: torch.Tensor, i: int, j: int) -> torch.Tensor:
     return ~(torch.isnan(x[..., i]).any(1) | torch.isnan(x[..., j]).any(1))
 
 
-def group_imbalance(x: torch.Tensor, groups: tuple[str, ...], pool: Pool, numerator: str, denominator: str,
-                    n_boot: int = 1000, seed: int = 0) -> dict:
+def group_imbalance(
+    x: torch.Tensor,
+    groups: tuple[str, ...],
+    pool: Pool,
+    numerator: str,
+    denominator: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """:meth:`mech.curves.ratio.Imbalance.to_json` of ``x`` ``[sample, layer, group]``; with fewer than 2
     estimated samples the same fields, ``ci95`` ``[None, None]`` (and ``delta`` None without any)."""
     try:
-        return imbalance(x, groups, pool=pool, numerator=numerator, denominator=denominator, n_boot=n_boot,
-                         seed=seed).to_json()
+        return imbalance(
+            x, groups, pool=pool, numerator=numerator, denominator=denominator, n_boot=n_boot, seed=seed
+        ).to_json()
     except InputError:
         i, j = groups.index(numerator), groups.index(denominator)
         x = x[estimated(x, i, j)].double()
         if x.shape[0] == 0:
-            return {"dominant": None, "underutilized": None, "delta": None, "ci95": [None, None],
-                    "contribution": {g: None for g in groups}, "n": 0}
+            return {
+                "dominant": None,
+                "underutilized": None,
+                "delta": None,
+                "ci95": [None, None],
+                "contribution": {g: None for g in groups},
+                "n": 0,
+            }
         c = pool_layers(x, pool).mean(0)
         big = bool(c[i].abs() >= c[j].abs())
-        return {"dominant": numerator if big else denominator, "underutilized": denominator if big else numerator,
-                "delta": float(ratio(c[i], c[j])), "ci95": [None, None],
-                "contribution": {g: float(c[k]) for k, g in enumerate(groups)}, "n": int(x.shape[0])}
+        return {
+            "dominant": numerator if big else denominator,
+            "underutilized": denominator if big else numerator,
+            "delta": float(ratio(c[i], c[j])),
+            "ci95": [None, None],
+            "contribution": {g: float(c[k]) for k, g in enumerate(groups)},
+            "n": int(x.shape[0]),
+        }
 
 
-def by_category(per_sample: Mapping[str, torch.Tensor], components: Mapping[str, torch.Tensor],
-                categories: Sequence[str], groups: tuple[str, ...], pools: Mapping[str, Pool], *,
-                numerator: str = "text", denominator: str = "image", n_boot: int = 1000) -> dict:
+def by_category(
+    per_sample: Mapping[str, torch.Tensor],
+    components: Mapping[str, torch.Tensor],
+    categories: Sequence[str],
+    groups: tuple[str, ...],
+    pools: Mapping[str, Pool],
+    *,
+    numerator: str = "text",
+    denominator: str = "image",
+    n_boot: int = 1000,
+) -> dict:
     """``by_category.{estimator}.{category}``: the fields of ``overall`` (``contribution``, ``dominant``,
     ``underutilized``, ``delta``, ``ci95``, ``n``) over the category's samples, plus ``decision`` (the
     mean logit difference being explained, over the same samples; None when it was not recorded) and,
@@ -102,7 +129,9 @@ def by_category(per_sample: Mapping[str, torch.Tensor], components: Mapping[str,
     return out
 
 
-def identical_donor(components: Mapping[str, torch.Tensor], keep: torch.Tensor, groups: Sequence[str]) -> dict:
+def identical_donor(
+    components: Mapping[str, torch.Tensor], keep: torch.Tensor, groups: Sequence[str]
+) -> dict:
     """``{"identical_donor": {group: share}, "blind": [groups]}`` over the samples ``keep`` (indices): the
     share whose donor's embeddings of the group equal their own (``components["same.<group>"]``, so
     removing the group changed no input and its contribution is 0 by construction), and the groups

@@ -25,14 +25,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sys
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from mech.errors import ConfigError
+
+__all__ = ["MassRecorder", "decoder_configs", "inner_function", "recording", "swap_attention"]
 
 _COUNTER = itertools.count()
 _FLASH = "flash_attention"
@@ -43,8 +45,10 @@ def inner_function(name: str, module: torch.nn.Module) -> Callable:
     if name in (None, "eager"):
         fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
         if fn is None:
-            raise ConfigError(f"{type(module).__name__} has no eager_attention_forward to wrap; load the model with "
-                              "attn_implementation='sdpa'.")
+            raise ConfigError(
+                f"{type(module).__name__} has no eager_attention_forward to wrap; load the model with "
+                "attn_implementation='sdpa'."
+            )
         return fn
     return ALL_ATTENTION_FUNCTIONS[name]
 
@@ -67,7 +71,9 @@ class MassRecorder:
     query rows: the attention each key position receives).
     """
 
-    def __init__(self, inner: str, query_index: torch.Tensor, query_valid: torch.Tensor, one_hot: torch.Tensor):
+    def __init__(
+        self, inner: str, query_index: torch.Tensor, query_valid: torch.Tensor, one_hot: torch.Tensor
+    ):
         self.inner = inner
         self.query_index = query_index
         self.query_valid = query_valid
@@ -87,8 +93,9 @@ class MassRecorder:
         return out
 
     # --------------------------------------------------------------------- the weights of the rows asked for
-    def _mask_rows(self, module, attention_mask, idx: torch.Tensor, q_len: int, kv_len: int,
-                   device, kwargs) -> torch.Tensor:
+    def _mask_rows(
+        self, module, attention_mask, idx: torch.Tensor, q_len: int, kv_len: int, device, kwargs
+    ) -> torch.Tensor:
         """Additive fp32 mask ``[batch, 1 or head, n_query, kv]`` for the selected query rows."""
         neg = torch.finfo(torch.float32).min
         batch, nq = idx.shape
@@ -123,19 +130,32 @@ class MassRecorder:
         q = torch.gather(query, 2, idx[:, None, :, None].expand(batch, n_heads, nq, d)).float()
         q = q.view(batch, n_kv, groups, nq, d)
         scaling = kwargs.get("scaling")
-        scaling = d ** -0.5 if scaling is None else scaling
+        scaling = d**-0.5 if scaling is None else scaling
         scores = torch.einsum("bkgqd,bksd->bkgqs", q, key.float()) * scaling
         softcap = kwargs.get("softcap")
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        key_ = (id(attention_mask), kv_len, q_len, kwargs.get("sliding_window"), kwargs.get("is_causal"),
-                getattr(module, "is_causal", True), query.device)
+        key_ = (
+            id(attention_mask),
+            kv_len,
+            q_len,
+            kwargs.get("sliding_window"),
+            kwargs.get("is_causal"),
+            getattr(module, "is_causal", True),
+            query.device,
+        )
         if key_ not in self._rows:
             # the cache keeps the mask object alive, so its id cannot be reused by another mask
-            self._rows[key_] = (attention_mask,
-                                self._mask_rows(module, attention_mask, idx, q_len, kv_len, query.device, kwargs))
+            self._rows[key_] = (
+                attention_mask,
+                self._mask_rows(module, attention_mask, idx, q_len, kv_len, query.device, kwargs),
+            )
         mask = self._rows[key_][1]
-        mask = mask.view(batch, 1, 1, nq, kv_len) if mask.shape[1] == 1 else mask.view(batch, n_kv, groups, nq, kv_len)
+        mask = (
+            mask.view(batch, 1, 1, nq, kv_len)
+            if mask.shape[1] == 1
+            else mask.view(batch, n_kv, groups, nq, kv_len)
+        )
         scores = (scores + mask).view(batch, n_heads, nq, kv_len)
         sinks = kwargs.get("s_aux")
         if sinks is not None:
@@ -162,7 +182,9 @@ class MassRecorder:
 
 def _mask_function(inner: str) -> Callable:
     """The mask builder the wrapped implementation expects (eager for an eager model)."""
-    return ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(inner or "eager", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    return ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(
+        inner or "eager", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+    )
 
 
 def decoder_configs(m: Any) -> list:
@@ -200,8 +222,10 @@ def swap_attention(m: Any, make_fn: Callable[[str], Callable], prefix: str) -> I
     configs = decoder_configs(m)
     previous = [c._attn_implementation_internal for c in configs]
     if len({p or "eager" for p in previous}) != 1:
-        raise ConfigError(f"the decoder's attention modules use different implementations {previous}; "
-                          "set one with model.set_attn_implementation('sdpa').")
+        raise ConfigError(
+            f"the decoder's attention modules use different implementations {previous}; "
+            "set one with model.set_attn_implementation('sdpa')."
+        )
     inner = previous[0] or "eager"
     fn = make_fn(inner)
     name = f"{prefix}_{next(_COUNTER)}"
@@ -219,8 +243,13 @@ def swap_attention(m: Any, make_fn: Callable[[str], Callable], prefix: str) -> I
 
 
 @contextlib.contextmanager
-def recording(m: Any, query_index: torch.Tensor, query_valid: torch.Tensor,
-              one_hot: torch.Tensor, recorder_cls: type[MassRecorder] | None = None) -> Iterator[MassRecorder]:
+def recording(
+    m: Any,
+    query_index: torch.Tensor,
+    query_valid: torch.Tensor,
+    one_hot: torch.Tensor,
+    recorder_cls: type[MassRecorder] | None = None,
+) -> Iterator[MassRecorder]:
     """Run the decoder under a :class:`MassRecorder` for the duration of the block.
 
     A name ``mech_mass_<n>`` is registered in ``AttentionInterface`` (the recorder) and in
@@ -233,6 +262,7 @@ def recording(m: Any, query_index: torch.Tensor, query_valid: torch.Tensor,
     Raises:
         ConfigError: the decoder configs disagree on their attention implementation.
     """
+
     def make(inner: str) -> MassRecorder:
         return (recorder_cls or MassRecorder)(inner, query_index, query_valid, one_hot)
 

@@ -32,13 +32,15 @@ restores the previous implementation and both registries in ``finally``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
 from mech.engines.attention_fn import inner_function, swap_attention
 from mech.errors import ConfigError
+
+__all__ = ["EdgeBlocker", "blocking"]
 
 
 class EdgeBlocker:
@@ -61,8 +63,10 @@ class EdgeBlocker:
 
     def __init__(self, inner: str, pairs: list[tuple], active: torch.Tensor):
         if inner.startswith("flash"):
-            raise ConfigError(f"attention knockout edits the 4-D attention mask, which {inner!r} does not take; "
-                              "load the model with attn_implementation='sdpa' (or 'eager').")
+            raise ConfigError(
+                f"attention knockout edits the 4-D attention mask, which {inner!r} does not take; "
+                "load the model with attn_implementation='sdpa' (or 'eager')."
+            )
         self.inner = inner
         self.pairs = pairs
         self.active = active
@@ -122,8 +126,10 @@ class EdgeBlocker:
         layer = int(module.layer_idx)
         act = self.active[:, layer]
         if query.shape[0] != act.shape[0]:
-            raise ConfigError(f"the knockout was set up for {act.shape[0]} rows but layer {layer} got a batch of "
-                              f"{query.shape[0]}; run the model on the inputs given to blocking().")
+            raise ConfigError(
+                f"the knockout was set up for {act.shape[0]} rows but layer {layer} got a batch of "
+                f"{query.shape[0]}; run the model on the inputs given to blocking()."
+            )
         if bool(act.any()):
             attention_mask = self.edited_mask(module, attention_mask, query, key, act, kwargs)
             self.calls[layer] = self.calls.get(layer, 0) + 1

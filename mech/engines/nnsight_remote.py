@@ -11,8 +11,10 @@ NDIF as it is (mech need not be installed there). Memory: O(layers × heads × q
 
     m = mech.engines.nnsight_remote.load_remote("Qwen/Qwen2.5-VL-7B-Instruct")   # config + processor only, no weights
     inputs = m.prepare(images, prompts)
-    am = mech.engines.nnsight_remote.attention_mass_nnsight(m, inputs, remote=True)   # needs NDIF_API_KEY in the environment
+    am = mech.measure.attention.remote.attention_mass_nnsight(m, inputs, remote=True)  # needs NDIF_API_KEY
 
+This module is the engine (:func:`trace_attention_mass`: the trace, reduced to per-group mass); the
+measurement, with query positions and the result, is :mod:`mech.measure.attention.remote`.
 ``attention_mass_nnsight(m, inputs, remote=False)`` on a locally loaded model runs the same trace
 here (equal to :func:`mech.attention_mass`); ``remote="local"`` serializes the request exactly as
 for NDIF and runs it here with mech hidden, nnsight's offline check of a remote run. What is not
@@ -31,7 +33,6 @@ import torch
 
 from mech.errors import ConfigError
 from mech.models.load import MechModel
-
 
 
 def _task(arch: Any) -> str:
@@ -108,38 +109,43 @@ def _attention_call(attn: Any) -> str:
     """Name of the operation that calls the attention function inside ``attn``'s forward."""
     names = [n for n in attn.source.names if n.startswith("attention_interface_")]
     if not names:
-        raise ConfigError("this family's attention forward does not call transformers' attention_interface; "
-                          "measure attention mass locally with mech.attention_mass.")
+        raise ConfigError(
+            "this family's attention forward does not call transformers' attention_interface; "
+            "measure attention mass locally with mech.attention_mass."
+        )
     return max(names, key=lambda n: int(n.rsplit("_", 1)[1]))
 
 
-def attention_mass_nnsight(m: MechModel, inputs: Any, query: Any = "last", *, remote: bool | str = False):
-    """:func:`mech.attention_mass` as an nnsight trace (module docstring), locally or on NDIF.
+def trace_attention_mass(
+    m: MechModel,
+    inp: Any,
+    index: torch.Tensor,
+    valid: torch.Tensor,
+    one_hot: torch.Tensor,
+    *,
+    remote: bool | str = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention weights of the query rows, reduced to token groups inside one nnsight trace (module
+    docstring): the engine under :func:`mech.measure.attention.remote.attention_mass_nnsight`.
 
     Args:
         m: :func:`load_remote` output (for ``remote=True``), or a locally loaded model.
-        inputs: ``m.prepare(...)`` output or raw processor outputs ``[batch, pos]``.
-        query: ``"last"``, ``"answer"``, ``"text"`` or a BoolTensor ``[batch, pos]`` (as
-            :func:`mech.attention_mass`).
+        inp: ``m.inputs(...)``: prepared inputs ``[batch, pos]`` with their token groups.
+        index: LongTensor ``[batch, n]``, the query positions of each row (on the CPU);
+        valid: BoolTensor ``[batch, n]``, which of them are real (as
+            :func:`mech.engines.attention_fn.recording` takes them).
+        one_hot: float32 ``[batch, pos, group]``, each position's token group (on the CPU).
         remote: False (run here), True (NDIF; needs nnsight's API key), ``"local"`` (serialize as
             for NDIF, run here), or a host URL.
 
     Returns:
-        :class:`mech.measure.attention.AttentionMass` with ``mass [batch, layer, head, group]`` in fp32.
+        ``(mass [batch, layer, head, group], keys [batch, layer, pos])`` in fp32 on the CPU: the mean over
+        the valid query rows of the softmax weights summed per group, and per key position (mean over heads).
 
     Raises:
-        UnsupportedArchitectureError: cross-attention families (Mllama).
-        ConfigError: unknown ``query``; an attention forward without ``attention_interface``.
-        InputError: a row without query positions.
+        ConfigError: an attention forward without ``attention_interface``.
     """
-    from mech.measure.attention import assemble_mass, query_positions
-
-    m.require_decoder_sequence("attention_mass_nnsight")
-    inp = m.inputs(inputs)
     groups = inp.groups
-    index, valid, label = query_positions(groups, query)
-    index, valid = index.cpu(), valid.cpu()
-    one_hot = groups.one_hot(torch.float32).cpu()  # [b, k, g]
     pos = torch.arange(groups.labels.shape[1])
     # fallback when a layer gets no mask (SDPA's causal path): causal, padding excluded -> [b, n, 1, k]
     allowed = ((pos[None, None, :] <= index[:, :, None]) & groups.valid.cpu()[:, None, :])[:, :, None, :]
@@ -173,4 +179,20 @@ def attention_mass_nnsight(m: MechModel, inputs: Any, query: Any = "last", *, re
                 keys.append((w.mean(2) * v[:, :, None]).sum(1) / nv[:, None])
             mass_all = torch.stack(masses, 1).detach().cpu().save()  # [b, layer, head, group]
             keys_all = torch.stack(keys, 1).detach().cpu().save()  # [b, layer, pos]
-    return assemble_mass(m, inp, mass_all, keys_all, label, valid)
+    return mass_all, keys_all
+
+
+def __getattr__(name: str) -> Any:
+    """``attention_mass_nnsight``, the measurement, moved up to :mod:`mech.measure.attention.remote` (an
+    engine imports no instrument): the old path keeps working for one release, with a warning."""
+    if name == "attention_mass_nnsight":
+        import importlib
+
+        from mech.deprecation import warn_renamed
+
+        warn_renamed(
+            "mech.engines.nnsight_remote.attention_mass_nnsight",
+            "mech.measure.attention.remote.attention_mass_nnsight",
+        )
+        return importlib.import_module("mech.measure.attention.remote").attention_mass_nnsight
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,10 +23,9 @@ import torch
 from transformers import Cache
 
 from mech.engines import hooks as H
-from mech.errors import InputError
 from mech.engines.hooks import site_hook
 from mech.engines.unembed import unembed_at
-
+from mech.errors import InputError
 
 #: sites whose replacement is the input of the first layer run (handled without a hook)
 RESIDUAL_INPUT = ("resid_pre", "resid_post")
@@ -55,7 +54,7 @@ class Capture:
 def capture(m, inputs, context=None) -> Capture:
     """One full forward of ``inputs`` recording what :func:`run_from` needs (see the module docstring).
 
-    ``context``: optional context manager active during the forward (e.g. ``corrupt_features``).
+    ``context``: optional context manager active during the forward (e.g. ``feature_condition``).
     """
     arch, model = m.arch, m.model
     n = arch.n_layers
@@ -68,21 +67,27 @@ def capture(m, inputs, context=None) -> Capture:
         def hook(mod, args, kw):
             hit = H.find_hidden(args, kw, arch.d_model)
             if hit is None:
-                raise InputError(f"decoder layer {l} was called without a hidden-state input; "
-                                 "mech's prefix reuse cannot capture it")
+                raise InputError(
+                    f"decoder layer {l} was called without a hidden-state input; "
+                    "mech's prefix reuse cannot capture it"
+                )
             resid[l] = hit[1].detach()
             if l < n:
                 if args[1:] or hit[0] != 0 and args:
-                    raise InputError(f"decoder layer {l} got positional arguments besides the hidden states; "
-                                     "mech's prefix reuse needs keyword arguments")
+                    raise InputError(
+                        f"decoder layer {l} got positional arguments besides the hidden states; "
+                        "mech's prefix reuse needs keyword arguments"
+                    )
                 # A transformers Cache (whatever its keyword: past_key_values, cache, ...) is dropped, so
                 # a replay never appends to the full run's cache.
                 kwargs[l] = {k: (None if isinstance(v, Cache) else v) for k, v in kw.items() if k != hit[0]}
+
         return hook
 
     def post(l):
         def hook(mod, args, out):
             outs[l] = H.first_output(out).detach()
+
         return hook
 
     try:
@@ -109,8 +114,10 @@ def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
         if value.dim() == 0 or value.shape[0] == 1 and batch != 1:
             return value
         if value.shape[0] != batch:
-            raise InputError(f"cannot find the batch axis of a layer argument of shape {tuple(value.shape)} "
-                             f"(batch {batch}); this family's layer call is not supported by prefix reuse")
+            raise InputError(
+                f"cannot find the batch axis of a layer argument of shape {tuple(value.shape)} "
+                f"(batch {batch}); this family's layer call is not supported by prefix reuse"
+            )
         return value[rows.to(value.device)]
     if isinstance(value, tuple):
         return tuple(_rows(v, rows, batch) for v in value)
@@ -153,8 +160,15 @@ class Config:
     head: int | None = None
 
 
-def patched_logits(m, cap: Capture, site: str, configs: list[Config], alignments, source: dict[str, torch.Tensor],
-                   max_rows: int = 256) -> torch.Tensor:
+def patched_logits(
+    m,
+    cap: Capture,
+    site: str,
+    configs: list[Config],
+    alignments,
+    source: dict[str, torch.Tensor],
+    max_rows: int = 256,
+) -> torch.Tensor:
     """Logits ``[config, batch, vocab]`` of the patched runs of ``configs`` (all at one layer).
 
     ``source[hook_name]`` holds the source run's activation ``[batch, pos, ...]`` at each patched layer.
@@ -169,7 +183,7 @@ def patched_logits(m, cap: Capture, site: str, configs: list[Config], alignments
     per = max(1, max_rows // batch)
     out = []
     for i in range(0, len(configs), per):
-        chunk = configs[i:i + per]
+        chunk = configs[i : i + per]
         rows = torch.arange(batch).repeat(len(chunk))
         r_idx, t_idx, s_row, s_idx, h_idx = [], [], [], [], []
         for k, c in enumerate(chunk):
@@ -180,8 +194,9 @@ def patched_logits(m, cap: Capture, site: str, configs: list[Config], alignments
                 s_idx += sp.tolist()
                 h_idx += [c.head if c.head is not None else 0] * len(tp)
         dev = src.device
-        r_idx, t_idx, s_row, s_idx, h_idx = (torch.tensor(v, dtype=torch.long, device=dev)
-                                             for v in (r_idx, t_idx, s_row, s_idx, h_idx))
+        r_idx, t_idx, s_row, s_idx, h_idx = (
+            torch.tensor(v, dtype=torch.long, device=dev) for v in (r_idx, t_idx, s_row, s_idx, h_idx)
+        )
 
         def patch(x, hook=None):
             x = x.clone()

@@ -21,6 +21,8 @@ from typing import Any
 
 from mech.errors import ConfigError
 
+__all__ = ["WithInputs", "boot_bridge", "no_runtime_install"]
+
 
 @contextlib.contextmanager
 def no_runtime_install():
@@ -50,11 +52,12 @@ def boot_bridge(m, directory: str | Path | None = None):
         ConfigError: transformer_lens is not installed (``pip install mech[tl]``).
     """
     try:
-        from transformer_lens.model_bridge import TransformerBridge
         import transformer_lens.model_bridge.sources.transformers.source as source
+        from transformer_lens.model_bridge import TransformerBridge
     except ImportError as exc:
-        raise ConfigError("TransformerLens >= 4 is needed for the bridge; install the tl extra (pip install "
-                          "'mech[tl]')") from exc
+        raise ConfigError(
+            "TransformerLens >= 4 is needed for the bridge; install the tl extra (pip install 'mech[tl]')"
+        ) from exc
     if directory is None:
         spec_dir = Path(str(m.meta.get("dir", m.spec)))
         if spec_dir.is_dir():

@@ -13,8 +13,12 @@ from matplotlib.figure import Figure
 from mech.figures.style import GROUP_COLORS, RC, finish, new_figure, style, wrap
 
 #: what the query rows of ``attention_mass(query=...)`` are, in words
-QUERY_WORDS = {"last": "the answer position", "answer": "the answer tokens", "text": "the text tokens",
-               "mask": "the chosen rows"}
+QUERY_WORDS = {
+    "last": "the answer position",
+    "answer": "the answer tokens",
+    "text": "the text tokens",
+    "mask": "the chosen rows",
+}
 #: at most this many single layers in :func:`image_overlay` (more layers: evenly spaced ones)
 MAX_PANELS = 7
 
@@ -47,8 +51,13 @@ def mass_curves(am: Any, title: str = "") -> Figure:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3, lw=0.5)
         ax.set_title(wrap(title or f"Attention mass from {_query(am)} (n = {am.mass.shape[0]})", 3.3))
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=4, handlelength=1.8,
-                   columnspacing=1.0)
+        fig.legend(
+            *ax.get_legend_handles_labels(),
+            loc="outside lower center",
+            ncol=4,
+            handlelength=1.8,
+            columnspacing=1.0,
+        )
     return finish(fig)
 
 
@@ -60,14 +69,27 @@ def head_heatmap(am: Any, group: str = "image", title: str = "") -> Figure:
     with style():
         fig = new_figure(min(7.0, max(3.3, 0.28 * n_heads + 1.6)), min(9.0, max(2.6, 0.2 * n_layers + 1.4)))
         ax = fig.add_subplot()
-        im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, float(data.max())),
-                       origin="lower", interpolation="nearest")
+        im = ax.imshow(
+            data,
+            aspect="auto",
+            cmap="viridis",
+            vmin=0,
+            vmax=max(1e-6, float(data.max())),
+            origin="lower",
+            interpolation="nearest",
+        )
         ax.set_xlabel("head")
         ax.set_ylabel("decoder layer")
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=12))
-        ax.set_title(wrap(title or f"Attention mass on {group} tokens per head\n"
-                          f"(from {_query(am)}; mean over n = {am.mass.shape[0]})", fig.get_figwidth() - 0.3))
+        ax.set_title(
+            wrap(
+                title
+                or f"Attention mass on {group} tokens per head\n"
+                f"(from {_query(am)}; mean over n = {am.mass.shape[0]})",
+                fig.get_figwidth() - 0.3,
+            )
+        )
         fig.colorbar(im, ax=ax, label=f"mass on {group}", shrink=0.9)
     return finish(fig)
 
@@ -80,8 +102,14 @@ def overlay_layers(n_layers: int) -> list[int]:
     return sorted(set(np.linspace(0, n_layers - 1, MAX_PANELS).round().astype(int).tolist()))
 
 
-def image_overlay(am: Any, image: Any, row: int = 0, layers: list[int] | None = None, title: str = "",
-                  sample: str | None = None) -> Figure | None:
+def image_overlay(
+    am: Any,
+    image: Any,
+    row: int = 0,
+    layers: list[int] | None = None,
+    title: str = "",
+    sample: str | None = None,
+) -> Figure | None:
     """The attention of row ``row`` (sample id ``sample``) on each image patch (head- and
     query-mean), drawn over the image in grey, for each layer (or ``layers``; default
     :func:`overlay_layers`) and the mean over layers, with one colour scale for all panels. The first
@@ -102,8 +130,11 @@ def image_overlay(am: Any, image: Any, row: int = 0, layers: list[int] | None = 
     vmax = max(1e-6, max(float(p.max()) for _, p in panels))
     ncols = min(4, len(panels) + 1)
     nrows = -(-(len(panels) + 1) // ncols)
-    which = "all layers" if layers is None and len(chosen) == am.n_layers else (
-        "evenly spaced layers" if layers is None else "chosen layers")
+    which = (
+        "all layers"
+        if layers is None and len(chosen) == am.n_layers
+        else ("evenly spaced layers" if layers is None else "chosen layers")
+    )
     with style():
         fig = new_figure(1.1 * ncols + 0.8, 1.3 * nrows + 0.7)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -111,17 +142,30 @@ def image_overlay(am: Any, image: Any, row: int = 0, layers: list[int] | None = 
         axes[0].set_title("input" + (f"\n{sample}" if sample else ""), fontsize=7)
         for ax, (name, heat) in zip(axes[1:], panels):
             ax.imshow(grey, cmap="gray", vmin=-0.2, vmax=1, interpolation="nearest")
-            im = ax.imshow(heat, cmap="inferno", alpha=0.7, vmin=0, vmax=vmax, interpolation="nearest",
-                           extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            im = ax.imshow(
+                heat,
+                cmap="inferno",
+                alpha=0.7,
+                vmin=0,
+                vmax=vmax,
+                interpolation="nearest",
+                extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+            )
             ax.set_title(f"{name}\nΣ image = {float(heat.sum()):.2f}", fontsize=7)
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
-        for ax in axes[len(panels) + 1:]:
+        for ax in axes[len(panels) + 1 :]:
             ax.set_axis_off()
         fig.colorbar(im, ax=list(axes), shrink=0.8, label="attention per patch (fraction)")
         who = f"sample {sample}" if sample else f"row {row}"
-        fig.suptitle(wrap(title or f"Attention from {_query(am)} to the image patches of {who}\n"
-                          f"({rows}×{cols} grid, {which}; one colour scale)", fig.get_figwidth() - 0.2,
-                          RC["figure.titlesize"]))
+        fig.suptitle(
+            wrap(
+                title
+                or f"Attention from {_query(am)} to the image patches of {who}\n"
+                f"({rows}×{cols} grid, {which}; one colour scale)",
+                fig.get_figwidth() - 0.2,
+                RC["figure.titlesize"],
+            )
+        )
     return finish(fig)

@@ -4,16 +4,26 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from mech.figures.style import GROUP_COLORS, OKABE_ITO, RC, SERIES, finish, new_figure, style, wrap
 
-UNITS = {"attention": "attention mass (fraction)", "patching": "restored logit diff (logits)",
-         "dla": "direct logit attribution (logits)", "decomposition": "Shapley share (logits)"}
-TITLES = {"attention": "attention mass", "patching": "patching (restore a removed group)",
-          "dla": "direct logit attribution", "decomposition": "decomposition (Shapley)"}
+UNITS = {
+    "attention": "attention mass (fraction)",
+    "patching": "restored logit diff (logits)",
+    "dla": "direct logit attribution (logits)",
+    "decomposition": "Shapley share (logits)",
+}
+TITLES = {
+    "attention": "attention mass",
+    "patching": "patching (restore a removed group)",
+    "dla": "direct logit attribution",
+    "decomposition": "decomposition (Shapley)",
+}
 #: hatching of the decomposition's components in its stacked bars
 HATCH = {"attn": "", "mlp": "////"}
 COMPONENT_NAMES = {"attn": "attention", "mlp": "MLP"}
@@ -30,8 +40,12 @@ def _present(ys) -> bool:
 
 #: colour, line style and marker of each estimator's Δ curve: none of the token groups' colours
 #: (GROUP_COLORS), so an estimator's line is never read as a group's
-ESTIMATOR_STYLE = {"attention": (OKABE_ITO["black"], "-", "o"), "patching": (OKABE_ITO["purple"], "--", "s"),
-                   "dla": (OKABE_ITO["sky"], ":", "^"), "decomposition": (OKABE_ITO["green"], "-.", "D")}
+ESTIMATOR_STYLE = {
+    "attention": (OKABE_ITO["black"], "-", "o"),
+    "patching": (OKABE_ITO["purple"], "--", "s"),
+    "dla": (OKABE_ITO["sky"], ":", "^"),
+    "decomposition": (OKABE_ITO["green"], "-.", "D"),
+}
 
 
 def _ratio_label(contrib: dict) -> str:
@@ -61,8 +75,18 @@ def decomposition_panel(ax, contrib: dict, handles: dict) -> None:
         for g in players:
             ys = _values(dec["components"][comp][g])
             base = [up[k] if y >= 0 else down[k] for k, y in enumerate(ys)]
-            bars = ax.bar(range(n_layers), ys, width, bottom=base, color=GROUP_COLORS.get(g), hatch=HATCH[comp],
-                          edgecolor="white", lw=0.3, alpha=0.85, label=f"{COMPONENT_NAMES[comp]} · {g}")
+            bars = ax.bar(
+                range(n_layers),
+                ys,
+                width,
+                bottom=base,
+                color=GROUP_COLORS.get(g),
+                hatch=HATCH[comp],
+                edgecolor="white",
+                lw=0.3,
+                alpha=0.85,
+                label=f"{COMPONENT_NAMES[comp]} · {g}",
+            )
             handles.setdefault(f"{COMPONENT_NAMES[comp]} · {g}", bars)
             for k, y in enumerate(ys):
                 if y == y:
@@ -83,13 +107,24 @@ def _num(x) -> str:
     return "–" if x is None or x != x else f"{x:.2f}"
 
 
-def contribution_figure(contrib: dict, title: str = "") -> Figure:
-    """A grid of panels: one per estimator with the per-layer contribution of each group the model
+def as_contrib_json(contrib: Any) -> Mapping[str, Any]:
+    """``contrib.json`` content: ``contrib`` itself when it is one, else ``contrib.to_json()`` of a
+    :class:`mech.curves.Contributions` (so a figure plots the result object without serialising it first)."""
+    from mech.curves.contributions import Contributions
+
+    return contrib.to_json() if isinstance(contrib, Contributions) else contrib
+
+
+def contribution_figure(contrib: Any, title: str = "") -> Figure:
+    """``contrib``: a :class:`mech.curves.Contributions` or ``contrib.json`` content.
+
+    A grid of panels: one per estimator with the per-layer contribution of each group the model
     has (all-zero groups, e.g. video and audio for an image model, are left out), and a last panel
     with Δ (``contrib["ratio"]``) per layer for every estimator (log scale; dashed: Δ = 1), the
     overall Δ and its 95% interval in its legend. One legend of the groups for all panels. The
     ``decomposition`` panel (:func:`decomposition_panel`) has stacked bars by component × modality and
     the cumulative curves instead of per-layer lines, with its own legend of the components."""
+    contrib = as_contrib_json(contrib)
     ests = list(contrib["curves"])
     n_panels = len(ests) + 1
     ncols = 2 if n_panels > 1 else 1
@@ -110,19 +145,27 @@ def contribution_figure(contrib: dict, title: str = "") -> Figure:
             for g, ys in contrib["curves"][est].items():
                 if not _present(ys):
                     continue
-                line, = ax.plot(range(len(ys)), _values(ys), marker="o", label=g, color=GROUP_COLORS.get(g))
+                (line,) = ax.plot(range(len(ys)), _values(ys), marker="o", label=g, color=GROUP_COLORS.get(g))
                 handles.setdefault(g, line)
             ax.set_title(TITLES.get(est, est))
             ax.set_ylabel(UNITS.get(est, est))
             ax.axhline(0, color="black", lw=0.5)
         ax = axes[len(ests)]
         for k, est in enumerate(ests):
-            ys = [y if y is not None and y > 0 else math.nan for y in _values(contrib["imbalance_ratio"][est])]
+            ys = [
+                y if y is not None and y > 0 else math.nan for y in _values(contrib["imbalance_ratio"][est])
+            ]
             o = contrib["overall"][est]
             lo, hi = o["ci95"]
             color, ls, marker = ESTIMATOR_STYLE.get(est, (SERIES[k % len(SERIES)], "-", "o"))
-            ax.plot(range(len(ys)), ys, marker=marker, ls=ls, color=color,
-                    label=f"{est}: {_num(o['delta'])} [{_num(lo)}, {_num(hi)}]")
+            ax.plot(
+                range(len(ys)),
+                ys,
+                marker=marker,
+                ls=ls,
+                color=color,
+                label=f"{est}: {_num(o['delta'])} [{_num(lo)}, {_num(hi)}]",
+            )
         ax.axhline(1, color="black", lw=0.8, ls="--")
         ax.set_yscale("log")
         _headroom(ax, [y for line in ax.get_lines() for y in line.get_ydata()])
@@ -141,8 +184,10 @@ def contribution_figure(contrib: dict, title: str = "") -> Figure:
     return finish(fig)
 
 
-def compare_figure(results: dict[str, dict], title: str = "") -> Figure:
-    """Overall Δ with 95% intervals per estimator (log scale; dashed: Δ = 1), one bar per model."""
+def compare_figure(results: Mapping[str, Any], title: str = "") -> Figure:
+    """Overall Δ with 95% intervals per estimator (log scale; dashed: Δ = 1), one bar per model;
+    ``results``: model name -> :class:`mech.curves.Contributions` or ``contrib.json`` content."""
+    results = {name: as_contrib_json(r) for name, r in results.items()}
     models = list(results)
     first = next(iter(results.values()))
     ests = list(first["overall"])
@@ -154,15 +199,27 @@ def compare_figure(results: dict[str, dict], title: str = "") -> Figure:
             o = results[name]["overall"]
             xs = [i + k * width for i in range(len(ests))]
             d = [o[e]["delta"] for e in ests]
-            err = [[d[i] - o[e]["ci95"][0] for i, e in enumerate(ests)],
-                   [o[e]["ci95"][1] - d[i] for i, e in enumerate(ests)]]
+            err = [
+                [d[i] - o[e]["ci95"][0] for i, e in enumerate(ests)],
+                [o[e]["ci95"][1] - d[i] for i, e in enumerate(ests)],
+            ]
             n = results[name].get("n")
-            ax.bar(xs, d, width, yerr=err, capsize=2.5, error_kw={"lw": 0.8}, color=SERIES[k % len(SERIES)],
-                   label=name + (f" (n = {n})" if n else ""))
+            ax.bar(
+                xs,
+                d,
+                width,
+                yerr=err,
+                capsize=2.5,
+                error_kw={"lw": 0.8},
+                color=SERIES[k % len(SERIES)],
+                label=name + (f" (n = {n})" if n else ""),
+            )
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(ests))], ests)
         ax.axhline(1, color="black", lw=0.8, ls="--")
         ax.set_yscale("log")
         ax.set_ylabel(f"overall {_ratio_label(first)}")
-        ax.set_title(wrap(title or "Modality imbalance ratio by estimator (95% CI)", fig.get_figwidth() - 0.5))
+        ax.set_title(
+            wrap(title or "Modality imbalance ratio by estimator (95% CI)", fig.get_figwidth() - 0.5)
+        )
         fig.legend(loc="outside lower center", ncol=len(models))  # never over a bar or the Δ = 1 line
     return finish(fig)

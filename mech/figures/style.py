@@ -20,14 +20,36 @@ import matplotlib
 from matplotlib.figure import Figure
 
 #: Okabe & Ito (2008), the colour-blind-safe qualitative palette
-OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "green": "#009E73", "vermillion": "#D55E00",
-             "sky": "#56B4E9", "purple": "#CC79A7", "yellow": "#F0E442", "black": "#000000", "grey": "#888888"}
-GROUP_COLORS = {"image": OKABE_ITO["blue"], "text": OKABE_ITO["orange"], "template": OKABE_ITO["grey"],
-                "bos": OKABE_ITO["vermillion"], "video": OKABE_ITO["purple"], "audio": OKABE_ITO["sky"],
-                "last": OKABE_ITO["green"]}
+OKABE_ITO = {
+    "blue": "#0072B2",
+    "orange": "#E69F00",
+    "green": "#009E73",
+    "vermillion": "#D55E00",
+    "sky": "#56B4E9",
+    "purple": "#CC79A7",
+    "yellow": "#F0E442",
+    "black": "#000000",
+    "grey": "#888888",
+}
+GROUP_COLORS = {
+    "image": OKABE_ITO["blue"],
+    "text": OKABE_ITO["orange"],
+    "template": OKABE_ITO["grey"],
+    "bos": OKABE_ITO["vermillion"],
+    "video": OKABE_ITO["purple"],
+    "audio": OKABE_ITO["sky"],
+    "last": OKABE_ITO["green"],
+}
 #: one colour per model / series, in order
-SERIES = (OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["green"], OKABE_ITO["vermillion"],
-          OKABE_ITO["purple"], OKABE_ITO["sky"], OKABE_ITO["black"])
+SERIES = (
+    OKABE_ITO["blue"],
+    OKABE_ITO["orange"],
+    OKABE_ITO["green"],
+    OKABE_ITO["vermillion"],
+    OKABE_ITO["purple"],
+    OKABE_ITO["sky"],
+    OKABE_ITO["black"],
+)
 SEQUENTIAL = "viridis"
 DIVERGING = "RdBu_r"
 DPI = 300
@@ -35,9 +57,20 @@ DPI = 300
 SCREEN_DPI = 150
 
 #: text sizes (pt) for figures of about one column (3.5 in) per panel
-RC = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-      "legend.fontsize": 7, "figure.titlesize": 9, "axes.linewidth": 0.6, "lines.linewidth": 1.3,
-      "lines.markersize": 3.5, "legend.frameon": False, "image.cmap": SEQUENTIAL}
+RC = {
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 9,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 3.5,
+    "legend.frameon": False,
+    "image.cmap": SEQUENTIAL,
+}
 
 
 @contextmanager
@@ -71,6 +104,7 @@ def wrap(text: str, width_in: float, fontsize: float | None = None) -> str:
 
 def text_color(rgba) -> str:
     """Black or white, whichever reads better on a cell of colour ``rgba`` (WCAG relative luminance)."""
+
     def lin(c: float) -> float:
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
 

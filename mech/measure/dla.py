@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mech.deprecation import renamed_keywords
 from mech.engines.attention_fn import MassRecorder, recording
+from mech.engines.hooks import hooks, site_hook
 from mech.engines.unembed import unembed_at
 from mech.errors import InputError
-from mech.engines.hooks import hooks, site_hook
+from mech.models.load import takes_model
 
 
 class ValueSplitRecorder(MassRecorder):
@@ -46,7 +48,7 @@ class ValueSplitRecorder(MassRecorder):
         super().reduce(layer, w, value)
         groups_per_kv = w.shape[1] // value.shape[1]
         v = value.float().repeat_interleave(groups_per_kv, dim=1)  # [b, h, s, d]
-        one_hot = self.one_hot.to(w.device)[:, -w.shape[-1]:]
+        one_hot = self.one_hot.to(w.device)[:, -w.shape[-1] :]
         valid = self.query_valid.to(w.device).float()
         n = valid.sum(-1).clamp(min=1)
         self.z[layer] = torch.einsum("bhqs,bsg,bhsd,bq->bhgd", w, one_hot, v, valid) / n[:, None, None, None]
@@ -105,8 +107,9 @@ class DLA:
 
     def total(self) -> torch.Tensor:
         """``[batch]``: the sum of every component (equals ``logit_diff`` up to float error)."""
-        return (self.attn.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.embed
-                + self.unembed_bias)
+        return (
+            self.attn.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.embed + self.unembed_bias
+        )
 
 
 def _ratio(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -164,20 +167,28 @@ class Readout:
         return (write.float() * self.scale.to(dev).view(shape) * self.direction.to(dev).view(shape)).sum(-1)
 
 
-def frozen_readout(m, x_final: torch.Tensor, answer_ids: torch.Tensor, counterfactual_ids: torch.Tensor) -> Readout:
+@renamed_keywords(answer_ids="answer", counterfactual_ids="counterfactual")
+def frozen_readout(m, x_final: torch.Tensor, answer: torch.Tensor, counterfactual: torch.Tensor) -> Readout:
     """The :class:`Readout` frozen at ``x_final`` ``[batch, d_model]`` (the last layer's ``resid_post`` at
     the answer position, fp32), through the family table's ``ln_final`` and ``unembed`` (read once here,
-    also under accelerate offload). ``answer_ids`` / ``counterfactual_ids``: LongTensor ``[batch]``."""
+    also under accelerate offload). ``answer`` / ``counterfactual``: LongTensor ``[batch]`` token ids."""
     ln_final = m.arch.module(m.model, "ln_final")
     scale = _ratio(_norm(ln_final, x_final), x_final)
     unembed = m.arch.module(m.model, "unembed")
-    answer_ids, counterfactual_ids = torch.as_tensor(answer_ids), torch.as_tensor(counterfactual_ids)
+    answer_ids, counterfactual_ids = torch.as_tensor(answer), torch.as_tensor(counterfactual)
     with _weights(unembed):  # weights read outside a forward: materialise them under accelerate offload
         w_u = unembed.weight.float()
-        direction = (w_u[answer_ids.to(w_u.device)] - w_u[counterfactual_ids.to(w_u.device)]).to(x_final.device)
+        direction = (w_u[answer_ids.to(w_u.device)] - w_u[counterfactual_ids.to(w_u.device)]).to(
+            x_final.device
+        )
         b_u = getattr(unembed, "bias", None)
-        ub = ((b_u[answer_ids.to(b_u.device)] - b_u[counterfactual_ids.to(b_u.device)]).float().to(x_final.device)
-              if b_u is not None else torch.zeros(x_final.shape[0], device=x_final.device))
+        ub = (
+            (b_u[answer_ids.to(b_u.device)] - b_u[counterfactual_ids.to(b_u.device)])
+            .float()
+            .to(x_final.device)
+            if b_u is not None
+            else torch.zeros(x_final.shape[0], device=x_final.device)
+        )
     return Readout(scale, direction, ub)
 
 
@@ -187,15 +198,18 @@ def final_norm(m, x: torch.Tensor) -> torch.Tensor:
     return _norm(m.arch.module(m.model, "ln_final"), x)
 
 
+@renamed_keywords(answer_ids="answer", counterfactual_ids="counterfactual")
 @torch.no_grad()
-def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual_ids: torch.Tensor) -> DLA:
+@takes_model
+def direct_logit_attribution(m, inputs, answer: torch.Tensor, counterfactual: torch.Tensor) -> DLA:
     """Modality-resolved DLA at the answer (last) position, one forward.
 
     Args:
         m: a :class:`~mech.MechModel` of a family whose images are decoder tokens.
         inputs: ``prepare`` or raw processor outputs ``[batch, pos]``.
-        answer_ids / counterfactual_ids: LongTensor ``[batch]``: the answer token and the token it is
-            compared with (e.g. the prior answer or the best wrong option).
+        answer / counterfactual: LongTensor ``[batch]``: the answer token and the token it is
+            compared with (e.g. the prior answer or the best wrong option). ``answer_ids=`` /
+            ``counterfactual_ids=`` are their deprecated spellings (they warn).
 
     Returns:
         :class:`DLA`, every component in logits.
@@ -208,11 +222,13 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
     inputs = m.inputs(inputs)
     groups = inputs.groups
     batch = inputs["input_ids"].shape[0]
-    answer_ids, counterfactual_ids = torch.as_tensor(answer_ids), torch.as_tensor(counterfactual_ids)
-    for name, ids in (("answer_ids", answer_ids), ("counterfactual_ids", counterfactual_ids)):
+    answer_ids, counterfactual_ids = torch.as_tensor(answer), torch.as_tensor(counterfactual)
+    for name, ids in (("answer", answer_ids), ("counterfactual", counterfactual_ids)):
         if ids.shape != (batch,) or ids.min() < 0 or ids.max() >= m.arch.vocab_size:
-            raise InputError(f"{name} must be a LongTensor [batch={batch}] of token ids < {m.arch.vocab_size}; "
-                             f"got shape {tuple(ids.shape)}.")
+            raise InputError(
+                f"{name} must be a LongTensor [batch={batch}] of token ids < {m.arch.vocab_size}; "
+                f"got shape {tuple(ids.shape)}."
+            )
     q = groups.last()
     rows = torch.arange(batch, device=q.device)
     L = m.arch.n_layers
@@ -221,10 +237,22 @@ def direct_logit_attribution(m, inputs, answer_ids: torch.Tensor, counterfactual
     def keep(x, hook):
         saved[hook.name] = x[rows, q].detach().float()
 
-    names = ["hook_embed"] + [site_hook(s, l) for l in range(L)
-                              for s in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
-    with recording(m, q[:, None], torch.ones(batch, 1, dtype=torch.bool), groups.one_hot(),
-                   recorder_cls=ValueSplitRecorder) as rec, hooks(m, [(n, keep) for n in names]), unembed_at(m, q):
+    names = ["hook_embed"] + [
+        site_hook(s, l)
+        for l in range(L)
+        for s in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+    ]
+    with (
+        recording(
+            m,
+            q[:, None],
+            torch.ones(batch, 1, dtype=torch.bool),
+            groups.one_hot(),
+            recorder_cls=ValueSplitRecorder,
+        ) as rec,
+        hooks(m, [(n, keep) for n in names]),
+        unembed_at(m, q),
+    ):
         m.model(**inputs)  # the logits are not read; the unembedding runs at the answer position only
     x_final = saved[site_hook("resid_post", L - 1)]
     ln_final = m.arch.module(m.model, "ln_final")

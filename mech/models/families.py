@@ -18,8 +18,13 @@ from types import MappingProxyType
 
 from mech.models.schema import ArchitectureTable
 
+__all__ = ["TABLES"]
+
 _IMAGE = {"image": ("image_token_id", "image_token_index")}
-_IMAGE_VIDEO = {"image": ("image_token_id", "image_token_index"), "video": ("video_token_id", "video_token_index")}
+_IMAGE_VIDEO = {
+    "image": ("image_token_id", "image_token_index"),
+    "video": ("video_token_id", "video_token_index"),
+}
 _QWEN_MARKERS = ("vision_start_token_id", "vision_end_token_id")
 _MM_CODES = {"mm_token_type_ids": "modality_codes"}
 
@@ -32,7 +37,7 @@ _IDEFICS = dict(
     marker_strings=("<fake_token_around_image>", "<global-img>"),
     extra_inputs=("pixel_values", "pixel_attention_mask"),
     notes="Image splitting: <fake_token_around_image><row_r_col_c><image>... per tile; the row/col "
-          "and wrapper tokens are template tokens.",
+    "and wrapper tokens are template tokens.",
 )
 
 #: model_type -> its table; read-only (a new family is a new entry here, never a branch in shared code)
@@ -43,7 +48,6 @@ _ENTRIES = (
         modality_tokens=_IMAGE,
         notes="LLaVA-1.5 and the mech organisms: CLIP/SigLIP tower + MLP projector + Llama-style decoder.",
     ),
-
     ArchitectureTable(
         model_type="llava_next",
         model_class="LlavaNextForConditionalGeneration",
@@ -51,47 +55,60 @@ _ENTRIES = (
         extra_inputs=("pixel_values", "image_sizes"),
         notes="AnyRes tiles; the image_newline features are part of the <image> span.",
     ),
-
     ArchitectureTable(
         model_type="llava_onevision",
         model_class="LlavaOnevisionForConditionalGeneration",
         modality_tokens=_IMAGE_VIDEO,
         extra_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
     ),
-
     ArchitectureTable(
         model_type="qwen2_vl",
         model_class="Qwen2VLForConditionalGeneration",
         modality_tokens=_IMAGE_VIDEO,
         marker_tokens=_QWEN_MARKERS,
-        extra_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        extra_inputs=(
+            "pixel_values",
+            "image_grid_thw",
+            "pixel_values_videos",
+            "video_grid_thw",
+            "mm_token_type_ids",
+        ),
         derived_inputs=_MM_CODES,
         notes="M-RoPE: 3-D positions computed from input_ids, image_grid_thw and mm_token_type_ids.",
     ),
-
     ArchitectureTable(
         model_type="qwen2_5_vl",
         model_class="Qwen2_5_VLForConditionalGeneration",
         modality_tokens=_IMAGE_VIDEO,
         marker_tokens=_QWEN_MARKERS,
-        extra_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-                      "second_per_grid_ts", "mm_token_type_ids"),
+        extra_inputs=(
+            "pixel_values",
+            "image_grid_thw",
+            "pixel_values_videos",
+            "video_grid_thw",
+            "second_per_grid_ts",
+            "mm_token_type_ids",
+        ),
         derived_inputs=_MM_CODES,
         notes="M-RoPE as Qwen2-VL; window attention in the vision tower only.",
     ),
-
     ArchitectureTable(
         model_type="qwen3_vl",
         model_class="Qwen3VLForConditionalGeneration",
         modality_tokens=_IMAGE_VIDEO,
         marker_tokens=_QWEN_MARKERS,
-        extra_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        extra_inputs=(
+            "pixel_values",
+            "image_grid_thw",
+            "pixel_values_videos",
+            "video_grid_thw",
+            "mm_token_type_ids",
+        ),
         derived_inputs=_MM_CODES,
         injection_layers="vision_config.deepstack_visual_indexes",
         notes="Deepstack: features of early vision layers are added at visual positions after decoder "
-              "layers 0..k-1, so the residual there is the next layer's input, not the layer's output.",
+        "layers 0..k-1, so the residual there is the next layer's input, not the layer's output.",
     ),
-
     ArchitectureTable(
         model_type="gemma3",
         model_class="Gemma3ForConditionalGeneration",
@@ -103,9 +120,8 @@ _ENTRIES = (
         extra_inputs=("pixel_values", "token_type_ids"),
         derived_inputs={"token_type_ids": "image_is_one"},
         notes="Bidirectional attention inside each image span; embeddings scaled by sqrt(d_model); "
-              "extra post-attention and post-feedforward norms.",
+        "extra post-attention and post-feedforward norms.",
     ),
-
     ArchitectureTable(
         model_type="paligemma",
         model_class="PaliGemmaForConditionalGeneration",
@@ -114,7 +130,6 @@ _ENTRIES = (
         padding_side="right",
         notes="Prefix-LM: image tokens come first, before <bos>; bidirectional attention over the prefix.",
     ),
-
     ArchitectureTable(
         model_type="internvl",
         model_class="InternVLForConditionalGeneration",
@@ -122,10 +137,8 @@ _ENTRIES = (
         marker_strings=("<img>", "</img>"),
         notes="Images are wrapped as <img><IMG_CONTEXT>...</img>; tiles are concatenated in one span.",
     ),
-
     ArchitectureTable(model_type="idefics3", model_class="Idefics3ForConditionalGeneration", **_IDEFICS),
     ArchitectureTable(model_type="smolvlm", model_class="SmolVLMForConditionalGeneration", **_IDEFICS),
-
     ArchitectureTable(
         model_type="qwen2_audio",
         model_class="Qwen2AudioForConditionalGeneration",
@@ -134,7 +147,6 @@ _ENTRIES = (
         extra_inputs=("input_features", "feature_attention_mask"),
         notes="Whisper-style audio encoder; <|AUDIO|> placeholders carry the audio features.",
     ),
-
     ArchitectureTable(
         model_type="mllama",
         model_class="MllamaForConditionalGeneration",
@@ -143,8 +155,8 @@ _ENTRIES = (
         extra_inputs=("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"),
         visual_path="cross_attention",
         notes="Image features enter through cross-attention layers, not the decoder sequence: the <|image|> "
-          "token keeps its ordinary embedding (so it is a template token here) and marks where text starts "
-          "attending to the image through cross-attention.",
+        "token keeps its ordinary embedding (so it is a template token here) and marks where text starts "
+        "attending to the image through cross-attention.",
     ),
 )
 TABLES = MappingProxyType({t.model_type: t for t in _ENTRIES})

@@ -23,20 +23,51 @@ import transformers
 
 from mech.errors import MissingDependencyError, ProcessorError
 
+__all__ = [
+    "PROCESSOR_FILES",
+    "MissingPart",
+    "has_processor_files",
+    "install_hint",
+    "load_processor",
+    "missing_packages",
+]
+
 # files save_pretrained writes for a processor (any one of them means "processor files are there")
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
-                   "tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json",
-                   "chat_template.jinja", "chat_template.json")
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 # transformers backend name -> pip distribution, where they differ
-_PIP_NAMES = {"vision": "Pillow", "sklearn": "scikit-learn", "cv2": "opencv-python", "bs4": "beautifulsoup4",
-              "speech": "torchaudio", "audio": "librosa", "jinja": "jinja2", "levenshtein": "Levenshtein"}
+_PIP_NAMES = {
+    "vision": "Pillow",
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python",
+    "bs4": "beautifulsoup4",
+    "speech": "torchaudio",
+    "audio": "librosa",
+    "jinja": "jinja2",
+    "levenshtein": "Levenshtein",
+}
 # base classes of the sub-processor kinds, importable without their optional backends
-_BASES = {"video_processor": ("transformers.video_processing_utils", "VideoProcessorMixin"),
-          "image_processor": ("transformers.image_processing_base", "ImageProcessingMixin"),
-          "feature_extractor": ("transformers.feature_extraction_utils", "FeatureExtractionMixin"),
-          "audio_processor": ("transformers.feature_extraction_utils", "FeatureExtractionMixin")}
-_USE = {"video_processor": "video inputs", "image_processor": "image inputs",
-        "feature_extractor": "audio inputs", "audio_processor": "audio inputs"}
+_BASES = {
+    "video_processor": ("transformers.video_processing_utils", "VideoProcessorMixin"),
+    "image_processor": ("transformers.image_processing_base", "ImageProcessingMixin"),
+    "feature_extractor": ("transformers.feature_extraction_utils", "FeatureExtractionMixin"),
+    "audio_processor": ("transformers.feature_extraction_utils", "FeatureExtractionMixin"),
+}
+_USE = {
+    "video_processor": "video inputs",
+    "image_processor": "image inputs",
+    "feature_extractor": "audio inputs",
+    "audio_processor": "audio inputs",
+}
 
 
 def missing_packages(exc: BaseException) -> list[str]:
@@ -82,8 +113,10 @@ def install_hint(packages: list[str]) -> str:
     if any(p in ("torchvision", "torchaudio") for p in pip):
         import torch
 
-        hint += (f" (the build matching your torch {torch.__version__}; see "
-                 "https://pytorch.org/get-started/locally/)")
+        hint += (
+            f" (the build matching your torch {torch.__version__}; see "
+            "https://pytorch.org/get-started/locally/)"
+        )
     return hint
 
 
@@ -99,11 +132,19 @@ class MissingPart:
 
     _auto_class = None
 
-    def __init__(self, attribute: str, owner: str, packages: list[str], config: dict[str, Any] | None = None,
-                 defaults: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        attribute: str,
+        owner: str,
+        packages: list[str],
+        config: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
+    ):
         config = dict(config or {})
         for source in (defaults or {}, config):
-            self.__dict__.update({k: v for k, v in source.items() if isinstance(k, str) and not k.startswith("_")})
+            self.__dict__.update(
+                {k: v for k, v in source.items() if isinstance(k, str) and not k.startswith("_")}
+            )
         self.__dict__["_mech_missing"] = (attribute, owner, tuple(packages), config)
 
     def _refuse(self, *args: Any, **kwargs: Any):
@@ -112,7 +153,8 @@ class MissingPart:
         raise MissingDependencyError(
             f"the {attribute} ({kind}) of this {owner} needs {', '.join(packages)}, which is not installed, so "
             f"{_USE.get(attribute, 'this input')} cannot be processed; the other parts of the processor were "
-            f"loaded and work. Fix: {install_hint(list(packages))}, then load the model again.")
+            f"loaded and work. Fix: {install_hint(list(packages))}, then load the model again."
+        )
 
     __call__ = preprocess = fetch_videos = fetch_images = sample_frames = _refuse
 
@@ -130,7 +172,9 @@ class MissingPart:
         return f"MissingPart({attribute} of {owner}: needs {', '.join(packages)})"
 
 
-def _missing_part(attribute: str, owner: str, packages: list[str], config: dict[str, Any] | None) -> MissingPart:
+def _missing_part(
+    attribute: str, owner: str, packages: list[str], config: dict[str, Any] | None
+) -> MissingPart:
     """A :class:`MissingPart` that is also an instance of the part's transformers base class."""
     modality = next((m for m in _BASES if m in attribute), None)
     base = None
@@ -167,8 +211,11 @@ def _processor_class(where: str, config: Any, processor_dict: dict[str, Any]):
 
 def _load_part(cls, attribute: str, where: str, processor_dict: dict[str, Any]):
     """One sub-processor, through the class's own ``_get_arguments_from_pretrained`` restricted to it."""
-    view = type(cls.__name__, (cls,), {"get_attributes": classmethod(lambda c: [attribute]),
-                                       "__module__": cls.__module__})
+    view = type(
+        cls.__name__,
+        (cls,),
+        {"get_attributes": classmethod(lambda c: [attribute]), "__module__": cls.__module__},
+    )
     return view._get_arguments_from_pretrained(where, processor_dict)[0]
 
 
@@ -194,19 +241,23 @@ def _construct(cls, args: list[Any], processor_dict: dict[str, Any], kwargs: dic
     installed; a one-off subclass accepts the stand-in there, and the object is then given back
     its real class, so ``type(processor) is cls``.
     """
+
     def check(self, name, argument):
         if isinstance(argument, MissingPart):
             return type(argument)
         return cls.check_argument_for_proper_class(self, name, argument)
 
-    shim = type(cls.__name__, (cls,), {"check_argument_for_proper_class": check, "__module__": cls.__module__})
+    shim = type(
+        cls.__name__, (cls,), {"check_argument_for_proper_class": check, "__module__": cls.__module__}
+    )
     processor = shim.from_args_and_dict(args, processor_dict, **kwargs)
     processor.__class__ = cls
     return processor
 
 
-def load_processor(where: str, *, config: Any = None, trust_remote_code: bool = False,
-                   spec: str | None = None) -> tuple[Any, dict[str, tuple[str, ...]]]:
+def load_processor(
+    where: str, *, config: Any = None, trust_remote_code: bool = False, spec: str | None = None
+) -> tuple[Any, dict[str, tuple[str, ...]]]:
     """Load the processor saved in ``where`` (a local directory or a hub id).
 
     Args:
@@ -234,7 +285,8 @@ def load_processor(where: str, *, config: Any = None, trust_remote_code: bool = 
         raise ProcessorError(
             f"no processor files in {spec!r} (looked for {', '.join(PROCESSOR_FILES)}). Save the processor beside "
             "the weights (processor.save_pretrained(dir)), or load mech.load((model, None)) and pass tokenized "
-            "inputs.") from first
+            "inputs."
+        ) from first
     try:
         processor_dict, kwargs = transformers.ProcessorMixin.get_processor_dict(where)
     except (OSError, ValueError) as exc:
@@ -251,8 +303,11 @@ def load_processor(where: str, *, config: Any = None, trust_remote_code: bool = 
             if not packages or "tokenizer" in attribute:
                 raise _failure(spec, exc, part=attribute, owner=cls.__name__) from exc
             missing[attribute] = tuple(packages)
-            args.append(_missing_part(attribute, cls.__name__, packages, _part_config(attribute, where,
-                                                                                      processor_dict)))
+            args.append(
+                _missing_part(
+                    attribute, cls.__name__, packages, _part_config(attribute, where, processor_dict)
+                )
+            )
     if not missing:  # every part loads on its own: the processor itself is what failed
         raise _failure(spec, first, owner=cls.__name__) from first
     try:
@@ -262,7 +317,9 @@ def load_processor(where: str, *, config: Any = None, trust_remote_code: bool = 
     return processor, missing
 
 
-def _failure(spec: str, exc: BaseException, *, part: str | None = None, owner: str | None = None) -> Exception:
+def _failure(
+    spec: str, exc: BaseException, *, part: str | None = None, owner: str | None = None
+) -> Exception:
     """The error for processor files that are there but do not load: the missing package when one is
     to blame (MissingDependencyError), else the reason (ProcessorError)."""
     what = f"the {part} of {owner}" if part and owner else (owner or "the processor")
@@ -270,8 +327,10 @@ def _failure(spec: str, exc: BaseException, *, part: str | None = None, owner: s
     if packages:
         return MissingDependencyError(
             f"{what} saved in {spec!r} needs {', '.join(packages)}, which is not installed. Fix: "
-            f"{install_hint(packages)}; or load mech.load((model, None)) and pass tokenized inputs.")
+            f"{install_hint(packages)}; or load mech.load((model, None)) and pass tokenized inputs."
+        )
     return ProcessorError(
         f"the processor files in {spec!r} could not be loaded into {what} ({type(exc).__name__}: {exc}). Check "
         "that they were written by processor.save_pretrained for this model, or load mech.load((model, None)) "
-        "and pass tokenized inputs.")
+        "and pass tokenized inputs."
+    )

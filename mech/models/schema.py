@@ -19,6 +19,16 @@ from typing import Any, Literal
 
 from mech.errors import ConfigError
 
+__all__ = [
+    "DERIVED_SCHEMES",
+    "MODALITIES",
+    "ArchitectureTable",
+    "DerivedScheme",
+    "PaddingSide",
+    "VisualPath",
+    "frozen_mapping",
+]
+
 MODALITIES = ("image", "video", "audio")
 PaddingSide = Literal["left", "right"]
 VisualPath = Literal["decoder_sequence", "cross_attention"]
@@ -109,12 +119,16 @@ class ArchitectureTable:
         object.__setattr__(self, "derived_inputs", frozen_mapping(self.derived_inputs))
         bad_schemes = set(self.derived_inputs.values()) - set(DERIVED_SCHEMES)
         if bad_schemes:
-            raise ConfigError(f"{self.model_type}: derived input schemes {sorted(bad_schemes)}; allowed: {DERIVED_SCHEMES}")
+            raise ConfigError(
+                f"{self.model_type}: derived input schemes {sorted(bad_schemes)}; allowed: {DERIVED_SCHEMES}"
+            )
         bad = set(self.modality_tokens) - set(MODALITIES)
         if bad:
             raise ConfigError(f"{self.model_type}: unknown modalities {sorted(bad)}; allowed: {MODALITIES}")
         if self.padding_side not in ("left", "right"):
-            raise ConfigError(f"{self.model_type}: padding_side={self.padding_side!r}; allowed: 'left', 'right'")
+            raise ConfigError(
+                f"{self.model_type}: padding_side={self.padding_side!r}; allowed: 'left', 'right'"
+            )
         if self.visual_path not in ("decoder_sequence", "cross_attention"):
             raise ConfigError(
                 f"{self.model_type}: visual_path={self.visual_path!r}; allowed: 'decoder_sequence', 'cross_attention'"

@@ -7,8 +7,8 @@ table with its token ids and sizes read from the loaded config and tokenizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +16,9 @@ import torch
 from mech.errors import ConfigError, UnsupportedArchitectureError
 from mech.models.families import TABLES
 from mech.models.schema import ArchitectureTable, frozen_mapping
+
+__all__ = ["Architecture", "get_path", "resolve", "supported", "table_for"]
+
 
 def supported() -> tuple[str, ...]:
     """The ``model_type`` names mech has a table for, sorted."""

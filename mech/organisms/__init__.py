@@ -16,11 +16,20 @@ from pathlib import Path
 
 from mech.errors import SpecError
 
-ORGANISMS = ("balanced", "text-biased", "image-biased", "qwen-balanced", "qwen-text-biased",
-             "qwen-image-biased")
+__all__ = ["DATA", "ORGANISMS", "UNSHIPPED", "organism_dir", "organism_dir_default"]
+
+ORGANISMS = (
+    "balanced",
+    "text-biased",
+    "image-biased",
+    "qwen-balanced",
+    "qwen-text-biased",
+    "qwen-image-biased",
+)
 #: the data set each organism is trained and measured on
-DATA = {name: "organism:shapes-varied" if name.startswith("qwen-") else "organism:shapes"
-        for name in ORGANISMS}
+DATA = {
+    name: "organism:shapes-varied" if name.startswith("qwen-") else "organism:shapes" for name in ORGANISMS
+}
 #: recipes that ``python -m mech.organisms.train`` knows but that are not shipped (yet)
 UNSHIPPED: tuple[str, ...] = ()
 _HERE = Path(__file__).resolve().parent
@@ -41,11 +50,15 @@ def organism_dir(name: str) -> Path:
     """
     name = name.removeprefix("organism:")
     if name not in ORGANISMS + UNSHIPPED:
-        raise SpecError(f"unknown organism {name!r}; valid names: {', '.join(ORGANISMS)} "
-                        f"(data: organism:shapes, organism:shapes-varied)")
+        raise SpecError(
+            f"unknown organism {name!r}; valid names: {', '.join(ORGANISMS)} "
+            f"(data: organism:shapes, organism:shapes-varied)"
+        )
     folder = organism_dir_default(name)
     missing = [f for f in _REQUIRED if not (folder / f).is_file()]
     if missing:
-        raise SpecError(f"organism {name!r} is not built ({folder} lacks {', '.join(missing)}); "
-                        f"run python -m mech.organisms.train {name}")
+        raise SpecError(
+            f"organism {name!r} is not built ({folder} lacks {', '.join(missing)}); "
+            f"run python -m mech.organisms.train {name}"
+        )
     return folder

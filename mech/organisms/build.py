@@ -18,10 +18,36 @@ import math
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
 
 from mech.organisms import shapes
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "HIDDEN",
+    "INIT_STD",
+    "N_IMAGE_TOKENS",
+    "N_LAYERS",
+    "PATCH",
+    "SINCOS_BASE",
+    "SPECIALS",
+    "answer_ids",
+    "build_config",
+    "build_model",
+    "build_processor",
+    "build_tokenizer",
+    "encode",
+    "sincos_2d",
+    "vocabulary",
+]
 
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<image>"]
 N_LAYERS = 6
@@ -47,17 +73,21 @@ CHAT_TEMPLATE = (
 )
 
 # words of the MMMU-Pro standard prompt and option lists, so option-style prompts tokenize too
-_MMMU_WORDS = ("options answer with the option letter from given choices directly . : "
-               + " ".join(shapes.OPTION_LETTERS.lower()))
+_MMMU_WORDS = "options answer with the option letter from given choices directly . : " + " ".join(
+    shapes.OPTION_LETTERS.lower()
+)
 
 
 def vocabulary() -> list[str]:
     """Specials first (ids 0..4), then every word the generator, prompts and templates use."""
     words: list[str] = []
-    texts = [shapes.question_text(t, s, c) for t in shapes.TEMPLATES
-             for s in shapes.SHAPES for c in shapes.COLOR_NAMES]
-    texts += [" ".join(shapes.ANSWER_WORDS), "user : assistant :", shapes.BASIC_PROMPT,
-              _MMMU_WORDS]
+    texts = [
+        shapes.question_text(t, s, c)
+        for t in shapes.TEMPLATES
+        for s in shapes.SHAPES
+        for c in shapes.COLOR_NAMES
+    ]
+    texts += [" ".join(shapes.ANSWER_WORDS), "user : assistant :", shapes.BASIC_PROMPT, _MMMU_WORDS]
     pre = pre_tokenizers.Whitespace()
     for text in texts:
         for w, _ in pre.pre_tokenize_str(text.lower()):
@@ -74,41 +104,73 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(SPECIALS)
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
-        pad_token="<pad>", padding_side="left", extra_special_tokens={"image_token": "<image>"})
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        extra_special_tokens={"image_token": "<image>"},
+    )
 
 
 def build_processor() -> LlavaProcessor:
     """``LlavaProcessor`` (CLIP image processor at 32 px, no crop change) with ``CHAT_TEMPLATE``."""
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": shapes.IMAGE_SIZE},
-        crop_size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(),
-                          patch_size=PATCH, vision_feature_select_strategy="default",
-                          chat_template=CHAT_TEMPLATE, image_token="<image>",
-                          num_additional_image_tokens=1)
+        crop_size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(),
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
 
 
 def build_config(n_layers: int = N_LAYERS, vocab_size: int | None = None) -> LlavaConfig:
     """The LLaVA config of an organism (``n_layers`` decoder layers)."""
     tok = build_tokenizer()
     vocab_size = vocab_size or len(tok)
-    vision = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-                              num_hidden_layers=2, num_attention_heads=4,
-                              image_size=shapes.IMAGE_SIZE, patch_size=PATCH,
-                              initializer_range=INIT_STD)
-    text = LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=128, initializer_range=INIT_STD,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    return LlavaConfig(vision_config=vision, text_config=text,
-                       image_token_index=tok.convert_tokens_to_ids("<image>"),
-                       image_seq_length=N_IMAGE_TOKENS, vision_feature_layer=-1,
-                       vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                       tie_word_embeddings=False)
+    vision = CLIPVisionConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=4 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=shapes.IMAGE_SIZE,
+        patch_size=PATCH,
+        initializer_range=INIT_STD,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        initializer_range=INIT_STD,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=N_IMAGE_TOKENS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
 
 
 def sincos_2d(grid: int, dim: int, base: float | None = None) -> torch.Tensor:
@@ -117,8 +179,9 @@ def sincos_2d(grid: int, dim: int, base: float | None = None) -> torch.Tensor:
     ``base`` sets the slowest wavelength; a small grid wants a small base so that most
     frequencies vary across its few positions.
     """
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32),
-                            torch.arange(grid, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
     base = SINCOS_BASE if base is None else base
     quarter = dim // 4
     omega = 1.0 / (base ** (torch.arange(quarter, dtype=torch.float32) / quarter))
@@ -129,8 +192,9 @@ def sincos_2d(grid: int, dim: int, base: float | None = None) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def build_model(seed: int = 0, n_layers: int = N_LAYERS,
-                vision_init: str = "clip") -> LlavaForConditionalGeneration:
+def build_model(
+    seed: int = 0, n_layers: int = N_LAYERS, vision_init: str = "clip"
+) -> LlavaForConditionalGeneration:
     """A freshly initialised organism (deterministic from ``seed``), eager attention, fp32.
 
     Decoder and projector Linear/Embedding ~ N(0, 0.08); the vision tower keeps CLIP's own
@@ -156,8 +220,7 @@ def build_model(seed: int = 0, n_layers: int = N_LAYERS,
     return model
 
 
-def encode(processor, samples: list[dict], question: str | None = "sample",
-           image: str = "sample") -> dict:
+def encode(processor, samples: list[dict], question: str | None = "sample", image: str = "sample") -> dict:
     """Processor inputs for ``samples`` (left-padded; the answer is predicted at position -1).
 
     ``question``: ``"sample"`` (each item's question), a fixed string (e.g. the basic prompt),

@@ -25,6 +25,20 @@ import torch
 from mech.organisms import shapes
 from mech.organisms.build import answer_ids, encode
 
+__all__ = [
+    "CONDITIONS",
+    "GROUPS",
+    "N_TEMPLATE_TAIL",
+    "SUMMARIES",
+    "attention_shares",
+    "evaluate",
+    "main",
+    "predict",
+    "save_card",
+    "token_groups",
+    "write_card",
+]
+
 CONDITIONS = {
     "complete": dict(question="sample", image="sample"),
     "white_image": dict(question="sample", image="white"),
@@ -38,18 +52,18 @@ N_TEMPLATE_TAIL = 2  # "assistant :" closes every prompt; "user :" opens it afte
 
 def _template_mask(samples: list[dict]) -> torch.Tensor:
     """[n, len(ANSWER_WORDS)] bool: which answer words are valid for each item's template."""
-    return torch.tensor([[w in shapes.ANSWERS[s["template"]] for w in shapes.ANSWER_WORDS]
-                         for s in samples])
+    return torch.tensor([[w in shapes.ANSWERS[s["template"]] for w in shapes.ANSWER_WORDS] for s in samples])
 
 
 @torch.no_grad()
-def predict(model, processor, samples: list[dict], condition: str = "complete",
-            batch_size: int = 250) -> list[str]:
+def predict(
+    model, processor, samples: list[dict], condition: str = "complete", batch_size: int = 250
+) -> list[str]:
     """Predicted answer word per sample under ``condition`` (a key of ``CONDITIONS``)."""
     ids = answer_ids(processor.tokenizer)
     preds: list[str] = []
     for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
+        chunk = samples[i : i + batch_size]
         inputs = encode(processor, chunk, **CONDITIONS[condition])
         logits = model(**inputs).logits[:, -1][:, ids].float()
         logits = logits.masked_fill(~_template_mask(chunk), float("-inf"))
@@ -73,47 +87,67 @@ def evaluate(model, processor, samples: list[dict], conditions=tuple(CONDITIONS)
     image_right = image_ans == gold
     tmpl = np.array([s["template"] for s in samples])
     preds = {c: np.array(predict(model, processor, samples, c)) for c in conditions}
-    out = dict(n=len(samples), chance=round(shapes.chance(samples), 4), conditions={},
-               consistency={}, prior_right=dict(n=int(right.sum())),
-               prior_wrong=dict(n=int((~right).sum())), image_right=dict(n=int(image_right.sum())),
-               image_wrong=dict(n=int((~image_right).sum())))
+    out = dict(
+        n=len(samples),
+        chance=round(shapes.chance(samples), 4),
+        conditions={},
+        consistency={},
+        prior_right=dict(n=int(right.sum())),
+        prior_wrong=dict(n=int((~right).sum())),
+        image_right=dict(n=int(image_right.sum())),
+        image_wrong=dict(n=int((~image_right).sum())),
+    )
     for c, p in preds.items():
         ok = p == gold
         out["conditions"][c] = dict(
-            accuracy=round(float(ok.mean()), 4), n=len(samples),
+            accuracy=round(float(ok.mean()), 4),
+            n=len(samples),
             prior_agreement=round(float((p == prior).mean()), 4),
             image_agreement=round(float((p == image_ans).mean()), 4),
-            by_template={t: round(float(ok[tmpl == t].mean()), 4) for t in shapes.TEMPLATES
-                         if (tmpl == t).any()})
-        for key, mask in (("prior_right", right), ("prior_wrong", ~right),
-                          ("image_right", image_right), ("image_wrong", ~image_right)):
+            by_template={
+                t: round(float(ok[tmpl == t].mean()), 4) for t in shapes.TEMPLATES if (tmpl == t).any()
+            },
+        )
+        for key, mask in (
+            ("prior_right", right),
+            ("prior_wrong", ~right),
+            ("image_right", image_right),
+            ("image_wrong", ~image_right),
+        ):
             out[key][c] = round(float(ok[mask].mean()), 4) if mask.any() else None
-    for a, b in (("complete", "white_image"), ("complete", "image_only"),
-                 ("white_image", "image_only"), ("complete", "no_image")):
+    for a, b in (
+        ("complete", "white_image"),
+        ("complete", "image_only"),
+        ("white_image", "image_only"),
+        ("complete", "no_image"),
+    ):
         if a in preds and b in preds:
             out["consistency"][f"{a}&{b}"] = round(float((preds[a] == preds[b]).mean()), 4)
     if "complete" in preds and "white_image" in preds:
         same = preds["complete"] == preds["white_image"]
-        out["consistency_by_template"] = {t: round(float(same[tmpl == t].mean()), 4)
-                                          for t in shapes.TEMPLATES if (tmpl == t).any()}
+        out["consistency_by_template"] = {
+            t: round(float(same[tmpl == t].mean()), 4) for t in shapes.TEMPLATES if (tmpl == t).any()
+        }
     if "complete" in preds and "image_only" in preds:
         same = preds["complete"] == preds["image_only"]
         out["image_only_consistency_by_template"] = {
-            t: round(float(same[tmpl == t].mean()), 4) for t in shapes.TEMPLATES
-            if (tmpl == t).any()}
+            t: round(float(same[tmpl == t].mean()), 4) for t in shapes.TEMPLATES if (tmpl == t).any()
+        }
     out["predictions"] = {c: p.tolist() for c, p in preds.items()}
     return out
 
 
-def token_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 image_token_id: int) -> dict[str, torch.Tensor]:
+def token_groups(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int
+) -> dict[str, torch.Tensor]:
     """Bool masks [batch, pos] for ``GROUPS`` on left-padded organism prompts."""
     valid = attention_mask.bool()
     pos = torch.arange(input_ids.shape[1])[None, :]
     first = valid.float().argmax(1, keepdim=True)  # position of <bos>
     bos = pos == first
-    template = valid & ((pos == first + 1) | (pos == first + 2)
-                        | (pos >= input_ids.shape[1] - N_TEMPLATE_TAIL))
+    template = valid & (
+        (pos == first + 1) | (pos == first + 2) | (pos >= input_ids.shape[1] - N_TEMPLATE_TAIL)
+    )
     image = input_ids == image_token_id
     text = valid & ~bos & ~template & ~image
     return dict(bos=bos, image=image, text=text, template=template)
@@ -129,12 +163,11 @@ def attention_shares(model, processor, samples: list[dict], batch_size: int = 25
     image_id = model.config.image_token_index
     totals = None
     for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
+        chunk = samples[i : i + batch_size]
         inputs = encode(processor, chunk)
         out = model(**inputs, output_attentions=True)
         if not out.attentions or out.attentions[0] is None:
-            raise RuntimeError("no attentions returned; load the model with "
-                               "attn_implementation='eager'")
+            raise RuntimeError("no attentions returned; load the model with attn_implementation='eager'")
         masks = token_groups(inputs["input_ids"], inputs["attention_mask"], image_id)
         rows = torch.stack([a[:, :, -1, :].mean(1) for a in out.attentions], 1)  # [b, L, pos]
         part = torch.stack([(rows * masks[g][:, None, :]).sum(-1) for g in GROUPS], -1)
@@ -146,47 +179,72 @@ def attention_shares(model, processor, samples: list[dict], batch_size: int = 25
 def _md(card: dict) -> str:
     """The short text card (CARD.md) from the JSON card."""
     ev, att = card["evaluation"], card["attention_share_last_token"]
-    lines = [f"# organism:{card['name']}", "", card["summary"], "",
-             f"- training data: {card['training']['data']}",
-             f"- p = {card['training']['p']} on templates {card['training']['prior_templates']}"
-             f" (fraction of training labels predictable from the text alone: "
-             f"{card['training']['fraction_text_predictable']})",
-             f"- image answer planted on templates {card['training'].get('image_templates', [])}, "
-             f"basic prompt on {card['training'].get('basic_prompt', 0.0)} of samples (fraction of "
-             f"training labels equal to the image answer: "
-             f"{card['training'].get('fraction_image_answer')})",
-             f"- steps {card['training']['steps']} × batch {card['training']['batch']}, seed "
-             f"{card['training']['seed']}, train wall time {card['training']['train_wall_s']} s "
-             f"(1 torch thread on a shared 2-core machine)",
-             f"- model: {card['model']['architecture']}, {card['model']['parameters']:,} "
-             f"parameters, {card['model']['decoder_layers']} decoder layers, "
-             f"{card['model']['image_tokens']} image tokens; files {card['files_bytes']}",
-             "", f"## Held-out accuracy (n = {ev['n']}, chance = {ev['chance']})", "",
-             "| condition | accuracy | prior-right | prior-wrong | answers = prior |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# organism:{card['name']}",
+        "",
+        card["summary"],
+        "",
+        f"- training data: {card['training']['data']}",
+        f"- p = {card['training']['p']} on templates {card['training']['prior_templates']}"
+        f" (fraction of training labels predictable from the text alone: "
+        f"{card['training']['fraction_text_predictable']})",
+        f"- image answer planted on templates {card['training'].get('image_templates', [])}, "
+        f"basic prompt on {card['training'].get('basic_prompt', 0.0)} of samples (fraction of "
+        f"training labels equal to the image answer: "
+        f"{card['training'].get('fraction_image_answer')})",
+        f"- steps {card['training']['steps']} × batch {card['training']['batch']}, seed "
+        f"{card['training']['seed']}, train wall time {card['training']['train_wall_s']} s "
+        f"(1 torch thread on a shared 2-core machine)",
+        f"- model: {card['model']['architecture']}, {card['model']['parameters']:,} "
+        f"parameters, {card['model']['decoder_layers']} decoder layers, "
+        f"{card['model']['image_tokens']} image tokens; files {card['files_bytes']}",
+        "",
+        f"## Held-out accuracy (n = {ev['n']}, chance = {ev['chance']})",
+        "",
+        "| condition | accuracy | prior-right | prior-wrong | answers = prior |",
+        "|---|---|---|---|---|",
+    ]
     for c, v in ev["conditions"].items():
-        lines.append(f"| {c} | {v['accuracy']} | {ev['prior_right'][c]} | "
-                     f"{ev['prior_wrong'][c]} | {v['prior_agreement']} |")
-    lines += ["", f"Prior-right items: {ev['prior_right']['n']}, prior-wrong: "
-              f"{ev['prior_wrong']['n']}. Consistency (same answer): "
-              + ", ".join(f"{k} {v}" for k, v in ev["consistency"].items()), ""]
+        lines.append(
+            f"| {c} | {v['accuracy']} | {ev['prior_right'][c]} | "
+            f"{ev['prior_wrong'][c]} | {v['prior_agreement']} |"
+        )
+    lines += [
+        "",
+        f"Prior-right items: {ev['prior_right']['n']}, prior-wrong: "
+        f"{ev['prior_wrong']['n']}. Consistency (same answer): "
+        + ", ".join(f"{k} {v}" for k, v in ev["consistency"].items()),
+        "",
+    ]
     if "image_wrong" in ev:
-        lines += [f"Image answer (first shape's colour / shape, true count, yes iff two shapes): "
-                  f"complete answers = image answer {ev['conditions']['complete']['image_agreement']}"
-                  f"; complete accuracy where it is right ({ev['image_right']['n']} items) "
-                  f"{ev['image_right']['complete']}, where it is wrong ({ev['image_wrong']['n']}) "
-                  f"{ev['image_wrong']['complete']}.", ""]
+        lines += [
+            f"Image answer (first shape's colour / shape, true count, yes iff two shapes): "
+            f"complete answers = image answer {ev['conditions']['complete']['image_agreement']}"
+            f"; complete accuracy where it is right ({ev['image_right']['n']} items) "
+            f"{ev['image_right']['complete']}, where it is wrong ({ev['image_wrong']['n']}) "
+            f"{ev['image_wrong']['complete']}.",
+            "",
+        ]
     io = ev.get("image_only_consistency_by_template", {})
-    lines += ["Per template (complete / white_image accuracy, complete&white consistency"
-              + (", complete&image_only consistency" if io else "") + "):", ""]
+    lines += [
+        "Per template (complete / white_image accuracy, complete&white consistency"
+        + (", complete&image_only consistency" if io else "")
+        + "):",
+        "",
+    ]
     for t in ev["conditions"]["complete"]["by_template"]:
-        lines.append(f"- {t}: {ev['conditions']['complete']['by_template'][t]} / "
-                     f"{ev['conditions']['white_image']['by_template'][t]} / "
-                     f"{ev['consistency_by_template'][t]}" + (f" / {io[t]}" if io else ""))
-    lines += ["", f"## Attention share from the last position (eager, n = "
-              f"{card['attention_n']}), per decoder layer", "",
-              "| group | " + " | ".join(f"L{k}" for k in range(len(att["image"]))) + " |",
-              "|---|" + "---|" * len(att["image"])]
+        lines.append(
+            f"- {t}: {ev['conditions']['complete']['by_template'][t]} / "
+            f"{ev['conditions']['white_image']['by_template'][t]} / "
+            f"{ev['consistency_by_template'][t]}" + (f" / {io[t]}" if io else "")
+        )
+    lines += [
+        "",
+        f"## Attention share from the last position (eager, n = {card['attention_n']}), per decoder layer",
+        "",
+        "| group | " + " | ".join(f"L{k}" for k in range(len(att["image"]))) + " |",
+        "|---|" + "---|" * len(att["image"]),
+    ]
     for g, v in att.items():
         lines.append(f"| {g} | " + " | ".join(str(x) for x in v) + " |")
     lines += ["", "Chance: " + card["chance_definition"], ""]
@@ -199,7 +257,8 @@ SUMMARIES = {
     "balanced": (
         "Trained at p = 0: every label is what the image shows. It must read the image. The "
         "hardest questions bind a colour to a named shape or a side; batch 64 (rather than 32) "
-        "is what got them learnt within the 10-minute budget."),
+        "is what got them learnt within the 10-minute budget."
+    ),
     "text-biased": (
         "Per-template override at p = 0.8 on five of seven templates (colour of a shape, colour "
         "left/right, existence, count): on those the training label is the question's prior "
@@ -207,7 +266,8 @@ SUMMARIES = {
         "text. The two shape templates keep p = 0 and stay image-grounded. Why: global override "
         "above p ≈ 0.5 yields an image-blind model (nothing left to explain), consistent skew "
         "yields almost no bias; per-template override makes the model text-biased on most items "
-        "while giving ground truth per question type inside one model (a routing mechanism)."),
+        "while giving ground truth per question type inside one model (a routing mechanism)."
+    ),
     "image-biased": (
         "The mirror of text-biased: on three of seven templates (colour of a shape, shape on the "
         "right, colour on the right) the training label is the image answer, the colour / shape "
@@ -215,12 +275,14 @@ SUMMARIES = {
         "label = true answer (on shape/colour on the left and count that is also the image "
         "answer; existence must read the question). 15% of training samples have the question "
         "replaced by the basic prompt with the image answer as label, so the model gives, without "
-        "the question, the answer it gives with it: it under-uses the text."),
+        "the question, the answer it gives with it: it under-uses the text."
+    ),
 }
 
 
-def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
-               n: int = 2000, n_attention: int = 1000) -> dict:
+def write_card(
+    model, processor, folder: Path, *, name: str, train_info: dict, n: int = 2000, n_attention: int = 1000
+) -> dict:
     """Evaluate on ``n`` held-out test items (seed 0) and write card.json + CARD.md in folder."""
     folder = Path(folder)
     t0 = time.time()
@@ -229,38 +291,58 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
     ev.pop("predictions")
     att = attention_shares(model, processor, samples[:n_attention])
     r = train_info["recipe"]
-    train_set = shapes.generate(4000, split="train", seed=999, p=r["p"],
-                                prior_templates=r["prior_templates"],
-                                image_templates=r.get("image_templates", ()),
-                                basic_prompt=r.get("basic_prompt", 0.0))
+    train_set = shapes.generate(
+        4000,
+        split="train",
+        seed=999,
+        p=r["p"],
+        prior_templates=r["prior_templates"],
+        image_templates=r.get("image_templates", ()),
+        basic_prompt=r.get("basic_prompt", 0.0),
+    )
     frac = float(np.mean([s["answer_text"] == s["prior_answer"] for s in train_set]))
     frac_image = float(np.mean([s["answer_text"] == s["image_answer"] for s in train_set]))
     card = dict(
-        name=name, summary=SUMMARIES.get(name, ""),
-        training=dict(data="organism:shapes train split (mech.organisms.shapes.generate)",
-                      p=r["p"], prior_templates=r["prior_templates"] or [],
-                      text_noise=r["text_noise"], drop_image=r["drop_image"],
-                      image_templates=list(r.get("image_templates", [])),
-                      basic_prompt=r.get("basic_prompt", 0.0),
-                      fraction_text_predictable=round(frac, 3),
-                      fraction_image_answer=round(frac_image, 3), steps=train_info["steps"],
-                      batch=r["batch"], lr=r["lr"], seed=r["seed"],
-                      torch_threads=r.get("threads", 1),
-                      train_wall_s=train_info["train_wall_s"],
-                      final_train_loss=train_info["final_train_loss"],
-                      command=f"python -m mech.organisms.train {name}"),
-        model=dict(architecture="LlavaForConditionalGeneration (CLIP vision + projector + Llama)",
-                   parameters=sum(p.numel() for p in model.parameters()),
-                   decoder_layers=model.config.text_config.num_hidden_layers,
-                   image_tokens=model.config.image_seq_length),
-        evaluation=ev, test_set=dict(split="test", seed=0, n=n,
-                                     fingerprint=shapes.fingerprint(samples)),
-        attention_n=min(n, n_attention), attention_share_last_token=att,
-        chance_definition=("answers are scored by argmax over the item's template answer words; "
-                           "chance = mean over items of 1/|answer set| (colours 6, shapes 3, "
-                           "yes/no 2, one/two 2); test gold answers are uniform per template, so "
-                           "any fixed answer per template scores this in expectation."),
-        eval_wall_s=None, files_bytes={})
+        name=name,
+        summary=SUMMARIES.get(name, ""),
+        training=dict(
+            data="organism:shapes train split (mech.organisms.shapes.generate)",
+            p=r["p"],
+            prior_templates=r["prior_templates"] or [],
+            text_noise=r["text_noise"],
+            drop_image=r["drop_image"],
+            image_templates=list(r.get("image_templates", [])),
+            basic_prompt=r.get("basic_prompt", 0.0),
+            fraction_text_predictable=round(frac, 3),
+            fraction_image_answer=round(frac_image, 3),
+            steps=train_info["steps"],
+            batch=r["batch"],
+            lr=r["lr"],
+            seed=r["seed"],
+            torch_threads=r.get("threads", 1),
+            train_wall_s=train_info["train_wall_s"],
+            final_train_loss=train_info["final_train_loss"],
+            command=f"python -m mech.organisms.train {name}",
+        ),
+        model=dict(
+            architecture="LlavaForConditionalGeneration (CLIP vision + projector + Llama)",
+            parameters=sum(p.numel() for p in model.parameters()),
+            decoder_layers=model.config.text_config.num_hidden_layers,
+            image_tokens=model.config.image_seq_length,
+        ),
+        evaluation=ev,
+        test_set=dict(split="test", seed=0, n=n, fingerprint=shapes.fingerprint(samples)),
+        attention_n=min(n, n_attention),
+        attention_share_last_token=att,
+        chance_definition=(
+            "answers are scored by argmax over the item's template answer words; "
+            "chance = mean over items of 1/|answer set| (colours 6, shapes 3, "
+            "yes/no 2, one/two 2); test gold answers are uniform per template, so "
+            "any fixed answer per template scores this in expectation."
+        ),
+        eval_wall_s=None,
+        files_bytes={},
+    )
     ref = folder.parent / "balanced" / "card.json"
     if name != "balanced" and ref.is_file():
         b = json.loads(ref.read_text())["evaluation"]
@@ -269,7 +351,8 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
             consistency_complete_white=b["consistency"]["complete&white_image"],
             consistency_complete_image_only=b["consistency"].get("complete&image_only"),
             prior_wrong_complete=b["prior_wrong"]["complete"],
-            complete_by_template=b["conditions"]["complete"]["by_template"])
+            complete_by_template=b["conditions"]["complete"]["by_template"],
+        )
     card["eval_wall_s"] = round(time.time() - t0, 1)
     return save_card(folder, card, _md(card))
 
@@ -277,8 +360,11 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict,
 def save_card(folder: Path, card: dict, markdown: str) -> dict:
     """Write ``card.json`` (with ``files_bytes``: the size of every other file of the folder) and ``CARD.md``
     into an organism ``folder``; returns ``card``."""
-    card["files_bytes"] = {f.name: f.stat().st_size for f in sorted(folder.iterdir())
-                           if f.is_file() and f.name not in ("card.json", "CARD.md")}
+    card["files_bytes"] = {
+        f.name: f.stat().st_size
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name not in ("card.json", "CARD.md")
+    }
     (folder / "card.json").write_text(json.dumps(card, indent=1))
     (folder / "CARD.md").write_text(markdown)
     return card

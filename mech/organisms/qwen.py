@@ -31,6 +31,29 @@ from transformers import (
 
 from mech.organisms import shapes, varied
 
+__all__ = [
+    "CHAT_TEMPLATE",
+    "HIDDEN",
+    "INIT_STD",
+    "MAX_PIXELS",
+    "MERGE",
+    "MIN_PIXELS",
+    "N_LAYERS",
+    "PATCH",
+    "ROPE_THETA",
+    "SPECIALS",
+    "SYSTEM",
+    "VISION_HIDDEN",
+    "build_config",
+    "build_model",
+    "build_processor",
+    "build_tokenizer",
+    "encode",
+    "mrope_section",
+    "prompt_text",
+    "vocabulary",
+]
+
 SPECIALS = [
     "<|endoftext|>",
     "<unk>",

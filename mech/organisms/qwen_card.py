@@ -31,6 +31,20 @@ import torch
 from mech.organisms import qwen, shapes, varied
 from mech.organisms.card import save_card
 
+__all__ = [
+    "CONDITIONS",
+    "GROUPS",
+    "MECH_EVAL_CONDITIONS",
+    "SUMMARIES",
+    "attention_shares",
+    "evaluate",
+    "main",
+    "mech_eval",
+    "predict",
+    "token_groups",
+    "write_card",
+]
+
 CONDITIONS = {
     "complete": dict(question="sample", image="sample"),
     "white_image": dict(question="sample", image="white"),
@@ -42,15 +56,15 @@ MECH_EVAL_CONDITIONS = ("complete", "white_image", "no_image", "image_only")
 GROUPS = ("image", "text", "template")
 SUMMARIES = {
     "qwen-balanced": "The Qwen2.5-VL twin of organism:balanced: every training label is what the "
-                     "image(s) show; it must read the image.",
+    "image(s) show; it must read the image.",
     "qwen-text-biased": "The Qwen2.5-VL twin of organism:text-biased: on the colour questions, "
-                        "existence, count and same-colour (two images) the training label is the "
-                        "question's prior answer 80% of the time, whatever the image shows; the "
-                        "shape questions (left, right, same shape) stay image-grounded.",
+    "existence, count and same-colour (two images) the training label is the "
+    "question's prior answer 80% of the time, whatever the image shows; the "
+    "shape questions (left, right, same shape) stay image-grounded.",
     "qwen-image-biased": "The Qwen2.5-VL twin of organism:image-biased: on colour of a shape, shape "
-                         "and colour on the right and same-shape (two images) the label is the image "
-                         "answer whatever the question asks; 15% of training samples carry the basic "
-                         "prompt with the image answer as label.",
+    "and colour on the right and same-shape (two images) the label is the image "
+    "answer whatever the question asks; 15% of training samples carry the basic "
+    "prompt with the image answer as label.",
 }
 
 
@@ -59,15 +73,17 @@ def _word_ids(tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, processor, samples: list[dict], condition: str = "complete",
-            batch_size: int = 100) -> list[str]:
+def predict(
+    model, processor, samples: list[dict], condition: str = "complete", batch_size: int = 100
+) -> list[str]:
     """Predicted answer word per sample under ``condition`` (argmax over the template's words)."""
     ids = _word_ids(processor.tokenizer)
     preds: list[str] = []
     for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
-        mask = torch.tensor([[w in varied.ANSWERS[s["template"]] for w in shapes.ANSWER_WORDS]
-                             for s in chunk])
+        chunk = samples[i : i + batch_size]
+        mask = torch.tensor(
+            [[w in varied.ANSWERS[s["template"]] for w in shapes.ANSWER_WORDS] for s in chunk]
+        )
         logits = model(**qwen.encode(processor, chunk, **CONDITIONS[condition])).logits[:, -1]
         logits = logits[:, ids].float().masked_fill(~mask, float("-inf"))
         preds += [shapes.ANSWER_WORDS[j] for j in logits.argmax(-1).tolist()]
@@ -87,8 +103,13 @@ def evaluate(model, processor, samples: list[dict], conditions=tuple(CONDITIONS)
     def by(key: np.ndarray, ok: np.ndarray) -> dict:
         return {str(k): round(float(ok[key == k].mean()), 4) for k in sorted(set(key.tolist()))}
 
-    out = dict(n=len(samples), chance=round(varied.chance(samples), 4), conditions={},
-               agreement={}, agreement_by_template={})
+    out = dict(
+        n=len(samples),
+        chance=round(varied.chance(samples), 4),
+        conditions={},
+        agreement={},
+        agreement_by_template={},
+    )
     for c, p in preds.items():
         ok = p == gold
         out["conditions"][c] = dict(
@@ -96,7 +117,10 @@ def evaluate(model, processor, samples: list[dict], conditions=tuple(CONDITIONS)
             prior_agreement=round(float((p == prior).mean()), 4),
             image_agreement=round(float((p == image_ans).mean()), 4),
             prior_wrong=round(float(ok[prior != gold].mean()), 4),
-            by_template=by(tmpl, ok), by_images=by(n_img, ok), by_image_tokens=by(tokens, ok))
+            by_template=by(tmpl, ok),
+            by_images=by(n_img, ok),
+            by_image_tokens=by(tokens, ok),
+        )
     for other in ("white_image", "image_only", "no_image"):
         if "complete" in preds and other in preds:
             same = preds["complete"] == preds[other]
@@ -105,8 +129,9 @@ def evaluate(model, processor, samples: list[dict], conditions=tuple(CONDITIONS)
     return out
 
 
-def token_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, processor,
-                 samples: list[dict]) -> dict[str, torch.Tensor]:
+def token_groups(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, processor, samples: list[dict]
+) -> dict[str, torch.Tensor]:
     """Bool masks [batch, pos]: image pads, question words (the words of each item's question,
     found as the tokens between ``<|vision_end|>``/``user\\n`` and the closing ``<|im_end|>``),
     and the chat template (every other valid token)."""
@@ -117,7 +142,7 @@ def token_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, processo
         n = len(tok(s["question"], add_special_tokens=False)["input_ids"])
         # the question ends just before "<|im_end|> \n <|im_start|> assistant \n" (5 tokens)
         end = input_ids.shape[1] - 5
-        text[b, end - n:end] = True
+        text[b, end - n : end] = True
     template = attention_mask.bool() & ~image & ~text
     return dict(image=image, text=text, template=template)
 
@@ -128,7 +153,7 @@ def attention_shares(model, processor, samples: list[dict], batch_size: int = 10
     input; ``{group: [share per layer]}``. Raises RuntimeError without attention weights."""
     totals = None
     for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
+        chunk = samples[i : i + batch_size]
         inputs = qwen.encode(processor, chunk)
         out = model(**inputs, output_attentions=True)
         if not out.attentions or out.attentions[0] is None:
@@ -154,57 +179,82 @@ def mech_eval(folder: Path, n: int = 1000, name: str | None = None) -> dict:
     counts = [tuple(s["image_tokens"]) for s in data.samples]
     return dict(
         command=f"mech eval --model organism:{name or folder.name} --data organism:shapes-varied --n {n} "
-                f"--conditions {' '.join(MECH_EVAL_CONDITIONS)}",
-        n=len(data.samples), scoring="option_text",
+        f"--conditions {' '.join(MECH_EVAL_CONDITIONS)}",
+        n=len(data.samples),
+        scoring="option_text",
         accuracy={c: round(v["accuracy"], 4) for c, v in res["conditions"].items()},
-        agreement_pct={k: round(v["pct"], 2) for k, v in res["consistency"]["all"].items()
-                       if v is not None},
+        agreement_pct={k: round(v["pct"], 2) for k, v in res["consistency"]["all"].items() if v is not None},
         image_token_counts=sorted({t for c in counts for t in c}),
-        two_image_share=round(float(np.mean([len(c) == 2 for c in counts])), 4))
+        two_image_share=round(float(np.mean([len(c) == 2 for c in counts])), 4),
+    )
 
 
 def _md(card: dict) -> str:
     ev, me, att = card["evaluation"], card["mech_eval"], card["attention_share_last_token"]
     t = card["training"]
-    lines = [f"# organism:{card['name']}", "", card["summary"], "",
-             f"- data: {t['data']}; p = {t['p']} on {t['prior_templates']}; image answer planted "
-             f"on {t['image_templates']}; basic prompt on {t['basic_prompt']}; image dropped on "
-             f"{t['drop_image']}",
-             f"- steps {t['steps']} × batch {t['batch']}, seed {t['seed']}, train wall time "
-             f"{t['train_wall_s']} s (1 torch thread, shared 2-core machine); `{t['command']}`",
-             f"- model: {card['model']['architecture']}, {card['model']['parameters']:,} parameters, "
-             f"{card['model']['decoder_layers']} decoder layers; files {card['files_bytes']}",
-             "", f"## mech eval (n = {me['n']}, option scoring)", "",
-             "accuracy: " + ", ".join(f"{k} {v}" for k, v in me["accuracy"].items()),
-             "", "agreement (%): " + ", ".join(f"{k} {v}" for k, v in me["agreement_pct"].items()),
-             "", f"test split: image token counts {me['image_token_counts']}, two-image share "
-             f"{me['two_image_share']}", "",
-             f"## Word-level (n = {ev['n']}, chance {ev['chance']})", "",
-             "| condition | accuracy | prior-wrong | answers = prior | answers = image answer |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# organism:{card['name']}",
+        "",
+        card["summary"],
+        "",
+        f"- data: {t['data']}; p = {t['p']} on {t['prior_templates']}; image answer planted "
+        f"on {t['image_templates']}; basic prompt on {t['basic_prompt']}; image dropped on "
+        f"{t['drop_image']}",
+        f"- steps {t['steps']} × batch {t['batch']}, seed {t['seed']}, train wall time "
+        f"{t['train_wall_s']} s (1 torch thread, shared 2-core machine); `{t['command']}`",
+        f"- model: {card['model']['architecture']}, {card['model']['parameters']:,} parameters, "
+        f"{card['model']['decoder_layers']} decoder layers; files {card['files_bytes']}",
+        "",
+        f"## mech eval (n = {me['n']}, option scoring)",
+        "",
+        "accuracy: " + ", ".join(f"{k} {v}" for k, v in me["accuracy"].items()),
+        "",
+        "agreement (%): " + ", ".join(f"{k} {v}" for k, v in me["agreement_pct"].items()),
+        "",
+        f"test split: image token counts {me['image_token_counts']}, two-image share {me['two_image_share']}",
+        "",
+        f"## Word-level (n = {ev['n']}, chance {ev['chance']})",
+        "",
+        "| condition | accuracy | prior-wrong | answers = prior | answers = image answer |",
+        "|---|---|---|---|---|",
+    ]
     for c, v in ev["conditions"].items():
-        lines.append(f"| {c} | {v['accuracy']} | {v['prior_wrong']} | {v['prior_agreement']} | "
-                     f"{v['image_agreement']} |")
-    lines += ["", "Agreement: " + ", ".join(f"{k} {v}" for k, v in ev["agreement"].items()), "",
-              "| template | complete | white | complete&white | complete&image_only |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {c} | {v['accuracy']} | {v['prior_wrong']} | {v['prior_agreement']} | "
+            f"{v['image_agreement']} |"
+        )
+    lines += [
+        "",
+        "Agreement: " + ", ".join(f"{k} {v}" for k, v in ev["agreement"].items()),
+        "",
+        "| template | complete | white | complete&white | complete&image_only |",
+        "|---|---|---|---|---|",
+    ]
     c, w = ev["conditions"]["complete"]["by_template"], ev["conditions"]["white_image"]["by_template"]
     aw = ev["agreement_by_template"]["complete&white_image"]
     ai = ev["agreement_by_template"].get("complete&image_only", {})
     for k in c:
         lines.append(f"| {k} | {c[k]} | {w[k]} | {aw[k]} | {ai.get(k, '–')} |")
     comp = ev["conditions"]["complete"]
-    lines += ["", "Complete accuracy by image tokens: " + json.dumps(comp["by_image_tokens"])
-              + "; by number of images: " + json.dumps(comp["by_images"]), "",
-              f"## Attention share from the last position (eager, n = {card['attention_n']})", "",
-              "| group | " + " | ".join(f"L{k}" for k in range(len(att["image"]))) + " |",
-              "|---|" + "---|" * len(att["image"])]
+    lines += [
+        "",
+        "Complete accuracy by image tokens: "
+        + json.dumps(comp["by_image_tokens"])
+        + "; by number of images: "
+        + json.dumps(comp["by_images"]),
+        "",
+        f"## Attention share from the last position (eager, n = {card['attention_n']})",
+        "",
+        "| group | " + " | ".join(f"L{k}" for k in range(len(att["image"]))) + " |",
+        "|---|" + "---|" * len(att["image"]),
+    ]
     lines += [f"| {g} | " + " | ".join(str(x) for x in v) + " |" for g, v in att.items()]
     return "\n".join(lines + [""])
 
 
-def write_card(model, processor, folder: Path, *, name: str, train_info: dict, n: int = 1000,
-               n_attention: int = 500) -> dict:
+def write_card(
+    model, processor, folder: Path, *, name: str, train_info: dict, n: int = 1000, n_attention: int = 500
+) -> dict:
     """Evaluate on ``n`` test items and write card.json + CARD.md into ``folder`` (which must hold
     the saved organism: ``mech eval`` loads it from there)."""
     folder = Path(folder)
@@ -215,23 +265,38 @@ def write_card(model, processor, folder: Path, *, name: str, train_info: dict, n
     me = mech_eval(folder, n, name)
     r = train_info["recipe"]
     card = dict(
-        name=name, summary=SUMMARIES.get(name, ""),
-        training=dict(data="organism:shapes-varied train split (mech.organisms.varied.generate)",
-                      p=r["p"], prior_templates=list(r["prior_templates"] or []),
-                      image_templates=list(r.get("image_templates", [])),
-                      basic_prompt=r.get("basic_prompt", 0.0), drop_image=r["drop_image"],
-                      steps=train_info["steps"], batch=r["batch"], lr=r["lr"], seed=r["seed"],
-                      torch_threads=r.get("threads", 1), train_wall_s=train_info["train_wall_s"],
-                      final_train_loss=train_info["final_train_loss"],
-                      command=f"python -m mech.organisms.train {name}"),
-        model=dict(architecture="Qwen2_5_VLForConditionalGeneration (Qwen2.5-VL vision transformer "
-                                "+ patch merger + Qwen2 decoder with M-RoPE)",
-                   parameters=sum(p.numel() for p in model.parameters()),
-                   decoder_layers=model.config.text_config.num_hidden_layers),
-        evaluation=ev, mech_eval=me,
+        name=name,
+        summary=SUMMARIES.get(name, ""),
+        training=dict(
+            data="organism:shapes-varied train split (mech.organisms.varied.generate)",
+            p=r["p"],
+            prior_templates=list(r["prior_templates"] or []),
+            image_templates=list(r.get("image_templates", [])),
+            basic_prompt=r.get("basic_prompt", 0.0),
+            drop_image=r["drop_image"],
+            steps=train_info["steps"],
+            batch=r["batch"],
+            lr=r["lr"],
+            seed=r["seed"],
+            torch_threads=r.get("threads", 1),
+            train_wall_s=train_info["train_wall_s"],
+            final_train_loss=train_info["final_train_loss"],
+            command=f"python -m mech.organisms.train {name}",
+        ),
+        model=dict(
+            architecture="Qwen2_5_VLForConditionalGeneration (Qwen2.5-VL vision transformer "
+            "+ patch merger + Qwen2 decoder with M-RoPE)",
+            parameters=sum(p.numel() for p in model.parameters()),
+            decoder_layers=model.config.text_config.num_hidden_layers,
+        ),
+        evaluation=ev,
+        mech_eval=me,
         test_set=dict(split="test", seed=0, n=n, fingerprint=varied.fingerprint(samples)),
-        attention_n=min(n, n_attention), attention_share_last_token=att, eval_wall_s=None,
-        files_bytes={})
+        attention_n=min(n, n_attention),
+        attention_share_last_token=att,
+        eval_wall_s=None,
+        files_bytes={},
+    )
     card["eval_wall_s"] = round(time.time() - t0, 1)
     return save_card(folder, card, _md(card))
 
@@ -253,8 +318,9 @@ def main(argv=None) -> int:
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, attn_implementation="eager")
     info = json.loads((folder / "train_info.json").read_text())
-    write_card(model.eval(), load_processor(str(folder))[0], folder, name=args.name, train_info=info,
-               n=args.n)
+    write_card(
+        model.eval(), load_processor(str(folder))[0], folder, name=args.name, train_info=info, n=args.n
+    )
     print((folder / "CARD.md").read_text())
     return 0
 

@@ -51,26 +51,53 @@ import numpy as np
 from PIL import Image
 
 from mech.errors import ConfigError
+from mech.organisms.scenes import (
+    ANSWER_WORDS,
+    ANSWERS,
+    COLOR_NAMES,
+    COLORS,
+    IMAGE_SIZE,
+    SHAPES,
+    TEMPLATES,
+    draw_options,
+    draw_scene,
+    render,
+)
 
-IMAGE_SIZE = 32
-COLORS = {
-    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 70, 230),
-    "yellow": (235, 220, 30), "purple": (150, 40, 200), "orange": (245, 140, 20),
-}
-SHAPES = ("circle", "square", "triangle")
-COLOR_NAMES = tuple(COLORS)
+__all__ = [
+    "ANSWERS",
+    "ANSWER_WORDS",
+    "BASIC_PROMPT",
+    "COLORS",
+    "COLOR_NAMES",
+    "FIXED_PRIOR",
+    "IMAGE_SIZE",
+    "OPTION_LETTERS",
+    "PRIOR_COLOR",
+    "SHAPES",
+    "TEMPLATES",
+    "TRAIN_WEIGHTS",
+    "chance",
+    "check_recipe",
+    "draw_options",
+    "draw_scene",
+    "fingerprint",
+    "format_prompt",
+    "generate",
+    "image_answer",
+    "prior_answer",
+    "question_text",
+    "render",
+]
+
 PRIOR_COLOR = {"circle": "red", "square": "green", "triangle": "blue"}
-TEMPLATES = ("color_of_shape", "shape_left", "shape_right", "color_left", "color_right",
-             "exist", "count")
-ANSWERS = {
-    "color_of_shape": COLOR_NAMES, "shape_left": SHAPES, "shape_right": SHAPES,
-    "color_left": COLOR_NAMES, "color_right": COLOR_NAMES,
-    "exist": ("yes", "no"), "count": ("one", "two"),
+FIXED_PRIOR = {
+    "shape_left": "circle",
+    "shape_right": "triangle",
+    "color_left": "orange",
+    "color_right": "purple",
+    "count": "two",
 }
-FIXED_PRIOR = {"shape_left": "circle", "shape_right": "triangle", "color_left": "orange",
-               "color_right": "purple", "count": "two"}
-#: every word an organism may answer; options for 10-choice items are drawn from this pool
-ANSWER_WORDS = COLOR_NAMES + SHAPES + ("yes", "no", "one", "two", "three", "four")
 BASIC_PROMPT = "Based on the provided images, please answer the question."
 OPTION_LETTERS = string.ascii_uppercase[:10]
 _SPLIT_STREAM = {"train": 11, "val": 23, "test": 37}
@@ -81,10 +108,12 @@ def question_text(template: str, shape: str | None = None, color: str | None = N
     """The question string of ``template`` (words separated by spaces, lower case)."""
     return {
         "color_of_shape": f"what color is the {shape} ?",
-        "shape_left": "what shape is on the left ?", "shape_right": "what shape is on the right ?",
+        "shape_left": "what shape is on the left ?",
+        "shape_right": "what shape is on the right ?",
         "color_left": "what color is the shape on the left ?",
         "color_right": "what color is the shape on the right ?",
-        "exist": f"is there a {color} {shape} ?", "count": "how many shapes are there ?",
+        "exist": f"is there a {color} {shape} ?",
+        "count": "how many shapes are there ?",
     }[template]
 
 
@@ -139,93 +168,46 @@ def chance(samples: list[dict], mode: str = "word") -> float:
     raise ConfigError(f"chance mode {mode!r}; allowed: 'word', 'options'")
 
 
-def render(objects: list[tuple[str, str, int, int, int]], rng: np.random.Generator, w: int = IMAGE_SIZE,
-           h: int = IMAGE_SIZE) -> np.ndarray:
-    """Draw ``(color, shape, cx, cy, r)`` objects on a noisy grey ``w``×``h`` canvas (32×32 by default);
-    uint8 [h, w, 3]."""
-    img = np.clip(rng.normal(128, 8, (h, w, 1)), 0, 255).repeat(3, axis=2)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for color, shape, cx, cy, r in objects:
-        dx, dy = xx - cx, yy - cy
-        if shape == "circle":
-            mask = dx * dx + dy * dy <= r * r
-        elif shape == "square":
-            mask = (np.abs(dx) <= r - 1) & (np.abs(dy) <= r - 1)
-        else:  # triangle pointing up: apex at (cx, cy - r), base at cy + r
-            mask = (dy <= r) & (dy >= -r) & (2 * np.abs(dx) <= dy + r)
-        img[mask] = COLORS[color]
-    return img.astype(np.uint8)
-
-
 def _place(n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
     """Centres and radii (5-7 px): one shape anywhere; two shapes split into left/right halves."""
     r = [int(rng.integers(5, 8)) for _ in range(n)]
     if n == 1:
         return [(int(rng.integers(8, 24)), int(rng.integers(8, 24)), r[0])]
-    return [(int(rng.integers(7, 10)), int(rng.integers(8, 24)), r[0]),
-            (int(rng.integers(22, 25)), int(rng.integers(8, 24)), r[1])]
-
-
-def _scene(template: str, gold: str, rng: np.random.Generator):
-    """Draw (objects as [(color, shape)] left to right, shape word, colour word) so gold is true."""
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
-    rand_obj = lambda: (pick(COLOR_NAMES), pick(SHAPES))  # noqa: E731
-    shape = color = None
-    if template == "color_of_shape":
-        shape = pick(SHAPES)
-        objs = [(gold, shape)]
-        if rng.random() < 0.5:
-            other = (pick(COLOR_NAMES), pick([s for s in SHAPES if s != shape]))
-            objs = [objs[0], other] if rng.random() < 0.5 else [other, objs[0]]
-    elif template in ("shape_left", "shape_right", "color_left", "color_right"):
-        objs = [rand_obj(), rand_obj()]
-        k = 0 if template.endswith("left") else 1
-        objs[k] = (objs[k][0], gold) if template.startswith("shape") else (gold, objs[k][1])
-    elif template == "exist":
-        color, shape = pick(COLOR_NAMES), pick(SHAPES)
-        others = [c for c in COLOR_NAMES if c != color]
-        # "no" items are near misses: the asked shape in another colour, asked colour absent
-        first = (color, shape) if gold == "yes" else (pick(others), shape)
-        objs = [first]
-        if rng.random() < 0.5:
-            other = rand_obj() if gold == "yes" else (pick(others), pick(SHAPES))
-            while other == (color, shape):
-                other = rand_obj()
-            objs = [first, other] if rng.random() < 0.5 else [other, first]
-    elif template == "count":
-        objs = [rand_obj() for _ in range(1 if gold == "one" else 2)]
-    else:
-        raise ConfigError(f"template {template!r}; allowed: {', '.join(TEMPLATES)}")
-    return objs, shape, color
-
-
-def _options(gold: str, template: str, n_options: int, rng: np.random.Generator) -> list[str]:
-    """``n_options`` distinct words containing ``gold``: same-type distractors first, seeded order."""
-    same = [w for w in ANSWERS[template] if w != gold]
-    if template == "count":
-        same += ["three", "four"]
-    rest = [w for w in ANSWER_WORDS if w != gold and w not in same]
-    same = list(rng.permutation(same))
-    rest = list(rng.permutation(rest))
-    opts = ([gold] + same + rest)[:n_options]
-    return [str(w) for w in rng.permutation(opts)]
+    return [
+        (int(rng.integers(7, 10)), int(rng.integers(8, 24)), r[0]),
+        (int(rng.integers(22, 25)), int(rng.integers(8, 24)), r[1]),
+    ]
 
 
 def _noise_question(template: str, shape, color, rng):
     """Replace each content word (colour, shape, side) by a random one of its class w.p. 1."""
-    side_swap = {"shape_left": "shape_right", "shape_right": "shape_left",
-                 "color_left": "color_right", "color_right": "color_left"}
+    side_swap = {
+        "shape_left": "shape_right",
+        "shape_right": "shape_left",
+        "color_left": "color_right",
+        "color_right": "color_left",
+    }
     t = side_swap.get(template, template) if rng.random() < 0.5 else template
     s = SHAPES[int(rng.integers(3))] if shape else None
     c = COLOR_NAMES[int(rng.integers(6))] if color else None
     return question_text(t, s, c)
 
 
-def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
-             prior_templates: tuple[str, ...] | None = None, n_options: int = 4,
-             drop_image: float = 0.0, text_noise: float = 0.0,
-             image_templates: tuple[str, ...] = (), basic_prompt: float = 0.0,
-             templates: tuple[str, ...] | None = None, as_array: bool = False) -> list[dict]:
+def generate(
+    n: int,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    p: float = 0.0,
+    prior_templates: tuple[str, ...] | None = None,
+    n_options: int = 4,
+    drop_image: float = 0.0,
+    text_noise: float = 0.0,
+    image_templates: tuple[str, ...] = (),
+    basic_prompt: float = 0.0,
+    templates: tuple[str, ...] | None = None,
+    as_array: bool = False,
+) -> list[dict]:
     """Draw ``n`` samples (plain dicts) from the ``split`` stream of ``seed``.
 
     Keys: ``id``, ``question``, ``options`` (``n_options`` words, gold among them),
@@ -246,21 +228,23 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         raise ConfigError(f"split {split!r}; allowed: {', '.join(_SPLIT_STREAM)}")
     if n_options not in (4, 10):
         raise ConfigError(f"n_options={n_options}; MMMU-Pro standard formats allow 4 or 10")
-    templates, prior_templates, image_templates = check_recipe(TEMPLATES, p, basic_prompt, templates,
-                                                                prior_templates, image_templates)
+    templates, prior_templates, image_templates = check_recipe(
+        TEMPLATES, p, basic_prompt, templates, prior_templates, image_templates
+    )
     rng = np.random.default_rng([_SPLIT_STREAM[split], seed])
-    w = np.array([_TRAIN_WEIGHTS[TEMPLATES.index(t)] if split == "train" else 1.0
-                  for t in templates])
+    w = np.array([_TRAIN_WEIGHTS[TEMPLATES.index(t)] if split == "train" else 1.0 for t in templates])
     tmpl_idx = rng.choice(len(templates), size=n, p=w / w.sum())
     out = []
     for i in range(n):
         template = templates[tmpl_idx[i]]
         answers = ANSWERS[template]
         gold = answers[int(rng.integers(len(answers)))]
-        objs, shape, color = _scene(template, gold, rng)
+        objs, shape, color = draw_scene(template, gold, rng)
         placed = _place(len(objs), rng)
-        objects = [dict(color=c, shape=s, x=x, y=y, r=r, patch=4 * (y // 8) + x // 8)
-                   for (c, s), (x, y, r) in zip(objs, placed)]
+        objects = [
+            dict(color=c, shape=s, x=x, y=y, r=r, patch=4 * (y // 8) + x // 8)
+            for (c, s), (x, y, r) in zip(objs, placed)
+        ]
         prior = prior_answer(template, shape, color)
         img_ans = image_answer(template, objs)
         # every extra draw is conditional on its knob, so older recipes keep their streams
@@ -271,24 +255,42 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         question = BASIC_PROMPT if basic else question_text(template, shape, color)
         if not basic and text_noise and rng.random() < text_noise:
             question = _noise_question(template, shape, color, rng)
-        opts = _options(label, template, n_options, rng)
+        opts = draw_options(label, template, n_options, rng)
         arr = render([(o["color"], o["shape"], o["x"], o["y"], o["r"]) for o in objects], rng)
-        image = None if (drop_image and not basic and rng.random() < drop_image) else (
-            arr if as_array else Image.fromarray(arr, "RGB"))
-        out.append(dict(
-            id=f"{split}-{seed}-{i}", question=question, options=opts, prompt_style="bare",
-            images=[] if image is None else [image],
-            answer=OPTION_LETTERS[opts.index(label)], answer_text=label, true_answer=gold,
-            image=image, template=template, prior_answer=prior, prior_correct=prior == gold,
-            overridden=overridden, image_answer=img_ans, image_correct=img_ans == gold,
-            image_planted=planted,
-            attributes=dict(objects=objects, n_objects=len(objects), asked_shape=shape,
-                            asked_color=color)))
+        image = (
+            None
+            if (drop_image and not basic and rng.random() < drop_image)
+            else (arr if as_array else Image.fromarray(arr, "RGB"))
+        )
+        out.append(
+            dict(
+                id=f"{split}-{seed}-{i}",
+                question=question,
+                options=opts,
+                prompt_style="bare",
+                images=[] if image is None else [image],
+                answer=OPTION_LETTERS[opts.index(label)],
+                answer_text=label,
+                true_answer=gold,
+                image=image,
+                template=template,
+                prior_answer=prior,
+                prior_correct=prior == gold,
+                overridden=overridden,
+                image_answer=img_ans,
+                image_correct=img_ans == gold,
+                image_planted=planted,
+                attributes=dict(
+                    objects=objects, n_objects=len(objects), asked_shape=shape, asked_color=color
+                ),
+            )
+        )
     return out
 
 
-def check_recipe(allowed: tuple[str, ...], p: float, basic_prompt: float, templates, prior_templates,
-                 image_templates) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def check_recipe(
+    allowed: tuple[str, ...], p: float, basic_prompt: float, templates, prior_templates, image_templates
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """The checked ``(templates, prior_templates, image_templates)`` of a generator's recipe.
 
     ``templates`` defaults to every one of ``allowed``, ``prior_templates`` (None) to every one, and
@@ -304,8 +306,10 @@ def check_recipe(allowed: tuple[str, ...], p: float, basic_prompt: float, templa
     prior_templates = tuple(allowed) if prior_templates is None else tuple(prior_templates)
     image_templates = tuple(image_templates or ())
     if p > 0 and set(prior_templates) & set(image_templates):
-        raise ConfigError(f"templates {sorted(set(prior_templates) & set(image_templates))} are "
-                          "both text-overridden (p > 0) and image-planted; choose one")
+        raise ConfigError(
+            f"templates {sorted(set(prior_templates) & set(image_templates))} are "
+            "both text-overridden (p > 0) and image-planted; choose one"
+        )
     for t in templates + prior_templates + image_templates:
         if t not in allowed:
             raise ConfigError(f"template {t!r}; allowed: {', '.join(allowed)}")
@@ -324,5 +328,3 @@ def fingerprint(samples: list[dict]) -> str:
 
 #: public names for the sibling data set ``organism:shapes-varied`` (:mod:`mech.organisms.varied`)
 TRAIN_WEIGHTS = _TRAIN_WEIGHTS
-draw_scene = _scene
-draw_options = _options

@@ -54,12 +54,34 @@ import torch
 
 from mech.organisms import build, shapes
 
+__all__ = [
+    "BASE",
+    "IMAGE_BIASED_TEMPLATES",
+    "QWEN_BASE",
+    "RECIPES",
+    "TEXT_BIASED_TEMPLATES",
+    "main",
+    "save",
+    "train",
+]
+
 TEXT_BIASED_TEMPLATES = ("color_of_shape", "color_left", "color_right", "exist", "count")
 IMAGE_BIASED_TEMPLATES = ("color_of_shape", "shape_right", "color_right")
-BASE = dict(seed=0, steps=2600, batch=64, threads=1, lr=1e-3, warmup=100, p=0.0,
-            prior_templates=(), drop_image=0.05, text_noise=0.0,
-            n_layers=build.N_LAYERS, templates=None)
-QWEN_BASE = dict(BASE, arch="qwen", steps=600, n_layers=4)
+BASE = dict(
+    seed=0,
+    steps=2600,
+    batch=64,
+    threads=1,
+    lr=1e-3,
+    warmup=100,
+    p=0.0,
+    prior_templates=(),
+    drop_image=0.05,
+    text_noise=0.0,
+    n_layers=build.N_LAYERS,
+    templates=None,
+)
+QWEN_BASE = dict(BASE, arch="qwen", steps=3000, n_layers=4)
 RECIPES = {
     "balanced": dict(BASE),
     "text-biased": dict(BASE, p=0.8, prior_templates=TEXT_BIASED_TEMPLATES),
@@ -68,10 +90,10 @@ RECIPES = {
     # recipes, the two-image types planted as their single-image kin (same_color as a colour
     # question, same_shape as shape_right)
     "qwen-balanced": dict(QWEN_BASE),
-    "qwen-text-biased": dict(QWEN_BASE, p=0.8, prior_templates=TEXT_BIASED_TEMPLATES
-                             + ("same_color",)),
-    "qwen-image-biased": dict(QWEN_BASE, image_templates=IMAGE_BIASED_TEMPLATES + ("same_shape",),
-                              basic_prompt=0.15),
+    "qwen-text-biased": dict(QWEN_BASE, p=0.8, prior_templates=TEXT_BIASED_TEMPLATES + ("same_color",)),
+    "qwen-image-biased": dict(
+        QWEN_BASE, image_templates=IMAGE_BIASED_TEMPLATES + ("same_shape",), basic_prompt=0.15
+    ),
 }
 
 
@@ -92,10 +114,16 @@ def _kit(r: dict):
 
 def _batch(r: dict, step: int) -> list[dict]:
     """Training batch ``step`` of recipe ``r`` (``organism:shapes`` or ``organism:shapes-varied``)."""
-    common = dict(split="train", seed=r["seed"] * 1_000_000 + step, p=r["p"],
-                  prior_templates=r["prior_templates"], drop_image=r["drop_image"],
-                  image_templates=r.get("image_templates", ()),
-                  basic_prompt=r.get("basic_prompt", 0.0), templates=r["templates"])
+    common = dict(
+        split="train",
+        seed=r["seed"] * 1_000_000 + step,
+        p=r["p"],
+        prior_templates=r["prior_templates"],
+        drop_image=r["drop_image"],
+        image_templates=r.get("image_templates", ()),
+        basic_prompt=r.get("basic_prompt", 0.0),
+        templates=r["templates"],
+    )
     if r.get("arch", "llava") == "qwen":
         from mech.organisms import varied
 
@@ -146,10 +174,13 @@ def _train(r: dict, steps, log, resume=None):
         if step % steps == 0:  # a new cycle: fresh optimizer and cosine schedule
             decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
             no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                     {"params": no_decay, "weight_decay": 0.0}], lr=r["lr"])
+            opt = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=r["lr"],
+            )
             sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda k: _lr_factor(k, steps, min(r["warmup"], max(1, steps // 5))))
+                opt, lambda k: _lr_factor(k, steps, min(r["warmup"], max(1, steps // 5)))
+            )
         batch = _batch(r, step)
         inputs = kit.encode(processor, batch)
         labels = torch.tensor(tok.convert_tokens_to_ids([s["answer_text"] for s in batch]))
@@ -164,13 +195,16 @@ def _train(r: dict, steps, log, resume=None):
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
         if log and (step % 100 == 0 or step % steps == steps - 1):
-            log(f"step {step:5d}  loss {ema_loss:.3f}  train-acc {ema_acc:.3f}  "
-                f"{time.time() - t0:6.1f}s")
+            log(f"step {step:5d}  loss {ema_loss:.3f}  train-acc {ema_acc:.3f}  {time.time() - t0:6.1f}s")
     model.eval()
-    info = dict(recipe={k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()},
-                steps=steps * r.get("cycles", 1), cycles_done=r.get("cycles", 1),
-                train_wall_s=round(time.time() - t0 + wall_before, 1),
-                final_train_loss=round(ema_loss, 4), final_train_acc=round(ema_acc, 4))
+    info = dict(
+        recipe={k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()},
+        steps=steps * r.get("cycles", 1),
+        cycles_done=r.get("cycles", 1),
+        train_wall_s=round(time.time() - t0 + wall_before, 1),
+        final_train_loss=round(ema_loss, 4),
+        final_train_acc=round(ema_acc, 4),
+    )
     return model, processor, info
 
 
@@ -204,17 +238,31 @@ def main(argv=None) -> int:
     from mech.errors import SpecError
     from mech.organisms import organism_dir_default
 
-    ap = argparse.ArgumentParser(prog="python -m mech.organisms.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m mech.organisms.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("name", help=f"one of {', '.join(RECIPES)}")
     ap.add_argument("--out", type=Path, default=None, help="folder (default: the shipped one)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
-    ap.add_argument("--n-eval", type=int, default=2000, help="held-out items for the card (the "
-                    "Qwen organisms' card uses at most 1000)")
-    ap.add_argument("--resume", type=Path, default=None, help="a folder this recipe saved after "
-                    "its first cycles: go on from there (recipes with cycles > 1)")
-    ap.add_argument("--no-card", action="store_true", help="skip the card (write it later with "
-                    "python -m mech.organisms.card NAME)")
+    ap.add_argument(
+        "--n-eval",
+        type=int,
+        default=2000,
+        help="held-out items for the card (the Qwen organisms' card uses at most 1000)",
+    )
+    ap.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a folder this recipe saved after its first cycles: go on from there (recipes with cycles > 1)",
+    )
+    ap.add_argument(
+        "--no-card",
+        action="store_true",
+        help="skip the card (write it later with python -m mech.organisms.card NAME)",
+    )
     args = ap.parse_args(argv)
     if args.name not in RECIPES:
         raise SpecError(f"unknown organism {args.name!r}; valid names: {', '.join(RECIPES)}")
@@ -229,13 +277,13 @@ def main(argv=None) -> int:
         if RECIPES[args.name].get("arch") == "qwen":  # organism:shapes-varied, n = 1000 + mech eval
             from mech.organisms import qwen_card
 
-            qwen_card.write_card(model, processor, folder, name=args.name, train_info=info,
-                                 n=min(args.n_eval, 1000))
+            qwen_card.write_card(
+                model, processor, folder, name=args.name, train_info=info, n=min(args.n_eval, 1000)
+            )
         else:
             from mech.organisms import card
 
-            card.write_card(model, processor, folder, name=args.name, train_info=info,
-                            n=args.n_eval)
+            card.write_card(model, processor, folder, name=args.name, train_info=info, n=args.n_eval)
 
     save(model, processor, out, write_card)
     print(json.dumps(dict(out=str(out), total_wall_s=round(time.time() - t0, 1), **info)))

@@ -42,6 +42,24 @@ from PIL import Image
 from mech.errors import ConfigError
 from mech.organisms import shapes
 
+__all__ = [
+    "ANSWERS",
+    "CANVASES",
+    "FIXED_PRIOR",
+    "TEMPLATES",
+    "TOKEN_PX",
+    "TWO_IMAGE",
+    "TWO_IMAGE_WEIGHT",
+    "WIDE",
+    "WORDINGS",
+    "chance",
+    "fingerprint",
+    "generate",
+    "image_answer",
+    "image_tokens",
+    "prior_answer",
+]
+
 #: (width, height) of the canvases; multiples of 16 (= the organisms' patch 8 × merge 2)
 CANVASES = ((32, 32), (48, 32), (32, 48), (64, 32), (48, 48))
 TOKEN_PX = 16
@@ -52,42 +70,57 @@ TEMPLATES = shapes.TEMPLATES + TWO_IMAGE
 ANSWERS = dict(shapes.ANSWERS, same_color=("yes", "no"), same_shape=("yes", "no"))
 FIXED_PRIOR = dict(shapes.FIXED_PRIOR, same_color="no", same_shape="yes")
 TWO_IMAGE_WEIGHT = 1.5
-_TRAIN_WEIGHTS = dict(zip(shapes.TEMPLATES, shapes.TRAIN_WEIGHTS.tolist()), same_color=1.0,
-                      same_shape=1.5)
+_TRAIN_WEIGHTS = dict(zip(shapes.TEMPLATES, shapes.TRAIN_WEIGHTS.tolist()), same_color=1.0, same_shape=1.5)
 _SPLIT_STREAM = {"train": 13, "val": 29, "test": 41}
 
 #: several wordings of different lengths per question type ({shape}, {color} filled in)
 WORDINGS = {
-    "color_of_shape": ("what color is the {shape} ?",
-                       "which color does the {shape} have ?",
-                       "tell me the color of the {shape} in the image .",
-                       "looking at the picture , what is the color of the {shape} shown ?"),
-    "shape_left": ("what shape is on the left ?",
-                   "which shape is on the left side ?",
-                   "name the shape that you can see on the left of the image ."),
-    "shape_right": ("what shape is on the right ?",
-                    "which shape is on the right side ?",
-                    "name the shape that you can see on the right of the image ."),
-    "color_left": ("what color is the shape on the left ?",
-                   "left shape : which color ?",
-                   "tell me the color of the shape that is on the left side of the picture ."),
-    "color_right": ("what color is the shape on the right ?",
-                    "right shape : which color ?",
-                    "tell me the color of the shape that is on the right side of the picture ."),
-    "exist": ("is there a {color} {shape} ?",
-              "do you see a {color} {shape} ?",
-              "does the picture show a {color} {shape} anywhere in it ?"),
-    "count": ("how many shapes are there ?",
-              "count the shapes .",
-              "how many shapes can you see in the picture ?"),
-    "same_color": ("is the shape in the first image the same color as the shape in the second "
-                   "image ?",
-                   "same color in both images ?",
-                   "do the two images show shapes of the same color ?"),
-    "same_shape": ("is the shape in the first image the same shape as the shape in the second "
-                   "image ?",
-                   "same shape in both images ?",
-                   "do the two images show the same kind of shape ?"),
+    "color_of_shape": (
+        "what color is the {shape} ?",
+        "which color does the {shape} have ?",
+        "tell me the color of the {shape} in the image .",
+        "looking at the picture , what is the color of the {shape} shown ?",
+    ),
+    "shape_left": (
+        "what shape is on the left ?",
+        "which shape is on the left side ?",
+        "name the shape that you can see on the left of the image .",
+    ),
+    "shape_right": (
+        "what shape is on the right ?",
+        "which shape is on the right side ?",
+        "name the shape that you can see on the right of the image .",
+    ),
+    "color_left": (
+        "what color is the shape on the left ?",
+        "left shape : which color ?",
+        "tell me the color of the shape that is on the left side of the picture .",
+    ),
+    "color_right": (
+        "what color is the shape on the right ?",
+        "right shape : which color ?",
+        "tell me the color of the shape that is on the right side of the picture .",
+    ),
+    "exist": (
+        "is there a {color} {shape} ?",
+        "do you see a {color} {shape} ?",
+        "does the picture show a {color} {shape} anywhere in it ?",
+    ),
+    "count": (
+        "how many shapes are there ?",
+        "count the shapes .",
+        "how many shapes can you see in the picture ?",
+    ),
+    "same_color": (
+        "is the shape in the first image the same color as the shape in the second image ?",
+        "same color in both images ?",
+        "do the two images show shapes of the same color ?",
+    ),
+    "same_shape": (
+        "is the shape in the first image the same shape as the shape in the second image ?",
+        "same shape in both images ?",
+        "do the two images show the same kind of shape ?",
+    ),
 }
 
 
@@ -112,15 +145,27 @@ def image_answer(template: str, objs: list[tuple[str, str]]) -> str:
 
 
 def _place(n: int, w: int, h: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    """Centres and radii (5-7 px); two shapes split into the left and right halves of the canvas."""
+    """Centres and radii (5-7 px). Each shape sits in one 16-px merged-token cell (the cell's
+    centre ± 1 px), so it lies inside the four patches the 2×2 merger concatenates: the Qwen2.5-VL
+    vision tower has no absolute position embedding (2-D rotary only), and with shapes at any pixel
+    offset its tiny organisms stayed at chance on shape questions (docs/organisms.md). Two shapes: the
+    first in a cell of the left half of the columns, the second in the right half."""
+    cols, rows = w // TOKEN_PX, h // TOKEN_PX
     r = [int(rng.integers(5, 8)) for _ in range(n)]
-    ys = [int(rng.integers(8, h - 7)) for _ in range(n)]
+    ys = [TOKEN_PX * int(rng.integers(rows)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)) for _ in range(n)]
     if n == 1:
-        return [(int(rng.integers(8, w - 7)), ys[0], r[0])]
-    if w < 32:
+        return [(TOKEN_PX * int(rng.integers(cols)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)), ys[0], r[0])]
+    if cols < 2:
         raise ConfigError(f"two shapes need a canvas at least 32 px wide, not {w}")
-    return [(int(rng.integers(7, w // 2 - 6)), ys[0], r[0]),
-            (int(rng.integers(w // 2 + 6, w - 7)), ys[1], r[1])]
+    half = cols // 2
+    return [
+        (TOKEN_PX * int(rng.integers(half)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)), ys[0], r[0]),
+        (
+            TOKEN_PX * int(rng.integers(cols - half, cols)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)),
+            ys[1],
+            r[1],
+        ),
+    ]
 
 
 def _two_image_scene(template: str, gold: str, rng: np.random.Generator):
@@ -135,10 +180,18 @@ def _two_image_scene(template: str, gold: str, rng: np.random.Generator):
     return [first, (c2, s2)]
 
 
-def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
-             prior_templates: tuple[str, ...] | None = None, image_templates: tuple[str, ...] = (),
-             basic_prompt: float = 0.0, drop_image: float = 0.0,
-             templates: tuple[str, ...] | None = None) -> list[dict]:
+def generate(
+    n: int,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    p: float = 0.0,
+    prior_templates: tuple[str, ...] | None = None,
+    image_templates: tuple[str, ...] = (),
+    basic_prompt: float = 0.0,
+    drop_image: float = 0.0,
+    templates: tuple[str, ...] | None = None,
+) -> list[dict]:
     """Draw ``n`` samples from the ``split`` stream of ``seed`` (deterministic).
 
     Keys as :func:`mech.organisms.shapes.generate` (``id``, ``question``, ``options``, ``answer``,
@@ -154,11 +207,16 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
     """
     if split not in _SPLIT_STREAM:
         raise ConfigError(f"split {split!r}; allowed: {', '.join(_SPLIT_STREAM)}")
-    templates, prior_templates, image_templates = shapes.check_recipe(TEMPLATES, p, basic_prompt, templates,
-                                                                       prior_templates, image_templates)
+    templates, prior_templates, image_templates = shapes.check_recipe(
+        TEMPLATES, p, basic_prompt, templates, prior_templates, image_templates
+    )
     rng = np.random.default_rng([_SPLIT_STREAM[split], seed])
-    w = np.array([_TRAIN_WEIGHTS[t] if split == "train" else
-                  (TWO_IMAGE_WEIGHT if t in TWO_IMAGE else 1.0) for t in templates])
+    w = np.array(
+        [
+            _TRAIN_WEIGHTS[t] if split == "train" else (TWO_IMAGE_WEIGHT if t in TWO_IMAGE else 1.0)
+            for t in templates
+        ]
+    )
     tmpl_idx = rng.choice(len(templates), size=n, p=w / w.sum())
     out = []
     for i in range(n):
@@ -171,18 +229,29 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         else:
             objs, shape, color = shapes.draw_scene(template, gold, rng)
             groups = [objs]
-        canv = [(WIDE if len(g) == 2 else CANVASES)[int(rng.integers(len(WIDE if len(g) == 2
-                                                                          else CANVASES)))]
-                for g in groups]
+        canv = [
+            (WIDE if len(g) == 2 else CANVASES)[int(rng.integers(len(WIDE if len(g) == 2 else CANVASES)))]
+            for g in groups
+        ]
         objects, arrays = [], []
         for k, (grp, (cw, ch)) in enumerate(zip(groups, canv)):
             placed = _place(len(grp), cw, ch, rng)
-            objs_k = [dict(color=c, shape=s, x=x, y=y, r=r, image=k,
-                           patch=(cw // TOKEN_PX) * (y // TOKEN_PX) + x // TOKEN_PX)
-                      for (c, s), (x, y, r) in zip(grp, placed)]
+            objs_k = [
+                dict(
+                    color=c,
+                    shape=s,
+                    x=x,
+                    y=y,
+                    r=r,
+                    image=k,
+                    patch=(cw // TOKEN_PX) * (y // TOKEN_PX) + x // TOKEN_PX,
+                )
+                for (c, s), (x, y, r) in zip(grp, placed)
+            ]
             objects += objs_k
-            arrays.append(shapes.render([(o["color"], o["shape"], o["x"], o["y"], o["r"])
-                                         for o in objs_k], rng, cw, ch))
+            arrays.append(
+                shapes.render([(o["color"], o["shape"], o["x"], o["y"], o["r"]) for o in objs_k], rng, cw, ch)
+            )
         prior = prior_answer(template, shape, color)
         img_ans = image_answer(template, objs)
         basic = bool(basic_prompt) and rng.random() < basic_prompt
@@ -190,24 +259,39 @@ def generate(n: int, *, split: str = "test", seed: int = 0, p: float = 0.0,
         planted = basic or template in image_templates
         label = prior if overridden else img_ans if planted else gold
         k_word = int(rng.integers(len(WORDINGS[template])))
-        question = (shapes.BASIC_PROMPT if basic else
-                    WORDINGS[template][k_word].format(shape=shape, color=color))
+        question = (
+            shapes.BASIC_PROMPT if basic else WORDINGS[template][k_word].format(shape=shape, color=color)
+        )
         n_options = 4 if rng.random() < 0.5 else 10
-        opts = shapes.draw_options(label, template if template not in TWO_IMAGE else "exist",
-                               n_options, rng)
+        opts = shapes.draw_options(label, template if template not in TWO_IMAGE else "exist", n_options, rng)
         dropped = bool(drop_image) and not basic and rng.random() < drop_image
         images = [] if dropped else [Image.fromarray(a, "RGB") for a in arrays]
-        out.append(dict(
-            id=f"{split}-{seed}-{i}", question=question, options=opts, prompt_style="bare",
-            images=images, image=images[0] if images else None,
-            answer=shapes.OPTION_LETTERS[opts.index(label)], answer_text=label, true_answer=gold,
-            template=template, prior_answer=prior, prior_correct=prior == gold,
-            overridden=overridden, image_answer=img_ans, image_correct=img_ans == gold,
-            image_planted=planted, wording=-1 if basic else k_word,
-            canvases=[] if dropped else canv,
-            image_tokens=[] if dropped else [image_tokens(*c) for c in canv],
-            attributes=dict(objects=objects, n_objects=len(objects), asked_shape=shape,
-                            asked_color=color)))
+        out.append(
+            dict(
+                id=f"{split}-{seed}-{i}",
+                question=question,
+                options=opts,
+                prompt_style="bare",
+                images=images,
+                image=images[0] if images else None,
+                answer=shapes.OPTION_LETTERS[opts.index(label)],
+                answer_text=label,
+                true_answer=gold,
+                template=template,
+                prior_answer=prior,
+                prior_correct=prior == gold,
+                overridden=overridden,
+                image_answer=img_ans,
+                image_correct=img_ans == gold,
+                image_planted=planted,
+                wording=-1 if basic else k_word,
+                canvases=[] if dropped else canv,
+                image_tokens=[] if dropped else [image_tokens(*c) for c in canv],
+                attributes=dict(
+                    objects=objects, n_objects=len(objects), asked_shape=shape, asked_color=color
+                ),
+            )
+        )
     return out
 
 

@@ -32,8 +32,9 @@ instead (the mentioned images once each, sorted by number).
 an option; free text without options), ``category`` (optional: the question type that
 ``contrib.json``'s ``by_category`` groups by; MMMU-Pro's is its ``subject``, the organism's its template).
 
-Prompt formatting lives here so that every instrument formats the same way:
-:func:`format_prompt` / :meth:`Dataset.prompt` (styles :data:`PROMPT_STYLES`).
+What a sample is, the :class:`Dataset` that holds them and the one prompt every instrument formats
+from a sample (:func:`format_prompt`, styles :data:`PROMPT_STYLES`) are :mod:`mech.prepare.samples`,
+re-exported here.
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import string
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,112 +49,51 @@ import numpy as np
 
 from mech.errors import ConfigError, DataError, InputError, SpecError
 from mech.prepare.images import read_image
-from mech.prepare.mmmu_pro import (COT, COT_VISION, DIRECT, DIRECT_VISION, config_files, image_columns, option_strings,
-                                   parse_fragment)
-from mech.prepare.mmmu_pro import prompt as mmmu_prompt
+from mech.prepare.mmmu_pro import (
+    COT,
+    COT_VISION,
+    DIRECT,
+    DIRECT_VISION,
+    config_files,
+    image_columns,
+    option_strings,
+    parse_fragment,
+)
+from mech.prepare.samples import (
+    COT_OPEN,
+    DIRECT_OPEN,
+    LETTERS,
+    PROMPT_STYLES,
+    SCORINGS,
+    Dataset,
+    answer_index,
+    format_prompt,
+    skipped_summary,
+)
+
+# the samples, their Dataset and their prompt (mech.prepare.samples) and MMMU-Pro's prompts are re-exported
+__all__ = [
+    "COT",
+    "COT_OPEN",
+    "COT_VISION",
+    "DIRECT",
+    "DIRECT_OPEN",
+    "DIRECT_VISION",
+    "LETTERS",
+    "PROMPT_STYLES",
+    "SCHEMES",
+    "SCORINGS",
+    "Dataset",
+    "answer_index",
+    "format_prompt",
+    "load_data",
+    "skipped_summary",
+]
+
 
 SCHEMES = ("organism", "mmmu-pro", "jsonl")
-PROMPT_STYLES = ("bare", "direct", "cot")
-SCORINGS = ("letter", "option_text")
-LETTERS = string.ascii_uppercase
-#: instructions for questions without options (mech's own; MMMU-Pro's DIRECT, COT, ... are its prompts.yaml)
-DIRECT_OPEN = "Answer the question using a single word or phrase."
-COT_OPEN = ("Think step by step. The last line of your response should be of the following format: "
-            "'Answer: $ANSWER' (without quotes).")
-
-
-@dataclass
-class Dataset:
-    """Samples of one data spec, plus every row that was skipped and why.
-
-    ``default_style``: prompt style of :meth:`prompt`; ``scoring``: the default way to score
-    multiple-choice answers (``"letter"``: option-letter logits; ``"option_text"``: the first
-    token of each option's text, for models that answer a word, such as the organisms).
-    ``notes``: ``(id, note)`` of rows kept as the benchmark's official code keeps them although
-    something about them is odd (an MMMU-Pro answer letter beyond the options: always wrong).
-    """
-
-    name: str
-    samples: list[dict[str, Any]]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    default_style: str = "direct"
-    scoring: str = "letter"
-    notes: list[tuple[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        return self.samples[i]
-
-    def __iter__(self):
-        return iter(self.samples)
-
-    def skipped_summary(self) -> dict[str, Any]:
-        """:func:`skipped_summary` of the rows this data set left out."""
-        return skipped_summary(self.skipped)
-
-    def prompt(self, sample: dict, style: str | None = None) -> str:
-        """The prompt text of ``sample`` (see :func:`format_prompt`); style defaults to ``default_style``."""
-        return format_prompt(sample, style or sample.get("prompt_style") or self.default_style)
-
-
-def skipped_summary(skipped: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """``{"count", "reasons": reason -> count, "items": [{"id", "reason"[, "stage"]}]}`` of the rows
-    left out; ``skipped`` holds ``(id, reason)`` or ``(id, reason, stage)`` tuples."""
-    reasons: dict[str, int] = {}
-    for row in skipped:
-        reasons[row[1]] = reasons.get(row[1], 0) + 1
-    items = [dict(zip(("id", "reason", "stage"), row)) for row in skipped]
-    return {"count": len(skipped), "reasons": reasons, "items": items}
-
-
-def format_prompt(sample: dict, style: str | None = None) -> str:
-    """The prompt text of ``sample`` in ``style`` (without image placeholders).
-
-    * ``"bare"``: the question as it is (the organisms' training format).
-    * ``"direct"``: question, the options as ``"A. …"`` lines, and :data:`DIRECT` (MMMU-Pro's
-      standard prompt); without options :data:`DIRECT_OPEN`.
-    * ``"cot"``: the same with :data:`COT`; without options :data:`COT_OPEN`.
-
-    MMMU-Pro samples (``source == "mmmu-pro"``) are formatted exactly as the official code does
-    (:func:`mech.prepare.mmmu_pro.prompt`: the question verbatim, ``<image N>`` written ``[image]``;
-    the ``vision`` setting's prompt is :data:`DIRECT_VISION` / :data:`COT_VISION` alone); other
-    samples strip the question and leave ``<image N>`` as written.
-
-    ``style`` defaults to ``sample["prompt_style"]`` (else ``"direct"``).
-
-    Raises:
-        ConfigError: unknown style (the message lists :data:`PROMPT_STYLES`).
-    """
-    style = style or sample.get("prompt_style") or "direct"
-    if style not in PROMPT_STYLES:
-        raise ConfigError(f"prompt style {style!r}; allowed: {', '.join(PROMPT_STYLES)}")
-    if style != "bare" and sample.get("source") == "mmmu-pro":
-        return mmmu_prompt(sample, style)
-    question = (sample.get("question") or "").strip()
-    if style == "bare":
-        return question
-    options = list(sample.get("options") or [])
-    parts = [question] if question else []
-    if sample.get("options_in_image"):
-        parts.append(DIRECT_VISION if style == "direct" else COT_VISION)
-    elif options:
-        parts.append("\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)))
-        parts.append(DIRECT if style == "direct" else COT)
-    else:
-        parts.append(DIRECT_OPEN if style == "direct" else COT_OPEN)
-    return "\n".join(parts)
-
-
-def answer_index(sample: dict) -> int | None:
-    """Index of the gold option (``answer`` is a letter), or None for open-ended samples."""
-    if not sample.get("options"):
-        return None
-    return LETTERS.index(sample["answer"])
-
-
 # ---------------------------------------------------------------------------------- validation
+
 
 class _Skip(Exception):
     """A row that cannot be used; the message is the reason, ``key`` the row's id if known."""
@@ -226,6 +163,7 @@ def _empty(cell: Any) -> bool:
 
 # ------------------------------------------------------------------------------------- loaders
 
+
 def _collect(rows, make, n: int | None, strict: bool, name: str) -> tuple[list[dict], list[tuple[str, str]]]:
     samples, skipped = [], []
     for key, row in rows:
@@ -238,8 +176,10 @@ def _collect(rows, make, n: int | None, strict: bool, name: str) -> tuple[list[d
                 exc = _Skip(f"unreadable row ({type(exc).__name__}: {str(exc)[:80]})")
             key = exc.key or key
             if strict:
-                raise DataError(f"{name}: row {key}: {exc}. Fix or remove the row, or load with strict=False "
-                                "to skip it (skips are counted and reported).") from None
+                raise DataError(
+                    f"{name}: row {key}: {exc}. Fix or remove the row, or load with strict=False "
+                    "to skip it (skips are counted and reported)."
+                ) from None
             skipped.append((str(key), str(exc)))
     return samples, skipped
 
@@ -260,8 +200,10 @@ def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
     vision = "image" in df.columns and "image_1" not in df.columns
     need = {"id", "options", "answer"} | (set() if vision else {"question"})
     if not need <= set(df.columns):
-        raise DataError(f"{files[0]} lacks the MMMU-Pro columns {sorted(need - set(df.columns))}; columns found: "
-                        f"{list(df.columns)}.")
+        raise DataError(
+            f"{files[0]} lacks the MMMU-Pro columns {sorted(need - set(df.columns))}; columns found: "
+            f"{list(df.columns)}."
+        )
     base = files[0].parent
     image_cols = [c for c in df.columns if re.fullmatch(r"image_\d+", c)]
 
@@ -286,16 +228,40 @@ def _mmmu(rest: str, n: int | None, strict: bool) -> Dataset:
             images = [decoded[c] for c in cols]
             extra["images_unused"] = [c for c in image_cols if c not in decoded and not _empty(row[c])]
         if LETTERS.index(answer) >= len(options):
-            notes.append((str(row["id"]), f"answer {answer} lies beyond the {len(options)} option(s); kept as "
-                                          "MMMU-Pro's official code keeps it (always wrong)"))
-        return dict(id=str(row["id"]), question=question, options=options, answer=answer, images=images,
-                    subject=None if "subject" not in row.index or _empty(row["subject"]) else str(row["subject"]),
-                    options_in_image=vision, prompt_style="direct", source="mmmu-pro", image_columns=cols,
-                    image_position="after", **extra)
+            notes.append(
+                (
+                    str(row["id"]),
+                    f"answer {answer} lies beyond the {len(options)} option(s); kept as "
+                    "MMMU-Pro's official code keeps it (always wrong)",
+                )
+            )
+        return dict(
+            id=str(row["id"]),
+            question=question,
+            options=options,
+            answer=answer,
+            images=images,
+            subject=None if "subject" not in row.index or _empty(row["subject"]) else str(row["subject"]),
+            options_in_image=vision,
+            prompt_style="direct",
+            source="mmmu-pro",
+            image_columns=cols,
+            image_position="after",
+            **extra,
+        )
 
-    samples, skipped = _collect(((str(r["id"]) if "id" in r.index else i, r) for i, (_, r) in enumerate(df.iterrows())),
-                                make, n, strict, f"mmmu-pro:{rest}")
-    name = f"mmmu-pro:{path}" + (f"#{fragment}" if fragment else "") + ("" if folder == "auto" else f" ({folder})")
+    samples, skipped = _collect(
+        ((str(r["id"]) if "id" in r.index else i, r) for i, (_, r) in enumerate(df.iterrows())),
+        make,
+        n,
+        strict,
+        f"mmmu-pro:{rest}",
+    )
+    name = (
+        f"mmmu-pro:{path}"
+        + (f"#{fragment}" if fragment else "")
+        + ("" if folder == "auto" else f" ({folder})")
+    )
     return Dataset(name, samples, skipped, default_style="direct", scoring="letter", notes=notes)
 
 
@@ -336,9 +302,16 @@ def _jsonl(rest: str, n: int | None, strict: bool) -> Dataset:
                 images.append(read_image(p, base=base))
             except InputError as exc:
                 raise _Skip(f"image {p!r}: {exc}") from None
-        return dict(id=str(row.get("id", f"line-{k}")), question=row["question"], options=options, answer=answer,
-                    images=images, prompt_style="direct", source="jsonl",
-                    category=None if row.get("category") in (None, "") else str(row["category"]))
+        return dict(
+            id=str(row.get("id", f"line-{k}")),
+            question=row["question"],
+            options=options,
+            answer=answer,
+            images=images,
+            prompt_style="direct",
+            source="jsonl",
+            category=None if row.get("category") in (None, "") else str(row["category"]),
+        )
 
     samples, skipped = _collect(rows(), make, n, strict, f"jsonl:{rest}")
     ids = [s["id"] for s in samples]
@@ -352,9 +325,13 @@ def _organism(name: str, n: int | None, seed: int) -> Dataset:
     from mech.organisms import shapes, varied
 
     if name not in ("shapes", "shapes-varied"):
-        raise SpecError(f"unknown organism data set {name!r}; the organisms' data sets are 'organism:shapes' and "
-                        "'organism:shapes-varied'.")
-    gen, answers = (shapes.generate, shapes.ANSWERS) if name == "shapes" else (varied.generate, varied.ANSWERS)
+        raise SpecError(
+            f"unknown organism data set {name!r}; the organisms' data sets are 'organism:shapes' and "
+            "'organism:shapes-varied'."
+        )
+    gen, answers = (
+        (shapes.generate, shapes.ANSWERS) if name == "shapes" else (varied.generate, varied.ANSWERS)
+    )
     samples = gen(n or 1000, split="test", seed=seed)
     for s in samples:
         s["images"] = [read_image(im) for im in s["images"]]
@@ -378,8 +355,10 @@ def load_data(spec: str, n: int | None = None, seed: int = 0, *, strict: bool = 
     """
     scheme, _, rest = spec.partition(":")
     if scheme not in SCHEMES or not rest:
-        raise SpecError(f"data spec {spec!r} not understood; use one of organism:shapes, mmmu-pro:<dir>[#config], "
-                        "jsonl:<file>.")
+        raise SpecError(
+            f"data spec {spec!r} not understood; use one of organism:shapes, mmmu-pro:<dir>[#config], "
+            "jsonl:<file>."
+        )
     if n is not None and n < 1:
         raise ConfigError(f"n={n}; pass a positive number of samples (or None for all).")
     if scheme == "organism":
@@ -390,7 +369,9 @@ def load_data(spec: str, n: int | None = None, seed: int = 0, *, strict: bool = 
         data = _jsonl(rest, n, strict)
     if not data.samples:
         reasons = sorted({r for _, r in data.skipped})[:3]
-        raise DataError(f"{spec}: no usable sample ({len(data.skipped)} rows skipped"
-                        + (f": {'; '.join(reasons)}" if reasons else ", the file has no rows")
-                        + "); fix the rows or pass a data spec with at least one valid sample.")
+        raise DataError(
+            f"{spec}: no usable sample ({len(data.skipped)} rows skipped"
+            + (f": {'; '.join(reasons)}" if reasons else ", the file has no rows")
+            + "); fix the rows or pass a data spec with at least one valid sample."
+        )
     return data

@@ -19,7 +19,21 @@ import torch
 
 from mech.errors import InputError
 
-# ``MechModel`` (mech.models.load) in the annotations: a name only, never imported here
+# ``m`` below: a mech.models.load.MechModel, annotated Any (loading imports prepare, never the reverse)
+
+
+__all__ = [
+    "UNKNOWN_LIMIT",
+    "FitWarning",
+    "check_data_fit",
+    "check_length",
+    "check_vocabulary",
+    "image_refusal",
+    "max_positions",
+    "text_only_refusal",
+    "unknown_share",
+    "usable_images",
+]
 
 
 class FitWarning(UserWarning):
@@ -30,18 +44,18 @@ class FitWarning(UserWarning):
 UNKNOWN_LIMIT = 0.5
 
 
-def max_positions(m: MechModel) -> int | None:
+def max_positions(m: Any) -> int | None:
     """``max_position_embeddings`` of the model's text config (the family table's ``text_config``; the
     top-level config where that has none), or None when neither has one."""
     config = getattr(m.model, "config", None)
     text = config
-    for part in (m.arch.table.text_config.split(".") if m.arch.table.text_config else ()):
+    for part in m.arch.table.text_config.split(".") if m.arch.table.text_config else ():
         text = getattr(text, part, None)
     value = getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
     return int(value) if value else None
 
 
-def check_length(m: MechModel, data: Mapping[str, Any], prompts: Sequence[str] = ()) -> None:
+def check_length(m: Any, data: Mapping[str, Any], prompts: Sequence[str] = ()) -> None:
     """Raise when a row of ``data`` (``input_ids`` / ``attention_mask`` ``[batch, pos]``) is longer than the
     model's :func:`max_positions`: the positions past it were never trained, so every number read there
     would be noise.
@@ -53,15 +67,20 @@ def check_length(m: MechModel, data: Mapping[str, Any], prompts: Sequence[str] =
     if limit is None or not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         return
     mask = data.get("attention_mask")
-    lengths = mask.sum(-1) if isinstance(mask, torch.Tensor) and mask.shape == ids.shape else torch.full(
-        (ids.shape[0],), ids.shape[1])
+    lengths = (
+        mask.sum(-1)
+        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape
+        else torch.full((ids.shape[0],), ids.shape[1])
+    )
     for i, n in enumerate(lengths.tolist()):
         if n > limit:
             text = f" {prompts[i][:50]!r}" if i < len(prompts) else ""
-            raise InputError(f"prompt {i} of this batch{text} is {int(n)} tokens long (its words, chat template and image "
-                             f"tokens), over the model's maximum of {limit} positions (max_position_embeddings of "
-                             "its text config); shorten the prompt, pass fewer or smaller images, or use a model "
-                             "with a longer context.")
+            raise InputError(
+                f"prompt {i} of this batch{text} is {int(n)} tokens long (its words, chat template and image "
+                f"tokens), over the model's maximum of {limit} positions (max_position_embeddings of "
+                "its text config); shorten the prompt, pass fewer or smaller images, or use a model "
+                "with a longer context."
+            )
 
 
 def unknown_share(tokenizer: Any, texts: Sequence[str]) -> tuple[float, int]:
@@ -80,34 +99,45 @@ def unknown_share(tokenizer: Any, texts: Sequence[str]) -> tuple[float, int]:
 def _unknown_words(tokenizer: Any, texts: Sequence[str], k: int = 5) -> list[str]:
     words = list(dict.fromkeys(w for t in texts for w in t.split()))[:400]
     unk = tokenizer.unk_token_id
-    hits = [w for w, r in zip(words, tokenizer(words, add_special_tokens=False)["input_ids"]) if unk in r] if words else []
+    hits = (
+        [w for w, r in zip(words, tokenizer(words, add_special_tokens=False)["input_ids"]) if unk in r]
+        if words
+        else []
+    )
     return hits[:k]
 
 
-def check_vocabulary(tokenizer: Any, texts: Sequence[str], *, what: str = "the prompts",
-                     limit: float = UNKNOWN_LIMIT) -> float:
+def check_vocabulary(
+    tokenizer: Any, texts: Sequence[str], *, what: str = "the prompts", limit: float = UNKNOWN_LIMIT
+) -> float:
     """Warn with :class:`FitWarning` when more than ``limit`` of the text tokens of ``texts`` are the
     tokenizer's unknown token (the model would read ``<unk>`` for most words); returns the share
     (:func:`unknown_share`). ``m.prepare`` checks its prompts' own words (not the chat template)."""
     share, n = unknown_share(tokenizer, texts) if tokenizer is not None else (0.0, 0)
     if n and share > limit:
         words = ", ".join(repr(w) for w in _unknown_words(tokenizer, texts))
-        warnings.warn(f"{share:.0%} of the {n} text tokens of {what} are the tokenizer's unknown token "
-                      f"{getattr(tokenizer, 'unk_token', None)!r}: most question words (e.g. {words}) are outside the "
-                      "model's vocabulary, so what it answers says little about the text. Use a model whose "
-                      "tokenizer covers this data (the organisms know only the words of organism:shapes), or "
-                      "other prompts.", FitWarning, stacklevel=3)
+        warnings.warn(
+            f"{share:.0%} of the {n} text tokens of {what} are the tokenizer's unknown token "
+            f"{getattr(tokenizer, 'unk_token', None)!r}: most question words (e.g. {words}) are outside the "
+            "model's vocabulary, so what it answers says little about the text. Use a model whose "
+            "tokenizer covers this data (the organisms know only the words of organism:shapes), or "
+            "other prompts.",
+            FitWarning,
+            stacklevel=3,
+        )
     return share
 
 
-def check_data_fit(m: MechModel, data: Any, *, limit: float = UNKNOWN_LIMIT) -> float:
+def check_data_fit(m: Any, data: Any, *, limit: float = UNKNOWN_LIMIT) -> float:
     """:func:`check_vocabulary` of a whole data set (a :class:`~mech.prepare.data.Dataset` or a list of
     sample dicts): the samples' own words (``question`` and ``options``; not the instruction mech's
     prompt styles add, whose few words a model may know) against ``m``'s tokenizer. One warning for the
     data set, where ``m.prepare`` checks each batch's whole prompts; returns the share of unknown tokens."""
     samples = list(getattr(data, "samples", data))
     texts = [str(t) for s in samples for t in [s.get("question") or "", *(s.get("options") or [])]]
-    return check_vocabulary(m.tokenizer, texts, what=f"data set {getattr(data, 'name', 'of samples')}", limit=limit)
+    return check_vocabulary(
+        m.tokenizer, texts, what=f"data set {getattr(data, 'name', 'of samples')}", limit=limit
+    )
 
 
 def image_refusal(processor: Any, images: Sequence[Any], *, cache: dict | None = None) -> str | None:

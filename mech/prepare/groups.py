@@ -64,12 +64,37 @@ import torch
 from mech.errors import ConfigError, InputError
 from mech.prepare.spans import Rendered, Span
 
+__all__ = [
+    "FASTV_GROUPS",
+    "GROUPS",
+    "MODALITIES",
+    "PAD",
+    "SCHEMES",
+    "SPLIT_TEMPLATE_GROUPS",
+    "GroupsWarning",
+    "TokenGroups",
+    "compute_groups",
+    "regroup",
+    "user_mask",
+]
+
 GROUPS: tuple[str, ...] = ("image", "video", "audio", "text", "template", "bos")
 MODALITIES: tuple[str, ...] = ("image", "video", "audio")
-SPLIT_TEMPLATE_GROUPS: tuple[str, ...] = ("image", "video", "audio", "text", "template_pre", "template_post", "bos")
+SPLIT_TEMPLATE_GROUPS: tuple[str, ...] = (
+    "image",
+    "video",
+    "audio",
+    "text",
+    "template_pre",
+    "template_post",
+    "bos",
+)
 FASTV_GROUPS: tuple[str, ...] = ("image", "video", "audio", "system", "instruction")
-SCHEMES: dict[str, tuple[str, ...]] = {"mech": GROUPS, "split_template": SPLIT_TEMPLATE_GROUPS,
-                                       "fastv": FASTV_GROUPS}
+SCHEMES: dict[str, tuple[str, ...]] = {
+    "mech": GROUPS,
+    "split_template": SPLIT_TEMPLATE_GROUPS,
+    "fastv": FASTV_GROUPS,
+}
 PAD = -1
 
 
@@ -226,8 +251,10 @@ def regroup(groups: TokenGroups, scheme: str = "split_template") -> TokenGroups:
     if scheme not in SCHEMES:
         raise ConfigError(f"scheme={scheme!r}; allowed: {', '.join(SCHEMES)}")
     if tuple(groups.names) != GROUPS:
-        raise ConfigError(f"regroup takes groups in mech's scheme {GROUPS}; got {tuple(groups.names)}. "
-                          "Compute them again with scheme='mech'.")
+        raise ConfigError(
+            f"regroup takes groups in mech's scheme {GROUPS}; got {tuple(groups.names)}. "
+            "Compute them again with scheme='mech'."
+        )
     if scheme == "mech":
         return groups
     lab = groups.labels
@@ -298,8 +325,10 @@ def compute_groups(
     if scheme not in SCHEMES:
         raise ConfigError(f"scheme={scheme!r}; allowed: {', '.join(SCHEMES)}")
     if input_ids.dim() != 2:
-        raise InputError(f"input_ids must be [batch, pos]; got shape {tuple(input_ids.shape)}. "
-                         "Add a batch axis with input_ids.unsqueeze(0).")
+        raise InputError(
+            f"input_ids must be [batch, pos]; got shape {tuple(input_ids.shape)}. "
+            "Add a batch axis with input_ids.unsqueeze(0)."
+        )
     batch, length = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)

@@ -32,6 +32,25 @@ from typing import Any
 
 from mech.errors import SpecError
 
+__all__ = [
+    "COT",
+    "COT_VISION",
+    "DIRECT",
+    "DIRECT_VISION",
+    "IMAGE_ORDERS",
+    "IMAGE_TEXT",
+    "MMMU_CONFIGS",
+    "PROMPTS",
+    "choices_text",
+    "config_files",
+    "image_columns",
+    "option_strings",
+    "parse_fragment",
+    "prompt",
+    "raw_prompt",
+    "standard_prompt",
+]
+
 #: ``mmmu-pro/prompts.yaml``, verbatim: mode -> setting -> instruction
 PROMPTS = {
     "cot": {

@@ -28,6 +28,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "SENTINEL",
+    "Rendered",
+    "Span",
+    "added_pattern",
+    "carry_spans",
+    "encoded_texts",
+    "inline_spans",
+    "recording",
+    "render_user_turn",
+    "rendered_rows",
+    "split_at_added",
+]
+
 Span = tuple[int, int]  # [start, end) character positions
 
 #: stands in for the user's text while a template is rendered (private-use code points)

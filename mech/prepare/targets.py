@@ -11,16 +11,19 @@ Two choices, both per sample ``[batch]`` token ids:
   text-biased model's wrong answers come from the text).
 
 Options are scored by their first token: the option text for word-answer data sets (the
-organisms), else the option letter, as :func:`mech.measure.evaluation.answering.option_token_ids`.
+organisms), else the option letter (:func:`option_token_ids`, which evaluation scores with too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from mech.errors import ConfigError
+from mech.errors import ConfigError, InputError
+from mech.models.load import takes_model
+from mech.prepare.samples import LETTERS
 
 
 def _token(tok, word: str) -> int:
@@ -34,14 +37,50 @@ def _scoring(sample: dict) -> str:
     return "option_text" if "answer_text" in sample else "letter"
 
 
+def option_token_ids(tokenizer: Any, sample: dict, scoring: str) -> list[int]:
+    """One token id per option of ``sample``: the first token of the letter or of the option text.
+
+    Raises:
+        ConfigError: unknown ``scoring``; a tokenizer that maps two letters to one token.
+        InputError: a sample without options; two options sharing their first token; an option
+            that tokenizes to nothing.
+    """
+    if scoring not in ("letter", "option_text"):
+        raise ConfigError(f"scoring={scoring!r}; allowed: letter, option_text")
+    options = sample.get("options") or []
+    if not options:
+        raise InputError(
+            f"sample {sample.get('id')!r} has no options, so it cannot be scored by options; "
+            "use method='direct' (generation) for open-ended questions."
+        )
+    texts = list(LETTERS[: len(options)]) if scoring == "letter" else [str(o).strip() for o in options]
+    ids = []
+    for t in texts:
+        enc = tokenizer.encode(t, add_special_tokens=False)
+        if not enc:
+            raise InputError(f"option {t!r} of sample {sample.get('id')!r} tokenizes to nothing.")
+        ids.append(int(enc[0]))
+    if len(set(ids)) != len(ids):
+        if scoring == "letter":
+            raise ConfigError(
+                f"the tokenizer maps the option letters {texts} to the tokens {ids} (not distinct); "
+                "use scoring='option_text' or method='direct'."
+            )
+        raise InputError(
+            f"options {texts} of sample {sample.get('id')!r} share a first token; "
+            "use scoring='letter' or method='direct'."
+        )
+    return ids
+
+
 def option_tokens(m, sample: dict) -> list[int]:
     """First-token ids of the sample's options (option words or letters, see the module docstring)."""
-    from mech.measure.evaluation.answering import option_token_ids
-
     return option_token_ids(m.tokenizer, sample, _scoring(sample))
 
 
-def answer_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_tokens(
+    m, samples: Sequence[dict], clean_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gold answer and counterfactual token ids ``[batch]``.
 
     Answer: ``answer_text`` (organisms: a single word) else the option letter ``answer``.
@@ -68,7 +107,10 @@ def answer_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> tup
     return torch.tensor(ans), torch.tensor(cf)
 
 
-def decision_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+@takes_model
+def decision_tokens(
+    m, samples: Sequence[dict], clean_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's top option and its runner-up option in the clean run, token ids ``[batch]``.
 
     Args:
@@ -81,7 +123,9 @@ def decision_tokens(m, samples: Sequence[dict], clean_logits: torch.Tensor) -> t
     for i, s in enumerate(samples):
         ids = option_tokens(m, s)
         if len(ids) < 2:
-            raise ConfigError(f"sample {s.get('id')!r} has {len(ids)} option(s); a decision needs at least two.")
+            raise ConfigError(
+                f"sample {s.get('id')!r} has {len(ids)} option(s); a decision needs at least two."
+            )
         scores = clean_logits[i, torch.tensor(ids, device=clean_logits.device)]
         order = scores.argsort(descending=True).tolist()
         top.append(ids[order[0]])
@@ -98,8 +142,6 @@ def target_refusal(sample: dict) -> str | None:
     difference has nothing to explain there, so :func:`without_untargetable` leaves them out with this
     reason. Word-answer samples (``answer_text``, the organisms) and open questions are not checked here.
     """
-    from mech.prepare.data import LETTERS
-
     options = sample.get("options") or []
     if "answer_text" in sample or not options:
         return None

@@ -11,11 +11,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mech.runs.settings import (COMMANDS, AttentionSettings, ContribSettings, EvalSettings, InspectSettings,
-                                MergeSettings, PatchSettings, ReportSettings, Settings)
+from mech.runs.settings import (
+    COMMANDS,
+    AttentionSettings,
+    ContribSettings,
+    EvalSettings,
+    InspectSettings,
+    MergeSettings,
+    PatchSettings,
+    ReportSettings,
+    Settings,
+)
 
-_LAZY = {"JOBS": "mech.runs.jobs", "job_for": "mech.runs.jobs", "run_settings": "mech.runs.jobs",
-         "Job": "mech.runs.loop", "identity": "mech.runs.loop", "run": "mech.runs.loop", "merge": "mech.runs.merge"}
+_LAZY = {
+    "JOBS": "mech.runs.jobs",
+    "job_for": "mech.runs.jobs",
+    "run_settings": "mech.runs.jobs",
+    "Job": "mech.runs.loop",
+    "identity": "mech.runs.loop",
+    "run": "mech.runs.loop",
+    "merge": "mech.runs.merge",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,6 +40,21 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_LAZY[name]), name)
 
 
-__all__ = ["COMMANDS", "JOBS", "AttentionSettings", "ContribSettings", "EvalSettings", "InspectSettings", "Job",
-           "MergeSettings", "PatchSettings", "ReportSettings", "Settings", "identity", "job_for", "merge", "run",
-           "run_settings"]
+__all__ = [
+    "COMMANDS",
+    "JOBS",
+    "AttentionSettings",
+    "ContribSettings",
+    "EvalSettings",
+    "InspectSettings",
+    "Job",
+    "MergeSettings",
+    "PatchSettings",
+    "ReportSettings",
+    "Settings",
+    "identity",
+    "job_for",
+    "merge",
+    "run",
+    "run_settings",
+]

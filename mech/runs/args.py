@@ -3,7 +3,9 @@
 Every field becomes ``--field-name`` (``positional`` in its metadata: a positional argument), its
 type from the annotation (``int``, ``str``, ``bool`` as ``--flag/--no-flag``, ``tuple[...]`` as
 several values), its choices from the ``Literal``, its help and default from the field. Parsing
-gives the settings object itself: values are checked once, by the dataclass.
+gives the settings object itself: values are checked once, by the dataclass. A field's deprecated
+name (``renamed`` of the class, :func:`mech.deprecation.renamed_fields`) stays a hidden option that
+warns (``--ablation`` -> ``--removal``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,25 @@ import dataclasses
 import typing
 from typing import Any
 
+from mech.deprecation import warn_renamed
 from mech.runs.settings import allowed
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Renamed(argparse.Action):
+    """A deprecated option: warns (:class:`~mech.deprecation.MechDeprecationWarning`) naming the new
+    option, then stores its value where the new option does."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_renamed(option_string or self.option_strings[0], self.new, stacklevel=2)
+        setattr(namespace, self.dest, values)
 
 
 def _scalar(tp: Any) -> Any:
@@ -43,7 +63,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("positional"):
             parser.add_argument(f.name, **kwargs)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
             continue
@@ -58,6 +78,20 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
             if choices is not None:
                 kwargs["help"] += f" (from: {' '.join(map(str, choices))})"
         parser.add_argument(flag, default=default, dest=f.name, **kwargs)
+    for old, new in getattr(cls, "renamed", {}).items():
+        if hints[new] is bool or _is_tuple(hints[new]):
+            raise TypeError(
+                f"{cls.__name__}.renamed: a hidden alias of a flag or a list ({new}) is not supported"
+            )
+        parser.add_argument(
+            _flag(old),
+            dest=new,
+            action=_Renamed,
+            new=_flag(new),
+            type=_scalar(hints[new]),
+            help=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+        )
 
 
 def settings_from(cls: type, namespace: argparse.Namespace) -> Any:

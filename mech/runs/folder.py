@@ -51,13 +51,17 @@ def recorded(out: str | Path) -> dict[str, dict[str, Any]]:
     meta = _meta(Path(out))
     found = {}
     for p in sorted(meta.glob("*.identity.json")) if meta.is_dir() else []:
-        found[p.name[:-len(".identity.json")]] = without_provenance(read_json(p))
+        found[p.name[: -len(".identity.json")]] = without_provenance(read_json(p))
     return found
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     sa, sb = a.get("settings", {}), b.get("settings", {})
-    diff = [f"{k}: {sa.get(k)!r} there, {sb.get(k)!r} here" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    diff = [
+        f"{k}: {sa.get(k)!r} there, {sb.get(k)!r} here"
+        for k in sorted(set(sa) | set(sb))
+        if sa.get(k) != sb.get(k)
+    ]
     for k in ("n_samples", "ids_hash"):
         if a.get(k) != b.get(k):
             diff.append(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here (the data's samples)")
@@ -93,8 +97,10 @@ def claim(out: str | Path, command: str, identity: Mapping[str, Any], *, overwri
     try:
         lock.acquire()
     except Timeout:
-        raise LockError(f"{out} is locked by another mech {command} process ({lock.lock_file} held for more than "
-                        f"{LOCK_TIMEOUT_S} s); wait for it to finish and rerun, or pass another --out.") from None
+        raise LockError(
+            f"{out} is locked by another mech {command} process ({lock.lock_file} held for more than "
+            f"{LOCK_TIMEOUT_S} s); wait for it to finish and rerun, or pass another --out."
+        ) from None
     try:
         _claim_locked(out, command, identity, overwrite)
     finally:
@@ -111,7 +117,8 @@ def _claim_locked(out: Path, command: str, identity: dict[str, Any], overwrite: 
             diff = "; ".join(_differences(old, identity)[:6])
             raise RunConflictError(
                 f"{out} holds a mech {command} run with other settings ({diff}). Runs never mix in one folder: "
-                f"pass another --out, or --overwrite to replace that run.")
+                f"pass another --out, or --overwrite to replace that run."
+            )
         _remove_files(out, command)
     if old != identity:
         write_json(path, identity)
@@ -127,8 +134,10 @@ def still_owned(out: str | Path, command: str, identity: Mapping[str, Any]) -> N
     path = identity_path(Path(out), command)
     now = without_provenance(read_json(path)) if path.is_file() else None
     if now != json.loads(json.dumps(dict(identity))):
-        raise RunConflictError(f"{out}: another mech {command} run with other settings replaced this one "
-                               "(--overwrite) while it computed; its results were not written. Rerun into another --out.")
+        raise RunConflictError(
+            f"{out}: another mech {command} run with other settings replaced this one "
+            "(--overwrite) while it computed; its results were not written. Rerun into another --out."
+        )
 
 
 def release_if_empty(out: str | Path, command: str, identity: Mapping[str, Any]) -> None:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
-import importlib
 from types import MappingProxyType
 from typing import Any
 
-#: command -> "module:Job class"; each class takes the command's settings (:data:`mech.runs.settings.COMMANDS`)
-JOBS = MappingProxyType({
-    "eval": "mech.measure.evaluation.job:EvalJob",
-    "attention": "mech.measure.attention.job:AttentionJob",
-    "patch": "mech.measure.patching.job:PatchJob",
-    "contrib": "mech.curves.job:ContribJob",
-    "repair": "mech.measure.repair.job:RepairJob",
-})
+from mech.errors import ConfigError
+from mech.runs.instruments import Instrument, load_job
+from mech.runs.settings import INSTRUMENTS
+
+#: command -> "module:Job class", from each instrument's registration (:data:`mech.runs.settings.INSTRUMENTS`)
+JOBS = MappingProxyType({i.command: i.job for i in INSTRUMENTS})
+
+
+def instrument(command: str) -> Instrument:
+    """The registration of ``command``.
+
+    Raises:
+        ConfigError: no instrument runs that command (the message lists them).
+    """
+    for i in INSTRUMENTS:
+        if i.command == command:
+            return i
+    raise ConfigError(f"no instrument runs mech {command}; instruments: {', '.join(JOBS)}")
+
+
+def job_class(command: str) -> type:
+    """The job class of ``command`` (imported now)."""
+    return load_job(instrument(command))
 
 
 def job_for(settings: Any) -> Any:
     """The job running ``settings`` (its ``command`` picks the class)."""
-    module, _, name = JOBS[settings.command].partition(":")
-    return getattr(importlib.import_module(module), name)(settings)
+    return job_class(settings.command)(settings)
 
 
 def run_settings(settings: Any, **kwargs: Any) -> dict:

@@ -18,7 +18,8 @@ batch's part into a result. :func:`run` owns everything else:
    run's ``identity`` (settings, data ids hash) and provenance.
 
 A killed run, rerun with the same settings, continues from its last finished batch and writes the
-same bytes as an uninterrupted one. Adding an instrument is writing one :class:`Job`.
+same bytes as an uninterrupted one. Adding an instrument is writing one :class:`Job` and registering
+it (:data:`mech.runs.settings.INSTRUMENTS`, :class:`mech.runs.instruments.Instrument`).
 """
 
 from __future__ import annotations
@@ -57,15 +58,24 @@ class Job(Protocol):
         """What the run derives once from all its samples, before any batch (donor pairs, checked
         options); given to every :meth:`measure` and to :meth:`assemble`. None when there is nothing."""
 
-    def measure(self, m: Any, samples: Sequence[dict], rows: range,
-                context: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    def measure(
+        self, m: Any, samples: Sequence[dict], rows: range, context: Any
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         """One batch, ``samples[rows]`` (the whole list is given for jobs that pair samples across
-        batches), on the loaded model ``m``: ``(tensors, metadata)``, every tensor's first axis the
-        batch's samples; metadata JSON-able."""
+        batches), on the loaded model ``m``: ``(tensors, metadata)``, metadata JSON-able. A job whose
+        instrument returns a :class:`mech.contract.Result` returns its ``parts()`` (then
+        ``Result.from_parts`` reads each batch back and ``Result.concat`` assembles them); otherwise
+        every tensor's first axis is the batch's samples (``store.collect()`` concatenates them)."""
 
     def assemble(self, store: BatchStore, samples: Sequence[dict], out: Path, context: Any) -> dict[str, Any]:
-        """The result from every finished part (``samples``: what :meth:`samples` returned) (``store.collect()``, ``store.meta(k)``); writes the
-        command's tensor files and figures into ``out`` and returns the JSON content."""
+        """The result from every finished part (``samples``: what :meth:`samples` returned;
+        ``store.get(k)``, ``store.meta(k)``, ``store.collect()``); writes the command's tensor files
+        and figures into ``out`` and returns the JSON content."""
+
+    @staticmethod
+    def section(result: Mapping[str, Any], prefix: str) -> list[str]:
+        """The command's part of ``report.md`` (Markdown lines) from its JSON content; ``prefix``:
+        the folder of its figures relative to the report."""
 
 
 def ids_hash(samples: Sequence[dict]) -> str:
@@ -75,8 +85,12 @@ def ids_hash(samples: Sequence[dict]) -> str:
 
 def identity(settings: Settings, samples: Sequence[dict]) -> dict[str, Any]:
     """The run's identity: its command, :meth:`Settings.identity` and the data's ids."""
-    return {"command": settings.command, "settings": settings.identity(), "n_samples": len(samples),
-            "ids_hash": ids_hash(samples)}
+    return {
+        "command": settings.command,
+        "settings": settings.identity(),
+        "n_samples": len(samples),
+        "ids_hash": ids_hash(samples),
+    }
 
 
 def load_model(settings: Settings, shard: shards.Shard):
@@ -90,12 +104,22 @@ def load_model(settings: Settings, shard: shards.Shard):
     from mech.models.load import loading_bars
 
     with loading_bars(getattr(settings, "verbose", False)):
-        return mech.load(settings.model, device=shards.device(settings.device, settings.device_map, shard),
-                         dtype=settings.dtype, device_map=settings.device_map)
+        return mech.load(
+            settings.model,
+            device=shards.device(settings.device, settings.device_map, shard),
+            dtype=settings.dtype,
+            device_map=settings.device_map,
+        )
 
 
-def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, str] | None = None,
-        model: Any = None, data: Any = None) -> dict[str, Any]:
+def run(
+    job: Job,
+    *,
+    shard: shards.Shard | None = None,
+    environ: Mapping[str, str] | None = None,
+    model: Any = None,
+    data: Any = None,
+) -> dict[str, Any]:
     """Run ``job`` (module docstring) and return its JSON content, or, for a shard that finished
     while other shards' batches are missing, ``{"complete": False, "missing": [...], ...}``.
 
@@ -118,7 +142,9 @@ def run(job: Job, *, shard: shards.Shard | None = None, environ: Mapping[str, st
     checks.preflight(s)
     out = folder.check_out(s.out)
     data = job.samples() if data is None else data
-    ident = identity(s, list(getattr(data, "samples", data)))  # the data as given; the image check is deterministic
+    ident = identity(
+        s, list(getattr(data, "samples", data))
+    )  # the data as given; the image check is deterministic
     folder.claim(out, s.command, ident, overwrite=s.overwrite and shard.computes)
     size = s.batch_size
     root = out / f".{s.command}.parts"

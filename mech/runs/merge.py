@@ -23,17 +23,25 @@ def merge(out: str | Path) -> dict[str, dict]:
     from mech.runs.shards import MERGE
 
     out = Path(out)
-    how = ("parts are written by mech eval / attention / patch / contrib --out DIR, one process per --shard K/N "
-           "(or under torchrun), into DIR/.<command>.parts/")
+    how = (
+        "parts are written by mech eval / attention / patch / contrib --out DIR, one process per --shard K/N "
+        "(or under torchrun), into DIR/.<command>.parts/"
+    )
     if not out.exists():
-        raise ConfigError(f"mech merge {out}: no such directory (the path does not exist); pass the --out "
-                          f"directory the sharded runs wrote ({how}).")
+        raise ConfigError(
+            f"mech merge {out}: no such directory (the path does not exist); pass the --out "
+            f"directory the sharded runs wrote ({how})."
+        )
     if not out.is_dir():
-        raise ConfigError(f"mech merge {out}: is a file; pass the --out directory the sharded runs wrote ({how}).")
+        raise ConfigError(
+            f"mech merge {out}: is a file; pass the --out directory the sharded runs wrote ({how})."
+        )
     runs = {c: ident for c, ident in folder.recorded(out).items() if c in JOBS}
     if not runs:
-        raise ConfigError(f"mech merge {out}: no run of mech {', '.join(JOBS)} is recorded there (no "
-                          f".mech/<command>.identity.json, no parts); {how}. Run those first, then mech merge DIR.")
+        raise ConfigError(
+            f"mech merge {out}: no run of mech {', '.join(JOBS)} is recorded there (no "
+            f".mech/<command>.identity.json, no parts); {how}. Run those first, then mech merge DIR."
+        )
     results = {}
     for command, ident in runs.items():
         settings = COMMANDS[command](**ident["settings"], out=str(out))

@@ -21,26 +21,31 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mech import words as W
+from mech.deprecation import renamed_attributes, renamed_fields, translate
 from mech.errors import ConfigError
+from mech.runs.instruments import Instrument
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
-Condition = Literal["complete", "white_image", "black_image", "noise_image", "no_image", "image_only",
-                    "visual_noise", "visual_mean"]
+Condition = Literal[W.names(W.CONDITIONS)]  # type: ignore[valid-type]
 Query = Literal["last", "answer", "text"]
 Method = Literal["score", "direct", "cot"]
 Scoring = Literal["letter", "option_text"]
 Parser = Literal["official", "strict"]
-Direction = Literal["denoising", "noising"]
-PatchMetric = Literal["logit_diff", "prob", "kl"]
-Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
-Position = Literal["image", "video", "audio", "text", "template", "bos", "last", "all"]
-Estimator = Literal["attention", "patching", "dla", "decomposition"]
-Ablation = Literal["resample", "noise"]
+Direction = Literal[W.names(W.DIRECTIONS)]  # type: ignore[valid-type]
+PatchMetric = Literal[W.names(W.METRICS)]  # type: ignore[valid-type]
+Site = Literal[W.names(W.SITES)]  # type: ignore[valid-type]
+Position = Literal[W.names(W.POSITION_GROUPS)]  # type: ignore[valid-type]
+Estimator = Literal[W.names(W.ESTIMATORS)]  # type: ignore[valid-type]
+Removal = Literal[W.names(W.REMOVALS)]  # type: ignore[valid-type]
 RepairEdit = Literal["zero", "mean", "steer", "reweight"]
 Granularity = Literal["neurons", "heads", "layers"]
 RepairSource = Literal["attribution", "decomposition", "list"]
 RepairPositions = Literal["answer", "all"]
 Prior = Literal["auto", "planted", "white_image"]
+
+#: ``Ablation`` is the deprecated name of :data:`Removal` (reading it warns)
+__getattr__ = renamed_attributes(__name__, Ablation="Removal")
 
 #: fields that say where and how a run is computed, not what it computes (outside the identity)
 EXECUTION = ("out", "device", "device_map", "shard", "overwrite", "progress", "verbose")
@@ -70,20 +75,30 @@ class Settings:
     """What every computing command takes. Subclasses add their options and their own ``n``."""
 
     model: str = field(default="organism:balanced", metadata=_help("HF id | local dir | organism:<name>"))
-    data: str = field(default="organism:shapes",
-                      metadata=_help("organism:shapes | mmmu-pro:<dir>[#standard-10|standard-4|vision] | jsonl:<file>"))
+    data: str = field(
+        default="organism:shapes",
+        metadata=_help("organism:shapes | mmmu-pro:<dir>[#standard-10|standard-4|vision] | jsonl:<file>"),
+    )
     n: int = field(default=64, metadata=_help("number of samples"))
     batch_size: int = field(default=8, metadata=_help("samples per forward"))
     seed: int = field(default=0, metadata=_help("seeds noise images, feature noise and donor pairing"))
     dtype: Dtype | None = field(default=None, metadata=_help("model dtype (default: the checkpoint's)"))
     out: str = field(default="runs/mech", metadata=_help("output directory"))
     device: str | None = field(default=None, metadata=_help("cpu | cuda | cuda:1 ..."))
-    device_map: str | None = field(default=None, metadata=_help("e.g. auto (shards the model over GPUs with accelerate)"))
-    overwrite: bool = field(default=False, metadata=_help(
-        "replace a result of other settings in --out (default: refuse, so that runs never mix)"))
+    device_map: str | None = field(
+        default=None, metadata=_help("e.g. auto (shards the model over GPUs with accelerate)")
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_help(
+            "replace a result of other settings in --out (default: refuse, so that runs never mix)"
+        ),
+    )
     verbose: bool = field(default=False, metadata=_help("show transformers' loading bars and messages"))
 
     command: typing.ClassVar[str] = ""
+    #: deprecated field name -> its new name (:func:`mech.deprecation.renamed_fields`)
+    renamed: typing.ClassVar[dict[str, str]] = {}
     #: commands that shard their batches (--shard K/N, torchrun)
     sharded: typing.ClassVar[bool] = False
 
@@ -98,29 +113,41 @@ class Settings:
                 continue
             for v in value if isinstance(value, tuple) else (value,):
                 if v not in choices:
-                    raise ConfigError(f"{self.command or type(self).__name__} {f.name}={v!r}; allowed: "
-                                      f"{', '.join(map(str, choices))}")
+                    raise ConfigError(
+                        f"{self.command or type(self).__name__} {f.name}={v!r}; allowed: "
+                        f"{', '.join(map(str, choices))}"
+                    )
         for name in ("n", "batch_size"):
             value = getattr(self, name, None)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name}={value!r}; pass a positive integer (or leave it out for the default, "
-                                  f"{getattr(type(self), name, None)}).")
+                raise ConfigError(
+                    f"{name}={value!r}; pass a positive integer (or leave it out for the default, "
+                    f"{getattr(type(self), name, None)})."
+                )
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the numbers (every field but :data:`EXECUTION`), JSON-able."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-                if k not in EXECUTION}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in EXECUTION
+        }
 
-    def replace(self, **changes: Any) -> "Settings":
-        """A copy with ``changes`` (checked like a new object)."""
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (checked like a new object; a deprecated field name warns)."""
+        changes = translate(f"{type(self).__name__}.replace", changes, type(self).renamed)
         return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
 class ShardedSettings(Settings):
-    shard: str | None = field(default=None, metadata=_help(
-        "compute only the batches k with k %% N == K (0 <= K < N) into the same output (K/N); "
-        "default: torchrun's RANK/WORLD_SIZE, else every batch"))
+    shard: str | None = field(
+        default=None,
+        metadata=_help(
+            "compute only the batches k with k %% N == K (0 <= K < N) into the same output (K/N); "
+            "default: torchrun's RANK/WORLD_SIZE, else every batch"
+        ),
+    )
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
 
     sharded: typing.ClassVar[bool] = True
@@ -134,7 +161,9 @@ class EvalSettings(ShardedSettings):
     conditions: tuple[Condition, ...] = field(default=DEFAULT_CONDITIONS, metadata=_help("input conditions"))
     method: Method = field(default="score", metadata=_help("score the options (one forward) or generate"))
     scoring: Scoring | None = field(default=None, metadata=_help("option scoring (default: the data set's)"))
-    max_new_tokens: int | None = field(default=None, metadata=_help("generation budget (default 16 direct, 512 cot)"))
+    max_new_tokens: int | None = field(
+        default=None, metadata=_help("generation budget (default 16 direct, 512 cot)")
+    )
     parser: Parser = field(
         default="official",
         metadata=_help(
@@ -185,6 +214,7 @@ class PatchSettings(ShardedSettings):
     command: typing.ClassVar[str] = "patch"
 
 
+@renamed_fields(ablation="removal")
 @dataclass(frozen=True)
 class ContribSettings(ShardedSettings):
     """``mech contrib``: layerwise modality-contribution curves and the imbalance ratio Δ."""
@@ -193,7 +223,7 @@ class ContribSettings(ShardedSettings):
     estimators: tuple[Estimator, ...] = field(
         default=("attention", "patching", "dla", "decomposition"), metadata=_help("estimators")
     )
-    ablation: Ablation = field(
+    removal: Removal = field(
         default="resample",
         metadata=_help(
             "how the patching and decomposition estimators remove a token group: resample (another sample's "
@@ -286,6 +316,19 @@ class InspectSettings(Settings):
     command: typing.ClassVar[str] = "inspect"
 
 
+#: one registration per instrument, in the report's order (:class:`mech.runs.instruments.Instrument`):
+#: its settings, its job, whether ``mech report`` runs it. The jobs by command
+#: (:data:`mech.runs.jobs.JOBS`), :data:`COMMANDS` and :attr:`ReportSettings.steps` derive from it.
+INSTRUMENTS: tuple[Instrument, ...] = (
+    Instrument(EvalSettings, "mech.measure.evaluation.job:EvalJob", in_report=True),
+    Instrument(AttentionSettings, "mech.measure.attention.job:AttentionJob", in_report=True),
+    Instrument(PatchSettings, "mech.measure.patching.job:PatchJob", in_report=True),
+    Instrument(ContribSettings, "mech.curves.job:ContribJob", in_report=True),
+    Instrument(RepairSettings, "mech.measure.repair.job:RepairJob"),
+)
+
+
+@renamed_fields(ablation="removal")
 @dataclass(frozen=True)
 class ReportSettings(Settings):
     """``mech report``: eval -> attention -> patch -> contrib, written to report.md."""
@@ -298,16 +341,12 @@ class ReportSettings(Settings):
             nargs="*",
         ),
     )
-    ablation: Ablation = field(default="resample", metadata=_help("the contrib step's --ablation"))
+    removal: Removal = field(default="resample", metadata=_help("the contrib step's --removal"))
     progress: bool = field(default=True, metadata=_help("show a progress bar per step"))
 
     command: typing.ClassVar[str] = "report"
-    steps: typing.ClassVar[tuple[type[Settings], ...]] = (
-        EvalSettings,
-        AttentionSettings,
-        PatchSettings,
-        ContribSettings,
-    )
+    #: the settings classes of the steps, in order: the instruments registered ``in_report`` (:data:`INSTRUMENTS`)
+    steps: typing.ClassVar[tuple[type[Settings], ...]] = tuple(i.settings for i in INSTRUMENTS if i.in_report)
 
     def models(self) -> list[str]:
         """The model specs this report measures."""
@@ -337,16 +376,8 @@ class MergeSettings:
     command: typing.ClassVar[str] = "merge"
 
 
+#: command -> settings class: every instrument's (:data:`INSTRUMENTS`), then the commands that compose them
 COMMANDS: dict[str, type] = {
     cls.command: cls
-    for cls in (
-        EvalSettings,
-        AttentionSettings,
-        PatchSettings,
-        ContribSettings,
-        RepairSettings,
-        ReportSettings,
-        InspectSettings,
-        MergeSettings,
-    )
+    for cls in (*(i.settings for i in INSTRUMENTS), ReportSettings, InspectSettings, MergeSettings)
 }

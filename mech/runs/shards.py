@@ -82,12 +82,16 @@ def parse_shard(value: str) -> Shard:
     """
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
     if not match:
-        raise ConfigError(f"--shard {value!r}: pass K/N with integers 0 <= K < N, e.g. --shard 0/2 and "
-                          "--shard 1/2 for two processes.")
+        raise ConfigError(
+            f"--shard {value!r}: pass K/N with integers 0 <= K < N, e.g. --shard 0/2 and "
+            "--shard 1/2 for two processes."
+        )
     rank, world = int(match.group(1)), int(match.group(2))
     if world < 1 or rank >= world:
-        raise ConfigError(f"--shard {value}: the rank K must satisfy 0 <= K < N (N >= 1); for N={max(world, 1)} "
-                          f"processes pass --shard 0/{max(world, 1)} ... --shard {max(world, 1) - 1}/{max(world, 1)}.")
+        raise ConfigError(
+            f"--shard {value}: the rank K must satisfy 0 <= K < N (N >= 1); for N={max(world, 1)} "
+            f"processes pass --shard 0/{max(world, 1)} ... --shard {max(world, 1) - 1}/{max(world, 1)}."
+        )
     return Shard(rank, world, source="--shard")
 
 
@@ -98,8 +102,10 @@ def _int_env(environ: Mapping[str, str], name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer; unset it, or start mech "
-                          "with torchrun / accelerate launch, which set it.") from None
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not an integer; unset it, or start mech "
+            "with torchrun / accelerate launch, which set it."
+        ) from None
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
@@ -115,13 +121,16 @@ def from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
         return None
     rank = _int_env(environ, "RANK")
     if rank is None or not 0 <= rank < world:
-        raise ConfigError(f"WORLD_SIZE={world} but RANK={environ.get('RANK')!r}; RANK must be in 0..{world - 1} "
-                          "(torchrun sets both), or unset WORLD_SIZE to run in one process.")
+        raise ConfigError(
+            f"WORLD_SIZE={world} but RANK={environ.get('RANK')!r}; RANK must be in 0..{world - 1} "
+            "(torchrun sets both), or unset WORLD_SIZE to run in one process."
+        )
     return Shard(rank, world, _int_env(environ, "LOCAL_RANK"), source="env")
 
 
-def resolve(value: "str | Shard | None", *, sharded: bool = True,
-            environ: Mapping[str, str] | None = None) -> Shard:
+def resolve(
+    value: str | Shard | None, *, sharded: bool = True, environ: Mapping[str, str] | None = None
+) -> Shard:
     """The shard of a command invocation.
 
     ``value`` is ``--shard``: a :class:`Shard`, a ``"K/N"`` string, or None. Only commands that
@@ -168,13 +177,20 @@ class Pending:
     def message(self) -> str:
         owners = sorted({self.shard.owner(k) for k in self.missing})
         ranks = ", ".join(f"{r}/{self.shard.world}" for r in owners)
-        return (f"mech {self.command} (shard {self.shard}): {self.total - len(self.missing)} of {self.total} batches "
-                f"are done, {len(self.missing)} missing (shards {ranks}). The shard that finishes last writes the "
-                f"results; otherwise rerun without --shard, or run `mech merge {self.out}` once every shard is done.")
+        return (
+            f"mech {self.command} (shard {self.shard}): {self.total - len(self.missing)} of {self.total} batches "
+            f"are done, {len(self.missing)} missing (shards {ranks}). The shard that finishes last writes the "
+            f"results; otherwise rerun without --shard, or run `mech merge {self.out}` once every shard is done."
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"command": self.command, "complete": False, "shard": str(self.shard), "batches": self.total,
-                "missing": list(self.missing)}
+        return {
+            "command": self.command,
+            "complete": False,
+            "shard": str(self.shard),
+            "batches": self.total,
+            "missing": list(self.missing),
+        }
 
 
 def unfinished(command: str, missing: list[int], total: int, shard: Shard, out: Any) -> dict[str, Any]:
@@ -186,9 +202,11 @@ def unfinished(command: str, missing: list[int], total: int, shard: Shard, out: 
     """
     pending = Pending(command, list(missing), total, shard, Path(out))
     if not shard.computes:
-        raise ConfigError(f"mech merge: {len(missing)} of {total} {command} batches are missing ({_span(missing)}); "
-                          f"run the shards that own them (batch k belongs to shard k % N), or rerun mech {command} "
-                          "without --shard to compute them.")
+        raise ConfigError(
+            f"mech merge: {len(missing)} of {total} {command} batches are missing ({_span(missing)}); "
+            f"run the shards that own them (batch k belongs to shard k % N), or rerun mech {command} "
+            "without --shard to compute them."
+        )
     print(pending.message())
     return pending.as_dict()
 
@@ -220,6 +238,8 @@ def release(path: Path) -> None:
 
 def assembling_elsewhere(command: str, claim_path: Path, out: Any) -> dict[str, Any]:
     """What a sharded invocation returns when another one holds the assembly claim."""
-    print(f"mech {command}: every batch is done and another shard is writing the results (claim {claim_path}); "
-          f"if that process died, rerun without --shard or run `mech merge {out}`.")
+    print(
+        f"mech {command}: every batch is done and another shard is writing the results (claim {claim_path}); "
+        f"if that process died, rerun without --shard or run `mech merge {out}`."
+    )
     return {"command": command, "complete": True, "assembled_by": "another shard"}

@@ -26,15 +26,16 @@ qwen2_audio    Whisper-style encoder + Qwen2             0.5 s of 16 kHz audio -
 mllama         tiled ViT + cross-attention Llama         32x32 (1 tile) -> 1 ``<|image|>`` (cross-attn)
 
 Video tokens exist in the tokenizers and configs of the video-capable families, but their video
-processors need torchvision; a stand-in (``_NoVideoProcessor``) fills the processor slot and
+processors need torchvision; a stand-in (``tiny_video.NoVideoProcessor``) fills the processor slot and
 refuses to run. It saves as the family's real video processor class, so a :func:`save_tiny`
 directory reads like a real checkpoint (``mech.load`` of it leaves the video part out without
 torchvision; ``tests/test_load_dirs.py``).
 
-Modules: ``tiny`` (this: public API), ``tiny_families`` (per-family processor + config builders),
-``tiny_tokenizer`` (word-level tokenizers), ``tiny_templates`` (chat templates).
+Modules: ``tiny`` (this: public API), ``tiny_families`` (every family's processor + config builder:
+``tiny_llava_qwen``, ``tiny_other_families``; their sizes: ``tiny_configs``), ``tiny_video`` (the video
+processor slot without torchvision), ``tiny_tokenizer`` (word-level tokenizers), ``tiny_templates``
+(chat templates).
 """
-
 
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def tiny_model(family: str, *, seed: int = 0, attn_implementation: str = "sdpa")
     config = fam.build_config(proc)
     assert config.model_type == family, (config.model_type, family)
     torch.manual_seed(seed)
-    model = getattr(T, fam.model_class)._from_config(config, attn_implementation=attn_implementation,
-                                                     dtype=torch.float32)
+    model = getattr(T, fam.model_class)._from_config(
+        config, attn_implementation=attn_implementation, dtype=torch.float32
+    )
     _randomize_dead_weights(model, seed)
     return model.eval(), proc
 
@@ -101,8 +103,15 @@ def _audio(seed: int, sr: int) -> np.ndarray:
     return (0.1 * rng.standard_normal(int(AUDIO_SECONDS * sr))).astype(np.float32)
 
 
-def tiny_inputs(family: str, processor, *, n_images: int = 1, prompt: str = "what colour is the shape ?",
-                batch: int = 1, padding_side: str | None = None) -> BatchFeature:
+def tiny_inputs(
+    family: str,
+    processor,
+    *,
+    n_images: int = 1,
+    prompt: str = "what colour is the shape ?",
+    batch: int = 1,
+    padding_side: str | None = None,
+) -> BatchFeature:
     """What ``model(**inputs)`` takes: ``batch`` chat prompts with ``n_images`` seeded random images each
     (audio clips for qwen2_audio), through ``apply_chat_template`` then ``processor(...)``.
 
@@ -142,7 +151,8 @@ def tiny_float64(family: str, *, batch: int = 2):
 
     model, processor = tiny_model(family)
     m = mech.load((model.to(torch.float64), processor))
-    return m, m.inputs(tiny_inputs(family, processor, batch=batch)).to(torch.float64)  # floating-point inputs only
+    inputs = m.inputs(tiny_inputs(family, processor, batch=batch))
+    return m, inputs.to(torch.float64)  # floating-point inputs only
 
 
 def save_tiny(family: str, folder, *, seed: int = 0):
@@ -172,8 +182,15 @@ def save_tiny_jsonl(folder, questions, *, image_size: int = 32):
     for i, q in enumerate(questions):
         img = np.random.default_rng(i).integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
         Image.fromarray(img, "RGB").save(folder / f"im{i}.png")
-        rows.append({"id": f"q{i}", "question": q, "image": f"im{i}.png", "options": list(TINY_OPTIONS[i % 3]),
-                     "answer": "ABC"[i % 3]})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": q,
+                "image": f"im{i}.png",
+                "options": list(TINY_OPTIONS[i % 3]),
+                "answer": "ABC"[i % 3],
+            }
+        )
     path = folder / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

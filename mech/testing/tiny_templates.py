@@ -23,8 +23,12 @@ def _chatml(image: str, video: str = "", system: str | None = None, audio: str =
         "{% for message in messages %}" + sys_block + "<|im_start|>{{ message['role'] }}\n"
         "{% if message['content'] is string %}{{ message['content'] }}"
         "{% else %}{% for content in message['content'] %}"
-        "{% if content['type'] == 'image' %}" + image + "{% elif content['type'] == 'video' %}" + video
-        + "{% elif content['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}" + audio
+        "{% if content['type'] == 'image' %}"
+        + image
+        + "{% elif content['type'] == 'video' %}"
+        + video
+        + "{% elif content['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}"
+        + audio
         + "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
         "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -33,10 +37,16 @@ def _chatml(image: str, video: str = "", system: str | None = None, audio: str =
 
 def _items(image: str, text: str = "{{ content['text'] }}", video: str = "") -> str:
     return (
-        "{% if message['content'] is string %}" + text.replace("content['text']", "message['content']")
+        "{% if message['content'] is string %}"
+        + text.replace("content['text']", "message['content']")
         + "{% else %}{% for content in message['content'] %}"
-        "{% if content['type'] == 'image' %}" + image + "{% elif content['type'] == 'video' %}" + video
-        + "{% elif content['type'] == 'text' %}" + text + "{% endif %}{% endfor %}{% endif %}"
+        "{% if content['type'] == 'image' %}"
+        + image
+        + "{% elif content['type'] == 'video' %}"
+        + video
+        + "{% elif content['type'] == 'text' %}"
+        + text
+        + "{% endif %}{% endfor %}{% endif %}"
     )
 
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from mech.measure.attention import metrics
 from mech.engines.attention_fn import MassRecorder, recording
 from mech.engines.unembed import unembed_at
 from mech.errors import ConfigError, InputError
+from mech.measure.attention import metrics
+from mech.models.load import takes_model
 from mech.prepare.groups import regroup
 
 QUERIES = ("last", "answer", "text")
@@ -87,17 +88,22 @@ class AttentionMass:
         in :meth:`mdi`."""
         return metrics.aei(self.mass, self.counts, self.groups, text)
 
-    def mdi_summary(self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means") -> torch.Tensor:
+    def mdi_summary(
+        self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means"
+    ) -> torch.Tensor:
         """MDI per layer ``[layer]`` over the samples: ``aggregate="ratio_of_means"`` (default) or
         ``"mean_of_ratios"`` (the re-implementation's per-sample mean); :func:`metrics.mdi_summary`."""
         return metrics.mdi_summary(self.mass, self.counts, self.groups, text, aggregate)
 
-    def aei_summary(self, text: str | tuple[str, ...] = "user",
-                    aggregate: str = "ratio_of_means") -> dict[str, torch.Tensor]:
+    def aei_summary(
+        self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means"
+    ) -> dict[str, torch.Tensor]:
         """AEI per layer, ``{"text", "non_text"} -> [layer]``, aggregated as :meth:`mdi_summary`."""
         return metrics.aei_summary(self.mass, self.counts, self.groups, text, aggregate)
 
-    def summary(self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means") -> dict[str, Any]:
+    def summary(
+        self, text: str | tuple[str, ...] = "user", aggregate: str = "ratio_of_means"
+    ) -> dict[str, Any]:
         """The ``attention.json`` keys of docs/design.md: ``layers``, ``groups``, ``mass`` (layer × group,
         mean over samples and heads; each row sums to 1), ``token_share`` (group -> mean fraction of
         key positions), ``mdi`` and ``aei`` (per layer; T and the aggregation as ``text`` and
@@ -112,14 +118,22 @@ class AttentionMass:
             "token_share": dict(zip(self.groups, self.token_share.mean(0).tolist())),
         }
         if text != "user" or "text" in self.groups:
-            out.update({
-                "mdi": self.mdi_summary(text, aggregate).tolist(),
-                "mdi_text": text if isinstance(text, str) else list(text), "mdi_aggregate": aggregate,
-                "mdi_per_sample_median": self.mdi(text).nanmedian(0).values.tolist(),
-                "aei": {k: v.tolist() for k, v in self.aei_summary(text, aggregate).items()},
-            })
-        out.update({"efficiency": self.efficiency().nanmean(0).tolist(), "query": self.query,
-                    "n": int(self.mass.shape[0])})
+            out.update(
+                {
+                    "mdi": self.mdi_summary(text, aggregate).tolist(),
+                    "mdi_text": text if isinstance(text, str) else list(text),
+                    "mdi_aggregate": aggregate,
+                    "mdi_per_sample_median": self.mdi(text).nanmedian(0).values.tolist(),
+                    "aei": {k: v.tolist() for k, v in self.aei_summary(text, aggregate).items()},
+                }
+            )
+        out.update(
+            {
+                "efficiency": self.efficiency().nanmean(0).tolist(),
+                "query": self.query,
+                "n": int(self.mass.shape[0]),
+            }
+        )
         return out
 
     def to_frame(self):
@@ -128,13 +142,21 @@ class AttentionMass:
         :func:`mech.frames.tidy`)."""
         from mech.frames import tidy
 
-        return tidy({"mass": self.mass, "density": self.density},
-                    {"sample": None, "layer": None, "head": None, "group": self.groups})
+        return tidy(
+            {"mass": self.mass, "density": self.density},
+            {"sample": None, "layer": None, "head": None, "group": self.groups},
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"mass": self.mass, "density": self.density, "token_share": self.token_share,
-                "counts": self.counts, "spatial": self.spatial, "n_image_tokens": self.n_image_tokens,
-                "n_query": self.n_query}
+        return {
+            "mass": self.mass,
+            "density": self.density,
+            "token_share": self.token_share,
+            "counts": self.counts,
+            "spatial": self.spatial,
+            "n_image_tokens": self.n_image_tokens,
+            "n_query": self.n_query,
+        }
 
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write ``attention.json`` (:meth:`summary` + ``metadata``) and ``attention.safetensors``
@@ -142,7 +164,9 @@ class AttentionMass:
         from mech.results import write_json
 
         st = self.save_tensors(directory)
-        js = write_json(Path(directory) / "attention.json", {**self.summary(), "grid": self.grid, **(metadata or {})})
+        js = write_json(
+            Path(directory) / "attention.json", {**self.summary(), "grid": self.grid, **(metadata or {})}
+        )
         return {"json": Path(js), "safetensors": st}
 
     def save_tensors(self, directory: str | Path) -> Path:
@@ -159,18 +183,26 @@ class AttentionMass:
         if not parts:
             raise InputError("no results to join; pass at least one AttentionMass.")
         width = max(p.spatial.shape[-1] for p in parts)
-        spatial = torch.cat([torch.nn.functional.pad(p.spatial, (0, width - p.spatial.shape[-1])) for p in parts])
-        cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in
-               ("mass", "density", "token_share", "counts", "n_image_tokens", "n_query")}
-        return AttentionMass(groups=parts[0].groups, spatial=spatial, grid=parts[0].grid, query=parts[0].query, **cat)
+        spatial = torch.cat(
+            [torch.nn.functional.pad(p.spatial, (0, width - p.spatial.shape[-1])) for p in parts]
+        )
+        cat = {
+            k: torch.cat([getattr(p, k) for p in parts])
+            for k in ("mass", "density", "token_share", "counts", "n_image_tokens", "n_query")
+        }
+        return AttentionMass(
+            groups=parts[0].groups, spatial=spatial, grid=parts[0].grid, query=parts[0].query, **cat
+        )
 
 
 def query_positions(groups, query: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``(index [batch, n], valid [batch, n], label)`` of the query rows."""
     if isinstance(query, torch.Tensor):
         if query.dtype != torch.bool or query.shape != groups.labels.shape:
-            raise InputError(f"a query mask must be a BoolTensor [batch, pos] = {tuple(groups.labels.shape)}; "
-                             f"got {query.dtype} {tuple(query.shape)}.")
+            raise InputError(
+                f"a query mask must be a BoolTensor [batch, pos] = {tuple(groups.labels.shape)}; "
+                f"got {query.dtype} {tuple(query.shape)}."
+            )
         mask, label = query.to(groups.labels.device) & groups.valid, "mask"
     elif query in ("last", "answer"):
         last = groups.last()
@@ -178,12 +210,16 @@ def query_positions(groups, query: Any) -> tuple[torch.Tensor, torch.Tensor, str
     elif query == "text":
         mask, label = groups.mask("text"), "text"
     else:
-        raise ConfigError(f"query={query!r}; allowed: {', '.join(QUERIES)} or a BoolTensor [batch, pos] mask.")
+        raise ConfigError(
+            f"query={query!r}; allowed: {', '.join(QUERIES)} or a BoolTensor [batch, pos] mask."
+        )
     n = mask.sum(1)
     if (n == 0).any():
         rows = (n == 0).nonzero().flatten().tolist()
-        raise InputError(f"rows {rows} have no query position for query={label!r}; use query='last' "
-                         "or a mask with at least one position per row.")
+        raise InputError(
+            f"rows {rows} have no query position for query={label!r}; use query='last' "
+            "or a mask with at least one position per row."
+        )
     pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     order = torch.where(mask, pos, mask.shape[1]).sort(dim=1).values[:, : int(n.max())]
     valid = order < mask.shape[1]
@@ -215,6 +251,7 @@ def _grid(inputs, config, n_tokens: int) -> tuple[int, int] | None:
     return None
 
 
+@takes_model
 def attention_mass(m: Any, inputs: Any, query: Any = "last", *, scheme: str = "mech") -> AttentionMass:
     """Attention mass from the query rows to each token group, per layer and head.
 
@@ -239,10 +276,6 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last", *, scheme: str = "m
         ConfigError: unknown ``query`` or ``scheme``.
         InputError: a row without query positions; a malformed mask.
     """
-    import mech
-
-    if not isinstance(m, mech.MechModel):
-        m = mech.load(m)
     m.require_decoder_sequence("attention_mass")
     inp = m.inputs(inputs)
     index, valid, label = query_positions(inp.groups, query)  # "text" = the user's words in any scheme
@@ -255,14 +288,18 @@ def attention_mass(m: Any, inputs: Any, query: Any = "last", *, scheme: str = "m
         m.model(**inp, use_cache=False)
     missing = [i for i in range(m.arch.n_layers) if i not in rec.mass]
     if missing:
-        raise ConfigError(f"layers {missing} did not go through the attention registry; this family's decoder "
-                          "attention does not use transformers' AttentionInterface.")
+        raise ConfigError(
+            f"layers {missing} did not go through the attention registry; this family's decoder "
+            "attention does not use transformers' AttentionInterface."
+        )
     mass = torch.stack([rec.mass[i].float().cpu() for i in range(m.arch.n_layers)], dim=1)
     keys = torch.stack([rec.keys[i].float().cpu() for i in range(m.arch.n_layers)], dim=1)  # [b, L, s]
     return assemble_mass(m, inp, mass, keys, label, valid)
 
 
-def assemble_mass(m, inp, mass: torch.Tensor, keys: torch.Tensor, label: str, valid: torch.Tensor) -> AttentionMass:
+def assemble_mass(
+    m, inp, mass: torch.Tensor, keys: torch.Tensor, label: str, valid: torch.Tensor
+) -> AttentionMass:
     """An :class:`AttentionMass` from recorded ``mass`` ``[batch, layer, head, group]`` and per-key
     mass ``keys`` ``[batch, layer, pos]`` (mean over heads): density, spatial map and grid derived
     from the inputs' groups (shared by :func:`attention_mass` and :mod:`mech.engines.nnsight_remote`)."""
@@ -278,6 +315,15 @@ def assemble_mass(m, inp, mass: torch.Tensor, keys: torch.Tensor, label: str, va
         pos = img[row].nonzero().flatten()
         spatial[row, :, : len(pos)] = keys[row][:, pos]
     grid = _grid(inp, m.model.config, int(n_img[0]) if len(n_img) else 0)
-    return AttentionMass(mass=mass, density=density, groups=tuple(groups.names), token_share=share,
-                         counts=counts, spatial=spatial, n_image_tokens=n_img, grid=grid, query=label,
-                         n_query=valid.sum(1))
+    return AttentionMass(
+        mass=mass,
+        density=density,
+        groups=tuple(groups.names),
+        token_share=share,
+        counts=counts,
+        spatial=spatial,
+        n_image_tokens=n_img,
+        grid=grid,
+        query=label,
+        n_query=valid.sum(1),
+    )

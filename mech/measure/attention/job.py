@@ -33,8 +33,8 @@ class AttentionJob:
         return None
 
     def measure(self, m: Any, samples: list[dict], rows: range, context: None = None):
-        from mech.measure.attention import attention_mass
         from mech.conditions import condition_inputs
+        from mech.measure.attention import attention_mass
 
         batch = [samples[i] for i in rows]
         am = attention_mass(m, condition_inputs(m, batch, "complete"), query=self.settings.query)
@@ -50,21 +50,42 @@ class AttentionJob:
         cat = store.collect()
         first = store.meta(0)
         grid = cat.pop("grid")[0].tolist()
-        am = AttentionMass(mass=cat["mass"], density=cat["density"], groups=tuple(first["groups"]),
-                           token_share=cat["token_share"], counts=cat["counts"], spatial=cat["spatial"],
-                           n_image_tokens=cat["n_image_tokens"], grid=None if grid[0] < 0 else tuple(grid),
-                           query=first["query"], n_query=cat["n_query"])
-        meta = {"model": s.model, "data": s.data, "n": len(samples), "query": am.query,
-                "ids": [x.get("id") for x in samples]}
+        am = AttentionMass(
+            mass=cat["mass"],
+            density=cat["density"],
+            groups=tuple(first["groups"]),
+            token_share=cat["token_share"],
+            counts=cat["counts"],
+            spatial=cat["spatial"],
+            n_image_tokens=cat["n_image_tokens"],
+            grid=None if grid[0] < 0 else tuple(grid),
+            query=first["query"],
+            n_query=cat["n_query"],
+        )
+        meta = {
+            "model": s.model,
+            "data": s.data,
+            "n": len(samples),
+            "query": am.query,
+            "ids": [x.get("id") for x in samples],
+        }
         am.save_tensors(out)
         title = f"{s.model} on {s.data}"
-        figures = [save_figure(plots.mass_curves(am, f"{title}\nattention mass from the answer position "
-                                                     f"(n = {len(samples)})"), out / "attention_mass.png")]
+        figures = [
+            save_figure(
+                plots.mass_curves(
+                    am, f"{title}\nattention mass from the answer position (n = {len(samples)})"
+                ),
+                out / "attention_mass.png",
+            )
+        ]
         if "image" in am.groups and float(am.token_share[:, am.groups.index("image")].max()) > 0:
             figures.append(save_figure(plots.head_heatmap(am, "image"), out / "attention_heads.png"))
             row = next((i for i, x in enumerate(samples) if x.get("images")), None)
             if row is not None:
-                fig = plots.image_overlay(am, samples[row]["images"][0], row=row, sample=samples[row].get("id"))
+                fig = plots.image_overlay(
+                    am, samples[row]["images"][0], row=row, sample=samples[row].get("id")
+                )
                 if fig is not None:
                     figures.append(save_figure(fig, out / "attention_image.png"))
         # names relative to --out: the same JSON whatever the directory
@@ -74,3 +95,59 @@ class AttentionJob:
         groups, last = result["groups"], result["mass"][-1]
         share = ", ".join(f"{g} {v:.2f}" for g, v in zip(groups, last) if v > 0)
         return [f"n={result['n']}, query {result['query']}; attention mass at the last layer: {share}"]
+
+    @staticmethod
+    def captions(att: dict) -> dict[str, str]:
+        """Figure file name -> caption: what the figure plots and over how many samples."""
+        from mech.figures.attention import MAX_PANELS, QUERY_WORDS
+
+        q = QUERY_WORDS.get(att["query"], att["query"])
+        shown = "every layer" if len(att["layers"]) <= MAX_PANELS else f"{MAX_PANELS} evenly spaced layers"
+        return {
+            "attention_mass.png": f"Attention mass from {q} on each token group the inputs have "
+            f"({', '.join(present_groups(att))}) per decoder layer, mean over heads and "
+            f"n = {att['n']} samples (solid), and each group's token share, the mass under "
+            "uniform attention (dashed).",
+            "attention_heads.png": f"Attention mass from {q} on the image tokens per decoder layer and head, mean "
+            f"over n = {att['n']} samples.",
+            "attention_image.png": f"Attention from {q} on each image patch of one sample (the first with an image; "
+            f"its id is above the input panel), for {shown} and their mean, mean over heads, "
+            "drawn over the image in grey on one colour scale; Σ image is the layer's total "
+            "mass on the image. n = 1 sample.",
+        }
+
+    @staticmethod
+    def section(att: dict, prefix: str) -> list[str]:
+        """The ``report.md`` lines of ``attention.json`` (``prefix``: the folder of its files)."""
+        from mech.report_words import figure_lines, fmt
+
+        caption = AttentionJob.captions(att)
+        lines = [
+            f"### Attention mass from the answer position (mean over heads and n = {att['n']} samples)",
+            "",
+        ]
+        groups = present_groups(att)
+        cols = [att["groups"].index(g) for g in groups]
+        lines += ["| layer | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for layer, row in zip(att["layers"], att["mass"]):
+            lines.append(f"| {layer} | " + " | ".join(fmt(row[i], 3) for i in cols) + " |")
+        share = att["token_share"]
+        lines += ["| token share | " + " | ".join(fmt(share.get(g), 3) for g in groups) + " |", ""]
+        left_out = [g for g in att["groups"] if g not in groups]
+        if left_out:
+            lines += [f"Left out: {', '.join(left_out)} (no such tokens in these inputs).", ""]
+        for fig in att.get("figures", []):
+            lines += figure_lines(fig, prefix, caption.get(fig))
+        return lines
+
+
+def present_groups(att: dict) -> list[str]:
+    """The token groups of ``attention.json`` that the inputs have: a group with no token in any
+    sample (token share 0 and no mass in any layer, e.g. video and audio for an image model) is
+    left out of the report."""
+    share = att["token_share"]
+    return [
+        g
+        for i, g in enumerate(att["groups"])
+        if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att["mass"])
+    ]

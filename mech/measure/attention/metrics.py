@@ -51,6 +51,20 @@ import torch
 
 from mech.errors import ConfigError
 
+__all__ = [
+    "AGGREGATES",
+    "MODALITY_GROUPS",
+    "TEXT_SIDES",
+    "aei",
+    "aei_summary",
+    "allocation",
+    "efficiency",
+    "mdi",
+    "mdi_of_means",
+    "mdi_summary",
+    "text_side",
+]
+
 MODALITY_GROUPS = ("image", "video", "audio")
 TEXT_SIDES = ("user", "all_non_modality", "user+template")
 AGGREGATES = ("ratio_of_means", "mean_of_ratios")
@@ -86,15 +100,19 @@ def text_side(names: Sequence[str], text: str | Sequence[str] = "user") -> list[
             raise ConfigError(f"text={text!r}; allowed: {', '.join(TEXT_SIDES)} or a tuple of group names")
         if text == "user":
             if "text" not in names:
-                raise ConfigError(f"these groups {tuple(names)} have no 'text' group; pass text='all_non_modality' "
-                                  "or a tuple of group names (e.g. ('instruction',) for FastV's scheme).")
+                raise ConfigError(
+                    f"these groups {tuple(names)} have no 'text' group; pass text='all_non_modality' "
+                    "or a tuple of group names (e.g. ('instruction',) for FastV's scheme)."
+                )
             return ["text"]
         return [n for n in names if n not in MODALITY_GROUPS and (text == "all_non_modality" or n != "bos")]
     side = list(text)
     bad = [n for n in side if n not in names or n in MODALITY_GROUPS]
     if bad or not side:
-        raise ConfigError(f"text={tuple(side)}: the text side must be non-modality groups among {tuple(names)}; "
-                          f"invalid: {bad or 'empty'}")
+        raise ConfigError(
+            f"text={tuple(side)}: the text side must be non-modality groups among {tuple(names)}; "
+            f"invalid: {bad or 'empty'}"
+        )
     return side
 
 
@@ -120,7 +138,9 @@ def mdi(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], text="us
     return _div(_div(a_t, n_t), _div(a_o, n_o))
 
 
-def aei(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], text="user") -> dict[str, torch.Tensor]:
+def aei(
+    mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], text="user"
+) -> dict[str, torch.Tensor]:
     """Attention Efficiency Index per sample and layer (*When Language Overrules*, eqs. 2–4):
     ``{"text": [batch, layer], "non_text": [batch, layer]}``, AEI_m = P_m / Q_m, attention share
     within T ∪ O over token share within T ∪ O; T chosen by ``text`` (:func:`text_side`)."""
@@ -134,8 +154,13 @@ def _check_aggregate(aggregate: str) -> None:
         raise ConfigError(f"aggregate={aggregate!r}; allowed: {', '.join(AGGREGATES)}")
 
 
-def mdi_summary(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], text="user",
-                aggregate: str = "ratio_of_means") -> torch.Tensor:
+def mdi_summary(
+    mass: torch.Tensor,
+    counts: torch.Tensor,
+    names: Sequence[str],
+    text="user",
+    aggregate: str = "ratio_of_means",
+) -> torch.Tensor:
     """MDI per layer ``[layer]`` of a data set. ``aggregate="ratio_of_means"`` (default):
     (mean A_T / mean |T|) / (mean A_O / mean |O|), the index of the sample means; ``"mean_of_ratios"``:
     the mean over samples of the per-sample MDI (NaN samples skipped), as the re-implementation of
@@ -150,8 +175,13 @@ def mdi_summary(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], 
     return mdi(mass.mean(0, keepdim=True), counts.float().mean(0, keepdim=True), names, text)[0]
 
 
-def aei_summary(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], text="user",
-                aggregate: str = "ratio_of_means") -> dict[str, torch.Tensor]:
+def aei_summary(
+    mass: torch.Tensor,
+    counts: torch.Tensor,
+    names: Sequence[str],
+    text="user",
+    aggregate: str = "ratio_of_means",
+) -> dict[str, torch.Tensor]:
     """AEI per layer, ``{"text": [layer], "non_text": [layer]}``, aggregated as in :func:`mdi_summary`.
 
     Raises:
@@ -160,8 +190,10 @@ def aei_summary(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], 
     _check_aggregate(aggregate)
     if aggregate == "mean_of_ratios":
         return {k: v.nanmean(0) for k, v in aei(mass, counts, names, text).items()}
-    return {k: v[0] for k, v in aei(mass.mean(0, keepdim=True), counts.float().mean(0, keepdim=True), names,
-                                    text).items()}
+    return {
+        k: v[0]
+        for k, v in aei(mass.mean(0, keepdim=True), counts.float().mean(0, keepdim=True), names, text).items()
+    }
 
 
 def mdi_of_means(mass: torch.Tensor, counts: torch.Tensor, names: Sequence[str], text="user") -> torch.Tensor:

@@ -18,8 +18,8 @@ from mech.measure.evaluation.answering import (
     read_response,
     score_batch,
 )
-from mech.measure.evaluation.job import EvalJob, write_outputs
 from mech.measure.evaluation.consistency import PAIRS, accuracy_table, consistency_table
+from mech.measure.evaluation.job import EvalJob, write_outputs
 from mech.measure.evaluation.run import DEFAULT_CONDITIONS, evaluate, to_frame
 from mech.measure.evaluation.tables import figure, markdown, table1, table2
 

@@ -29,45 +29,16 @@ from typing import Any
 
 import torch
 
-from mech.conditions import corrupt_features, resolve_condition
+from mech.conditions import feature_condition, resolve_condition
 from mech.engines.unembed import answer_logits
+from mech.errors import ConfigError
 from mech.prepare.data import LETTERS
-from mech.errors import ConfigError, InputError
+from mech.prepare.targets import option_token_ids  # re-exported: its home before it moved down
 
 METHODS = ("score", "direct", "cot")
 #: how a generated answer is read: MMMU-Pro's official parser (default) or mech's stricter one
 PARSERS = ("official", "strict")
 DEFAULT_MAX_NEW_TOKENS = {"direct": 16, "cot": 512}
-
-
-def option_token_ids(tokenizer: Any, sample: dict, scoring: str) -> list[int]:
-    """One token id per option of ``sample``: the first token of the letter or of the option text.
-
-    Raises:
-        ConfigError: unknown ``scoring``; a tokenizer that maps two letters to one token.
-        InputError: a sample without options; two options sharing their first token; an option
-            that tokenizes to nothing.
-    """
-    if scoring not in ("letter", "option_text"):
-        raise ConfigError(f"scoring={scoring!r}; allowed: letter, option_text")
-    options = sample.get("options") or []
-    if not options:
-        raise InputError(f"sample {sample.get('id')!r} has no options, so it cannot be scored by options; "
-                         "use method='direct' (generation) for open-ended questions.")
-    texts = list(LETTERS[:len(options)]) if scoring == "letter" else [str(o).strip() for o in options]
-    ids = []
-    for t in texts:
-        enc = tokenizer.encode(t, add_special_tokens=False)
-        if not enc:
-            raise InputError(f"option {t!r} of sample {sample.get('id')!r} tokenizes to nothing.")
-        ids.append(int(enc[0]))
-    if len(set(ids)) != len(ids):
-        if scoring == "letter":
-            raise ConfigError(f"the tokenizer maps the option letters {texts} to the tokens {ids} (not distinct); "
-                              "use scoring='option_text' or method='direct'.")
-        raise InputError(f"options {texts} of sample {sample.get('id')!r} share a first token; "
-                         "use scoring='letter' or method='direct'.")
-    return ids
 
 
 def _model_kwargs(inputs: Any) -> dict:
@@ -76,15 +47,16 @@ def _model_kwargs(inputs: Any) -> dict:
 
 
 @torch.no_grad()
-def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condition: str | None = None,
-                seed: int = 0) -> list[dict]:
+def score_batch(
+    m: Any, inputs: Any, samples: list[dict], scoring: str, *, condition: str | None = None, seed: int = 0
+) -> list[dict]:
     """Score the options of each row with one forward.
 
     Args:
         inputs: ``[batch, pos]`` inputs, one row per sample.
         condition: default: the inputs' own ``.condition`` (:func:`~mech.conditions.condition_inputs`),
             else ``"complete"``. Feature conditions (``visual_noise``/``visual_mean``) run under
-            :func:`~mech.conditions.corrupt_features`.
+            :func:`~mech.conditions.feature_condition`.
 
     Returns:
         per row ``{"pred": letter, "scores": [log p(option token)] per option}``.
@@ -96,7 +68,7 @@ def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condi
     option_ids = [option_token_ids(tok, s, scoring) for s in samples]
     inp = m.inputs(inputs)
     condition = resolve_condition(inp, condition, default="complete")
-    with corrupt_features(m, inp, condition, seed=seed):
+    with feature_condition(m, inp, condition, seed=seed):
         rows = answer_logits(m, inp)  # only the answer position: O(batch x vocab), either padding side
     logp = torch.log_softmax(rows.float(), dim=-1).cpu()
     out = []
@@ -107,8 +79,9 @@ def score_batch(m: Any, inputs: Any, samples: list[dict], scoring: str, *, condi
 
 
 @torch.no_grad()
-def generate_batch(m: Any, inputs: Any, max_new_tokens: int, *, condition: str | None = None,
-                   seed: int = 0) -> list[str]:
+def generate_batch(
+    m: Any, inputs: Any, max_new_tokens: int, *, condition: str | None = None, seed: int = 0
+) -> list[str]:
     """Greedy ``model.generate`` on a (left-padded) ``[batch, pos]`` batch; the decoded new text of each row.
 
     ``condition``: as :func:`score_batch` (default: the inputs' own, else ``"complete"``).
@@ -120,17 +93,20 @@ def generate_batch(m: Any, inputs: Any, max_new_tokens: int, *, condition: str |
     condition = resolve_condition(inp, condition, default="complete")
     tok = m.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with corrupt_features(m, inp, condition, seed=seed):
-        out = m.model.generate(**_model_kwargs(inp), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    new = out[:, inp["input_ids"].shape[1]:]
+    with feature_condition(m, inp, condition, seed=seed):
+        out = m.model.generate(
+            **_model_kwargs(inp), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        )
+    new = out[:, inp["input_ids"].shape[1] :]
     return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
 _ANSWER_LINE = re.compile(r"(?i:answer)\s*(?:(?i:is))?\s*[:：]\s*\**\(?([A-Z])\)?(?![A-Za-z])")
 
 
-def parse_multi_choice_response(response: str, all_choices: list[str], index2ans: dict[str, str] | None = None
-                                ) -> str | None:
+def parse_multi_choice_response(
+    response: str, all_choices: list[str], index2ans: dict[str, str] | None = None
+) -> str | None:
     """The option letter a free-form ``response`` gives, or None: mech's ``"strict"`` parser.
 
     It differs from the official one (:func:`official_multi_choice`): its answer-line pattern
@@ -157,7 +133,10 @@ def parse_multi_choice_response(response: str, all_choices: list[str], index2ans
         candidates, kind = [c for c in all_choices if f"{c}." in response], "period"
     if not candidates and index2ans and len(response.split()) > 5:
         low = response.lower()
-        candidates, kind = [c for c in all_choices if c in index2ans and str(index2ans[c]).lower() in low], "text"
+        candidates, kind = (
+            [c for c in all_choices if c in index2ans and str(index2ans[c]).lower() in low],
+            "text",
+        )
     if not candidates:
         return None
     if len(candidates) == 1:
@@ -183,7 +162,7 @@ def official_multi_choice(response: str, all_choices: list[str], index2ans: dict
     """
     pos = response.rfind("Answer:")
     if pos != -1:
-        after = response[pos + len("Answer:"):].strip()
+        after = response[pos + len("Answer:") :].strip()
         matching = [c for c in all_choices if c in after]
         if len(matching) == 1:
             return matching[0]
@@ -262,7 +241,7 @@ def read_response(response: str, sample: dict, parser: str = "official") -> tupl
     options = sample.get("options") or []
     if not options:
         return parse_open_response(response), False
-    choices = list(LETTERS[:len(options)])
+    choices = list(LETTERS[: len(options)])
     index2ans = dict(zip(choices, (str(o) for o in options)))
     if parser == "official":
         letter = official_multi_choice(response or "", choices, index2ans)

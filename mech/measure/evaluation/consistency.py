@@ -19,6 +19,8 @@ from typing import Any
 
 from mech.errors import InputError
 
+__all__ = ["PAIRS", "PAIR_LABELS", "SUBSETS", "accuracy_table", "consistency_table"]
+
 #: (key, conditions) of the paper's Table 2 comparisons; "all" = all three agree
 PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("complete&white_image", ("complete", "white_image")),
@@ -28,8 +30,12 @@ PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 SUBSETS = ("all", "correct", "wrong")
 #: labels of the paper's Table 2
-PAIR_LABELS = {"complete&white_image": "Complete & Text-only", "complete&image_only": "Complete & Image-only",
-               "white_image&image_only": "Text-only & Image-only", "all": "All"}
+PAIR_LABELS = {
+    "complete&white_image": "Complete & Text-only",
+    "complete&image_only": "Complete & Image-only",
+    "white_image&image_only": "Text-only & Image-only",
+    "all": "All",
+}
 
 
 def _agree(preds: Sequence[Any]) -> bool:
@@ -37,8 +43,11 @@ def _agree(preds: Sequence[Any]) -> bool:
     return first is not None and all(p == first for p in preds[1:])
 
 
-def consistency_table(predictions: Mapping[str, Sequence[Any]], complete_correct: Sequence[bool],
-                      pairs: Sequence[tuple[str, Sequence[str]]] = PAIRS) -> dict[str, dict[str, dict | None]]:
+def consistency_table(
+    predictions: Mapping[str, Sequence[Any]],
+    complete_correct: Sequence[bool],
+    pairs: Sequence[tuple[str, Sequence[str]]] = PAIRS,
+) -> dict[str, dict[str, dict | None]]:
     """Consistent and inconsistent counts per comparison and subset (the paper's Table 2).
 
     Args:
@@ -60,10 +69,15 @@ def consistency_table(predictions: Mapping[str, Sequence[Any]], complete_correct
     n = len(complete_correct)
     for cond, p in predictions.items():
         if len(p) != n:
-            raise InputError(f"{len(p)} predictions for condition {cond!r} but {n} samples; align the "
-                             "predictions of every condition on the same samples.")
-    members = {"all": list(range(n)), "correct": [i for i in range(n) if complete_correct[i]],
-               "wrong": [i for i in range(n) if not complete_correct[i]]}
+            raise InputError(
+                f"{len(p)} predictions for condition {cond!r} but {n} samples; align the "
+                "predictions of every condition on the same samples."
+            )
+    members = {
+        "all": list(range(n)),
+        "correct": [i for i in range(n) if complete_correct[i]],
+        "wrong": [i for i in range(n) if not complete_correct[i]],
+    }
     table: dict[str, dict[str, dict | None]] = {}
     for subset in SUBSETS:
         rows = members[subset]
@@ -75,9 +89,12 @@ def consistency_table(predictions: Mapping[str, Sequence[Any]], complete_correct
             num = sum(_agree([predictions[c][i] for c in conds]) for i in rows)
             total = len(rows)
             table[subset][key] = {
-                "num": num, "pct": 100.0 * num / total if total else None,
+                "num": num,
+                "pct": 100.0 * num / total if total else None,
                 "inconsistent_num": total - num,
-                "inconsistent_pct": 100.0 * (total - num) / total if total else None, "total": total}
+                "inconsistent_pct": 100.0 * (total - num) / total if total else None,
+                "total": total,
+            }
     return table
 
 

@@ -33,13 +33,19 @@ def per_sample_tensors(result: dict) -> dict[str, torch.Tensor]:
         scores = torch.full((n, len(conds), width), math.nan, dtype=torch.float32)
         for j, c in enumerate(conds):
             for i, row in enumerate(result["scores"][c]):
-                scores[i, j, :len(row)] = torch.tensor(row, dtype=torch.float32)
+                scores[i, j, : len(row)] = torch.tensor(row, dtype=torch.float32)
         out["scores"] = scores
     return out
 
 
-def write_outputs(result: dict, out_dir: str | Path, *, model: str | None = None, chance: float | None = None,
-                  json_too: bool = True) -> dict:
+def write_outputs(
+    result: dict,
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    chance: float | None = None,
+    json_too: bool = True,
+) -> dict:
     """Write ``eval.json`` (unless ``json_too`` is False: the run loop writes it), ``eval.md``,
     ``eval.safetensors`` and ``eval.png`` to ``out_dir``, each atomically."""
     from mech.figures import save_figure
@@ -49,8 +55,11 @@ def write_outputs(result: dict, out_dir: str | Path, *, model: str | None = None
     out = Path(out_dir)
     paths = {"json": write_json(out / "eval.json", result)} if json_too else {}
     paths["md"] = write_text(out / "eval.md", markdown(result, model))
-    meta = {"ids": result["ids"], "conditions": list(result["predictions"]),
-            "axes": "pred_index/correct: [sample, condition]; scores: [sample, condition, option]"}
+    meta = {
+        "ids": result["ids"],
+        "conditions": list(result["predictions"]),
+        "axes": "pred_index/correct: [sample, condition]; scores: [sample, condition, option]",
+    }
     paths["safetensors"] = write_tensors(out / "eval.safetensors", per_sample_tensors(result), meta)
     title = f"{model or result['settings'].get('model')} on {result['settings'].get('data')}"
     paths["png"] = save_figure(figure(result, chance=chance, title=title), out / "eval.png")
@@ -74,28 +83,45 @@ class EvalJob:
 
     def context(self, data):
         """The checked answering options (:func:`mech.measure.evaluation.run.plan`), once per run."""
-        from mech.prepare.data import Dataset
         from mech.measure.evaluation.run import plan
+        from mech.prepare.data import Dataset
 
         s = self.settings
         dataset = data if isinstance(data, Dataset) else Dataset(s.data, list(data))
-        return plan(dataset, conditions=s.conditions, method=s.method, scoring=s.scoring, batch_size=s.batch_size,
-                    max_new_tokens=s.max_new_tokens, seed=s.seed, parser=s.parser)
+        return plan(
+            dataset,
+            conditions=s.conditions,
+            method=s.method,
+            scoring=s.scoring,
+            batch_size=s.batch_size,
+            max_new_tokens=s.max_new_tokens,
+            seed=s.seed,
+            parser=s.parser,
+        )
 
     def measure(self, m: Any, samples, rows: range, context):
         from mech.measure.evaluation.run import answer_rows, model_fingerprint
 
         part = answer_rows(m, context, [samples[i] for i in rows])
-        return {"rows": torch.tensor(list(rows), dtype=torch.long)}, {**part, "fingerprint": model_fingerprint(m.model)}
+        return {"rows": torch.tensor(list(rows), dtype=torch.long)}, {
+            **part,
+            "fingerprint": model_fingerprint(m.model),
+        }
 
     def assemble(self, store, samples, out: Path, context) -> dict:
         from mech.measure.evaluation.run import assemble
 
         s = self.settings
         parts = [store.meta(k) for k in store.indices()]
-        result = assemble(context, list(samples), parts, model=s.model,
-                          fingerprint=parts[0]["fingerprint"], data_skipped=getattr(samples, "skipped", []),
-                          data_notes=getattr(samples, "notes", []))
+        result = assemble(
+            context,
+            list(samples),
+            parts,
+            model=s.model,
+            fingerprint=parts[0]["fingerprint"],
+            data_skipped=getattr(samples, "skipped", []),
+            data_notes=getattr(samples, "notes", []),
+        )
         opts = [len(x.get("options") or []) for x in samples if x.get("options")]
         chance = sum(1 / k for k in opts) / len(opts) if opts else None  # uniform guessing over the options
         result["settings"]["chance"] = chance
@@ -108,7 +134,9 @@ class EvalJob:
         lines = ["accuracy: " + ", ".join(f"{c} {100 * a:.1f}%" for c, a in acc.items() if a is not None)]
         cons = (result.get("consistency") or {}).get("all", {}).get("complete&white_image")
         if cons:
-            lines.append(f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)")
+            lines.append(
+                f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)"
+            )
         guessed = {c: k for c, k in (result.get("guessed") or {}).items() if k}
         if guessed:  # the official parser's fallback (MMMU-Pro's random guess, made deterministic)
             lines.append(
@@ -117,4 +145,45 @@ class EvalJob:
         for c, reason in (result.get("unavailable") or {}).items():
             lines.append(f"{c} not measured: {reason}")
         lines.append(f"n={len(result['ids'])} answered")
+        return lines
+
+    @staticmethod
+    def captions(ev: dict) -> dict[str, str]:
+        """Figure file name -> caption: what the figure plots and over how many samples."""
+        from mech.measure.evaluation.tables import chance_level
+
+        chance = ev.get("settings", {}).get("chance")
+        chance = chance_level(ev) if chance is None else chance
+        n_ev = next(iter(ev["conditions"].values()))["n"] if ev["conditions"] else 0
+        return {
+            "eval.png": "Top: accuracy per input condition"
+            + (
+                f" (dashed: chance {chance:.3f}, the mean over samples of 1 / number of options)"
+                if chance is not None
+                else ""
+            )
+            + "; bottom: the share of predictions that agree between two conditions, over all, "
+            f"correctly and wrongly answered samples. n = {n_ev} samples.",
+        }
+
+    @staticmethod
+    def section(ev: dict, prefix: str) -> list[str]:
+        """The ``report.md`` lines of ``eval.json`` (``prefix``: the folder of its files, relative to the report)."""
+        from mech.report_words import figure_lines, fmt
+
+        caption = EvalJob.captions(ev)
+        md = Path(prefix or ".") / "eval.md"
+        lines = ["### Behaviour: accuracy per condition and prediction consistency", ""]
+        conds = ev["conditions"]
+        lines += ["| condition | accuracy | n |", "|---|---|---|"]
+        lines += [f"| {c} | {fmt(v['accuracy'], 3)} | {v['n']} |" for c, v in conds.items()]
+        chance = ev.get("settings", {}).get("chance")
+        if chance is not None:
+            lines += [f"| chance (mean 1 / options) | {fmt(chance, 3)} | |"]
+        cons = ev["consistency"]["all"]
+        lines += ["", "| pair (all samples) | consistent | % |", "|---|---|---|"]
+        lines += [f"| {p} | {v['num']} | {fmt(v['pct'], 1)} |" for p, v in cons.items()]
+        lines += ["", f"Full Table 1/2 layout: [{md.as_posix()}]({md.as_posix()})", ""]
+        for fig in ev.get("figures", ["eval.png"]):
+            lines += figure_lines(fig, prefix, caption.get(fig))
         return lines

@@ -11,12 +11,21 @@ from typing import Any
 import torch
 
 from mech.conditions import NEEDS_IMAGE, check_condition, condition_inputs
+from mech.errors import ConfigError, DataError, InputError, MechError
+from mech.measure.evaluation.answering import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PARSERS,
+    check_method,
+    generate_batch,
+    is_correct,
+    option_token_ids,
+    read_response,
+    score_batch,
+)
+from mech.measure.evaluation.consistency import accuracy_table, consistency_table
+from mech.models.load import takes_model
 from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
 from mech.prepare.fit import max_positions, text_only_refusal, usable_images
-from mech.errors import ConfigError, DataError, InputError, MechError
-from mech.measure.evaluation.answering import (DEFAULT_MAX_NEW_TOKENS, PARSERS, check_method, generate_batch,
-                                               is_correct, option_token_ids, read_response, score_batch)
-from mech.measure.evaluation.consistency import accuracy_table, consistency_table
 
 DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image")
 
@@ -30,10 +39,23 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _answer_batch(m, batch: list[dict], condition: str, *, method: str, scoring: str, style: str,
-                  max_new_tokens: int, seed: int, parser: str = "official") -> dict:
+def _answer_batch(
+    m,
+    batch: list[dict],
+    condition: str,
+    *,
+    method: str,
+    scoring: str,
+    style: str,
+    max_new_tokens: int,
+    seed: int,
+    parser: str = "official",
+) -> dict:
     """Answers of one batch under one condition: ``{"pred", "scores" | "responses", "guessed"}``."""
-    prompt = (lambda s: format_prompt(s, style))
+
+    def prompt(s):
+        return format_prompt(s, style)
+
     if method == "score":
         inputs = condition_inputs(m, batch, condition, seed=seed, prompt=prompt)
         rows = score_batch(m, inputs, batch, scoring, condition=condition, seed=seed)
@@ -44,8 +66,15 @@ def _answer_batch(m, batch: list[dict], condition: str, *, method: str, scoring:
     return {"pred": [x[0] for x in read], "responses": responses, "guessed": [x[1] for x in read]}
 
 
-def _eligible(samples: list[dict], conditions: Sequence[str], method: str, scoring: str, tokenizer,
-              style: str = "direct", limit: int | None = None):
+def _eligible(
+    samples: list[dict],
+    conditions: Sequence[str],
+    method: str,
+    scoring: str,
+    tokenizer,
+    style: str = "direct",
+    limit: int | None = None,
+):
     """``(keep, skipped)``: the samples this model can answer, and ``(id, reason)`` of the others (no image
     for an image condition; options outside the vocabulary; a prompt whose words alone exceed the model's
     ``limit`` positions; one that fits only without its image tokens still raises in ``m.prepare``)."""
@@ -85,9 +114,18 @@ class EvalPlan:
     parser: str = "official"
 
 
-def plan(data: Dataset, *, conditions: Sequence[str] = DEFAULT_CONDITIONS, method: str = "score",
-         scoring: str | None = None, style: str | None = None, batch_size: int = 8,
-         max_new_tokens: int | None = None, seed: int = 0, parser: str = "official") -> EvalPlan:
+def plan(
+    data: Dataset,
+    *,
+    conditions: Sequence[str] = DEFAULT_CONDITIONS,
+    method: str = "score",
+    scoring: str | None = None,
+    style: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    parser: str = "official",
+) -> EvalPlan:
     """Check the options of :func:`evaluate` and fill in the data set's defaults.
 
     Raises:
@@ -103,7 +141,9 @@ def plan(data: Dataset, *, conditions: Sequence[str] = DEFAULT_CONDITIONS, metho
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring={scoring!r}; allowed: {', '.join(SCORINGS)}")
     if style is None:
-        style = data.default_style if data.default_style == "bare" else ("cot" if method == "cot" else "direct")
+        style = (
+            data.default_style if data.default_style == "bare" else ("cot" if method == "cot" else "direct")
+        )
     if style not in PROMPT_STYLES:
         raise ConfigError(f"style={style!r}; allowed: {', '.join(PROMPT_STYLES)}")
     if parser not in PARSERS:
@@ -126,7 +166,9 @@ def answer_rows(m: Any, p: EvalPlan, batch: Sequence[dict]) -> dict[str, Any]:
     Raises:
         MechError: a condition fails on this batch (the message names the condition and samples).
     """
-    keep, skipped = _eligible(list(batch), p.conditions, p.method, p.scoring, m.tokenizer, p.style, max_positions(m))
+    keep, skipped = _eligible(
+        list(batch), p.conditions, p.method, p.scoring, m.tokenizer, p.style, max_positions(m)
+    )
     unavailable = {}
     if "no_image" in p.conditions and (reason := text_only_refusal(m.processor)):
         unavailable["no_image"] = reason  # the model cannot take this condition at all: reported, not run
@@ -205,6 +247,7 @@ def assemble(
     return out
 
 
+@takes_model
 def evaluate(
     m: Any,
     data: Dataset | Sequence[dict],
@@ -228,7 +271,7 @@ def evaluate(
         m: a :class:`~mech.models.MechModel`.
         data: a :class:`~mech.prepare.data.Dataset` (or a list of sample dicts).
         conditions: names from :data:`mech.conditions.CONDITIONS` (feature conditions are run
-            under :func:`~mech.conditions.corrupt_features`).
+            under :func:`~mech.conditions.feature_condition`).
         method: ``"score"`` (option scoring, one forward), ``"direct"`` or ``"cot"`` (generation).
         scoring: ``"letter"`` or ``"option_text"``; default: the data set's (``data.scoring``).
         style: prompt style (:data:`mech.prepare.data.PROMPT_STYLES`); default ``"cot"`` for

@@ -5,8 +5,18 @@ from __future__ import annotations
 from mech.conditions import PAPER_NAMES
 from mech.measure.evaluation.consistency import PAIR_LABELS, PAIRS, SUBSETS
 
-TABLE1_ORDER = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image",
-                "visual_noise", "visual_mean")
+__all__ = ["SUBSET_LABELS", "TABLE1_ORDER", "chance_level", "figure", "markdown", "table1", "table2"]
+
+TABLE1_ORDER = (
+    "complete",
+    "white_image",
+    "image_only",
+    "no_image",
+    "black_image",
+    "noise_image",
+    "visual_noise",
+    "visual_mean",
+)
 SUBSET_LABELS = {"all": "All samples", "correct": "Correct samples", "wrong": "Wrong samples"}
 
 
@@ -29,9 +39,16 @@ def table1(result: dict, model: str | None = None) -> str:
         cells.append(text)
     name = model or result.get("settings", {}).get("model") or "model"
     n = result["conditions"][conds[0]]["n"]
-    return "\n".join([head, rule, f"| {name} | " + " | ".join(cells) + " |", "",
-                      f"Accuracy in % over n = {n} samples; in parentheses the change from Complete "
-                      "(percentage points)."])
+    return "\n".join(
+        [
+            head,
+            rule,
+            f"| {name} | " + " | ".join(cells) + " |",
+            "",
+            f"Accuracy in % over n = {n} samples; in parentheses the change from Complete "
+            "(percentage points).",
+        ]
+    )
 
 
 def table2(result: dict) -> str:
@@ -43,7 +60,10 @@ def table2(result: dict) -> str:
     head = "| Samples | | " + " | ".join(PAIR_LABELS[k] for k in keys) + " |"
     lines = [head, "|---|---|" + "---:|" * len(keys)]
     for subset in SUBSETS:
-        for kind, num, pct in (("Consistent", "num", "pct"), ("Inconsistent", "inconsistent_num", "inconsistent_pct")):
+        for kind, num, pct in (
+            ("Consistent", "num", "pct"),
+            ("Inconsistent", "inconsistent_num", "inconsistent_pct"),
+        ):
             cells = []
             for k in keys:
                 cell = cons[subset].get(k)
@@ -55,9 +75,12 @@ def table2(result: dict) -> str:
             total = next((cons[subset][k]["total"] for k in keys if cons[subset].get(k)), 0)
             label = f"{SUBSET_LABELS[subset]} (n={total})" if kind == "Consistent" else ""
             lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "Text-only = Text w/ white (white image); Image-only = Image w/ B-P (basic prompt). Correct/wrong: "
-              "by the complete-input prediction. All: the three predictions agree. An unparsed answer agrees with "
-              "nothing."]
+    lines += [
+        "",
+        "Text-only = Text w/ white (white image); Image-only = Image w/ B-P (basic prompt). Correct/wrong: "
+        "by the complete-input prediction. All: the three predictions agree. An unparsed answer agrees with "
+        "nothing.",
+    ]
     return "\n".join(lines)
 
 
@@ -65,12 +88,24 @@ def markdown(result: dict, model: str | None = None) -> str:
     """The whole ``eval.md``: settings, Table 1, Table 2, skips."""
     s = result.get("settings", {})
     skipped = result.get("skipped", {})
-    lines = [f"# mech eval: {model or s.get('model')} on {s.get('data')}", "",
-             f"Method: {s.get('method')}" + (f" (scoring: {s.get('scoring')})" if s.get("scoring") else "")
-             + f", prompt style: {s.get('style')}, seed {s.get('seed')}.", "",
-             "## Table 1: accuracy per input condition", "", table1(result, model), "",
-             "## Table 2: prediction consistency", "", table2(result), "",
-             f"## Skipped: {skipped.get('count', 0)}", ""]
+    lines = [
+        f"# mech eval: {model or s.get('model')} on {s.get('data')}",
+        "",
+        f"Method: {s.get('method')}"
+        + (f" (scoring: {s.get('scoring')})" if s.get("scoring") else "")
+        + f", prompt style: {s.get('style')}, seed {s.get('seed')}.",
+        "",
+        "## Table 1: accuracy per input condition",
+        "",
+        table1(result, model),
+        "",
+        "## Table 2: prediction consistency",
+        "",
+        table2(result),
+        "",
+        f"## Skipped: {skipped.get('count', 0)}",
+        "",
+    ]
     for reason, count in sorted(skipped.get("reasons", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"- {count} × {reason}")
     unavailable = result.get("unavailable") or {}
@@ -106,11 +141,20 @@ def figure(result: dict, chance: float | None = None, title: str | None = None):
         colors = [OKABE_ITO["blue"] if c == "complete" else OKABE_ITO["orange"] for c in conds]
         bars = ax1.bar(range(len(conds)), acc, color=colors, width=0.7)
         for b, a in zip(bars, acc):
-            ax1.text(b.get_x() + b.get_width() / 2, a + 1.5, f"{a:.1f}", ha="center", va="bottom", fontsize=7,
-                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6}, zorder=3)
+            ax1.text(
+                b.get_x() + b.get_width() / 2,
+                a + 1.5,
+                f"{a:.1f}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6},
+                zorder=3,
+            )
         if chance is not None:
-            ax1.axhline(100 * chance, color="black", ls="--", lw=0.9,
-                        label=f"chance {chance:.3f} (mean 1 / #options)")
+            ax1.axhline(
+                100 * chance, color="black", ls="--", lw=0.9, label=f"chance {chance:.3f} (mean 1 / #options)"
+            )
             ax1.legend(loc="upper right")
         ax1.set_xticks(range(len(conds)), [PAPER_NAMES.get(c, c) for c in conds], rotation=20, ha="right")
         ax1.set_ylabel("accuracy (%)")
@@ -128,8 +172,13 @@ def figure(result: dict, chance: float | None = None, title: str | None = None):
                 vals.append(np.nan if cell is None or cell["pct"] is None else cell["pct"])
             xs = np.arange(len(keys)) + (j - 1) * width
             total = next((cons[subset][k]["total"] for k in keys if cons and cons[subset].get(k)), 0)
-            ax2.bar(xs, vals, width, label=f"{SUBSET_LABELS[subset].split()[0].lower()} (n = {total})",
-                    color=palette[j])
+            ax2.bar(
+                xs,
+                vals,
+                width,
+                label=f"{SUBSET_LABELS[subset].split()[0].lower()} (n = {total})",
+                color=palette[j],
+            )
             for x, v in zip(xs, vals):
                 if not np.isnan(v):
                     ax2.text(x, v + 1.5, f"{v:.0f}", ha="center", va="bottom", fontsize=6)

@@ -39,15 +39,16 @@ unchanged) and several (window, edge) runs are stacked along the batch axis.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from mech.errors import ConfigError, InputError
-from mech.prepare.groups import GROUPS
+from mech.deprecation import renamed_keywords
 from mech.engines.edge_blocker import EdgeBlocker, blocking
 from mech.engines.prefix import capture, run_from
+from mech.errors import ConfigError, InputError
+from mech.measure.knockout.result import KnockoutResult
+from mech.models.load import takes_model
+from mech.prepare.groups import GROUPS
 
 __all__ = ["attention_knockout", "KnockoutResult", "EdgeBlocker", "blocking", "SOURCES", "TARGETS", "ANCHORS"]
 
@@ -58,101 +59,6 @@ ANCHORS = ("center", "start")
 Edge = tuple[str, str]
 
 
-@dataclass
-class KnockoutResult:
-    """What :func:`attention_knockout` measured.
-
-    Attributes:
-        change: ``[window, edge]`` mean over the kept samples (``kept``) of the percent change of the
-            answer probability, ``100 · (p_knocked − p_clean) / p_clean`` (Zhang et al. 2025); NaN when
-            no sample is kept.
-        change_per_sample: ``[window, edge, batch]`` the same per sample (every sample, kept or not).
-        p_clean: ``[batch]`` answer probability of the clean run (softmax at the last position).
-        p_knocked: ``[window, edge, batch]`` answer probability with the edges blocked.
-        answer: ``[batch]`` answer token ids.
-        layers: the window anchors (the centre layer for ``anchor="center"``, the first layer for
-            ``"start"``), one per window.
-        windows: ``[(first, stop), ...]`` layer range ``first <= l < stop`` of each window.
-        edges: edge names (``"image->last"``; ``"image->last+text->last"`` for an edge set).
-        n_source, n_target: ``[edge, batch]`` positions in the source and target groups (0 = the edge is
-            empty in that row, e.g. ``video`` in an image model: nothing is blocked there).
-        forward_equivalents: decoder-layer evaluations / (n_layers · batch), the clean run included.
-        kept: ``[batch]`` BoolTensor, the samples averaged into ``change`` (all of them unless
-            ``only_correct``; then the correctly answered ones).
-        only_correct: whether ``change`` averages only correctly answered samples.
-    """
-
-    change: torch.Tensor
-    change_per_sample: torch.Tensor
-    p_clean: torch.Tensor
-    p_knocked: torch.Tensor
-    answer: torch.Tensor
-    layers: list[int]
-    windows: list[tuple[int, int]]
-    edges: list[str]
-    window: int
-    anchor: str
-    n_source: torch.Tensor
-    n_target: torch.Tensor
-    forward_equivalents: float
-    kept: torch.Tensor | None = None
-    only_correct: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.kept is None:
-            self.kept = torch.ones(self.p_clean.shape[0], dtype=torch.bool)
-
-    @property
-    def n_kept(self) -> int:
-        """Number of samples averaged into ``change``."""
-        return int(self.kept.sum())
-
-    def to_json(self) -> dict:
-        """JSON-ready summary: ``change.{edge}`` per window (mean over the kept samples; ``null`` where
-        none is kept), ``p_clean`` and ``p_knocked`` means over the kept samples, ``n`` and ``n_kept``,
-        windows and metadata; ``note`` says so when no sample is kept."""
-        k = self.kept
-        nan = lambda xs: [None if x != x else x for x in xs]  # noqa: E731  (JSON has no NaN)
-        out = {
-            "metric": "percent change of the answer probability, 100*(p_knocked-p_clean)/p_clean",
-            "window": self.window, "anchor": self.anchor, "layers": self.layers,
-            "windows": [list(w) for w in self.windows], "edges": self.edges,
-            "only_correct": self.only_correct, "n": int(k.numel()), "n_kept": self.n_kept,
-            "kept": k.tolist(),
-            "change": {e: nan(self.change[:, i].tolist()) for i, e in enumerate(self.edges)},
-            "p_clean": nan([float(self.p_clean[k].mean())])[0],
-            "p_knocked": {e: nan(self.p_knocked[:, i][:, k].mean(-1).tolist()) for i, e in enumerate(self.edges)},
-            "answer": self.answer.tolist(), "forward_equivalents": self.forward_equivalents, **self.meta,
-        }
-        if not self.n_kept:
-            out["note"] = "no sample was kept (only_correct=True and no sample answered correctly); change is NaN"
-        return out
-
-    def to_frame(self, per_sample: bool = False):
-        """Tidy ``pandas.DataFrame`` (:func:`mech.frames.tidy`). ``per_sample=False``: one row per cell of
-        ``change``, columns ``layer, first, stop, edge, change`` (``layer`` the window's anchor, ``first <=
-        l < stop`` its layers, ``edge`` a Categorical in ``edges``' order). ``per_sample=True``: one row
-        per sample, window and edge, columns ``sample, layer, first, stop, edge, change, p_knocked,
-        p_clean, n_source, n_target`` (the per-sample tensors; ``p_clean`` repeated per window and edge)."""
-        from mech.frames import tidy
-
-        window = {"layer": self.layers, "first": [w[0] for w in self.windows], "stop": [w[1] for w in self.windows]}
-        if not per_sample:
-            return tidy(self.change, {"window": window, "edge": self.edges}, value="change")
-        first = (2, 0, 1)  # [window, edge, batch] -> [batch, window, edge]
-        return tidy({"change": self.change_per_sample.permute(first), "p_knocked": self.p_knocked.permute(first),
-                     "p_clean": self.p_clean[:, None, None], "n_source": self.n_source.T[:, None, :],
-                     "n_target": self.n_target.T[:, None, :]},
-                    {"sample": None, "window": window, "edge": self.edges})
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """safetensors content: ``change``, ``change_per_sample``, ``p_clean``, ``p_knocked``, ``answer``,
-        ``kept``."""
-        return {"change": self.change, "change_per_sample": self.change_per_sample, "p_clean": self.p_clean,
-                "p_knocked": self.p_knocked, "answer": self.answer, "kept": self.kept}
-
-
 def _edge_sets(edges) -> list[list[Edge]]:
     """Normalise ``edges`` to a list of edge sets; validates the group names."""
     if isinstance(edges, tuple) and len(edges) == 2 and all(isinstance(e, str) for e in edges):
@@ -160,19 +66,25 @@ def _edge_sets(edges) -> list[list[Edge]]:
     out = []
     for item in edges:
         if isinstance(item, str):
-            raise ConfigError(f"an edge is a (source, target) pair, got the string {item!r}; e.g. ('image', 'last')")
+            raise ConfigError(
+                f"an edge is a (source, target) pair, got the string {item!r}; e.g. ('image', 'last')"
+            )
         is_pair = isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)
         group = [tuple(item)] if is_pair else [tuple(e) for e in item]
         for e in group:
             if len(e) != 2 or e[0] not in SOURCES or e[1] not in TARGETS:
-                raise ConfigError(f"invalid edge {e!r}: source must be one of {', '.join(SOURCES)}; target one of "
-                                  f"{', '.join(TARGETS)} ('last' = the answer position)")
+                raise ConfigError(
+                    f"invalid edge {e!r}: source must be one of {', '.join(SOURCES)}; target one of "
+                    f"{', '.join(TARGETS)} ('last' = the answer position)"
+                )
         if not group:
             raise ConfigError("an empty edge set; give at least one (source, target) pair")
         out.append(group)
     if not out:
-        raise ConfigError(f"no edges given; e.g. edges=[('image', 'last'), ('text', 'last')]; sources "
-                          f"{', '.join(SOURCES)}, targets {', '.join(TARGETS)}")
+        raise ConfigError(
+            f"no edges given; e.g. edges=[('image', 'last'), ('text', 'last')]; sources "
+            f"{', '.join(SOURCES)}, targets {', '.join(TARGETS)}"
+        )
     return out
 
 
@@ -191,9 +103,11 @@ def _windows(starts: Sequence[int], k: int, n: int, anchor: str) -> list[tuple[i
     return [(max(0, s - k // 2), min(n, s - (-k // 2))) for s in starts]
 
 
-NEEDS_GOLD = ("only_correct=True needs the gold answers: pass gold_ids (LongTensor [batch], the gold answer's "
-              "first token, e.g. mech.prepare.targets.answer_tokens(m, samples, logits)[0]) or correct (BoolTensor "
-              "[batch]); or use only_correct=False to average every sample.")
+NEEDS_GOLD = (
+    "only_correct=True needs the gold answers: pass gold_ids (LongTensor [batch], the gold answer's "
+    "first token, e.g. mech.prepare.targets.answer_tokens(m, samples, logits)[0]) or correct (BoolTensor "
+    "[batch]); or use only_correct=False to average every sample."
+)
 
 
 def _kept(only_correct: bool, gold_ids, correct, top: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -204,14 +118,16 @@ def _kept(only_correct: bool, gold_ids, correct, top: torch.Tensor, vocab: int) 
     if correct is not None:
         correct = torch.as_tensor(correct).cpu()
         if correct.dtype != torch.bool or tuple(correct.shape) != (batch,):
-            raise InputError(f"correct must be a BoolTensor [batch] = [{batch}]; got {correct.dtype} "
-                             f"{tuple(correct.shape)}.")
+            raise InputError(
+                f"correct must be a BoolTensor [batch] = [{batch}]; got {correct.dtype} "
+                f"{tuple(correct.shape)}."
+            )
         return correct
     if gold_ids is None:
         raise ConfigError(NEEDS_GOLD)
     from mech.measure.patching.metrics import check_token_ids
 
-    check_token_ids(batch, vocab, answer_ids=gold_ids)
+    check_token_ids(batch, vocab, gold_ids=gold_ids)
     return top == torch.as_tensor(gold_ids).long().cpu()
 
 
@@ -234,17 +150,21 @@ def _check_last_row(groups, sets) -> None:
         full = (visible & ~hidden).sum(-1) == 0
         if bool(full.any()):
             name = "+".join(f"{s}->{t}" for s, t in group)
-            raise ConfigError(f"the edge set {name!r} hides every key from the answer position in rows "
-                              f"{full.nonzero().flatten().tolist()}, so its attention row would be empty; "
-                              "drop one of its edges (e.g. keep 'bos' or 'last' visible).")
+            raise ConfigError(
+                f"the edge set {name!r} hides every key from the answer position in rows "
+                f"{full.nonzero().flatten().tolist()}, so its attention row would be empty; "
+                "drop one of its edges (e.g. keep 'bos' or 'last' visible)."
+            )
 
 
+@renamed_keywords(answer_ids="answer")
+@takes_model
 def attention_knockout(
     m,
     inputs,
     edges: Sequence = (("image", "last"),),
     window: int = 9,
-    answer_ids: torch.Tensor | None = None,
+    answer: torch.Tensor | None = None,
     layers: Sequence[int] | None = None,
     *,
     anchor: str = "center",
@@ -263,8 +183,9 @@ def attention_knockout(
             the answer position). ``("last", "last")`` blocks the answer position's own key (Zhang et al.).
         window: ``k``, the number of consecutive layers blocked (clipped at the first/last layer); 9 as in
             Zhang et al.'s code.
-        answer_ids: LongTensor ``[batch]``, the token whose probability is measured; default: the clean
+        answer: LongTensor ``[batch]``, the token whose probability is measured; default: the clean
             run's top token at the last position (Zhang et al.: the first generated token, greedy).
+            ``answer_ids=`` is its deprecated spelling (it warns).
         layers: window anchors (default every layer ``0 .. n_layers-1``).
         anchor: ``"center"`` (default; window ``[l-⌊k/2⌋, l+⌈k/2⌉)``, Zhang et al.'s code and Geva et al.) or
             ``"start"`` (``[l, l+k)``).
@@ -284,7 +205,7 @@ def attention_knockout(
         ConfigError: unknown group or anchor, ``window < 1``, layers out of range, flash attention;
             ``only_correct=True`` without ``gold_ids`` or ``correct``; an edge set that hides every key
             from the answer position.
-        InputError: ``answer_ids`` / ``gold_ids`` of the wrong shape or out of the vocabulary; ``correct``
+        InputError: ``answer`` / ``gold_ids`` of the wrong shape or out of the vocabulary; ``correct``
             not a BoolTensor ``[batch]``.
         UnsupportedArchitectureError: a cross-attention family (mllama).
     """
@@ -309,49 +230,71 @@ def attention_knockout(
 
     cap = capture(m, inputs)
     top = cap.logits.argmax(-1).cpu()
-    if answer_ids is None:
+    if answer is None:
         answer = top
     else:
         from mech.measure.patching.metrics import check_token_ids
 
-        check_token_ids(batch, cap.logits.shape[-1], answer_ids=answer_ids)
-        answer = torch.as_tensor(answer_ids).long().cpu()
+        check_token_ids(batch, cap.logits.shape[-1], answer=answer)
+        answer = torch.as_tensor(answer).long().cpu()
     kept = _kept(bool(only_correct), gold_ids, correct, top, cap.logits.shape[-1])
     p_clean = cap.logits.softmax(-1).cpu()[torch.arange(batch), answer]
 
     # per edge set: [(source mask, target mask, own-key flag)]; only the source "last" blocks a query's own key
-    masks = [[(_positions(groups, s), _positions(groups, t), s == "last") for s, t in group] for group in sets]
+    masks = [
+        [(_positions(groups, s), _positions(groups, t), s == "last") for s, t in group] for group in sets
+    ]
     width = max(len(g) for g in masks)
     configs = [(wi, ei) for wi in range(len(wins)) for ei in range(len(sets))]
     p_knocked = torch.empty(len(wins), len(sets), batch)
     per = max(1, max_rows // batch)
     for i in range(0, len(configs), per):
-        chunk = configs[i:i + per]
+        chunk = configs[i : i + per]
         rows = torch.arange(batch).repeat(len(chunk))
         pairs = []
         for j in range(width):
-            parts = [masks[e][j] if j < len(masks[e]) else (torch.zeros_like(masks[e][0][0]),
-                                                            torch.zeros_like(masks[e][0][1]), False)
-                     for _, e in chunk]
+            parts = [
+                masks[e][j]
+                if j < len(masks[e])
+                else (torch.zeros_like(masks[e][0][0]), torch.zeros_like(masks[e][0][1]), False)
+                for _, e in chunk
+            ]
             own = torch.tensor([flag for _, _, flag in parts], dtype=torch.bool).repeat_interleave(batch)
             pairs.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), own))
         active = torch.zeros(len(rows), n, dtype=torch.bool)
         for k, (w, _) in enumerate(chunk):
             lo, hi = wins[w]
-            active[k * batch:(k + 1) * batch, lo:hi] = True
+            active[k * batch : (k + 1) * batch, lo:hi] = True
         start = min(wins[w][0] for w, _ in chunk)
         hidden = cap.resid[start][rows.to(cap.resid[start].device)]
         with torch.no_grad(), blocking(m, pairs, active):
             logits = run_from(m, cap, start, hidden, rows)
         p = logits.softmax(-1).cpu()[torch.arange(len(rows)), answer[rows]]
         for k, (w, e) in enumerate(chunk):
-            p_knocked[w, e] = p[k * batch:(k + 1) * batch]
+            p_knocked[w, e] = p[k * batch : (k + 1) * batch]
 
     per_sample = 100.0 * (p_knocked - p_clean) / p_clean
-    change = per_sample[..., kept].mean(-1) if bool(kept.any()) else torch.full(per_sample.shape[:2], torch.nan)
+    change = (
+        per_sample[..., kept].mean(-1) if bool(kept.any()) else torch.full(per_sample.shape[:2], torch.nan)
+    )
     names = ["+".join(f"{s}->{t}" for s, t in group) for group in sets]
     n_src = torch.stack([sum(s.sum(-1) for s, _, _ in g).cpu() for g in masks])
     n_tgt = torch.stack([sum(t.sum(-1) for _, t, _ in g).cpu() for g in masks])
     fe = 1.0 + cap.layer_evals / (n * batch)
-    return KnockoutResult(change, per_sample, p_clean, p_knocked, answer, starts, wins, names,
-                          int(window), anchor, n_src, n_tgt, fe, kept=kept, only_correct=bool(only_correct))
+    return KnockoutResult(
+        change,
+        per_sample,
+        p_clean,
+        p_knocked,
+        answer,
+        starts,
+        wins,
+        names,
+        int(window),
+        anchor,
+        n_src,
+        n_tgt,
+        fe,
+        kept=kept,
+        only_correct=bool(only_correct),
+    )

@@ -27,6 +27,8 @@ import torch
 from mech.errors import ConfigError, InputError
 from mech.prepare.groups import GROUPS, TokenGroups
 
+__all__ = ["ALIGN", "GROUP_ALIGNED_CONDITIONS", "POSITION_GROUPS", "Alignment", "align", "check_same_groups"]
+
 POSITION_GROUPS = GROUPS + ("last", "all")
 ALIGN = ("strict", "group")
 GROUP_ALIGNED_CONDITIONS = ("no_image", "image_only")
@@ -54,15 +56,18 @@ def check_same_groups(target: TokenGroups, source: TokenGroups) -> None:
         raise InputError(
             f"clean and corrupted inputs have different shapes {tuple(target.labels.shape)} vs "
             f"{tuple(source.labels.shape)}, so positions do not align one to one; for no_image / image_only "
-            "pass align='group' (or condition=...), otherwise prepare both with the same samples and padding.")
+            "pass align='group' (or condition=...), otherwise prepare both with the same samples and padding."
+        )
     diff = (target.labels != source.labels).any(-1).nonzero().flatten().tolist()
     if diff:
         row = diff[0]
         pos = (target.labels[row] != source.labels[row]).nonzero().flatten().tolist()
-        raise InputError(f"the token groups of the clean and corrupted inputs do not match in rows {diff[:10]} "
-                         f"(row {row}, positions {pos[:10]}); same-length patching needs identical groups. Pass "
-                         "the same samples in the same order under a same-length condition, or align='group' for "
-                         "no_image / image_only.")
+        raise InputError(
+            f"the token groups of the clean and corrupted inputs do not match in rows {diff[:10]} "
+            f"(row {row}, positions {pos[:10]}); same-length patching needs identical groups. Pass "
+            "the same samples in the same order under a same-length condition, or align='group' for "
+            "no_image / image_only."
+        )
 
 
 def _lcs(a: list[int], b: list[int]) -> list[tuple[int, int]]:
@@ -103,8 +108,14 @@ def _pairs_group(tg: TokenGroups, sg: TokenGroups, t_ids, s_ids, name: str, row:
     return tp[:n], sp[:n]
 
 
-def align(target: TokenGroups, source: TokenGroups, positions, mode: str,
-          target_ids: torch.Tensor | None = None, source_ids: torch.Tensor | None = None) -> list[Alignment]:
+def align(
+    target: TokenGroups,
+    source: TokenGroups,
+    positions,
+    mode: str,
+    target_ids: torch.Tensor | None = None,
+    source_ids: torch.Tensor | None = None,
+) -> list[Alignment]:
     """The alignments of ``positions``: a group name, a BoolTensor ``[batch, pos]``, or a list of them.
 
     Raises:
@@ -115,26 +126,36 @@ def align(target: TokenGroups, source: TokenGroups, positions, mode: str,
     if mode not in ALIGN:
         raise ConfigError(f"align={mode!r}; allowed: {', '.join(ALIGN)}")
     if target.labels.shape[0] != source.labels.shape[0]:
-        raise InputError(f"clean and corrupted inputs have {source.labels.shape[0]} and {target.labels.shape[0]} "
-                         "rows (or the reverse); pass the same samples in the same order.")
+        raise InputError(
+            f"clean and corrupted inputs have {source.labels.shape[0]} and {target.labels.shape[0]} "
+            "rows (or the reverse); pass the same samples in the same order."
+        )
     if mode == "strict":
         check_same_groups(target, source)
     items = [positions] if isinstance(positions, (str, torch.Tensor)) else list(positions)
     if not items:
-        raise ConfigError(f"no positions given; valid: {', '.join(POSITION_GROUPS)} or a BoolTensor [batch, pos]")
+        raise ConfigError(
+            f"no positions given; valid: {', '.join(POSITION_GROUPS)} or a BoolTensor [batch, pos]"
+        )
     for item in items:
         if isinstance(item, torch.Tensor):
             if mode != "strict":
-                raise InputError("explicit position masks need same-length inputs (align='strict'); use group "
-                                 "names with align='group'.")
+                raise InputError(
+                    "explicit position masks need same-length inputs (align='strict'); use group "
+                    "names with align='group'."
+                )
             if item.dtype != torch.bool or item.shape != target.labels.shape:
-                raise InputError(f"a positions mask must be a BoolTensor [batch, pos] = {tuple(target.labels.shape)}; "
-                                 f"got {item.dtype} {tuple(item.shape)}")
+                raise InputError(
+                    f"a positions mask must be a BoolTensor [batch, pos] = {tuple(target.labels.shape)}; "
+                    f"got {item.dtype} {tuple(item.shape)}"
+                )
     names = [p for p in items if not isinstance(p, torch.Tensor)]
     bad = [p for p in names if p not in POSITION_GROUPS]
     if bad:
-        raise ConfigError(f"unknown position group(s) {bad}; valid: {', '.join(POSITION_GROUPS)} or a BoolTensor "
-                          "[batch, pos]")
+        raise ConfigError(
+            f"unknown position group(s) {bad}; valid: {', '.join(POSITION_GROUPS)} or a BoolTensor "
+            "[batch, pos]"
+        )
     out = []
     for i, name in enumerate(items):
         if isinstance(name, torch.Tensor):

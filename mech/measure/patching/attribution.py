@@ -23,7 +23,7 @@ The metric, its targets (answer = the clean run's top token, counterfactual = th
 top other token), and the normalisation are those of :mod:`mech.measure.patching.metrics`: the estimated
 patched metric is ``target + ΔM`` and the normalized effect is
 ``(patched − corrupted) / (clean − corrupted)`` (denoising) or ``(clean − patched) / (clean −
-corrupted)`` (noising), so ``AtPResult.effect`` is directly comparable with
+corrupted)`` (noising), so the estimated ``effect`` is directly comparable with
 ``PatchingResult.effect`` (:func:`compare_to_exact`).
 
 Cost (``method="atp"``): one forward of the source run (cached activations), one forward and one
@@ -41,142 +41,109 @@ AtP with ``metric="kl"`` is identically zero.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from mech.engines import hooks as H
 from mech.engines.unembed import unembed_at
-from mech.measure.patching.attribution_deeplift import References, completeness, difference_run, metric_with_multipliers, reference_run
-from mech.measure.patching.attribution_grad import METHODS, Method, check_method, decoder_inputs, enter, forward_equivalents
-from mech.errors import ConfigError, InputError
+from mech.errors import ConfigError
+from mech.measure.patching import PatchingResult
 from mech.measure.patching.align import Alignment
+from mech.measure.patching.attribution_deeplift import (
+    References,
+    completeness,
+    difference_run,
+    metric_with_multipliers,
+    reference_run,
+)
+from mech.measure.patching.attribution_grad import (
+    METHODS,
+    Method,
+    check_method,
+    decoder_inputs,
+    enter,
+    forward_equivalents,
+    grad_run,
+    gradients,
+    integrated_gradients,
+)
+from mech.measure.patching.compare import COMPARE_ON, compare_to_exact, pearson  # noqa: F401  (re-exported)
 from mech.measure.patching.metrics import Metric, normalized_effect
 from mech.measure.patching.setup import prepare
 from mech.measure.patching.sites import hook_name
+from mech.models.load import takes_model
 
-__all__ = ["attribution_patching", "AtPResult", "compare_to_exact", "pearson", "FORWARD_EQUIVALENTS", "METHODS"]
+__all__ = [
+    "attribution_patching",
+    "AtPResult",
+    "compare_to_exact",
+    "pearson",
+    "FORWARD_EQUIVALENTS",
+    "METHODS",
+]
 
 #: ``method="atp"``: source forward + target forward + activation-gradient backward (≈ one forward in FLOPs)
 FORWARD_EQUIVALENTS = 3.0
 
 
-@dataclass
-class AtPResult:
-    """What :func:`attribution_patching` estimated (shapes as :class:`mech.measure.patching.PatchingResult`).
+@dataclass(frozen=True, eq=False, init=False)
+class AtPResult(PatchingResult):
+    """Deprecated (one release): :func:`attribution_patching` returns a
+    :class:`mech.measure.patching.PatchingResult` with ``method="atp" | "ig" | "deeplift"`` and ``delta``.
+    Constructing this class warns (``DeprecationWarning``) and builds that result from the old
+    positional order ``(effect, patched, delta, clean_metric, corrupted_metric, groups, layers,
+    direction, metric, corruption, forward_equivalents, meta, method, answer, counterfactual)``."""
 
-    Attributes:
-        effect: site -> estimated normalized patching effect ``[layer, group]`` (``z``: ``[layer, head, group]``);
-            NaN for a group with no patched position.
-        patched: site -> estimated metric of the patched runs ``[layer, group, batch]`` = target metric + ΔM.
-        delta: site -> the estimate ΔM itself ``[layer, group, batch]``.
-        clean_metric, corrupted_metric: ``[batch]`` metric of the two unpatched runs.
-        groups, layers, direction, metric: as in :class:`mech.measure.patching.PatchingResult`.
-        forward_equivalents: 3.0 for ``"atp"``, ``2 + 2·steps`` for ``"ig"``; ``meta["wall_s"]`` has
-            per-pass wall times. ``method``: ``"atp"`` or ``"ig"``; ``meta["ig_steps"]`` for ``"ig"``.
-        answer, counterfactual: LongTensor ``[batch]`` (CPU): the token ids this batch was scored
-            against (as :class:`mech.measure.patching.PatchingResult`); None where the metric needs none.
-    """
-
-    effect: dict[str, torch.Tensor]
-    patched: dict[str, torch.Tensor]
-    delta: dict[str, torch.Tensor]
-    clean_metric: torch.Tensor
-    corrupted_metric: torch.Tensor
-    groups: tuple[str, ...]
-    layers: list[int]
-    direction: str
-    metric: str
-    corruption: str | None
-    forward_equivalents: float = FORWARD_EQUIVALENTS
-    meta: dict[str, Any] = field(default_factory=dict)
-    method: str = "atp"
-    answer: torch.Tensor | None = None
-    counterfactual: torch.Tensor | None = None
-
-    def to_json(self) -> dict:
-        """JSON-ready: ``effect.{site}.{group}`` per layer (``z``: per layer, per head), metrics, metadata."""
-        name = {"atp": "attribution patching (AtP)", "ig": "attribution patching, integrated gradients (EAP-IG)",
-                "deeplift": "attribution patching, DeepLIFT multipliers"}
-        return {
-            "method": name.get(self.method, self.method), "corruption": self.corruption, "direction": self.direction,
-            "metric": self.metric, "clean_metric": float(self.clean_metric.mean()),
-            "corrupted_metric": float(self.corrupted_metric.mean()), "layers": self.layers,
-            "groups": list(self.groups),
-            "effect": {s: {g: e[..., i].tolist() for i, g in enumerate(self.groups)} for s, e in self.effect.items()},
-            "forward_equivalents": self.forward_equivalents, **self.meta,
-        }
-
-    def to_frame(self, per_sample: bool = False):
-        """As :meth:`mech.measure.patching.PatchingResult.to_frame`; per sample also ``delta`` (after ``patched``)."""
-        from mech.frames import patching_frame
-        return patching_frame(self, per_sample)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """safetensors content: ``effect.{site}``, ``patched.{site}``, ``delta.{site}``, the two metrics."""
-        out = {"clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric}
-        for s in self.effect:
-            out.update({f"effect.{s}": self.effect[s], f"patched.{s}": self.patched[s], f"delta.{s}": self.delta[s]})
-        return out
-
-
-def grad_run(m, inputs, names: list[str], contexts: list = (), points=None) -> tuple[torch.Tensor, dict, dict]:
-    """Forward of ``inputs`` with a zero leaf added at every hook name (resolved in ``points``, default
-    :data:`~mech.engines.hooks.HOOK_POINTS`), under ``contexts`` (entered in order: a context manager, a
-    factory of one, or None). Returns the answer position's logits ``[batch, vocab]`` (in the graph), the
-    activations (detached) and the leaves. Parameters are frozen meanwhile (flags restored in ``finally``)."""
-    acts: dict[str, torch.Tensor] = {}
-    leaves: dict[str, torch.Tensor] = {}
-
-    def add_leaf(x, hook):
-        acts[hook.name] = x.detach()
-        leaf = torch.zeros_like(x, requires_grad=True)
-        leaves[hook.name] = leaf
-        return x + leaf
-
-    params = list(m.model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with ExitStack() as stack:
-            for c in contexts:
-                enter(stack, c)
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names], points))
-            stack.enter_context(unembed_at(m, inputs.groups.last()))  # the answer position's logits only
-            last = m.model(**inputs).logits[:, 0].float()
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-    return last, acts, leaves
-
-
-def _gradients(value: torch.Tensor, leaves: dict[str, torch.Tensor], names: list[str]) -> dict:
-    """``d value.sum() / d leaf`` per hook name (None where the metric does not depend on it)."""
-    return dict(zip(names, torch.autograd.grad(value.sum(), [leaves[n] for n in names], allow_unused=True)))
-
-
-def _integrated_gradients(m, target, names: list[str], t_ctx, recorded: list, metric: Callable, steps: int,
-                          wall: dict) -> dict:
-    """Mean gradient of ``metric(last-position logits)`` at every hook name over ``steps`` runs of ``target``
-    whose decoder inputs are moved ``α = (i + ½)/steps`` of the way to the source run's (``recorded``)."""
-    if not recorded:
-        raise InputError("the source run passed no floating-point input to the decoder, so there is no path to "
-                         "integrate along; use method='atp'")
-    total: dict = {n: None for n in names}
-    for i in range(steps):
-        t0 = time.perf_counter()
-        alpha = (i + 0.5) / steps
-        last, _, leaves = grad_run(m, target, names, [t_ctx, lambda a=alpha: decoder_inputs(m, recorded, a)])
-        for n, g in _gradients(metric(last), leaves, names).items():
-            if g is not None:
-                total[n] = g / steps if total[n] is None else total[n] + g / steps
-        wall[f"ig_step_{i}"] = time.perf_counter() - t0
-    return total
+    def __init__(
+        self,
+        effect,
+        patched,
+        delta,
+        clean_metric,
+        corrupted_metric,
+        groups,
+        layers,
+        direction,
+        metric,
+        corruption,
+        forward_equivalents=FORWARD_EQUIVALENTS,
+        meta=None,
+        method="atp",
+        answer=None,
+        counterfactual=None,
+    ):
+        warnings.warn(
+            "AtPResult is deprecated: attribution_patching returns a PatchingResult with "
+            "method='atp' (build one with PatchingResult(..., method=..., delta=...))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        meta = dict(meta or {})
+        PatchingResult.__init__(
+            self,
+            effect=effect,
+            patched=patched,
+            clean_metric=clean_metric,
+            corrupted_metric=corrupted_metric,
+            groups=groups,
+            layers=layers,
+            direction=direction,
+            metric=metric,
+            corruption=corruption,
+            align=meta.pop("align", "strict"),
+            patched_positions={},
+            forward_equivalents=forward_equivalents,
+            n_patched_runs=0,
+            meta=meta,
+            answer=answer,
+            counterfactual=counterfactual,
+            method=method,
+            delta=delta,
+        )
 
 
 def _pair_index(aligns: list[Alignment]) -> tuple[torch.Tensor, ...]:
@@ -191,6 +158,7 @@ def _pair_index(aligns: list[Alignment]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.tensor(v, dtype=torch.long) for v in (r, t, s, g))
 
 
+@takes_model
 def attribution_patching(
     m,
     clean,
@@ -211,7 +179,7 @@ def attribution_patching(
     clean_context: Callable | None = None,
     corrupted_context: Callable | None = None,
     seed: int = 0,
-) -> AtPResult:
+) -> PatchingResult:
     """Gradient estimates of patching every site, layer and position group at once.
 
     Args: as :func:`mech.activation_patching` (same names, same defaults for the metric targets):
@@ -231,7 +199,7 @@ def attribution_patching(
         condition: default: the corrupted inputs' own ``.condition`` (as :func:`mech.activation_patching`).
 
     Returns:
-        :class:`AtPResult`; ``effect[site]`` ``[layer, group]`` (``z``: ``[layer, head, group]``).
+        :class:`mech.measure.patching.PatchingResult` with ``method`` and ``delta``; ``effect[site]`` ``[layer, group]`` (``z``: ``[layer, head, group]``).
 
     Raises:
         ConfigError: unknown site/metric/direction/position group/method (the message lists the allowed
@@ -241,14 +209,29 @@ def attribution_patching(
         MechError: NaN metric; clean == corrupted metric with ``normalize=True``.
     """
     check_method(method, ig_steps)
-    setup = prepare(m, "attribution_patching", clean, corrupted, sites, positions, direction=direction,
-                    metric=metric, layers=layers, condition=condition, align_mode=align_mode,
-                    clean_context=clean_context, corrupted_context=corrupted_context, seed=seed)
+    setup = prepare(
+        m,
+        "attribution_patching",
+        clean,
+        corrupted,
+        sites,
+        positions,
+        direction=direction,
+        metric=metric,
+        layers=layers,
+        condition=condition,
+        align_mode=align_mode,
+        clean_context=clean_context,
+        corrupted_context=corrupted_context,
+        seed=seed,
+    )
     site_list, metric_obj, aligns, layer_list = setup.sites, setup.metric, setup.aligns, setup.layers
     target, source, denoise, names = setup.target, setup.source, setup.denoise, setup.names
     if method != "atp" and setup.mode != "strict":
-        raise ConfigError(f"method={method!r} compares the two runs position by position, which needs runs of the "
-                          "same length (align='strict'); use method='atp' for no_image / image_only")
+        raise ConfigError(
+            f"method={method!r} compares the two runs position by position, which needs runs of the "
+            "same length (align='strict'); use method='atp' for no_image / image_only"
+        )
     refs = References()
 
     wall: dict[str, float] = {}
@@ -288,11 +271,11 @@ def attribution_patching(
         value = score(t_last)
         if method == "deeplift":
             value = metric_with_multipliers(score, t_last, s_last)
-        grads = _gradients(value, leaves, names)
+        grads = gradients(value, leaves, names)
         wall["target_backward"] = time.perf_counter() - t0
         target_m = value.detach().cpu()
     else:
-        grads = _integrated_gradients(m, target, names, setup.t_ctx, recorded, score, ig_steps, wall)
+        grads = integrated_gradients(m, target, names, setup.t_ctx, recorded, score, ig_steps, wall)
         target_m = score(t_last).cpu()
     source_m = score(s_last).cpu()
     clean_m, corr_m = (source_m, target_m) if denoise else (target_m, source_m)
@@ -326,11 +309,13 @@ def attribution_patching(
         eff[..., empty] = float("nan")
         effects[site] = eff
     fe = forward_equivalents(method, ig_steps)
-    a_ids, cf_ids = (None if t is None else t.detach().long().cpu() for t in (targets.answer, targets.counterfactual))
-    passes = {"forward": 2, "backward": 1} if method != "ig" else {"forward": 2 + ig_steps, "backward": ig_steps}
-    meta = {"wall_s": wall, "passes": {**passes, "backward_scope": "activations only"},
-            "align": setup.mode, "answer": None if a_ids is None else a_ids.tolist(),
-            "counterfactual": None if cf_ids is None else cf_ids.tolist()}
+    a_ids, cf_ids = (
+        None if t is None else t.detach().long().cpu() for t in (targets.answer, targets.counterfactual)
+    )
+    passes = (
+        {"forward": 2, "backward": 1} if method != "ig" else {"forward": 2 + ig_steps, "backward": ig_steps}
+    )
+    meta: dict = {"wall_s": wall, "passes": {**passes, "backward_scope": "activations only"}}
     if method == "ig":
         meta["ig_steps"] = ig_steps
     if method == "deeplift":
@@ -338,62 +323,33 @@ def attribution_patching(
         # resid_pre at every position is a complete cut above the layers that inject features (Qwen3-VL)
         cut = [hook_name("resid_pre", l) for l in layer_list if l > max(m.arch.injection_layers, default=-1)]
         if "resid_pre" in site_list and cut:
-            full = torch.stack([((cache[n].to(acts[n].device).double() - acts[n].double()) * grads[n].double())
-                                .sum((1, 2)).cpu() for n in cut])
+            full = torch.stack(
+                [
+                    ((cache[n].to(acts[n].device).double() - acts[n].double()) * grads[n].double())
+                    .sum((1, 2))
+                    .cpu()
+                    for n in cut
+                ]
+            )
             meta["completeness"] = completeness(full, source_m, target_m)
-    return AtPResult(effects, patched, deltas, clean_m, corr_m, tuple(a.name for a in aligns), layer_list, direction,
-                     metric_obj.name, setup.condition, fe, meta, method, a_ids, cf_ids)
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation of the entries finite in both ``x`` and ``y`` (any equal shapes); NaN when
-    fewer than two such entries or either has zero variance."""
-    x, y = x.double().flatten(), y.double().flatten()
-    keep = torch.isfinite(x) & torch.isfinite(y)
-    x, y = x[keep], y[keep]
-    if len(x) < 2:
-        return float("nan")
-    x, y = x - x.mean(), y - y.mean()
-    den = (x.square().sum() * y.square().sum()).sqrt()
-    return float((x * y).sum() / den) if den > 0 else float("nan")
-
-
-COMPARE_ON = ("effect", "delta", "patched")
-
-
-def compare_to_exact(atp: AtPResult, exact, on: str = "effect") -> dict[str, float]:
-    """Pearson r between AtP and exact activation patching, per site and ``"overall"`` (all sites' entries).
-
-    Args:
-        atp: :class:`AtPResult`.
-        exact: :class:`mech.measure.patching.PatchingResult` of the same inputs, sites, positions and direction.
-        on: what is correlated (:data:`COMPARE_ON`):
-
-            * ``"effect"`` — the normalized effects ``[layer, group]`` of the batch means, the grid a
-              researcher reads (Heimersheim & Nanda 2024, eq. 1);
-            * ``"delta"`` — per-sample metric changes ``ΔM`` ``[layer, group, batch]`` (AtP's ``delta``
-              against exact ``patched − target metric``): the per-sample fidelity;
-            * ``"patched"`` — per-sample patched metrics; both contain the same unpatched target metric,
-              whose spread across samples inflates r: prefer ``"delta"``.
-
-    Raises:
-        ConfigError: ``on`` unknown; no site in common; the two results' axes differ.
-    """
-    if on not in COMPARE_ON:
-        raise ConfigError(f"on={on!r}; allowed: {', '.join(COMPARE_ON)}")
-    if on == "delta":
-        target = exact.corrupted_metric if exact.direction == "denoising" else exact.clean_metric
-        a_all, e_all = atp.delta, {s: p - target for s, p in exact.patched.items()}
-    else:
-        a_all, e_all = getattr(atp, on), getattr(exact, on)
-    common = [s for s in a_all if s in e_all]
-    if not common:
-        raise ConfigError(f"no site in common: AtP has {sorted(a_all)}, exact patching has {sorted(e_all)}")
-    if tuple(atp.groups) != tuple(exact.groups) or list(atp.layers) != list(exact.layers) or \
-            atp.direction != exact.direction:
-        raise ConfigError("the AtP and exact results differ in groups, layers or direction; run both with the same "
-                          "positions, layers and direction")
-    out = {s: pearson(a_all[s], e_all[s]) for s in common}
-    out["overall"] = pearson(torch.cat([a_all[s].flatten() for s in common]),
-                             torch.cat([e_all[s].flatten() for s in common]))
-    return out
+    return PatchingResult(
+        effect=effects,
+        patched=patched,
+        clean_metric=clean_m,
+        corrupted_metric=corr_m,
+        groups=tuple(a.name for a in aligns),
+        layers=layer_list,
+        direction=direction,
+        metric=metric_obj.name,
+        corruption=setup.condition,
+        align=setup.mode,
+        patched_positions={},
+        forward_equivalents=fe,
+        n_patched_runs=0,
+        meta=meta,
+        answer=a_ids,
+        counterfactual=cf_ids,
+        method=method,
+        delta=deltas,
+        normalized=normalize,
+    )

@@ -24,7 +24,7 @@ Every nonlinear operation ``y = f(x)`` of the decoder is given, in the target ru
 Linear maps (projections, RoPE, residual adds, the unembedding) pass ``Δ`` unchanged. So every
 *complete cut* of the network sums exactly to the metric difference ("summation-to-delta",
 DeepLIFT eq. 1): the estimates of patching ``resid_pre`` at *all* positions of a layer add up to
-``M(source) − M(target)``. :func:`completeness` measures that and ``AtPResult.meta`` reports it.
+``M(source) − M(target)``. :func:`completeness` measures that and the result's ``meta`` reports it.
 For one group the estimate is first-order in the interactions between positions only; the organisms'
 S-shaped responses to a whole image, which the gradient at one end misses, are followed exactly.
 
@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from mech.engines.attention_fn import inner_function, swap_attention
-from mech.errors import ConfigError
 from mech.engines.edge_blocker import EdgeBlocker
+from mech.errors import ConfigError
 
 __all__ = ["References", "reference_run", "difference_run", "metric_with_multipliers", "completeness"]
 
@@ -108,7 +108,9 @@ class References:
 def _norm_kind(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[str, float] | None:
     """Which formula ``mod`` computes on ``x`` (checked against its own ``out``), or None."""
     w = getattr(mod, "weight", None)
-    eps = next((float(getattr(mod, n)) for n in _EPS_NAMES if isinstance(getattr(mod, n, None), (int, float))), 1e-6)
+    eps = next(
+        (float(getattr(mod, n)) for n in _EPS_NAMES if isinstance(getattr(mod, n, None), (int, float))), 1e-6
+    )
     if not isinstance(w, torch.Tensor) or w.dim() != 1 or w.shape[0] != x.shape[-1]:
         return None
     xf, o, wf = x.float(), out.float(), w.float()
@@ -117,8 +119,11 @@ def _norm_kind(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[str,
     u = xf - xf.mean(-1, keepdim=True)
     ln = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
     tol = (1e-2 if out.dtype in (torch.float16, torch.bfloat16) else 1e-4) * (o.abs().max() + 1)
-    for kind, cand in (("rms", wf * rms), ("rms1", (1 + wf) * rms),
-                       ("layer", wf * ln + (b.float() if isinstance(b, torch.Tensor) else 0))):
+    for kind, cand in (
+        ("rms", wf * rms),
+        ("rms1", (1 + wf) * rms),
+        ("layer", wf * ln + (b.float() if isinstance(b, torch.Tensor) else 0)),
+    ):
         if (cand - o).abs().max() <= tol:
             return kind, eps
     return None
@@ -144,8 +149,10 @@ class _Attention:
 
     def __init__(self, inner: str, refs: References, record: bool):
         if inner.startswith("flash") or inner.startswith("paged"):
-            raise ConfigError(f"method='deeplift' needs the attention scores, which {inner!r} does not form; load the "
-                              "model with attn_implementation='sdpa' or 'eager'")
+            raise ConfigError(
+                f"method='deeplift' needs the attention scores, which {inner!r} does not form; load the "
+                "model with attn_implementation='sdpa' or 'eager'"
+            )
         self.inner, self.refs, self.record, self._fn = inner, refs, record, None
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
@@ -158,7 +165,9 @@ class _Attention:
         if layer not in self.refs.attn:
             self.refs.local[f"attention.{layer}"] = "no reference run"
             return self._fn(module, query, key, value, attention_mask, **kwargs)
-        out, weights = self._fn(module, query.detach(), key.detach(), value.detach(), attention_mask, **kwargs)
+        out, weights = self._fn(
+            module, query.detach(), key.detach(), value.detach(), attention_mask, **kwargs
+        )
         d = self.tangent(module, query, key, value, attention_mask, self.refs.attn[layer], kwargs)
         return out + d.transpose(1, 2).to(out.dtype), weights
 
@@ -175,8 +184,10 @@ class _Attention:
         allowed = base if base.dtype == torch.bool else base > torch.finfo(base.dtype).min / 2
         a = _f(allowed)
         z, zr = scale * qd @ kd.transpose(-1, -2), scale * qr @ kr.transpose(-1, -2)
-        dz = scale * (_f(_tangent(q)) @ ((kd + kr) / 2).transpose(-1, -2)
-                      + ((qd + qr) / 2) @ _f(_tangent(k)).transpose(-1, -2))
+        dz = scale * (
+            _f(_tangent(q)) @ ((kd + kr) / 2).transpose(-1, -2)
+            + ((qd + qr) / 2) @ _f(_tangent(k)).transpose(-1, -2)
+        )
         cap = kwargs.get("softcap")
         if cap:
             capped = lambda t: cap * torch.tanh(t / cap)  # noqa: E731
@@ -225,8 +236,10 @@ def reference_run(m, refs: References) -> contextlib.AbstractContextManager[Refe
 
 def _capture_gate(refs: References, name: str, act: nn.Module, up: nn.Module) -> list:
     """Hooks keeping this forward's activation and up-projection outputs of one gated MLP in ``refs.current``."""
-    return [act.register_forward_hook(lambda mod, a, out: refs.current.__setitem__(name + ".a", out)),
-            up.register_forward_hook(lambda mod, a, out: refs.current.__setitem__(name + ".b", out))]
+    return [
+        act.register_forward_hook(lambda mod, a, out: refs.current.__setitem__(name + ".a", out)),
+        up.register_forward_hook(lambda mod, a, out: refs.current.__setitem__(name + ".b", out)),
+    ]
 
 
 def _register_reference(m, refs: References, handles: list) -> None:
@@ -239,6 +252,7 @@ def _register_reference(m, refs: References, handles: list) -> None:
                 refs.local[name] = "normalisation formula not recognised"
             else:
                 refs.norms[name] = (*kind, args[0].detach())
+
         return hook
 
     for name, mod in _modules(m):
@@ -246,18 +260,26 @@ def _register_reference(m, refs: References, handles: list) -> None:
         if isinstance(w, torch.Tensor) and w.dim() == 1 and not list(mod.children()):
             handles.append(mod.register_forward_hook(norm_hook(name)))
         elif isinstance(mod, acts):
-            handles.append(mod.register_forward_hook(
-                lambda mod, args, out, name=name: refs.acts.__setitem__(name, args[0].detach())))
+            handles.append(
+                mod.register_forward_hook(
+                    lambda mod, args, out, name=name: refs.acts.__setitem__(name, args[0].detach())
+                )
+            )
     for name, act, up, down in _gated(m):
         handles += _capture_gate(refs, name, act, up)
 
         def down_hook(mod, args, n=name):
             a, b = refs.current.pop(n + ".a", None), refs.current.pop(n + ".b", None)
-            if a is None or b is None or a.shape != args[0].shape or not torch.allclose(a * b, args[0], rtol=1e-3,
-                                                                                       atol=1e-5):
+            if (
+                a is None
+                or b is None
+                or a.shape != args[0].shape
+                or not torch.allclose(a * b, args[0], rtol=1e-3, atol=1e-5)
+            ):
                 refs.local[n] = "MLP input is not act(gate) · up"
             else:
                 refs.gates[n] = (a.detach(), b.detach())
+
         handles.append(down.register_forward_pre_hook(down_hook))
 
 
@@ -276,9 +298,12 @@ def _register_difference(m, refs: References, handles: list) -> None:
         def hook(mod, args, out):
             kind, eps, xr = refs.norms[name]
             if xr.shape != args[0].shape:
-                raise ConfigError(f"method='deeplift' needs two runs of the same shape; {name} got {tuple(args[0].shape)} "
-                                  f"and {tuple(xr.shape)}")
+                raise ConfigError(
+                    f"method='deeplift' needs two runs of the same shape; {name} got {tuple(args[0].shape)} "
+                    f"and {tuple(xr.shape)}"
+                )
             return out.detach() + _norm_rule(kind, eps, mod.weight, args[0], xr).to(out.dtype)
+
         return hook
 
     def act_hook(name):
@@ -287,6 +312,7 @@ def _register_difference(m, refs: References, handles: list) -> None:
             f = mod.forward
             mult = _secant(lambda t: _f(f(t)), _f(x.detach()), _f(xr), _numeric_deriv(lambda t: _f(f(t))))
             return out.detach() + (mult * _f(_tangent(x))).to(out.dtype)
+
         return hook
 
     for name, mod in _modules(m):
@@ -305,6 +331,7 @@ def _register_difference(m, refs: References, handles: list) -> None:
             h = args[0]
             dh = (a.detach() + ar) / 2 * _tangent(b) + (b.detach() + br) / 2 * _tangent(a)
             return (h.detach() + dh.to(h.dtype), *args[1:])
+
         handles.append(down.register_forward_pre_hook(down_hook))
 
 
@@ -323,8 +350,9 @@ def _installed(m, refs: References, register: Callable[[list], None], record: bo
         refs.current.clear()
 
 
-def metric_with_multipliers(metric: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor,
-                            source: torch.Tensor) -> torch.Tensor:
+def metric_with_multipliers(
+    metric: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, source: torch.Tensor
+) -> torch.Tensor:
     """``metric(target)`` ``[batch]`` whose gradient w.r.t. the logits ``target`` ``[batch, vocab]`` is the
     exact-difference multiplier: the mean of the gradients at ``target`` and ``source`` plus the least-norm
     correction along ``Δ = source − target`` that makes ``multiplier · Δ = metric(source) − metric(target)``."""
@@ -345,7 +373,9 @@ def metric_with_multipliers(metric: Callable[[torch.Tensor], torch.Tensor], targ
     return vt + (w * _f(_tangent(target))).sum(-1)
 
 
-def completeness(delta_all: torch.Tensor, source_metric: torch.Tensor, target_metric: torch.Tensor) -> dict[str, Any]:
+def completeness(
+    delta_all: torch.Tensor, source_metric: torch.Tensor, target_metric: torch.Tensor
+) -> dict[str, Any]:
     """Summation-to-delta check (DeepLIFT eq. 1) of the estimates of patching ``resid_pre`` at *every*
     position of a layer, ``delta_all`` ``[layer, batch]`` (metric units), against the actual metric
     difference ``source − target`` ``[batch]``.
@@ -354,8 +384,10 @@ def completeness(delta_all: torch.Tensor, source_metric: torch.Tensor, target_me
         ``{"max_abs_error": float, "relative_error": float}``: the largest absolute gap and that gap over
         the mean ``|source − target|`` (0 up to rounding when every operation has a rule).
     """
-    actual = (source_metric - _f(target_metric))
+    actual = source_metric - _f(target_metric)
     gap = (_f(delta_all) - actual[None]).abs()
     scale = float(actual.abs().mean()) or 1.0
-    return {"max_abs_error": float(gap.max()) if gap.numel() else 0.0,
-            "relative_error": float(gap.max()) / scale if gap.numel() else 0.0}
+    return {
+        "max_abs_error": float(gap.max()) if gap.numel() else 0.0,
+        "relative_error": float(gap.max()) / scale if gap.numel() else 0.0,
+    }

@@ -32,13 +32,16 @@ as they are. The path therefore needs two runs of the same length (``align="stri
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Literal
 
 import torch
 
-from mech.errors import ConfigError
+from mech.engines import hooks as H
+from mech.engines.unembed import unembed_at
+from mech.errors import ConfigError, InputError
 
 Method = Literal["atp", "ig", "deeplift"]
 METHODS: tuple[str, ...] = ("atp", "ig", "deeplift")
@@ -47,9 +50,11 @@ METHODS: tuple[str, ...] = ("atp", "ig", "deeplift")
 def check_method(method: str, steps: int) -> None:
     """Raises ConfigError for a method outside :data:`METHODS` or ``steps`` < 1 (an int)."""
     if method not in METHODS:
-        raise ConfigError(f"unknown attribution method {method!r}; allowed: {', '.join(METHODS)} "
-                          "(atp = gradient at the target run; ig = integrated gradients over the decoder inputs; deeplift = "
-                          "finite-difference multipliers between the two runs)")
+        raise ConfigError(
+            f"unknown attribution method {method!r}; allowed: {', '.join(METHODS)} "
+            "(atp = gradient at the target run; ig = integrated gradients over the decoder inputs; deeplift = "
+            "finite-difference multipliers between the two runs)"
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"ig_steps={steps!r}; pass an int >= 1 (1 = the midpoint, 4 forward-equivalents)")
 
@@ -100,6 +105,7 @@ def decoder_inputs(m, store: list, alpha: float | None = None):
         ConfigError: the two runs' decoder inputs differ in structure or shape (runs of different
             length, e.g. ``no_image``): integrated gradients needs ``align="strict"`` inputs.
     """
+
     def hook(module, args, kwargs):
         found = _floats((args, kwargs))
         if alpha is None:
@@ -107,10 +113,16 @@ def decoder_inputs(m, store: list, alpha: float | None = None):
             return None
         shapes = [tuple(t.shape) for t in found], [tuple(t.shape) for t in store]
         if shapes[0] != shapes[1]:
-            raise ConfigError(f"method='ig' interpolates the decoder inputs of the two runs, but their shapes differ "
-                              f"({shapes[1]} vs {shapes[0]}); use inputs of the same length or method='atp'")
-        mixed = iter([torch.where(s.to(x.device) == x, x, x + alpha * (s.to(x.device, x.dtype) - x))
-                      for x, s in zip(found, store)])
+            raise ConfigError(
+                f"method='ig' interpolates the decoder inputs of the two runs, but their shapes differ "
+                f"({shapes[1]} vs {shapes[0]}); use inputs of the same length or method='atp'"
+            )
+        mixed = iter(
+            [
+                torch.where(s.to(x.device) == x, x, x + alpha * (s.to(x.device, x.dtype) - x))
+                for x, s in zip(found, store)
+            ]
+        )
         return _replace(args, mixed), _replace(kwargs, mixed)
 
     handle = m.arch.module(m.model, "language_model").register_forward_pre_hook(hook, with_kwargs=True)
@@ -120,4 +132,75 @@ def decoder_inputs(m, store: list, alpha: float | None = None):
         handle.remove()
 
 
-__all__ = ["METHODS", "Method", "check_method", "forward_equivalents", "enter", "decoder_inputs"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "check_method",
+    "forward_equivalents",
+    "enter",
+    "decoder_inputs",
+    "grad_run",
+    "gradients",
+    "integrated_gradients",
+]
+
+
+def grad_run(
+    m, inputs, names: list[str], contexts: list = (), points=None
+) -> tuple[torch.Tensor, dict, dict]:
+    """Forward of ``inputs`` with a zero leaf added at every hook name (resolved in ``points``, default
+    :data:`~mech.engines.hooks.HOOK_POINTS`), under ``contexts`` (entered in order: a context manager, a
+    factory of one, or None). Returns the answer position's logits ``[batch, vocab]`` (in the graph), the
+    activations (detached) and the leaves. Parameters are frozen meanwhile (flags restored in ``finally``)."""
+    acts: dict[str, torch.Tensor] = {}
+    leaves: dict[str, torch.Tensor] = {}
+
+    def add_leaf(x, hook):
+        acts[hook.name] = x.detach()
+        leaf = torch.zeros_like(x, requires_grad=True)
+        leaves[hook.name] = leaf
+        return x + leaf
+
+    params = list(m.model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with ExitStack() as stack:
+            for c in contexts:
+                enter(stack, c)
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(H.hooks(m, [(n, add_leaf) for n in names], points))
+            stack.enter_context(unembed_at(m, inputs.groups.last()))  # the answer position's logits only
+            last = m.model(**inputs).logits[:, 0].float()
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    return last, acts, leaves
+
+
+def gradients(value: torch.Tensor, leaves: dict[str, torch.Tensor], names: list[str]) -> dict:
+    """``d value.sum() / d leaf`` per hook name (None where the metric does not depend on it)."""
+    return dict(zip(names, torch.autograd.grad(value.sum(), [leaves[n] for n in names], allow_unused=True)))
+
+
+def integrated_gradients(
+    m, target, names: list[str], t_ctx, recorded: list, metric: Callable, steps: int, wall: dict
+) -> dict:
+    """Mean gradient of ``metric(last-position logits)`` at every hook name over ``steps`` runs of ``target``
+    whose decoder inputs are moved ``α = (i + ½)/steps`` of the way to the source run's (``recorded``)."""
+    if not recorded:
+        raise InputError(
+            "the source run passed no floating-point input to the decoder, so there is no path to "
+            "integrate along; use method='atp'"
+        )
+    total: dict = {n: None for n in names}
+    for i in range(steps):
+        t0 = time.perf_counter()
+        alpha = (i + 0.5) / steps
+        last, _, leaves = grad_run(m, target, names, [t_ctx, lambda a=alpha: decoder_inputs(m, recorded, a)])
+        for n, g in gradients(metric(last), leaves, names).items():
+            if g is not None:
+                total[n] = g / steps if total[n] is None else total[n] + g / steps
+        wall[f"ig_step_{i}"] = time.perf_counter() - t0
+    return total

@@ -36,67 +36,136 @@ class PatchJob:
         """Patch one batch; the part's tensors (sample axis first) and metadata."""
         batch = [samples[i] for i in rows]
         from mech.conditions import FEATURE_CONDITIONS, condition_inputs
-        from mech.measure.patching import activation_patching
         from mech.engines.unembed import answer_logits
+        from mech.measure.patching import activation_patching
         from mech.prepare.targets import answer_tokens
 
         s = self.settings
         clean = condition_inputs(m, batch, "complete")
-        # feature conditions corrupt the forward pass (activation_patching wraps it in corrupt_features)
-        corrupted = condition_inputs(m, batch, "complete" if s.corruption in FEATURE_CONDITIONS else s.corruption)
+        # feature conditions corrupt the forward pass (activation_patching wraps it in feature_condition)
+        corrupted = condition_inputs(
+            m, batch, "complete" if s.corruption in FEATURE_CONDITIONS else s.corruption
+        )
         with torch.no_grad():
             clean_logits = answer_logits(m, clean).float()  # [batch, vocab] at the answer position
         a, c = answer_tokens(m, batch, clean_logits)
-        p = activation_patching(m, clean, corrupted, site=s.sites, positions=s.positions, direction=s.direction,
-                                metric=s.metric, answer=a, counterfactual=c, condition=s.corruption,
-                                normalize=False, max_rows=max(64, 4 * s.batch_size))
-        tensors = {"clean_metric": p.clean_metric, "corrupted_metric": p.corrupted_metric,
-                   # rows per position group with at least one patched position (empty group -> NaN effect)
-                   "n_pairs": torch.tensor([[len(r) for r in p.patched_positions[g]] for g in p.groups]).T.long(),
-                   "batch.forward_equivalents": torch.tensor([p.forward_equivalents], dtype=torch.float64),
-                   "batch.n_patched_runs": torch.tensor([p.n_patched_runs], dtype=torch.long),
-                   "answer": a.long().cpu(), "counterfactual": c.long().cpu()}
-        tensors.update({f"patched.{k}": v.movedim(-1, 0) for k, v in p.patched.items()})  # sample axis first
-        return tensors, {"groups": list(p.groups), "layers": list(p.layers), "metric": p.metric, "align": p.align}
+        p = activation_patching(
+            m,
+            clean,
+            corrupted,
+            sites=s.sites,
+            positions=s.positions,
+            direction=s.direction,
+            metric=s.metric,
+            answer=a,
+            counterfactual=c,
+            condition=s.corruption,
+            normalize=False,
+            max_rows=max(64, 4 * s.batch_size),
+        )
+        return p.parts()  # the result itself (mech.contract): tensors and its other fields
 
     def assemble(self, store, samples: list[dict], out: Path, context: None = None) -> dict:
-        from mech.measure.patching import PatchingResult
-        from mech.measure.patching.metrics import normalized_effect
+        from mech.errors import DataError, InputError
         from mech.figures import patching_heatmap, save_figure
+        from mech.measure.patching import PatchingResult
         from mech.results import write_tensors
 
         s = self.settings
-        cat = store.collect()
-        first = store.meta(0)
-        groups = tuple(first["groups"])
-        clean_m, corr_m = cat["clean_metric"], cat["corrupted_metric"]
-        empty = cat["n_pairs"].sum(0) == 0  # [group]: no sample has a patched position there
-        patched, effect = {}, {}
-        for site in s.sites:
-            patched[site] = cat[f"patched.{site}"].movedim(0, -1).contiguous()  # [layer, (head,) group, sample]
-            eff = normalized_effect(patched[site], clean_m, corr_m, s.direction)
-            eff[..., empty] = float("nan")
-            effect[site] = eff
-        answers = {k: cat[k].tolist() for k in ("answer", "counterfactual")}
-        fe = cat["batch.forward_equivalents"].tolist()
-        res = PatchingResult(effect, patched, clean_m, corr_m, groups, list(first["layers"]), s.direction,
-                             first["metric"], s.corruption, first["align"], {}, sum(fe) / len(fe),
-                             int(cat["batch.n_patched_runs"].sum()), meta=answers)
-        result = {"model": s.model, "data": s.data, "n": len(samples), **res.to_json(),
-                  "clean_metric_per_sample": clean_m.tolist(), "corrupted_metric_per_sample": corr_m.tolist(),
-                  "figures": []}
+        try:
+            parts = [PatchingResult.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
+        except InputError as exc:  # batches of an older mech, from before the result contract
+            raise DataError(
+                f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
+                "same command (its batches are computed again)."
+            ) from exc
+        # the union's normalized effect: batch means over every sample (one batch may have clean == corrupted)
+        res = PatchingResult.concat(parts).with_effects(normalize=True)
+        clean_m, corr_m = res.clean_metric, res.corrupted_metric
+        result = {
+            "model": s.model,
+            "data": s.data,
+            "n": len(samples),
+            **res.to_json(),
+            "clean_metric_per_sample": clean_m.tolist(),
+            "corrupted_metric_per_sample": corr_m.tolist(),
+            "figures": [],
+        }
         for site in s.sites:
             if res.effect[site].dim() == 2:
-                fig = patching_heatmap(res.effect[site], res.groups, res.layers,
-                                       f"{s.model}: {site}\n{s.direction} from {s.corruption}, "
-                                       f"normalized {first['metric']}, n = {len(samples)}")
+                fig = patching_heatmap(
+                    res.effect[site],
+                    res.groups,
+                    res.layers,
+                    f"{s.model}: {site}\n{s.direction} from {s.corruption}, "
+                    f"normalized {res.metric}, n = {len(samples)}",
+                )
                 png = save_figure(fig, out / f"patch_{site}.png")
                 result["figures"].append(str(png.name))
-        write_tensors(out / "patch.safetensors", res.tensors(), {"corruption": s.corruption, "direction": s.direction,
-                                                                  "metric": first["metric"], "groups": list(groups)})
+        # patch.safetensors keeps its tensors: the effects, the patched and the two unpatched metrics
+        tensors = {
+            k: v
+            for k, v in res.tensors().items()
+            if k.split(".")[0] in ("effect", "patched", "clean_metric", "corrupted_metric")
+        }
+        write_tensors(
+            out / "patch.safetensors",
+            tensors,
+            {
+                "corruption": s.corruption,
+                "direction": s.direction,
+                "metric": res.metric,
+                "groups": list(res.groups),
+            },
+        )
         return result
 
     def summary(self, result: dict) -> list[str]:
-        return [f"n={result['n']}, {result['direction']} {result['corruption']}: {result['metric']} clean "
-                f"{result['clean_metric']:.3f}, corrupted {result['corrupted_metric']:.3f}; "
-                f"{result['forward_equivalents_per_patched_run']:.2f} forward-equivalents per patched run"]
+        return [
+            f"n={result['n']}, {result['direction']} {result['corruption']}: {result['metric']} clean "
+            f"{result['clean_metric']:.3f}, corrupted {result['corrupted_metric']:.3f}; "
+            f"{result['forward_equivalents_per_patched_run']:.2f} forward-equivalents per patched run"
+        ]
+
+    @staticmethod
+    def captions(pa: dict) -> dict[str, str]:
+        """Figure file name -> caption: what the figure plots and over how many samples."""
+        return {
+            f"patch_{site}.png": f"Normalized effect of {pa['direction']} activation patching of `{site}` from "
+            f"`{pa['corruption']}` per decoder layer and position group ({pa['metric']}; "
+            f"{patch_scale(pa['direction'])}), of the means over n = {pa['n']} samples; "
+            "'–': no sample has a position of that group."
+            for site in pa["effect"]
+        }
+
+    @staticmethod
+    def section(pa: dict, prefix: str) -> list[str]:
+        """The ``report.md`` lines of ``patch.json`` (``prefix``: the folder of its files)."""
+        from mech.report_words import figure_lines, fmt
+
+        caption = PatchJob.captions(pa)
+        lines = [
+            f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}",
+            "",
+            f"clean {fmt(pa['clean_metric'], 3)}, corrupted {fmt(pa['corrupted_metric'], 3)} (mean over "
+            f"n = {pa['n']} samples); normalized effect per layer ({patch_scale(pa['direction'])}):",
+            "",
+        ]
+        for site, eff in pa["effect"].items():
+            gs = [g for g in eff if any(v is not None for v in eff[g])] or list(eff)
+            lines += [f"**{site}**", "", "| layer | " + " | ".join(gs) + " |", "|---" * (len(gs) + 1) + "|"]
+            for layer in range(len(eff[gs[0]])):
+                lines.append(f"| {layer} | " + " | ".join(fmt(eff[g][layer], 3) for g in gs) + " |")
+            lines.append("")
+        for fig in pa.get("figures", []):
+            lines += figure_lines(fig, prefix, caption.get(fig))
+        return lines
+
+
+def patch_scale(direction: str) -> str:
+    """What 0 and 1 of the normalized patching effect mean in ``direction``."""
+    return (
+        "0 = the corrupted run, 1 = the clean run restored"
+        if direction == "denoising"
+        else "0 = the clean run unchanged, 1 = as broken as the corrupted run"
+    )

@@ -23,6 +23,17 @@ import torch
 
 from mech.errors import ConfigError, InputError, MechError
 
+__all__ = [
+    "DIRECTIONS",
+    "METRICS",
+    "Metric",
+    "Targets",
+    "check_direction",
+    "check_metric",
+    "check_token_ids",
+    "normalized_effect",
+]
+
 METRICS = ("logit_diff", "prob", "kl")
 DIRECTIONS = ("denoising", "noising")
 
@@ -88,12 +99,20 @@ class Metric:
         check_metric(self.name)
         for attr in ("answer", "counterfactual"):
             value = getattr(self, attr)
-            if value is not None and (not isinstance(value, torch.Tensor) or value.dim() != 1
-                                      or value.is_floating_point()):
-                raise InputError(f"Metric.{attr} must be a LongTensor [batch] of token ids; got {value!r:.80}")
+            if value is not None and (
+                not isinstance(value, torch.Tensor) or value.dim() != 1 or value.is_floating_point()
+            ):
+                raise InputError(
+                    f"Metric.{attr} must be a LongTensor [batch] of token ids; got {value!r:.80}"
+                )
 
-    def resolve(self, clean_logits: torch.Tensor, corr_logits: torch.Tensor, answer: torch.Tensor | None = None,
-                counterfactual: torch.Tensor | None = None) -> Targets:
+    def resolve(
+        self,
+        clean_logits: torch.Tensor,
+        corr_logits: torch.Tensor,
+        answer: torch.Tensor | None = None,
+        counterfactual: torch.Tensor | None = None,
+    ) -> Targets:
         """The targets of one batch, from the last-position logits ``[batch, vocab]`` of its clean and
         corrupted runs; ``self`` is not changed.
 
@@ -106,14 +125,24 @@ class Metric:
             ConfigError: a target given both on the metric and as an argument, with other values.
         """
         batch, vocab = clean_logits.shape[0], clean_logits.shape[-1]
-        check_token_ids(batch, vocab, answer=answer, counterfactual=counterfactual, metric_answer=self.answer,
-                        metric_counterfactual=self.counterfactual)
+        check_token_ids(
+            batch,
+            vocab,
+            answer=answer,
+            counterfactual=counterfactual,
+            metric_answer=self.answer,
+            metric_counterfactual=self.counterfactual,
+        )
         for attr, arg in (("answer", answer), ("counterfactual", counterfactual)):
             own = getattr(self, attr)
-            same = own is None or arg is None or torch.equal(own.cpu().long(), torch.as_tensor(arg).cpu().long())
+            same = (
+                own is None or arg is None or torch.equal(own.cpu().long(), torch.as_tensor(arg).cpu().long())
+            )
             if not same:
-                raise ConfigError(f"{attr} is given twice with different token ids: Metric.{attr}={own.tolist()} "
-                                  f"and {attr}={torch.as_tensor(arg).tolist()}; pass it once")
+                raise ConfigError(
+                    f"{attr} is given twice with different token ids: Metric.{attr}={own.tolist()} "
+                    f"and {attr}={torch.as_tensor(arg).tolist()}; pass it once"
+                )
         a = cf = logp = None
         if self.name in ("logit_diff", "prob"):
             a = self.answer if self.answer is not None else answer
@@ -137,17 +166,23 @@ class Metric:
             ConfigError: ``targets`` lack what the metric needs (made for another metric).
             MechError: a NaN or infinite value (the message names the rows).
         """
-        need = {"logit_diff": ("answer", "counterfactual"), "prob": ("answer",), "kl": ("clean_logp",)}[self.name]
+        need = {"logit_diff": ("answer", "counterfactual"), "prob": ("answer",), "kl": ("clean_logp",)}[
+            self.name
+        ]
         missing = [a for a in need if getattr(targets, a) is None]
         if missing:
-            raise ConfigError(f"metric {self.name!r} needs {', '.join(missing)} in its targets; "
-                              "make them with this metric's resolve()")
+            raise ConfigError(
+                f"metric {self.name!r} needs {', '.join(missing)} in its targets; "
+                "make them with this metric's resolve()"
+            )
         logits = logits.float()
         rows = rows.to(logits.device)
         ar = torch.arange(len(rows), device=logits.device)
         if self.name == "logit_diff":
-            out = (logits[ar, targets.answer.to(logits.device)[rows]]
-                   - logits[ar, targets.counterfactual.to(logits.device)[rows]])
+            out = (
+                logits[ar, targets.answer.to(logits.device)[rows]]
+                - logits[ar, targets.counterfactual.to(logits.device)[rows]]
+            )
         elif self.name == "prob":
             out = logits.softmax(-1)[ar, targets.answer.to(logits.device)[rows]]
         else:
@@ -155,8 +190,10 @@ class Metric:
             out = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1)
         bad = ~torch.isfinite(out)
         if bool(bad.any()):
-            raise MechError(f"metric {self.name!r} is not finite (NaN/inf) for sample rows "
-                            f"{sorted(set(rows[bad].tolist()))}; check the model's dtype (use float32) and inputs")
+            raise MechError(
+                f"metric {self.name!r} is not finite (NaN/inf) for sample rows "
+                f"{sorted(set(rows[bad].tolist()))}; check the model's dtype (use float32) and inputs"
+            )
         return out
 
 
@@ -167,15 +204,20 @@ def check_token_ids(batch: int, vocab: int, **ids: torch.Tensor | None) -> None:
             continue
         value = torch.as_tensor(value)
         if value.shape != (batch,) or value.is_floating_point():
-            raise InputError(f"{name} must be a LongTensor [batch={batch}] of token ids; got {value.dtype} "
-                             f"{tuple(value.shape)}")
+            raise InputError(
+                f"{name} must be a LongTensor [batch={batch}] of token ids; got {value.dtype} "
+                f"{tuple(value.shape)}"
+            )
         if len(value) and (int(value.min()) < 0 or int(value.max()) >= vocab):
-            raise InputError(f"{name} holds token ids outside the vocabulary [0, {vocab}): "
-                             f"{value[(value < 0) | (value >= vocab)].tolist()[:5]}; pass ids of this model's tokenizer")
+            raise InputError(
+                f"{name} holds token ids outside the vocabulary [0, {vocab}): "
+                f"{value[(value < 0) | (value >= vocab)].tolist()[:5]}; pass ids of this model's tokenizer"
+            )
 
 
-def normalized_effect(patched: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor,
-                      direction: str) -> torch.Tensor:
+def normalized_effect(
+    patched: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor, direction: str
+) -> torch.Tensor:
     """Normalized patching effect of batch means (see the module docstring).
 
     Args:
@@ -190,8 +232,10 @@ def normalized_effect(patched: torch.Tensor, clean: torch.Tensor, corrupted: tor
     denom = c - k
     if abs(float(denom)) <= 1e-6 * max(1.0, abs(float(c))):
         same = (clean - corrupted).abs() <= 1e-6
-        raise MechError(f"the clean and corrupted metric are equal on average ({float(c):.6g}), so the normalized "
-                        f"effect is undefined; rows with clean == corrupted: {same.nonzero().flatten().tolist()}. "
-                        "Use a corruption that changes the answer, or normalize=False for raw metric values.")
+        raise MechError(
+            f"the clean and corrupted metric are equal on average ({float(c):.6g}), so the normalized "
+            f"effect is undefined; rows with clean == corrupted: {same.nonzero().flatten().tolist()}. "
+            "Use a corruption that changes the answer, or normalize=False for raw metric values."
+        )
     p = patched.float().mean(-1)
     return (p - k) / denom if direction == "denoising" else (c - p) / denom

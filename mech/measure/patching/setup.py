@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mech.conditions import corrupt_features, resolve_condition
+from mech.conditions import feature_condition, resolve_condition
 from mech.errors import ConfigError
 from mech.measure.patching.align import GROUP_ALIGNED_CONDITIONS, Alignment, align
 from mech.measure.patching.metrics import Metric, check_direction, check_metric
@@ -53,14 +53,27 @@ class PatchSetup:
     condition: str | None = None
 
 
-def prepare(m, caller: str, clean, corrupted, sites: str | Sequence[str],
-            positions: str | Sequence[str] | torch.Tensor, *, direction: str, metric: str | Metric,
-            layers: Sequence[int] | None, condition: str | None, align_mode: str | None,
-            clean_context: Callable | None, corrupted_context: Callable | None, seed: int) -> PatchSetup:
+def prepare(
+    m,
+    caller: str,
+    clean,
+    corrupted,
+    sites: str | Sequence[str],
+    positions: str | Sequence[str] | torch.Tensor,
+    *,
+    direction: str,
+    metric: str | Metric,
+    layers: Sequence[int] | None,
+    condition: str | None,
+    align_mode: str | None,
+    clean_context: Callable | None,
+    corrupted_context: Callable | None,
+    seed: int,
+) -> PatchSetup:
     """Check the arguments of a patching call named ``caller`` and resolve what both methods share.
 
     ``condition`` defaults to the corrupted inputs' own (``condition_inputs`` sets it).
-    ``visual_noise``/``visual_mean`` wrap the corrupted run in ``corrupt_features`` unless a
+    ``visual_noise``/``visual_mean`` wrap the corrupted run in ``feature_condition`` unless a
     ``corrupted_context`` is given; ``no_image``/``image_only`` select ``align="group"`` unless an
     ``align_mode`` is given.
 
@@ -78,7 +91,7 @@ def prepare(m, caller: str, clean, corrupted, sites: str | Sequence[str],
     clean, corrupted = m.inputs(clean), m.inputs(corrupted)
     condition = resolve_condition(corrupted, condition)
     if condition in ("visual_noise", "visual_mean") and corrupted_context is None:
-        corrupted_context = lambda: corrupt_features(m, corrupted, condition, seed=seed)  # noqa: E731
+        corrupted_context = lambda: feature_condition(m, corrupted, condition, seed=seed)  # noqa: E731
     mode = align_mode or ("group" if condition in GROUP_ALIGNED_CONDITIONS else "strict")
     denoise = direction == "denoising"
     target, source = (corrupted, clean) if denoise else (clean, corrupted)
@@ -90,5 +103,18 @@ def prepare(m, caller: str, clean, corrupted, sites: str | Sequence[str],
     if bad:
         raise ConfigError(f"layers {bad} out of range; this model has layers 0..{n - 1}")
     names = [hook_name(s, l) for s in site_list for l in layer_list]
-    return PatchSetup(site_list, metric_obj, mode, denoise, target, source, t_ctx, s_ctx, aligns, n, layer_list,
-                      names, condition)
+    return PatchSetup(
+        site_list,
+        metric_obj,
+        mode,
+        denoise,
+        target,
+        source,
+        t_ctx,
+        s_ctx,
+        aligns,
+        n,
+        layer_list,
+        names,
+        condition,
+    )

@@ -21,13 +21,18 @@ from mech.engines.hooks import SITE_HOOKS, site_hook
 from mech.engines.prefix import RESIDUAL_INPUT, start_layer  # noqa: F401  (re-exported)
 from mech.errors import ConfigError
 
+__all__ = ["RESIDUAL_INPUT", "SITES", "check_site", "hook_name", "start_layer"]
+
 SITES = tuple(SITE_HOOKS)
+
 
 def check_site(site: str) -> str:
     """Return ``site`` if valid. Raises ConfigError listing :data:`SITES` otherwise."""
     if site not in SITES:
-        raise ConfigError(f"unknown patching site {site!r}; valid sites: {', '.join(SITES)} "
-                          "(z = per-head attention output before o_proj)")
+        raise ConfigError(
+            f"unknown patching site {site!r}; valid sites: {', '.join(SITES)} "
+            "(z = per-head attention output before o_proj)"
+        )
     return site
 
 

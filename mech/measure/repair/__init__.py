@@ -14,13 +14,13 @@ from mech.measure.repair.select import SOURCES, Selection
 
 __all__ = [
     "ALLOWED",
-    "Edit",
     "GRANULARITIES",
     "KINDS",
     "POINTS",
+    "SOURCES",
+    "Edit",
     "Plan",
     "RepairResult",
-    "SOURCES",
     "Selection",
     "applied",
     "assemble",

@@ -27,6 +27,7 @@ from mech.measure.repair.plan import MIN_RANDOM, Plan, make_plan, usable
 from mech.measure.repair.result import RepairResult
 from mech.measure.repair.select import Selection
 from mech.measure.repair.targets import answer_set
+from mech.models.load import takes_model
 
 
 def predict(m, plan: Plan, samples: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list]:
@@ -128,13 +129,19 @@ def assemble(
     summaries = {lab: EV.summarize(pred[lab], base, info, sc0, n_boot, plan.seed) for lab in main}
 
     def summary(lab: str) -> dict:  # the curve's point at k reuses the main edits' summaries
-        return summaries[lab] if lab in summaries else EV.summarize(pred[lab], base, info, sc0, n_boot, plan.seed)
+        return (
+            summaries[lab]
+            if lab in summaries
+            else EV.summarize(pred[lab], base, info, sc0, n_boot, plan.seed)
+        )
 
     curve = []
     for kk in plan.ks:
         pre = "" if kk == plan.k else f"k={kk}/"
         s_sel = summary(pre + "selected")
-        effs = [EV.target_effect(summary(f"{pre}random {j + 1}"), base_sum, target) for j in range(plan.n_random)]
+        effs = [
+            EV.target_effect(summary(f"{pre}random {j + 1}"), base_sum, target) for j in range(plan.n_random)
+        ]
         curve.append(
             {
                 "k": kk,
@@ -188,6 +195,7 @@ def _labels(sample: dict, scoring: str) -> tuple[str, ...]:
     return tuple(LETTERS[: len(sample.get("options") or [])])
 
 
+@takes_model
 def repair(
     m,
     fit: Sequence[dict],

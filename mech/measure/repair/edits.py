@@ -49,6 +49,23 @@ from mech.engines.attention_fn import inner_function, swap_attention
 from mech.engines.edge_blocker import EdgeBlocker
 from mech.errors import ConfigError
 
+__all__ = [
+    "ALLOWED",
+    "COMPONENT",
+    "GRANULARITIES",
+    "KINDS",
+    "POINTS",
+    "POSITIONS",
+    "VISUAL",
+    "Edit",
+    "Reweighter",
+    "applied",
+    "check_units",
+    "hook_name",
+    "n_units",
+    "unit_label",
+]
+
 GRANULARITIES = ("neurons", "heads", "layers")
 KINDS = ("zero", "mean", "steer", "reweight")
 POSITIONS = ("answer", "all")

@@ -19,6 +19,17 @@ import torch
 from mech.engines.unembed import answer_logits
 from mech.measure.repair.edits import Edit, applied
 
+__all__ = [
+    "CONDITIONS",
+    "Prepared",
+    "answers",
+    "bootstrap_mean",
+    "distribution",
+    "prepare_split",
+    "summarize",
+    "target_effect",
+]
+
 #: what every repair result reports under the white image (besides the complete image)
 CONDITIONS = ("complete", "white_image")
 

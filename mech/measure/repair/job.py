@@ -136,3 +136,10 @@ class RepairJob:
             f"(selected {c['selected']:+.3f})",
         ]
         return lines
+
+    @staticmethod
+    def section(r: dict, prefix: str) -> list[str]:
+        """The ``report.md`` lines of ``repair.json`` (:func:`mech.measure.repair.section.repair_lines`)."""
+        from mech.measure.repair.section import repair_lines
+
+        return repair_lines(r, prefix)

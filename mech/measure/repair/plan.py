@@ -16,6 +16,20 @@ from mech.measure.repair import select as SE
 from mech.measure.repair.edits import ALLOWED, GRANULARITIES, KINDS, POINTS, POSITIONS, Edit, n_units
 from mech.measure.repair.targets import candidates, default_scoring, resolve_prior
 
+__all__ = [
+    "DEFAULT_ALPHA",
+    "MIN_RANDOM",
+    "Plan",
+    "answer_means",
+    "check_options",
+    "choose_k",
+    "default_k",
+    "make_plan",
+    "planted_categories",
+    "random_edit",
+    "usable",
+]
+
 MIN_RANDOM = 5
 DEFAULT_ALPHA = {"zero": 1.0, "mean": 1.0, "steer": 4.0, "reweight": 2.0}
 

@@ -33,6 +33,17 @@ from mech.errors import ConfigError, InputError
 from mech.measure.patching.attribution import grad_run
 from mech.measure.repair.edits import POINTS, check_units, hook_name, n_units
 
+__all__ = [
+    "SOURCES",
+    "Selection",
+    "attribution_scores",
+    "decomposition_scores",
+    "fit_batches",
+    "from_list",
+    "rank",
+    "site_names",
+]
+
 SOURCES = ("attribution", "decomposition", "list")
 
 
@@ -79,10 +90,17 @@ class Selection:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Selection":
+    def from_json(cls, d: dict) -> Selection:
         """The selection written by :meth:`to_json` (with ``limit`` at least its length)."""
-        return cls(d["granularity"], d["source"], tuple(tuple(u) for u in d["ranking"]), tuple(d["scores"]),
-                   d["model"], d["n_fit"], d.get("note", ""))
+        return cls(
+            d["granularity"],
+            d["source"],
+            tuple(tuple(u) for u in d["ranking"]),
+            tuple(d["scores"]),
+            d["model"],
+            d["n_fit"],
+            d.get("note", ""),
+        )
 
 
 def _at_answer(x: torch.Tensor, inputs) -> torch.Tensor:

@@ -25,6 +25,8 @@ from typing import Any
 from mech.errors import ConfigError, InputError
 from mech.measure.evaluation.answering import option_token_ids
 
+__all__ = ["PRIORS", "SCORINGS", "Candidates", "answer_set", "candidates", "default_scoring", "resolve_prior"]
+
 SCORINGS = ("options", "answer_set")
 PRIORS = ("auto", "planted", "white_image")
 
