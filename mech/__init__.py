@@ -95,8 +95,13 @@ def token_groups(m: Any, inputs: Any) -> Any:
 
     Returns :class:`~mech.prepare.groups.TokenGroups`; ``groups.mask("image")`` is a BoolTensor
     ``[batch, pos]``.
+
+    Raises:
+        SpecError: ``m`` is a raw Hugging Face model (the message gives ``mech.load((model, processor))``).
     """
-    return m.inputs(inputs).groups
+    from mech.models.load import as_model
+
+    return as_model(m, "token_groups").inputs(inputs).groups
 
 
 __all__ = [

@@ -23,7 +23,7 @@ from pathlib import Path
 from mech.deprecation import MechDeprecationWarning
 from mech.errors import Interrupted, MechError, UsageError
 from mech.runs.args import add_settings, settings_from
-from mech.runs.settings import COMMANDS
+from mech.runs.jobs import COMMANDS
 
 #: exit codes (module docstring)
 OK, REFUSED, USAGE, BUG, INTERRUPTED = 0, 1, 2, 3, 130
@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    """``mech`` and one subcommand per settings class (:data:`mech.runs.settings.COMMANDS`); every
+    """``mech`` and one subcommand per settings class (:data:`mech.runs.jobs.COMMANDS`); every
     option is derived from its dataclass field (:mod:`mech.runs.args`), defaults shown in ``--help``."""
     p = _Parser(
         prog="mech",

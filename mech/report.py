@@ -25,9 +25,10 @@ from mech.report_words import (
     fmt,
 )
 from mech.results import read_json, write_json, write_text
+from mech.runs.jobs import STEPS as STEP_SETTINGS
 from mech.runs.settings import ReportSettings
 
-STEPS = tuple(cls.command for cls in ReportSettings.steps)
+STEPS = tuple(cls.command for cls in STEP_SETTINGS)
 
 
 def _slug(spec: str) -> str:
@@ -43,7 +44,7 @@ def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
     from mech.runs.shards import WHOLE
 
     results, todo = {}, []
-    for cls in ReportSettings.steps:
+    for cls in STEP_SETTINGS:
         job = job_for(settings.step(cls, model, str(out)))
         data = job.samples()  # loaded once: for the identity check and for the run
         path = out / f"{cls.command}.json"
@@ -55,7 +56,7 @@ def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
     m = load_model(todo[0][0].settings, WHOLE) if todo else None  # one load serves every step
     for job, data in todo:
         results[job.settings.command] = run(job, shard=WHOLE, model=m, data=data)
-    return {cls.command: results[cls.command] for cls in ReportSettings.steps}
+    return {cls.command: results[cls.command] for cls in STEP_SETTINGS}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -67,7 +68,7 @@ def _section(name: str, res: dict[str, dict], prefix: str, folder: Path) -> list
     registrations' order: the report's steps from ``res``, then any other instrument whose JSON is in
     ``folder`` (a ``mech repair`` run into the same folder)."""
     from mech.runs.instruments import load_job
-    from mech.runs.settings import INSTRUMENTS
+    from mech.runs.jobs import INSTRUMENTS
 
     lines = [f"## {name}", ""]
     for inst in INSTRUMENTS:

@@ -31,7 +31,9 @@ from test_layout import MODS, ROOT, imports_of
 #:     so a library module imports the module that defines a name, not ``mech.<verb>``;
 #:   * tools: the tiny test models and the organisms' builders and trainers use everything.
 #: A module takes the layer of the longest entry naming it or a package above it (``"mech"`` names the
-#: root only); a new module is placed by its package, and one outside every entry fails the test.
+#: root only); a new module is placed by its package, and one outside every entry fails the test. An entry
+#: ``"*.name"`` is a pattern: every module whose last part is ``name`` (a command's ``job`` or
+#: ``instrument`` module, wherever its package is), and it wins over the packages above the module.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("mech.errors", "mech.words", "mech.deprecation", "mech.devices")),
     ("storage", ("mech.results", "mech.frames", "mech.contract")),
@@ -50,16 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runs", ("mech.runs",)),
     ("figures", ("mech.figures", "mech.measure.evaluation.tables")),
     ("words", ("mech.report_words", "mech.measure.repair.section")),
-    (
-        "jobs",
-        (
-            "mech.measure.evaluation.job",
-            "mech.measure.attention.job",
-            "mech.measure.patching.job",
-            "mech.measure.repair.job",
-            "mech.curves.job",
-        ),
-    ),
+    ("jobs", ("*.job", "*.instrument")),  # by pattern: a new instrument's module is placed without an edit
     ("report", ("mech.report",)),
     ("public face", ("mech",)),
     ("cli", ("mech.cli",)),  # (mech.__main__ too, where there is one)
@@ -99,6 +92,9 @@ def layer_of(m: str) -> tuple[int, str] | None:
     """``(rank, layer name)`` of module ``m`` (the longest :data:`LAYERS` entry naming it or a package
     above it), or None when no entry does."""
     index = _layer_index()
+    patterns = [k for k in index if k.startswith("*.") and m.rpartition(".")[2] == k[2:]]
+    if patterns:
+        return index[patterns[0]]
     names = [k for k in index if m == k or (k != "mech" and m.startswith(k + "."))]
     return index[max(names, key=len)] if names else None
 
@@ -143,7 +139,12 @@ def test_imports_run_only_down_the_layers():
 def test_every_module_has_a_layer():
     loose = sorted(m for m in MODS if layer_of(m) is None)
     assert not loose, f"modules in no layer (add them to LAYERS in tests/test_layout.py): {loose}"
-    stale = sorted(k for _, keys in LAYERS for k in keys if k not in MODS)  # a typo places nothing
+    stale = sorted(  # a typo places nothing
+        k
+        for _, keys in LAYERS
+        for k in keys
+        if (k not in MODS if not k.startswith("*.") else not any(m.rpartition(".")[2] == k[2:] for m in MODS))
+    )
     assert not stale, f"LAYERS entries naming no module or package (remove them): {stale}"
 
 
@@ -169,3 +170,12 @@ def test_an_upward_import_fails():
     assert (
         layer_of("mech.organisms.shapes")[1] == "data sets" and layer_of("mech.organisms.train")[1] == "tools"
     )
+
+
+def test_jobs_and_instruments_are_placed_by_pattern():
+    """A command's ``job`` / ``instrument`` module is in the "jobs" layer wherever its package is (a new
+    instrument needs no LAYERS edit); its package's other modules keep their package's layer."""
+    assert layer_of("mech.measure.made_up.instrument")[1] == "jobs"
+    assert layer_of("mech.curves.made_up.job")[1] == "jobs"
+    assert layer_of("mech.measure.made_up.result")[1] == "measure"
+    assert layer_of("mech.runs.jobs")[1] == "runs" and layer_of("mech.runs.instruments")[1] == "runs"

@@ -11,12 +11,17 @@ backend chosen): a notebook shows it inline (as a cell's last expression, or wit
 ``table1`` / ``table2`` render an :func:`mech.evaluate` result as the paper's Tables 1 and 2 (Markdown
 text: accuracy per condition; prediction consistency).
 
-The names are imported on first use (PEP 562), so ``import mech.figures`` loads no plotting code.
+The names are imported on first use (PEP 562), so ``import mech.figures`` loads no plotting code. A
+figure module of this package that is not named in the table below and declares ``__all__`` (a new
+instrument's figure, e.g. :mod:`mech.figures.knockout`) is discovered: its ``__all__`` is read from the
+source (nothing imported) and its names join the public ones.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+from pathlib import Path
 from typing import Any
 
 #: public name -> "module:attribute"
@@ -33,18 +38,26 @@ _PUBLIC = {
     "table2": "mech.measure.evaluation.tables:table2",
 }
 
-__all__ = [
-    "compare_figure",
-    "contribution_figure",
-    "eval_figure",
-    "head_heatmap",
-    "image_overlay",
-    "mass_curves",
-    "patching_heatmap",
-    "save_figure",
-    "table1",
-    "table2",
-]
+
+def _discovered(named: set[str]) -> dict[str, str]:
+    """public name -> "module:attribute" for every figure module here outside ``named`` that declares
+    ``__all__`` (a literal list, read with :mod:`ast`: nothing is imported)."""
+    out = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        module = f"{__name__}.{path.stem}"
+        if path.stem.startswith("_") or module in named:
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", None) == "__all__" for t in node.targets
+            ):
+                out.update({name: f"{module}:{name}" for name in ast.literal_eval(node.value)})
+    return out
+
+
+_PUBLIC.update(_discovered({v.partition(":")[0] for v in _PUBLIC.values()}))
+
+__all__ = sorted(_PUBLIC)  # the table above and the discovered figure modules
 
 
 def __getattr__(name: str) -> Any:

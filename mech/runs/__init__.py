@@ -12,7 +12,6 @@ import importlib
 from typing import Any
 
 from mech.runs.settings import (
-    COMMANDS,
     AttentionSettings,
     ContribSettings,
     EvalSettings,
@@ -24,6 +23,7 @@ from mech.runs.settings import (
 )
 
 _LAZY = {
+    "COMMANDS": "mech.runs.jobs",
     "JOBS": "mech.runs.jobs",
     "job_for": "mech.runs.jobs",
     "run_settings": "mech.runs.jobs",

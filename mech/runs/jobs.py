@@ -1,4 +1,10 @@
-"""The jobs of the computing commands, by command (imported when run, so ``mech --help`` stays light)."""
+"""Every instrument's registration, and what derives from them: the commands, the jobs by command, the
+report's steps (imported when run, so ``mech --help`` stays light).
+
+The registrations are the built-in :data:`mech.runs.settings.INSTRUMENTS` followed by the discovered
+ones (:func:`mech.runs.instruments.discover`: an ``instrument`` module under ``mech/measure/`` or
+``mech/curves/``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,34 @@ from types import MappingProxyType
 from typing import Any
 
 from mech.errors import ConfigError
-from mech.runs.instruments import Instrument, load_job
-from mech.runs.settings import INSTRUMENTS
+from mech.runs import settings as S
+from mech.runs.instruments import Instrument, discover, load_job
 
-#: command -> "module:Job class", from each instrument's registration (:data:`mech.runs.settings.INSTRUMENTS`)
+#: every registration: the built-in ones (:data:`mech.runs.settings.INSTRUMENTS`), then the discovered ones
+INSTRUMENTS: tuple[Instrument, ...] = S.INSTRUMENTS + discover()
+
+#: command -> "module:Job class", from each instrument's registration
 JOBS = MappingProxyType({i.command: i.job for i in INSTRUMENTS})
+
+#: the settings classes ``mech report`` runs, in order: the instruments registered ``in_report``
+STEPS: tuple[type, ...] = tuple(i.settings for i in INSTRUMENTS if i.in_report)
+
+#: command -> settings class: every instrument's, then the commands that compose them (report, inspect,
+#: merge); the command line is derived from it (:mod:`mech.cli`)
+COMMANDS: dict[str, type] = {
+    **{i.command: i.settings for i in INSTRUMENTS},
+    **{c: cls for c, cls in S.COMMANDS.items() if c not in JOBS},
+}
+
+_names = [i.command for i in INSTRUMENTS]
+_clash = {c for c in _names if _names.count(c) > 1} | (
+    set(_names) & (set(S.COMMANDS) - set({i.command for i in S.INSTRUMENTS}))
+)
+if _clash:
+    raise ConfigError(
+        f"two registrations run mech {', '.join(sorted(_clash))} (an instrument module repeats a built-in "
+        "command); give its settings class a command of its own."
+    )
 
 
 def instrument(command: str) -> Instrument:

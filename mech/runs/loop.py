@@ -19,7 +19,7 @@ batch's part into a result. :func:`run` owns everything else:
 
 A killed run, rerun with the same settings, continues from its last finished batch and writes the
 same bytes as an uninterrupted one. Adding an instrument is writing one :class:`Job` and registering
-it (:data:`mech.runs.settings.INSTRUMENTS`, :class:`mech.runs.instruments.Instrument`).
+it (an ``instrument`` module, :func:`mech.runs.instruments.discover`).
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ def merge(out: str | Path) -> dict[str, dict]:
         ConfigError: ``out`` does not exist, is a file, or holds no parts of a run; batches missing (the message names them).
     """
     from mech.runs import folder
-    from mech.runs.jobs import JOBS, job_for
+    from mech.runs.jobs import COMMANDS, JOBS, job_for
     from mech.runs.loop import run
-    from mech.runs.settings import COMMANDS
     from mech.runs.shards import MERGE
 
     out = Path(out)

@@ -316,9 +316,10 @@ class InspectSettings(Settings):
     command: typing.ClassVar[str] = "inspect"
 
 
-#: one registration per instrument, in the report's order (:class:`mech.runs.instruments.Instrument`):
-#: its settings, its job, whether ``mech report`` runs it. The jobs by command
-#: (:data:`mech.runs.jobs.JOBS`), :data:`COMMANDS` and :attr:`ReportSettings.steps` derive from it.
+#: one registration per built-in instrument, in the report's order (:class:`mech.runs.instruments.Instrument`):
+#: its settings, its job, whether ``mech report`` runs it. A new instrument registers itself in an
+#: ``instrument`` module of its own instead (:func:`mech.runs.instruments.discover`); every registration
+#: and what derives from them (jobs, commands, report steps): :mod:`mech.runs.jobs`.
 INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument(EvalSettings, "mech.measure.evaluation.job:EvalJob", in_report=True),
     Instrument(AttentionSettings, "mech.measure.attention.job:AttentionJob", in_report=True),
@@ -345,7 +346,8 @@ class ReportSettings(Settings):
     progress: bool = field(default=True, metadata=_help("show a progress bar per step"))
 
     command: typing.ClassVar[str] = "report"
-    #: the settings classes of the steps, in order: the instruments registered ``in_report`` (:data:`INSTRUMENTS`)
+    #: the settings classes of the built-in steps, in order: the built-in instruments registered ``in_report``
+    #: (:data:`INSTRUMENTS`); with the discovered ones: :data:`mech.runs.jobs.STEPS`
     steps: typing.ClassVar[tuple[type[Settings], ...]] = tuple(i.settings for i in INSTRUMENTS if i.in_report)
 
     def models(self) -> list[str]:
@@ -376,7 +378,8 @@ class MergeSettings:
     command: typing.ClassVar[str] = "merge"
 
 
-#: command -> settings class: every instrument's (:data:`INSTRUMENTS`), then the commands that compose them
+#: command -> settings class of the built-in commands: every built-in instrument's (:data:`INSTRUMENTS`), then the
+#: commands that compose them; every command, discovered instruments included: :data:`mech.runs.jobs.COMMANDS`
 COMMANDS: dict[str, type] = {
     cls.command: cls
     for cls in (*(i.settings for i in INSTRUMENTS), ReportSettings, InspectSettings, MergeSettings)
