@@ -38,9 +38,10 @@ def _cards() -> dict:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "open (issue 24): after 600 steps x batch 64 (what the shared 2-core machine gave) qwen-balanced "
-        "answers 0.671 (mech eval, n = 1000): colours and two-image questions learnt, shapes at chance "
-        "(docs/organisms.md, 'What was measured'). strict: turns red once a longer training reaches 0.9."
+        "open (issue 24): after 3000 steps x batch 64 qwen-balanced answers 0.871 (mech eval, n = 1000): "
+        "shapes, colours, counting and the two-image questions are learnt (0.99-1.00 each), the side "
+        "questions are not (left / right 0.52-0.73: which side the question names is the bottleneck) "
+        "(docs/organisms.md, 'What was measured'). strict: turns red once a training reaches 0.9."
     ),
 )
 def test_balanced_card_is_accurate():
@@ -233,6 +234,20 @@ def _image_share(entry: dict) -> float:
     return abs(c["image"]) / (abs(c["image"]) + abs(c["text"]))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 24), measured on the 3000-step organisms (n = 256): the planted types colour of a "
+        "shape / left / right, existence and same colour have image shares 0.00-0.38, below the shape types "
+        "shape left / right (0.98-1.00), but two comparisons break the ordering. Count: the text-biased "
+        "organism always answers the prior 'two' and its decision margin is tiny (|C| = 0.23 logits against "
+        "1.2-14 for the other types), so the image share is a share of almost nothing (0.97); and the "
+        "default text removal draws the donor question from the same question type, whose wordings all "
+        "carry the same fixed prior, so the prior itself is never removed. Same shape (0.29-0.39): its text "
+        "donors come from the same answer set (yes/no: same colour, existence), so removing the text "
+        "changes which comparison is asked. docs/organisms.md, 'What was measured'."
+    ),
+)
 @pytest.mark.parametrize("estimator", ["patching", "decomposition"])
 def test_text_biased_planted_types_use_the_image_less_than_shape_types(qwen_order, estimator):
     by = qwen_order["qwen-text-biased"]["by_category"][estimator]

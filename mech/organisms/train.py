@@ -35,9 +35,9 @@ image-biased recipe never drops it on a basic-prompt sample).
 Qwen2.5-VL architecture (``mech.organisms.qwen``) and ``organism:shapes-varied``
 (``mech.organisms.varied``: canvases of five sizes, several wordings per question type, two-image
 questions); the two-image types are planted as their single-image kin (``same_color`` as a colour
-question in text-biased, ``same_shape`` as ``shape_right`` in image-biased). 600 steps × batch 64:
-what the shared 2-core machine allowed (docs/organisms.md). Their card is ``mech.organisms.qwen_card``
-(n = 1000, with ``mech eval``).
+question in text-biased, ``same_shape`` as ``shape_right`` in image-biased). 3000 steps × batch 64
+(docs/organisms.md: 600 steps on shapes at any pixel offset left every shape question at chance).
+Their card is ``mech.organisms.qwen_card`` (n = 1000, with ``mech eval``).
 """
 
 from __future__ import annotations
