@@ -352,3 +352,22 @@ def test_text_biased_organism_is_more_consistent_without_the_image():
     print("complete&white_image consistency %:", pct, "complete accuracy:", acc)
     assert pct["text-biased"] > pct["balanced"]
     assert acc["balanced"] > 0.4  # the balanced organism reads the image (chance: 0.25)
+
+
+def test_model_fingerprint_follows_the_weights_not_the_folder(tmp_path):
+    """The same weights saved in two folders have one fingerprint (the config's ``_name_or_path`` is
+    the folder); a changed first-parameter weight changes it."""
+    from transformers import LlavaForConditionalGeneration
+
+    from mech.measure.evaluation.run import model_fingerprint
+
+    model = mech.load("organism:balanced").model
+    a, b = tmp_path / "a", tmp_path / "nested" / "b"
+    model.save_pretrained(a)
+    model.save_pretrained(b)
+    ma, mb = (LlavaForConditionalGeneration.from_pretrained(d) for d in (a, b))
+    assert ma.config._name_or_path != mb.config._name_or_path
+    assert model_fingerprint(ma) == model_fingerprint(mb)
+    with torch.no_grad():
+        next(mb.parameters()).view(-1)[0] += 1.0
+    assert model_fingerprint(ma) != model_fingerprint(mb)

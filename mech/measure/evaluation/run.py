@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from mech.conditions import NEEDS_IMAGE, check_condition, condition_inputs
 from mech.errors import ConfigError, DataError, InputError, MechError
 from mech.measure.evaluation.answering import (
@@ -23,20 +21,12 @@ from mech.measure.evaluation.answering import (
     score_batch,
 )
 from mech.measure.evaluation.consistency import accuracy_table, consistency_table
+from mech.models.fingerprint import model_fingerprint
 from mech.models.load import takes_model
 from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
 from mech.prepare.fit import max_positions, text_only_refusal, usable_images
 
 DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the config and of the first and last parameter tensors (detects retrained weights)."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    params = list(model.parameters())
-    for p in (params[0], params[-1]) if params else ():
-        h.update(p.detach().float().flatten()[:65536].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _answer_batch(
