@@ -25,6 +25,8 @@ from mech.errors import Interrupted, MechError, UsageError
 from mech.runs.args import add_settings, settings_from
 from mech.runs.jobs import COMMANDS
 
+__all__ = ["DEBUG_HELP", "cmd_inspect", "main", "parser"]
+
 #: exit codes (module docstring)
 OK, REFUSED, USAGE, BUG, INTERRUPTED = 0, 1, 2, 3, 130
 DEBUG_HELP = "on an error, print the traceback too (also: MECH_DEBUG=1)"

@@ -8,6 +8,27 @@ from __future__ import annotations
 
 from dataclasses import FrozenInstanceError
 
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DeviceError",
+    "FrozenError",
+    "HookError",
+    "InputError",
+    "Interrupted",
+    "LockError",
+    "MechError",
+    "MissingDependencyError",
+    "ModelFileError",
+    "OutputError",
+    "ProcessorError",
+    "RunConflictError",
+    "SpecError",
+    "UnsupportedArchitectureError",
+    "UsageError",
+    "WriteError",
+]
+
 
 class MechError(Exception):
     """Base class of every error mech raises on purpose (bad input, unsupported model, ...)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["tidy", "concat", "patching_frame"]
+__all__ = ["concat", "patching_frame", "tidy"]
 
 #: an axis' labels: None (the indices 0..n-1), a sequence of n labels, or several named columns
 Labels = Sequence[Any] | Mapping[str, Sequence[Any] | None] | None

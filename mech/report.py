@@ -28,6 +28,8 @@ from mech.results import read_json, write_json, write_text
 from mech.runs.jobs import STEPS as STEP_SETTINGS
 from mech.runs.settings import ReportSettings
 
+__all__ = ["INTRO", "STEPS", "report", "run_one"]
+
 STEPS = tuple(cls.command for cls in STEP_SETTINGS)
 
 

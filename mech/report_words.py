@@ -11,6 +11,20 @@ from collections.abc import Sequence
 
 from mech.curves.summary import REMOVAL_ESTIMATORS as REMOVAL  # 0 where the removal changes no input
 
+__all__ = [
+    "CAUSAL",
+    "NEAR_ZERO",
+    "agreement",
+    "category_cell",
+    "category_table",
+    "compare_coverage",
+    "coverage_cell",
+    "coverage_lines",
+    "figure_lines",
+    "fmt",
+    "identical_cell",
+]
+
 #: the causal reference estimators, in order of preference
 CAUSAL = ("patching", "decomposition")
 #: |C(denominator)| below this share of max(1, |decision|) prints no Δ (the ratio is unstable there)

@@ -27,6 +27,25 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+__all__ = [
+    "LOCK_FILE",
+    "METADATA_KEY",
+    "PROVENANCE",
+    "BatchStore",
+    "atomic_write",
+    "json_ready",
+    "provenance",
+    "read_json",
+    "read_metadata",
+    "read_tensors",
+    "remove_stale_temps",
+    "with_provenance",
+    "without_provenance",
+    "write_json",
+    "write_tensors",
+    "write_text",
+]
+
 #: the key under which every JSON result carries :func:`provenance`
 PROVENANCE = "provenance"
 #: the lock file hashed into :func:`provenance`: next to pyproject.toml in a source checkout or

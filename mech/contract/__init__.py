@@ -48,7 +48,7 @@ import torch
 from mech.contract.axes import axes_of, check_axes, equal, frozen_mapping, tensor_values
 from mech.errors import ConfigError, InputError
 
-__all__ = ["Result", "SAMPLE", "axes_of", "check_axes", "frozen_mapping"]
+__all__ = ["SAMPLE", "Result", "axes_of", "check_axes", "frozen_mapping"]
 
 #: the axis along which results of parts of the samples are concatenated
 SAMPLE = "batch"

@@ -51,11 +51,11 @@ REMOVALS = names(REMOVALS_TABLE)
 __getattr__ = renamed_attributes(__name__, CORRUPTIONS="REMOVALS")
 
 __all__ = [
-    "Contributions",
     "DLA",
     "ESTIMATORS",
-    "Imbalance",
     "POOLS",
+    "Contributions",
+    "Imbalance",
     "curves",
     "direct_logit_attribution",
     "imbalance",

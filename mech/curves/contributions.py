@@ -13,7 +13,7 @@ from mech.curves.ratio import Imbalance, Pool, curves, imbalance
 from mech.errors import ConfigError
 from mech.prepare.groups import GROUPS
 
-__all__ = ["Contributions", "ESTIMATORS", "POOL", "PATCHED_GROUPS"]
+__all__ = ["ESTIMATORS", "PATCHED_GROUPS", "POOL", "Contributions"]
 
 ESTIMATORS = ("attention", "patching", "dla", "decomposition")
 POOL: dict[str, Pool] = {"attention": "mean", "patching": "first", "dla": "abs_sum", "decomposition": "sum"}

@@ -46,6 +46,19 @@ import torch
 
 from mech.errors import InputError
 
+__all__ = [
+    "COMPONENTS",
+    "TOLERANCE",
+    "Decomposition",
+    "Removal",
+    "completeness",
+    "decompose",
+    "noise_removals",
+    "resample_removals",
+    "shapley",
+    "shapley_weights",
+]
+
 COMPONENTS = ("attn", "mlp")
 #: relative completeness tolerance in float32 (|residual| / max(1, max |LD|))
 TOLERANCE = 1e-4

@@ -46,6 +46,17 @@ from collections.abc import Sequence
 from mech.deprecation import renamed_keywords
 from mech.errors import ConfigError
 
+__all__ = [
+    "DONOR_GROUPS",
+    "REASONS",
+    "batch_donors",
+    "content_key",
+    "contributions_for_rows",
+    "donor_batch",
+    "donor_sample",
+    "pair_donors",
+]
+
 DONOR_GROUPS = ("image", "text")
 #: reason codes of ``components["missing.<group>"]`` ``[sample]`` (0: the group was removed)
 ESTIMATED, NO_DONOR, NO_POSITIONS, DONOR_EMPTY, LENGTH_DIFFERS = 0, 1, 2, 3, 4

@@ -19,6 +19,8 @@ from typing import Any
 from mech.errors import DataError
 from mech.runs.settings import ContribSettings
 
+__all__ = ["ContribJob", "decomposition_lines"]
+
 
 @dataclass(frozen=True)
 class ContribJob:

@@ -24,6 +24,8 @@ import torch
 
 from mech.errors import ConfigError, InputError
 
+__all__ = ["EPS", "POOLS", "Imbalance", "Pool", "curves", "imbalance", "pool_layers", "ratio"]
+
 Pool = Literal["mean", "abs_sum", "first", "sum"]
 POOLS = ("mean", "abs_sum", "first", "sum")
 EPS = 1e-8

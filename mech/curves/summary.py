@@ -22,6 +22,18 @@ import torch
 from mech.curves.ratio import Pool, imbalance, pool_layers, ratio
 from mech.errors import InputError
 
+__all__ = [
+    "CATEGORY_KEYS",
+    "REMOVAL_ESTIMATORS",
+    "by_category",
+    "category_of",
+    "coverage",
+    "decomposition_json",
+    "estimated",
+    "group_imbalance",
+    "identical_donor",
+]
+
 CATEGORY_KEYS = ("category", "template", "subject")
 #: estimators whose contributions come from removing a group's content
 REMOVAL_ESTIMATORS = ("patching", "decomposition")

@@ -27,6 +27,8 @@ import torch
 
 from mech.errors import ConfigError, HookError
 
+__all__ = ["LAYER_NAME", "AttachFn", "HookPoint", "HookRegistry", "bind"]
+
 #: ``blocks.{layer}.{site}``: group 1 is the layer, group 2 the site
 LAYER_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 

@@ -23,6 +23,16 @@ import torch
 from mech.engines.hook_points import HookPoint
 from mech.errors import ConfigError, InputError
 
+__all__ = [
+    "GLOBAL_ATTACH",
+    "PER_LAYER_ATTACH",
+    "SITE_AXES",
+    "find_hidden",
+    "first_output",
+    "o_proj",
+    "with_hidden",
+]
+
 
 def first_output(out: Any) -> torch.Tensor:
     """The hidden states of a module's output: ``out[0]`` for a tuple or list, else ``out``."""

@@ -74,6 +74,22 @@ from mech.engines.hook_sites import (  # noqa: F401  (re-exported: instruments r
 from mech.errors import ConfigError, FrozenError, HookError
 from mech.models.load import takes_model
 
+__all__ = [
+    "GLOBAL",
+    "HOOK_POINTS",
+    "PER_LAYER",
+    "SITE_HOOKS",
+    "ActivationCache",
+    "HookFn",
+    "attach",
+    "hooks",
+    "resolve",
+    "run_with_cache",
+    "run_with_hooks",
+    "site_hook",
+    "valid_names",
+]
+
 #: ``fn(x, hook) -> replacement | None``, called ``fn(x, hook=point)`` (:func:`mech.engines.hook_points.bind`)
 HookFn = Callable[..., "torch.Tensor | None"]
 

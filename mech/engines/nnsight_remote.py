@@ -34,6 +34,8 @@ import torch
 from mech.errors import ConfigError
 from mech.models.load import MechModel
 
+__all__ = ["RemoteModel", "load_remote", "trace_attention_mass", "wrapped"]
+
 
 def _task(arch: Any) -> str:
     """The transformers pipeline task nnsight builds the wrapper for (only used to name it)."""

@@ -27,6 +27,8 @@ from mech.engines.hooks import site_hook
 from mech.engines.unembed import unembed_at
 from mech.errors import InputError
 
+__all__ = ["RESIDUAL_INPUT", "Capture", "Config", "capture", "patched_logits", "run_from", "start_layer"]
+
 #: sites whose replacement is the input of the first layer run (handled without a hook)
 RESIDUAL_INPUT = ("resid_pre", "resid_post")
 

@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 
 from mech.figures.style import GROUP_COLORS, RC, finish, new_figure, style, wrap
 
+__all__ = ["MAX_PANELS", "QUERY_WORDS", "head_heatmap", "image_overlay", "mass_curves", "overlay_layers"]
+
 #: what the query rows of ``attention_mass(query=...)`` are, in words
 QUERY_WORDS = {
     "last": "the answer position",

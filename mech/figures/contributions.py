@@ -12,6 +12,18 @@ from matplotlib.figure import Figure
 
 from mech.figures.style import GROUP_COLORS, OKABE_ITO, RC, SERIES, finish, new_figure, style, wrap
 
+__all__ = [
+    "COMPONENT_NAMES",
+    "ESTIMATOR_STYLE",
+    "HATCH",
+    "TITLES",
+    "UNITS",
+    "as_contrib_json",
+    "compare_figure",
+    "contribution_figure",
+    "decomposition_panel",
+]
+
 UNITS = {
     "attention": "attention mass (fraction)",
     "patching": "restored logit diff (logits)",

@@ -10,6 +10,8 @@ from matplotlib.figure import Figure
 
 from mech.figures.style import DIVERGING, RC, finish, new_figure, style, text_color, wrap
 
+__all__ = ["heatmap"]
+
 
 def heatmap(
     effect: torch.Tensor,

@@ -9,6 +9,8 @@ from matplotlib.figure import Figure
 
 from mech.figures.style import OKABE_ITO, finish, new_figure, style, wrap
 
+__all__ = ["GROUPS", "repair_figure"]
+
 GROUPS = ("prior_wrong", "prior_right", "unplanted", "all")
 
 

@@ -19,6 +19,23 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
+__all__ = [
+    "DIVERGING",
+    "DPI",
+    "GROUP_COLORS",
+    "OKABE_ITO",
+    "RC",
+    "SCREEN_DPI",
+    "SEQUENTIAL",
+    "SERIES",
+    "finish",
+    "new_figure",
+    "save_figure",
+    "style",
+    "text_color",
+    "wrap",
+]
+
 #: Okabe & Ito (2008), the colour-blind-safe qualitative palette
 OKABE_ITO = {
     "blue": "#0072B2",

@@ -35,6 +35,8 @@ from mech.engines.unembed import unembed_at
 from mech.errors import InputError
 from mech.models.load import takes_model
 
+__all__ = ["DLA", "Readout", "ValueSplitRecorder", "direct_logit_attribution", "final_norm", "frozen_readout"]
+
 
 class ValueSplitRecorder(MassRecorder):
     """A :class:`MassRecorder` that also keeps ``z`` split by key group at the query rows:

@@ -17,6 +17,8 @@ import torch
 
 from mech.errors import InputError
 
+__all__ = ["READOUTS", "ProbeResult", "linear_probe", "residual_features"]
+
 READOUTS = ("image", "last")
 
 

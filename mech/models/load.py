@@ -18,6 +18,17 @@ from mech.models.processor import load_processor
 from mech.models.table import Architecture, resolve
 from mech.prepare.groups import TokenGroups
 
+__all__ = [
+    "ATTN_IMPLEMENTATIONS",
+    "DTYPES",
+    "MechModel",
+    "as_model",
+    "load",
+    "loading_bars",
+    "resolve_dir",
+    "takes_model",
+]
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

@@ -25,6 +25,15 @@ from mech.errors import ConfigError, InputError
 from mech.models.load import takes_model
 from mech.prepare.samples import LETTERS
 
+__all__ = [
+    "answer_tokens",
+    "decision_tokens",
+    "option_token_ids",
+    "option_tokens",
+    "target_refusal",
+    "without_untargetable",
+]
+
 
 def _token(tok, word: str) -> int:
     ids = tok(str(word), add_special_tokens=False)["input_ids"]

@@ -18,6 +18,8 @@ from typing import Any
 from mech.deprecation import warn_renamed
 from mech.runs.settings import allowed
 
+__all__ = ["add_settings", "settings_from"]
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

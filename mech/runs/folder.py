@@ -22,6 +22,16 @@ from filelock import FileLock, Timeout
 from mech.errors import LockError, OutputError, RunConflictError
 from mech.results import read_json, without_provenance, write_json
 
+__all__ = [
+    "LOCK_TIMEOUT_S",
+    "check_out",
+    "claim",
+    "identity_path",
+    "recorded",
+    "release_if_empty",
+    "still_owned",
+]
+
 LOCK_TIMEOUT_S = 120
 
 

@@ -15,6 +15,8 @@ from mech.errors import ConfigError
 from mech.runs import settings as S
 from mech.runs.instruments import Instrument, discover, load_job
 
+__all__ = ["COMMANDS", "INSTRUMENTS", "JOBS", "STEPS", "instrument", "job_class", "job_for", "run_settings"]
+
 #: every registration: the built-in ones (:data:`mech.runs.settings.INSTRUMENTS`), then the discovered ones
 INSTRUMENTS: tuple[Instrument, ...] = S.INSTRUMENTS + discover()
 

@@ -39,6 +39,8 @@ from mech.results import BatchStore, read_json, remove_stale_temps, write_json
 from mech.runs import checks, folder, shards
 from mech.runs.settings import Settings
 
+__all__ = ["Job", "identity", "ids_hash", "load_model", "read_refused", "refuse_rows", "refused_path", "run"]
+
 
 class Job(Protocol):
     """What a command gives the run loop.

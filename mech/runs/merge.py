@@ -6,6 +6,8 @@ from pathlib import Path
 
 from mech.errors import ConfigError
 
+__all__ = ["merge"]
+
 
 def merge(out: str | Path) -> dict[str, dict]:
     """Assemble every command whose run is recorded in ``out`` (:mod:`mech.runs.folder`) from its

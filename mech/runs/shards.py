@@ -27,6 +27,23 @@ from typing import Any
 
 from mech.errors import ConfigError
 
+__all__ = [
+    "ENV_VARS",
+    "MERGE",
+    "WHOLE",
+    "Pending",
+    "Shard",
+    "assembling_elsewhere",
+    "claim",
+    "device",
+    "from_env",
+    "n_batches",
+    "parse_shard",
+    "release",
+    "resolve",
+    "unfinished",
+]
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 

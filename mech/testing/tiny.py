@@ -46,7 +46,7 @@ from transformers import BatchFeature
 
 from .tiny_families import AUDIO_SECONDS, BUILDERS, FAMILIES, IMAGE_SIZES, FamilyBuilder, video_slot_ok
 
-__all__ = ["FAMILIES", "tiny_model", "tiny_processor", "tiny_inputs", "IMAGE_SIZES"]
+__all__ = ["FAMILIES", "IMAGE_SIZES", "tiny_inputs", "tiny_model", "tiny_processor"]
 
 
 def _family(family: str) -> FamilyBuilder:

@@ -10,6 +10,20 @@ from dataclasses import dataclass
 
 import transformers as T
 
+__all__ = [
+    "AUDIO_SECONDS",
+    "IMAGE_SIZES",
+    "TEXT",
+    "VIS",
+    "FamilyBuilder",
+    "H",
+    "clip_config",
+    "ids_of",
+    "siglip_config",
+    "text_config",
+    "vocab_size",
+]
+
 H = 32  # text hidden size
 TEXT = dict(
     hidden_size=H,

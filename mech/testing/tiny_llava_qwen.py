@@ -11,6 +11,8 @@ from .tiny_templates import TEMPLATES
 from .tiny_tokenizer import make_tokenizer
 from .tiny_video import NoVideoProcessor
 
+__all__ = ["BUILDERS"]
+
 
 # ----------------------------------------------------------------------------- llava family
 def _proc_llava():

@@ -8,6 +8,8 @@ import contextlib
 import transformers as T
 from transformers.video_processing_utils import VideoProcessorMixin
 
+__all__ = ["NoVideoProcessor", "video_slot_ok"]
+
 
 class NoVideoProcessor(VideoProcessorMixin):
     """Fills the ``video_processor`` slot; the real ones need torchvision, which is not installed.

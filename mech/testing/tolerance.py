@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "unit_roundoff",
-    "gamma",
-    "dot_bound",
-    "softmax_rel_bound",
     "assert_close_scaled",
-    "unembed_scale",
+    "dot_bound",
+    "gamma",
     "probability_rel_bound",
+    "softmax_rel_bound",
+    "unembed_scale",
+    "unit_roundoff",
 ]
 
 

@@ -25,7 +25,7 @@ from mech.prepare.groups import regroup
 
 QUERIES = ("last", "answer", "text")
 
-__all__ = ["AttentionMass", "MassRecorder", "QUERIES", "attention_mass", "recording"]
+__all__ = ["QUERIES", "AttentionMass", "MassRecorder", "attention_mass", "recording"]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import torch
 
 from mech.runs.settings import AttentionSettings
 
+__all__ = ["AttentionJob", "present_groups"]
+
 
 @dataclass(frozen=True)
 class AttentionJob:

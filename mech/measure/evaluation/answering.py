@@ -35,6 +35,23 @@ from mech.errors import ConfigError
 from mech.prepare.data import LETTERS
 from mech.prepare.targets import option_token_ids  # re-exported: its home before it moved down
 
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "METHODS",
+    "PARSERS",
+    "check_method",
+    "deterministic_guess",
+    "generate_batch",
+    "is_correct",
+    "normalize_answer",
+    "official_multi_choice",
+    "parse_multi_choice_response",
+    "parse_open_response",
+    "parse_response",
+    "read_response",
+    "score_batch",
+]
+
 METHODS = ("score", "direct", "cot")
 #: how a generated answer is read: MMMU-Pro's official parser (default) or mech's stricter one
 PARSERS = ("official", "strict")

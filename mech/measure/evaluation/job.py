@@ -13,6 +13,8 @@ import torch
 from mech.prepare.data import LETTERS
 from mech.runs.settings import EvalSettings
 
+__all__ = ["EvalJob", "per_sample_tensors", "write_outputs"]
+
 
 def per_sample_tensors(result: dict) -> dict[str, torch.Tensor]:
     """``pred_index`` LongTensor ``[sample, condition]`` (option index; -1 = unparsed or open

@@ -26,6 +26,8 @@ from mech.models.load import takes_model
 from mech.prepare.data import PROMPT_STYLES, SCORINGS, Dataset, format_prompt, skipped_summary
 from mech.prepare.fit import max_positions, text_only_refusal, usable_images
 
+__all__ = ["DEFAULT_CONDITIONS", "EvalPlan", "answer_rows", "assemble", "evaluate", "plan", "to_frame"]
+
 DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "black_image", "noise_image")
 
 

@@ -50,7 +50,7 @@ from mech.measure.knockout.result import KnockoutResult
 from mech.models.load import takes_model
 from mech.prepare.groups import GROUPS
 
-__all__ = ["attention_knockout", "KnockoutResult", "EdgeBlocker", "blocking", "SOURCES", "TARGETS", "ANCHORS"]
+__all__ = ["ANCHORS", "SOURCES", "TARGETS", "EdgeBlocker", "KnockoutResult", "attention_knockout", "blocking"]
 
 SOURCES = GROUPS + ("last",)
 TARGETS = GROUPS + ("last",)

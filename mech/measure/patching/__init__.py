@@ -28,14 +28,14 @@ from mech.measure.patching.sites import SITES
 from mech.models.load import takes_model
 
 __all__ = [
-    "activation_patching",
-    "PatchingResult",
-    "SITES",
-    "METRICS",
     "DIRECTIONS",
+    "METRICS",
     "POSITION_GROUPS",
+    "SITES",
     "Metric",
+    "PatchingResult",
     "Targets",
+    "activation_patching",
 ]
 
 

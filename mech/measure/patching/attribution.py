@@ -78,12 +78,12 @@ from mech.measure.patching.sites import hook_name
 from mech.models.load import takes_model
 
 __all__ = [
-    "attribution_patching",
-    "AtPResult",
-    "compare_to_exact",
-    "pearson",
     "FORWARD_EQUIVALENTS",
     "METHODS",
+    "AtPResult",
+    "attribution_patching",
+    "compare_to_exact",
+    "pearson",
 ]
 
 #: ``method="atp"``: source forward + target forward + activation-gradient backward (≈ one forward in FLOPs)

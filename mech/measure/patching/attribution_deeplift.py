@@ -50,7 +50,7 @@ from mech.engines.attention_fn import inner_function, swap_attention
 from mech.engines.edge_blocker import EdgeBlocker
 from mech.errors import ConfigError
 
-__all__ = ["References", "reference_run", "difference_run", "metric_with_multipliers", "completeness"]
+__all__ = ["References", "completeness", "difference_run", "metric_with_multipliers", "reference_run"]
 
 _EPS_NAMES = ("variance_epsilon", "eps", "epsilon")
 

@@ -16,6 +16,8 @@ import torch
 
 from mech.runs.settings import PatchSettings
 
+__all__ = ["PatchJob", "patch_scale"]
+
 
 @dataclass(frozen=True)
 class PatchJob:

@@ -20,6 +20,8 @@ from mech.measure.patching.align import GROUP_ALIGNED_CONDITIONS, Alignment, ali
 from mech.measure.patching.metrics import Metric, check_direction, check_metric
 from mech.measure.patching.sites import check_site, hook_name
 
+__all__ = ["PatchSetup", "prepare"]
+
 
 @dataclass(frozen=True)
 class PatchSetup:

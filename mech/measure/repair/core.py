@@ -29,6 +29,8 @@ from mech.measure.repair.select import Selection
 from mech.measure.repair.targets import answer_set
 from mech.models.load import takes_model
 
+__all__ = ["assemble", "plan_from_json", "plan_json", "predict", "repair"]
+
 
 def predict(m, plan: Plan, samples: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list]:
     """Per-sample answers of ``samples`` (a held-out batch) under every edit of ``plan``.

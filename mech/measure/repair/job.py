@@ -18,6 +18,8 @@ from typing import Any
 from mech.errors import ConfigError, RunConflictError
 from mech.runs.settings import RepairSettings
 
+__all__ = ["RepairJob"]
+
 
 def _units(spec: tuple[str, ...] | None) -> list[tuple[int, int]]:
     out = []

@@ -13,6 +13,8 @@ import torch
 from mech.measure.repair.edits import Edit, unit_label
 from mech.measure.repair.select import Selection
 
+__all__ = ["RepairResult"]
+
 
 def _edit_json(e: Edit, limit: int = 50) -> dict:
     return {

@@ -7,6 +7,8 @@ from typing import Any
 
 from mech.report_words import fmt as _fmt
 
+__all__ = ["ROWS", "fmt", "repair_lines"]
+
 
 def fmt(x) -> str:
     return _fmt(x, 3)
