@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mech.organisms import qwen, shapes, varied
-from mech.organisms.card import save_card
+from mech.organisms.card import CONDITIONS, save_card  # the same five conditions as the LLaVA cards
 
 __all__ = [
     "CONDITIONS",
@@ -45,13 +45,6 @@ __all__ = [
     "write_card",
 ]
 
-CONDITIONS = {
-    "complete": dict(question="sample", image="sample"),
-    "white_image": dict(question="sample", image="white"),
-    "black_image": dict(question="sample", image="black"),
-    "no_image": dict(question="sample", image="none"),
-    "image_only": dict(question=shapes.BASIC_PROMPT, image="sample"),
-}
 MECH_EVAL_CONDITIONS = ("complete", "white_image", "no_image", "image_only")
 GROUPS = ("image", "text", "template")
 SUMMARIES = {

@@ -151,21 +151,18 @@ def _place(n: int, w: int, h: int, rng: np.random.Generator) -> list[tuple[int, 
     offset its tiny organisms stayed at chance on shape questions (docs/organisms.md). Two shapes: the
     first in a cell of the left half of the columns, the second in the right half."""
     cols, rows = w // TOKEN_PX, h // TOKEN_PX
+
+    def centre(lo: int, hi: int) -> int:  # a cell in [lo, hi), then the ± 1 px jitter (in this draw order)
+        return TOKEN_PX * int(rng.integers(lo, hi)) + TOKEN_PX // 2 + int(rng.integers(-1, 2))
+
     r = [int(rng.integers(5, 8)) for _ in range(n)]
-    ys = [TOKEN_PX * int(rng.integers(rows)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)) for _ in range(n)]
+    ys = [centre(0, rows) for _ in range(n)]
     if n == 1:
-        return [(TOKEN_PX * int(rng.integers(cols)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)), ys[0], r[0])]
+        return [(centre(0, cols), ys[0], r[0])]
     if cols < 2:
         raise ConfigError(f"two shapes need a canvas at least 32 px wide, not {w}")
     half = cols // 2
-    return [
-        (TOKEN_PX * int(rng.integers(half)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)), ys[0], r[0]),
-        (
-            TOKEN_PX * int(rng.integers(cols - half, cols)) + TOKEN_PX // 2 + int(rng.integers(-1, 2)),
-            ys[1],
-            r[1],
-        ),
-    ]
+    return [(centre(0, half), ys[0], r[0]), (centre(cols - half, cols), ys[1], r[1])]
 
 
 def _two_image_scene(template: str, gold: str, rng: np.random.Generator):
