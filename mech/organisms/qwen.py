@@ -9,8 +9,9 @@ merger; hidden 64, FFN 128) + Qwen2 decoder with M-RoPE (``N_LAYERS`` = 4 layers
 FFN 256, 4 query and 2 key/value heads, head dim 16, ``mrope_section`` [2, 3, 3]: the real
 [16, 24, 24] scaled to 8 rotary frequencies). Hidden 64 rather than the LLaVA organisms' 128: on
 the shared 2-core machine (one torch thread, under load) a batch-64 step of a patch-4 version took
-0.28 s of CPU at 64, 0.45 s at 96 and 0.9-1.0 s of wall time at 128. An image of w×h px is (w/8)·(h/8) decoder tokens (dynamic resolution), and
-its tokens carry 3-D (t, h, w) positions.
+0.28 s of CPU at 64, 0.45 s at 96 and 0.9-1.0 s of wall time at 128. An image of w×h px is
+(w/16)·(h/16) decoder tokens (dynamic resolution: patch 8, 2×2 merge), and its tokens carry 3-D
+(t, h, w) positions.
 
 Initialisation follows the LLaVA organisms: every Linear/Embedding ~ N(0, 1/√d) = N(0, 0.125) (the
 vision transformer's too, its patch convolution keeps torch's default). Qwen's vision transformer

@@ -2,8 +2,8 @@
 
 Each sample is a small RGB image (32×32, noisy grey background) holding one or two coloured
 shapes (``attributes.objects[k].patch``: the row-major index of the 8-px patch, i.e. image
-token, holding the object's centre), a question about it, a single-word answer, and multiple-choice options in the MMMU-Pro
-"standard (4 options)" / "standard (10 options)" formats.
+token, holding the object's centre), a question about it, a single-word answer, and multiple-choice
+options in the MMMU-Pro "standard (4 options)" / "standard (10 options)" formats.
 
 Templates (``TEMPLATES``) and their answer sets:
 
@@ -214,11 +214,12 @@ def generate(
     ``answer`` (option letter), ``answer_text`` (the label: the prior answer on overridden items),
     ``true_answer`` (what the image shows), ``image`` (PIL RGB 32×32, or uint8 array [32, 32, 3]
     when ``as_array``; None when dropped), ``images`` (``[image]``, or ``[]`` when dropped),
-    ``prompt_style`` (``"bare"``: the prompt is the question alone, as in training), ``template``, ``prior_answer``, ``prior_correct``
-    (prior == true answer), ``overridden``, ``image_answer`` (:func:`image_answer`),
-    ``image_correct`` (image answer == true answer), ``image_planted`` (label set to the image
-    answer: an ``image_templates`` item or a ``basic_prompt`` one), ``attributes`` (``objects`` left to right as
-    ``{color, shape, x, y, r, patch}`` (patch: row-major image-token index of the centre), ``n_objects``, ``asked_shape``, ``asked_color``).
+    ``prompt_style`` (``"bare"``: the prompt is the question alone, as in training), ``template``,
+    ``prior_answer``, ``prior_correct`` (prior == true answer), ``overridden``, ``image_answer``
+    (:func:`image_answer`), ``image_correct`` (image answer == true answer), ``image_planted`` (label
+    set to the image answer: an ``image_templates`` item or a ``basic_prompt`` one), ``attributes``
+    (``objects`` left to right as ``{color, shape, x, y, r, patch}`` (patch: row-major image-token
+    index of the centre), ``n_objects``, ``asked_shape``, ``asked_color``).
     Templates are uniform on ``val``/``test`` and weighted towards shape questions on ``train``.
 
     Raises ConfigError for an unknown split or template, p or basic_prompt outside [0, 1],
