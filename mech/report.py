@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from mech.report_words import (
     agreement,
@@ -37,12 +38,13 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split(":")[-1].rstrip("/").split("/")[-1]) or "model"
 
 
-def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
-    """Run every step for ``model`` into ``out``, loading the model once; their JSON by step. A
-    step whose result in ``out`` has the same identity is read back, not rerun; each step resumes
-    its own finished batches."""
+def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, Any]:
+    """Run every step for ``model`` into ``out``, loading the model once; their typed records by step
+    (each job's ``record``, :class:`mech.contract.record.Record`, read from the JSON it wrote). A step
+    whose result in ``out`` has the same identity is read back, not rerun; each step resumes its own
+    finished batches."""
     from mech.runs.jobs import job_for
-    from mech.runs.loop import identity, load_model, run
+    from mech.runs.loop import as_record, identity, load_model, run
     from mech.runs.shards import WHOLE
 
     results, todo = {}, []
@@ -52,12 +54,12 @@ def run_one(settings: ReportSettings, model: str, out: Path) -> dict[str, dict]:
         path = out / f"{cls.command}.json"
         done = read_json(path) if path.is_file() else {}
         if done.get("identity") == identity(job.settings, list(data)):
-            results[cls.command] = done
+            results[cls.command] = as_record(job, done)
             continue
         todo.append((job, data))
     m = load_model(todo[0][0].settings, WHOLE) if todo else None  # one load serves every step
     for job, data in todo:
-        results[job.settings.command] = run(job, shard=WHOLE, model=m, data=data)
+        results[job.settings.command] = as_record(job, run(job, shard=WHOLE, model=m, data=data))
     return {cls.command: results[cls.command] for cls in STEP_SETTINGS}
 
 
@@ -65,7 +67,7 @@ def _fmt(x, digits: int = 3) -> str:
     return fmt(x, digits)
 
 
-def _section(name: str, res: dict[str, dict], prefix: str, folder: Path) -> list[str]:
+def _section(name: str, res: dict[str, Any], prefix: str, folder: Path) -> list[str]:
     """One model's part of ``report.md``: each instrument's section (its job's ``section``), in the
     registrations' order: the report's steps from ``res``, then any other instrument whose JSON is in
     ``folder`` (a ``mech repair`` run into the same folder)."""
@@ -75,10 +77,12 @@ def _section(name: str, res: dict[str, dict], prefix: str, folder: Path) -> list
     lines = [f"## {name}", ""]
     for inst in INSTRUMENTS:
         path = folder / f"{inst.command}.json"
+        job = load_job(inst)
         if inst.in_report:
-            lines += load_job(inst).section(res[inst.command], prefix)
+            lines += job.section(res[inst.command], prefix)
         elif path.is_file():
-            lines += load_job(inst).section(read_json(path), prefix)
+            content = read_json(path)
+            lines += job.section(job.record.from_json(content, where=str(path)), prefix)
     return lines
 
 
@@ -95,6 +99,7 @@ planted text bias).
 
 def report(settings: ReportSettings) -> dict:
     """Run the report (module docstring); returns ``compare.json`` content (or the single model's)."""
+    from mech.contract.record import thaw
     from mech.figures import compare_figure, save_figure
     from mech.runs.folder import check_out
 
@@ -115,13 +120,13 @@ def report(settings: ReportSettings) -> dict:
             + " | two intervals overlap |",
             "|---" * (len(models) + 2) + "|",
         ]
-        ests = list(results[models[0]]["contrib"]["overall"])
+        ests = list(results[models[0]]["contrib"].overall)
         for est in ests:
             cells, cis = [], []
             for s in models:
-                o = results[s]["contrib"]["overall"][est]
-                cells.append(f"{_fmt(o['delta'], 2)} [{_fmt(o['ci95'][0], 2)}, {_fmt(o['ci95'][1], 2)}]")
-                cis.append(o["ci95"])
+                o = results[s]["contrib"].overall[est]
+                cells.append(f"{_fmt(o.delta, 2)} [{_fmt(o.ci95[0], 2)}, {_fmt(o.ci95[1], 2)}]")
+                cis.append(list(o.ci95))
             known = [c for c in cis if c and None not in c]  # an undefined Δ has no interval
             overlap = any(
                 max(a[0], b[0]) <= min(a[1], b[1]) for i, a in enumerate(known) for b in known[i + 1 :]
@@ -129,7 +134,7 @@ def report(settings: ReportSettings) -> dict:
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {'yes' if overlap else 'no'} |")
         lines += [""] + compare_coverage(results, models, _slug)
         save_figure(compare_figure({_slug(s): results[s]["contrib"] for s in models}), out / "compare.png")
-        ns = sorted({results[s]["contrib"]["n"] for s in models})
+        ns = sorted({results[s]["contrib"].n for s in models})
         lines += (
             [""]
             + agreement(results, models, _slug)
@@ -143,14 +148,16 @@ def report(settings: ReportSettings) -> dict:
             )
         )
         for s in models:
-            ev = results[s]["eval"]["consistency"]["all"].get("complete&white_image", {})
-            lines.append(f"- `{s}`: complete&white_image consistency {_fmt(ev.get('pct'), 1)}%")
+            cell = (results[s]["eval"].consistency or {}).get("all", {}).get("complete&white_image")
+            lines.append(f"- `{s}`: complete&white_image consistency {_fmt(cell.pct if cell else None, 1)}%")
         lines.append("")
     for s in models:
         prefix = "" if single else f"{_slug(s)}/"
         lines += _section(s, results[s], prefix, out / prefix)
-        summary["overall"][s] = results[s]["contrib"]["overall"]
-        summary.setdefault("skipped", {})[s] = {step: r.get("skipped") for step, r in results[s].items()}
+        summary["overall"][s] = thaw(results[s]["contrib"].overall)
+        summary.setdefault("skipped", {})[s] = {
+            step: r.to_json().get("skipped") for step, r in results[s].items()
+        }
     write_text(out / "report.md", "\n".join(lines) + "\n")
     write_json(out / "compare.json", summary)
     print(f"mech report: wrote {out / 'report.md'}")

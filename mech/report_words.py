@@ -2,13 +2,19 @@
 paragraph saying what the estimators agree and disagree on, and why (:mod:`mech.report`).
 
 Nothing here is hard-coded to a model: orderings, intervals, MLP shares and blind spots are read from
-``contrib.json`` (``overall``, ``decomposition``, ``by_category``; :mod:`mech.curves.summary`).
+``contrib.json``'s typed record (:class:`mech.curves.record.ContribRecord`: ``overall``, ``decomposition``,
+``by_category``; :mod:`mech.curves.summary`). ``results`` is the report's ``{model: {command: record}}``;
+where a ``contrib.json`` dict is given instead it is read into its record first
+(:func:`mech.curves.record.as_contrib_record`, which raises :class:`~mech.errors.InputError` naming the key
+of content that is not ``contrib.json``'s).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from mech.curves.record import CategoryRecord, ContribRecord, EstimateRecord, as_contrib_record
 from mech.curves.summary import REMOVAL_ESTIMATORS as REMOVAL  # 0 where the removal changes no input
 
 __all__ = [
@@ -41,26 +47,36 @@ def figure_lines(name: str, prefix: str, caption: str | None) -> list[str]:
     return [f"![{alt}]({prefix}{name})", ""] + ([f"*Figure ({alt}).* {caption}", ""] if caption else [])
 
 
-def coverage_cell(o: dict) -> str:
-    """``overall.{estimator}`` → "k / n (p%)": the samples with an estimate."""
-    cov = o.get("coverage")
-    if not cov:
+def _contrib(results: Mapping[str, Mapping[str, Any]], models: Sequence[str]) -> dict[str, ContribRecord]:
+    """Each model's ``contrib`` record (a ``contrib.json`` dict read into one)."""
+    return {s: as_contrib_record(results[s]["contrib"]) for s in models}
+
+
+def coverage_cell(o: EstimateRecord) -> str:
+    """``overall.{estimator}`` (:class:`~mech.curves.record.EstimateRecord`) → "k / n (p%)": the samples
+    with an estimate."""
+    cov = o.coverage
+    if cov is None:
         return "–"
-    return f"{cov['n_estimated']} / {cov['n']} ({fmt(100 * cov['coverage'] if cov['coverage'] is not None else None, 0)}%)"
+    return (
+        f"{cov.n_estimated} / {cov.n} ({fmt(100 * cov.coverage if cov.coverage is not None else None, 0)}%)"
+    )
 
 
-def identical_cell(o: dict) -> str:
+def identical_cell(o: EstimateRecord | CategoryRecord) -> str:
     """``overall.{estimator}.identical_donor`` → "image 0%, text 3%", or "–" (no removal by donors)."""
-    same = o.get("identical_donor") or {}
+    same = o.identical_donor or {}
     return ", ".join(f"{g} {fmt(None if v is None else 100 * v, 0)}%" for g, v in same.items()) or "–"
 
 
-def compare_coverage(results: dict, models: Sequence[str], name) -> list[str]:
+def compare_coverage(results: Mapping[str, Mapping[str, Any]], models: Sequence[str], name) -> list[str]:
     """One line per model: the samples each estimator has an estimate for (``coverage``) and the
-    identical-donor shares of the removal-based estimators (``identical_donor``), from ``contrib.json``."""
+    identical-donor shares of the removal-based estimators (``identical_donor``), from each model's
+    ``results[model]["contrib"]`` (:class:`~mech.curves.record.ContribRecord`)."""
+    co = _contrib(results, models)
     lines = []
     for s in models:
-        overall = results[s]["contrib"]["overall"]
+        overall = co[s].overall
         cov = {e: coverage_cell(o) for e, o in overall.items()}
         counts = sorted(set(cov.values()))
         told = (
@@ -68,7 +84,7 @@ def compare_coverage(results: dict, models: Sequence[str], name) -> list[str]:
             if len(counts) == 1
             else ", ".join(f"{e} {c}" for e, c in cov.items())
         )
-        same = "; ".join(f"{e} {identical_cell(o)}" for e, o in overall.items() if o.get("identical_donor"))
+        same = "; ".join(f"{e} {identical_cell(o)}" for e, o in overall.items() if o.identical_donor)
         lines.append(
             f"- `{name(s)}`: estimated samples: {told}"
             + (f"; identical donors: {same}" if same else "")
@@ -77,19 +93,20 @@ def compare_coverage(results: dict, models: Sequence[str], name) -> list[str]:
     return lines
 
 
-def coverage_lines(co: dict, shown: int = 5) -> list[str]:
-    """The samples each estimator has no estimate for, with their reasons (``overall.*.coverage.missing``):
-    counts per reason and the first ``shown`` sample ids; empty when every sample was estimated."""
+def coverage_lines(co: ContribRecord, shown: int = 5) -> list[str]:
+    """The samples each estimator has no estimate for, with their reasons (``overall.*.coverage.missing``
+    of ``co``, a :class:`~mech.curves.record.ContribRecord` or ``contrib.json`` content): counts per
+    reason and the first ``shown`` sample ids; empty when every sample was estimated."""
     out = []
-    for est, o in co["overall"].items():
-        missing = (o.get("coverage") or {}).get("missing") or []
+    for est, o in as_contrib_record(co).overall.items():
+        missing = (o.coverage.missing if o.coverage is not None else None) or ()
         if not missing:
             continue
         by: dict[str, list] = {}
         for x in missing:
-            by.setdefault(x["reason"], []).append(str(x["id"]))
+            by.setdefault(x.reason, []).append(str(x.id))
         out.append(
-            f"* {est}: no estimate for {len(missing)} of {o['coverage']['n']} samples, left out of its Δ: "
+            f"* {est}: no estimate for {len(missing)} of {o.coverage.n} samples, left out of its Δ: "
             + "; ".join(f"{len(v)} because {r} (e.g. {', '.join(v[:shown])})" for r, v in by.items())
             + "."
         )
@@ -100,23 +117,24 @@ def coverage_lines(co: dict, shown: int = 5) -> list[str]:
     )
 
 
-def _ci(o: dict) -> str:
-    lo, hi = o.get("ci95") or (None, None)
-    return f"{fmt(o.get('delta'))} [{fmt(lo)}, {fmt(hi)}]"
+def _ci(o: EstimateRecord) -> str:
+    lo, hi = o.ci95 or (None, None)
+    return f"{fmt(o.delta)} [{fmt(lo)}, {fmt(hi)}]"
 
 
-def category_cell(est: str, e: dict, numerator: str = "text", denominator: str = "image") -> str:
-    """One cell of the per-question-type table: ``C(num) / C(den) · Δ``, or the blind spot named, or no Δ where
-    |C(den)| < :data:`NEAR_ZERO` × max(1, |decision|) (not for attention, a fraction)."""
-    c = e.get("contribution") or {}
+def category_cell(est: str, e: CategoryRecord, numerator: str = "text", denominator: str = "image") -> str:
+    """One cell of the per-question-type table (``e``: ``by_category.{est}.{type}``, a
+    :class:`~mech.curves.record.CategoryRecord`): ``C(num) / C(den) · Δ``, or the blind spot named, or no Δ
+    where |C(den)| < :data:`NEAR_ZERO` × max(1, |decision|) (not for attention, a fraction)."""
+    c = e.contribution or {}
     digits = 3 if est == "attention" else 2
     head = f"{fmt(c.get(numerator), digits)} / {fmt(c.get(denominator), digits)}"
-    blind = e.get("blind") or []
+    blind = e.blind or ()
     if blind:
         return f"{head} · Δ – (removing {'/'.join(blind)} changes no input: donor identical)"
-    if not e.get("n"):
+    if not e.n:
         return "– (no sample with an estimate: no donor)"
-    den, dec = c.get(denominator), e.get("decision")
+    den, dec = c.get(denominator), e.decision
     if (
         est != "attention"
         and den is not None
@@ -125,16 +143,18 @@ def category_cell(est: str, e: dict, numerator: str = "text", denominator: str =
     ):
         cell = f"{head} · Δ – (C({denominator}) ≈ 0)"
     else:
-        cell = f"{head} · Δ {fmt(e.get('delta'))}"
-    part = {g: v for g, v in (e.get("identical_donor") or {}).items() if v}
+        cell = f"{head} · Δ {fmt(e.delta)}"
+    part = {g: v for g, v in (e.identical_donor or {}).items() if v}
     if part:
         cell += " (" + ", ".join(f"{g} donor identical in {100 * v:.0f}%" for g, v in part.items()) + ")"
     return cell
 
 
-def category_table(co: dict, numerator: str = "text", denominator: str = "image") -> list[str]:
-    """Markdown lines: one row per question type, ``n``, the decision explained and each estimator's cell."""
-    by = co.get("by_category") or {}
+def category_table(co: ContribRecord, numerator: str = "text", denominator: str = "image") -> list[str]:
+    """Markdown lines: one row per question type, ``n``, the decision explained and each estimator's cell,
+    from ``co.by_category`` (``co``: a :class:`~mech.curves.record.ContribRecord` or ``contrib.json``
+    content); empty without one."""
+    by = as_contrib_record(co).by_category or {}
     if not by:
         return []
     ests = list(by)
@@ -151,22 +171,20 @@ def category_table(co: dict, numerator: str = "text", denominator: str = "image"
         "|---" * (len(ests) + 3) + "|",
     ]
     for cat in cats:
-        e0 = by[first].get(cat, {})
+        e0 = by[first].get(cat)
+        n0 = e0.n if e0 is not None else None
         cells = [category_cell(e, by[e][cat], numerator, denominator) if cat in by[e] else "–" for e in ests]
         cells = [
-            c
-            + (
-                f" (n = {by[e][cat]['n']})"
-                if cat in by[e] and by[e][cat].get("n") not in (0, e0.get("n"))
-                else ""
-            )
+            c + (f" (n = {by[e][cat].n})" if cat in by[e] and by[e][cat].n not in (0, n0) else "")
             for c, e in zip(cells, ests)
         ]
         lines.append(
-            f"| {cat} | {e0.get('n', '–')} | {fmt(e0.get('decision'))} | " + " | ".join(cells) + " |"
+            f"| {cat} | {'–' if e0 is None else n0} | {fmt(None if e0 is None else e0.decision)} | "
+            + " | ".join(cells)
+            + " |"
         )
     blind = sorted(
-        {(cat, g) for e in ests if e in REMOVAL for cat, x in by[e].items() for g in x.get("blind") or []}
+        {(cat, g) for e in ests if e in REMOVAL for cat, x in by[e].items() for g in x.blind or ()}
     )
     if blind:
         lines += [
@@ -184,30 +202,28 @@ def category_table(co: dict, numerator: str = "text", denominator: str = "image"
     return lines + [""]
 
 
-def _order(results: dict, models: Sequence[str], est: str) -> list[str]:
-    return sorted(models, key=lambda s: -(results[s]["contrib"]["overall"][est]["delta"] or 0.0))
+def _order(co: Mapping[str, ContribRecord], models: Sequence[str], est: str) -> list[str]:
+    return sorted(models, key=lambda s: -(co[s].overall[est].delta or 0.0))
 
 
-def _separated(results: dict, order: Sequence[str], est: str) -> bool:
+def _separated(co: Mapping[str, ContribRecord], order: Sequence[str], est: str) -> bool:
     """Whether every adjacent pair in ``order`` has non-overlapping 95% intervals."""
-    cis = [results[s]["contrib"]["overall"][est]["ci95"] for s in order]
+    cis = [co[s].overall[est].ci95 for s in order]
     return all(a[0] is not None and b[1] is not None and a[0] > b[1] for a, b in zip(cis, cis[1:]))
 
 
-def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[str]:
+def agreement(results: Mapping[str, Mapping[str, Any]], models: Sequence[str], name=lambda s: s) -> list[str]:
     """Markdown lines: per estimator the models ordered by Δ(text/image); which estimators give the same
     order; the decomposition's MLP share of each modality's contribution; and why estimators that split
-    only attention (DLA) or measure only where attention goes disagree with the causal ones."""
-    ests = [
-        e
-        for e in results[models[0]]["contrib"]["overall"]
-        if all(e in results[s]["contrib"]["overall"] for s in models)
-    ]
-    orders = {e: _order(results, models, e) for e in ests}
+    only attention (DLA) or measure only where attention goes disagree with the causal ones. Reads each
+    model's ``results[model]["contrib"]`` (:class:`~mech.curves.record.ContribRecord`) only."""
+    co = _contrib(results, models)
+    ests = [e for e in co[models[0]].overall if all(e in co[s].overall for s in models)]
+    orders = {e: _order(co, models, e) for e in ests}
     lines = []
     for e in ests:
-        chain = " > ".join(f"`{name(s)}` {_ci(results[s]['contrib']['overall'][e])}" for s in orders[e])
-        sep = "intervals separate" if _separated(results, orders[e], e) else "intervals overlap"
+        chain = " > ".join(f"`{name(s)}` {_ci(co[s].overall[e])}" for s in orders[e])
+        sep = "intervals separate" if _separated(co, orders[e], e) else "intervals overlap"
         lines.append(f"- **{e}**: Δ(text/image) {chain} ({sep})")
     groups: dict[tuple, list[str]] = {}
     for e in ests:
@@ -223,7 +239,7 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
             for o, es in groups.items()
         ]
         lines.append("**The estimators disagree**: " + "; ".join(parts) + ".")
-    open_ = [e for e in ests if not _separated(results, orders[e], e)]
+    open_ = [e for e in ests if not _separated(co, orders[e], e)]
     if open_:
         lines.append(
             f"Where adjacent intervals overlap ({', '.join(open_)}), that order is not resolved at this n."
@@ -237,7 +253,7 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
                 f"`{name(s)}` "
                 + ", ".join(
                     f"C({g}) {fmt(c)}"
-                    for g, c in results[s]["contrib"]["overall"]["decomposition"]["contribution"].items()
+                    for g, c in co[s].overall["decomposition"].contribution.items()
                     if g in ("text", "image")
                 )
                 for s in models
@@ -245,8 +261,8 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
             + "."
         )
     for s in models:
-        dec = results[s]["contrib"].get("decomposition") or {}
-        share, total = dec.get("mlp_share") or {}, dec.get("total") or {}
+        dec = co[s].decomposition
+        share, total = (dec.mlp_share, dec.total) if dec is not None else ({}, {})
         if share:
             why.append(
                 f"In `{name(s)}` the decomposition credits "
@@ -257,8 +273,8 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
                 )
                 + " to MLP writes"
                 + (
-                    f" (completeness residual {dec['completeness']['relative']:.1e} relative)"
-                    if (dec.get("completeness") or {}).get("relative") is not None
+                    f" (completeness residual {dec.completeness.relative:.1e} relative)"
+                    if dec.completeness.relative is not None
                     else ""
                 )
                 + "."
@@ -270,7 +286,7 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
             why.append(f"{', '.join(agree)} agree{'s' if len(agree) == 1 else ''} with {ref}'s order.")
         if "dla" in differ:
             mlp = [
-                (s, (results[s]["contrib"].get("decomposition") or {}).get("mlp_share", {}).get("text"))
+                (s, d.mlp_share.get("text") if (d := co[s].decomposition) is not None else None)
                 for s in models
             ]
             big = [f"`{name(s)}` ({fmt(100 * v, 0)}%)" for s, v in mlp if v is not None and abs(v) >= 0.5]
@@ -290,7 +306,7 @@ def agreement(results: dict, models: Sequence[str], name=lambda s: s) -> list[st
         for s in models
         for e in ests
         if e in REMOVAL
-        for g, v in (results[s]["contrib"]["overall"][e].get("identical_donor") or {}).items()
+        for g, v in (co[s].overall[e].identical_donor or {}).items()
         if v
     ]
     if same:

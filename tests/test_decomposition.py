@@ -312,9 +312,10 @@ def test_organism_contrib_json_completeness_and_by_category(organism):
 def test_report_words_for_three_models():
     """Three models: the side-by-side words order them per estimator, say which estimators agree, give
     the MLP share from the numbers, and flag a blind category instead of its Δ."""
+    from mech.curves.record import ContribRecord
     from mech.report_words import agreement, category_table
 
-    def co(deltas, mlp_text):
+    def co(deltas, mlp_text):  # a whole contrib.json (ContribRecord reads it): 3 estimators, 2 layers
         overall = {
             e: {
                 "delta": d,
@@ -323,9 +324,11 @@ def test_report_words_for_three_models():
                 "underutilized": "image",
                 "contribution": {"text": d, "image": 1.0},
                 "n": 10,
+                "coverage": {"coverage": 1.0, "n_estimated": 10, "n": 10, "missing": []},
             }
             for e, d in deltas.items()
         }
+        curves = {e: {"image": [0.5, 0.5], "text": [d / 2, d / 2]} for e, d in deltas.items()}
         entry = {
             "contribution": {"text": 0.0, "image": 2.0},
             "delta": 0.0,
@@ -337,17 +340,31 @@ def test_report_words_for_three_models():
             "identical_donor": {"text": 1.0},
             "blind": ["text"],
         }
-        return {
-            "contrib": {
-                "overall": overall,
-                "by_category": {"decomposition": {"count": entry}},
-                "decomposition": {
-                    "mlp_share": {"text": mlp_text, "image": 0.1},
-                    "total": {"text": 1.0, "image": 1.0},
-                    "completeness": {"relative": 1e-7},
-                },
-            }
+        content = {
+            "groups": ["image", "text"],
+            "pool": {e: "sum" for e in deltas},
+            "ratio": "text/image",
+            "curves": curves,
+            "cumulative": curves,
+            "imbalance_ratio": {e: [d, d] for e, d in deltas.items()},
+            "overall": overall,
+            "n": 10,
+            "by_category": {"decomposition": {"count": entry}},
+            "decomposition": {
+                "players": ["image", "text"],
+                "components": {c: {"image": [0.25, 0.25], "text": [0.25, 0.25]} for c in ("attn", "mlp")},
+                "embed": {"image": 0.0, "text": 0.0},
+                "total": {"text": 1.0, "image": 1.0},
+                "mlp_share": {"text": mlp_text, "image": 0.1},
+                "decision": 3.0,
+                "rest": 1.0,
+                "removed": 1.0,
+                "interaction": 0.0,
+                "completeness": {"max_abs": 1e-7, "relative": 1e-7, "tolerance": 1e-4, "ok": True},
+                "n": 10,
+            },
         }
+        return {"contrib": ContribRecord.from_json(content)}
 
     results = {
         "b": co({"patching": 0.5, "dla": 0.4, "decomposition": 0.6}, 0.2),

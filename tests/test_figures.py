@@ -47,6 +47,7 @@ def _am(batch=3, layers=6, heads=4, grid=(2, 2)):
 
 
 def _contrib():
+    """A whole ``contrib.json`` content (:class:`ContribRecord` reads it): two estimators, 3 layers, 5 samples."""
     curves = {
         "attention": {
             "image": [0.2, 0.6, 0.7],
@@ -63,32 +64,59 @@ def _contrib():
             "dominant": "image",
             "underutilized": "text",
             "contribution": {"text": 1.0, "image": 2.0},
+            "n": 5,
+            "coverage": {"coverage": 1.0, "n_estimated": 5, "n": 5, "missing": []},
         }
         for e in curves
     }
     return {
+        "groups": ["image", "video", "audio", "text", "template", "bos"],
+        "pool": {"attention": "mean", "patching": "first"},
+        "ratio": "text/image",
         "curves": curves,
+        "cumulative": {"attention": curves["attention"]},
         "imbalance_ratio": {"attention": [3.5, 0.5, 0.3], "patching": [0.33, 0.2, None]},
         "overall": overall,
-        "ratio": "text/image",
         "n": 5,
     }
 
 
 def _eval_result(n_options=(4, 3, 3, 2)):
+    """A whole ``eval.json`` content (:class:`EvalRecord` reads it): four conditions on
+    ``len(n_options)`` samples."""
     from mech.measure.evaluation.consistency import PAIRS, SUBSETS
 
     n = len(n_options)
-    conds = {
-        c: {"accuracy": a, "n": n, "correct": int(a * n), "drop": 0.0}
-        for c, a in (("complete", 0.75), ("white_image", 0.25), ("image_only", 0.5), ("no_image", 0.25))
-    }
+    accs = (("complete", 0.75), ("white_image", 0.25), ("image_only", 0.5), ("no_image", 0.25))
+    conds = {c: {"accuracy": a, "n": n, "correct": int(a * n), "drop": 0.0} for c, a in accs}
     cell = {"num": 2, "pct": 50.0, "inconsistent_num": 2, "inconsistent_pct": 50.0, "total": n}
+    settings = {
+        "model": "m",
+        "model_fingerprint": "0",
+        "data": "d",
+        "method": "score",
+        "scoring": "letter",
+        "style": "bare",
+        "parser": None,
+        "batch_size": 8,
+        "max_new_tokens": None,
+        "seed": 0,
+        "ids_hash": "0",
+    }
     return {
+        "model": "m",
+        "data": "d",
         "conditions": conds,
+        "settings": settings,
         "consistency": {s: {k: cell for k, _ in PAIRS} for s in SUBSETS},
+        "skipped": {"count": 0, "reasons": {}, "items": []},
+        "ids": [f"s{i}" for i in range(n)],
+        "answers": ["A"] * n,
         "n_options": list(n_options),
-        "settings": {"model": "m", "data": "d"},
+        "predictions": {c: ["A"] * n for c, _ in accs},
+        "correct": {c: [i < int(a * n) for i in range(n)] for c, a in accs},
+        "unavailable": {},
+        "data_notes": [],
     }
 
 
@@ -214,11 +242,14 @@ def test_eval_chance_from_the_data():
     line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "--")
     assert np.allclose(line.get_ydata(), 100 * expected)
     assert f"chance {expected:.3f}" in ax.get_legend().get_texts()[0].get_text()
-    assert chance_level({"n_options": [0, 0]}) is None
+    assert chance_level({**_eval_result((0, 0)), "n_options": [0, 0]}) is None
 
 
 def test_report_omits_absent_groups_and_captions_every_figure():
     from mech.measure.attention.job import present_groups
+    from mech.measure.attention.record import AttentionRecord
+    from mech.measure.evaluation.record import EvalRecord
+    from mech.measure.patching.record import PatchRecord
     from mech.runs.jobs import job_class
 
     att = {
@@ -228,16 +259,36 @@ def test_report_omits_absent_groups_and_captions_every_figure():
         "n": 7,
         "mass": [[0.5, 0.0, 0.0, 0.4, 0.1, 0.0], [0.6, 0.0, 0.0, 0.3, 0.05, 0.05]],
         "token_share": {"image": 0.5, "video": 0.0, "audio": 0.0, "text": 0.3, "template": 0.15, "bos": 0.05},
+        "efficiency": [[0.1, None, None, 0.2, 0.1, 0.0], [0.1, None, None, 0.1, 0.05, 0.05]],
+        "grid": None,
     }
     assert present_groups(att) == ["image", "text", "template", "bos"]
-    ev = {**_eval_result(), "settings": {"chance": 0.307}}
-    pa = {
-        "effect": {"resid_post": {}},
-        "direction": "denoising",
-        "corruption": "white_image",
-        "metric": "logit_diff",
-        "n": 7,
-    }
+    att = AttentionRecord.from_json(att)
+    assert present_groups(att) == ["image", "text", "template", "bos"]
+    e = _eval_result()
+    ev = EvalRecord.from_json({**e, "settings": {**e["settings"], "chance": 0.307}})
+    pa = PatchRecord.from_json(
+        {
+            "model": "m",
+            "data": "d",
+            "n": 7,
+            "corruption": "white_image",
+            "direction": "denoising",
+            "metric": "logit_diff",
+            "clean_metric": 1.0,
+            "corrupted_metric": 0.0,
+            "layers": [0, 1],
+            "groups": ["image"],
+            "align": "strict",
+            "effect": {"resid_post": {"image": [0.5, 1.0]}},
+            "forward_equivalents_per_patched_run": 0.5,
+            "n_patched_runs": 4,
+            "answer": None,
+            "counterfactual": None,
+            "clean_metric_per_sample": [1.0] * 7,
+            "corrupted_metric_per_sample": [0.0] * 7,
+        }
+    )
     results = {"eval": ev, "attention": att, "patch": pa, "contrib": {**_contrib(), "corruption": "resample"}}
     caps = {k: v for command, r in results.items() for k, v in job_class(command).captions(r).items()}
     for name in (

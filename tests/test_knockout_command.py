@@ -112,7 +112,7 @@ def test_the_command_equals_the_python_api(run):
     for source in (got, per):  # the figure draws the numbers it is given, from the JSON or the result
         drawn = {ln.get_label(): list(ln.get_ydata()) for ln in knockout_curves(source).axes[0].get_lines()}
         assert {e: drawn[e] for e in EDGES} == {e: per.change[:, i].tolist() for i, e in enumerate(EDGES)}
-    lines = KnockoutJob.section(got, "k/")
+    lines = KnockoutJob.section(KnockoutJob.record.from_json(got), "k/")
     assert (
         "![knockout](k/knockout.png)" in lines
         and f"| 0 | 0–0 | {got['change'][EDGES[0]][0]:.1f} |" in " ".join(lines)

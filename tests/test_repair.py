@@ -242,7 +242,9 @@ def test_settings_literals_are_the_constants():
         (S.Prior, PRIORS),
     ):
         assert S.allowed(literal) == tuple(constant)
-    assert S.COMMANDS["repair"] is S.RepairSettings
+    from mech.runs.jobs import COMMANDS
+
+    assert COMMANDS["repair"] is S.RepairSettings
 
 
 def test_mech_repair_command(tmp_path):

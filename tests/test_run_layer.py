@@ -137,8 +137,10 @@ def test_the_literals_equal_the_instruments_constants():
 
 
 def test_the_command_line_is_derived_from_the_settings():
+    from mech.runs.jobs import COMMANDS
+
     p = mech.cli.parser()
-    for command, cls in S.COMMANDS.items():
+    for command, cls in COMMANDS.items():
         argv = [command] + (["out"] if command == "merge" else [])
         args = p.parse_args(argv)
         for f in dataclasses.fields(cls):  # every default comes from the dataclass, and only from there
@@ -151,7 +153,9 @@ def test_the_command_line_is_derived_from_the_settings():
 
 def test_the_report_composes_the_steps_settings():
     r = ReportSettings(n=None, seed=3, batch_size=4, removal="noise", compare=("a", "b"))
-    steps = {cls.command: r.step(cls, "a", "out/a") for cls in ReportSettings.steps}
+    from mech.runs.jobs import STEPS
+
+    steps = {cls.command: r.step(cls, "a", "out/a") for cls in STEPS}
     assert steps["contrib"] == ContribSettings(model="a", out="out/a", seed=3, batch_size=4, removal="noise")
     assert (
         steps["eval"].n == EvalSettings.n and steps["patch"].n == PatchSettings.n

@@ -164,7 +164,7 @@ def test_cli_removal_and_the_hidden_deprecated_ablation(command):
     import mech.cli
     from mech.cli import parser
     from mech.runs.args import settings_from
-    from mech.runs.settings import COMMANDS
+    from mech.runs.jobs import COMMANDS
 
     p = parser()
     with no_deprecation():

@@ -25,7 +25,9 @@ For each sample, layer and token group, a contribution C from:
 Δ(text/image) = C(text) / C(image) per layer and overall, with bootstrap 95% intervals over samples
 (:mod:`mech.curves.ratio`; Zheng et al. 2025, eq. 2). The estimators measure different
 things (where attention goes; what the answer causally needs; what is written directly to the
-logits): where they disagree, the report shows the disagreement.
+logits): where they disagree, the report shows the disagreement. ``ContribRecord``
+(:mod:`mech.curves.record`) is ``contrib.json`` as a typed, frozen record (what the report and the
+figures read).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 
 from mech.curves.contributions import ESTIMATORS, PATCHED_GROUPS, POOL, Contributions  # noqa: F401  (re-exported)
 from mech.curves.ratio import POOLS, Imbalance, curves, imbalance
+from mech.curves.record import ContribRecord
 from mech.deprecation import renamed_attributes, renamed_keywords
 from mech.errors import ConfigError
 from mech.measure.dla import DLA, direct_logit_attribution
@@ -54,6 +57,7 @@ __all__ = [
     "DLA",
     "ESTIMATORS",
     "POOLS",
+    "ContribRecord",
     "Contributions",
     "Imbalance",
     "curves",

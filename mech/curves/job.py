@@ -16,17 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mech.curves.instrument import ContribSettings
+from mech.curves.record import ContribRecord, as_contrib_record
 from mech.errors import DataError
-from mech.runs.settings import ContribSettings
 
 __all__ = ["ContribJob", "decomposition_lines"]
 
 
 @dataclass(frozen=True)
 class ContribJob:
-    """``mech contrib`` as a :class:`~mech.runs.loop.Job`."""
+    """``mech contrib`` as a :class:`~mech.runs.loop.Job`; ``contrib.json`` is read as :attr:`record`."""
 
     settings: ContribSettings
+    #: the typed record of ``contrib.json`` (what :meth:`summary`, :meth:`captions` and :meth:`section` read)
+    record = ContribRecord
 
     def samples(self):
         """The data set's samples that have an image; the others join its ``skipped`` rows (counted in
@@ -96,38 +99,41 @@ class ContribJob:
             ),
         }
         write_tensors(out / "contrib.safetensors", data, {"groups": list(contrib.groups)})
-        save_figure(
-            contribution_figure(result, f"{s.model} on {s.data} (n = {result['n']})"), out / "contrib.png"
-        )
+        rec = ContribRecord.from_json(result)
+        save_figure(contribution_figure(rec, f"{s.model} on {s.data} (n = {rec.n})"), out / "contrib.png")
         result["figures"] = ["contrib.png"]
         return result
 
-    def summary(self, result: dict) -> list[str]:
+    def summary(self, rec: ContribRecord) -> list[str]:
+        """The lines ``mech contrib`` prints: per estimator Δ(text/image) [95% CI], the dominant group and
+        the samples estimated. ``rec``: the :class:`ContribRecord` (or ``contrib.json`` content)."""
         from mech.report_words import fmt
 
+        rec = as_contrib_record(rec)
         lines = []
-        for est, o in result["overall"].items():
-            lo, hi = o["ci95"]
-            cov = o.get("coverage") or {}
+        for est, o in rec.overall.items():
+            lo, hi = o.ci95
             lines.append(
-                f"{est}: Δ(text/image) {fmt(o['delta'], 2)} [{fmt(lo, 2)}, {fmt(hi, 2)}], dominant "
-                f"{o['dominant']} (estimated for {cov.get('n_estimated', o['n'])} of {result['n']})"
+                f"{est}: Δ(text/image) {fmt(o.delta, 2)} [{fmt(lo, 2)}, {fmt(hi, 2)}], dominant "
+                f"{o.dominant} (estimated for {o.coverage.n_estimated} of {rec.n})"
             )
         return lines
 
     @staticmethod
-    def captions(co: dict) -> dict[str, str]:
-        """Figure file name -> caption: what the figure plots and over how many samples."""
-        miss = co.get("patching_without_donor") or {}
+    def captions(co: ContribRecord) -> dict[str, str]:
+        """Figure file name -> caption: what the figure plots and over how many samples. ``co``: the
+        :class:`ContribRecord` (or ``contrib.json`` content)."""
+        co = as_contrib_record(co)
+        miss = co.patching_without_donor or {}
         return {
             "contrib.png": "Per-layer contribution of each token group by each estimator ("
-            + ", ".join(co["curves"])
-            + (f"; patching by {co['corruption']} ablation" if co.get("corruption") else "")
-            + f") and Δ({co.get('ratio', 'text/image')}) per layer (log scale, dashed: Δ = 1; legend: "
-            f"overall Δ and its bootstrap 95% interval). n = {co['n']} samples"
+            + ", ".join(co.curves)
+            + (f"; patching by {co.corruption} ablation" if co.corruption else "")
+            + f") and Δ({co.ratio}) per layer (log scale, dashed: Δ = 1; legend: "
+            f"overall Δ and its bootstrap 95% interval). n = {co.n} samples"
             + (
                 " (patching: "
-                + ", ".join(f"{g} of {co['n'] - k}" for g, k in miss.items())
+                + ", ".join(f"{g} of {co.n - k}" for g, k in miss.items())
                 + ", the others have no donor)"
                 if any(miss.values())
                 else ""
@@ -136,8 +142,9 @@ class ContribJob:
         }
 
     @staticmethod
-    def section(co: dict, prefix: str) -> list[str]:
-        """The ``report.md`` lines of ``contrib.json`` (``prefix``: the folder of its files)."""
+    def section(co: ContribRecord, prefix: str) -> list[str]:
+        """The ``report.md`` lines of ``contrib.json``'s record ``co`` (:class:`ContribRecord`, or the
+        JSON content; ``prefix``: the folder of its files)."""
         from mech.report_words import (
             category_table,
             coverage_cell,
@@ -147,22 +154,23 @@ class ContribJob:
             identical_cell,
         )
 
+        co = as_contrib_record(co)
         caption = ContribJob.captions(co)
         lines = [
-            f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co['n']} samples)",
+            f"### Modality contributions and the imbalance ratio Δ(text/image) (n = {co.n} samples)",
             "",
             "| estimator | C(text) | C(image) | Δ | 95% CI | dominant | coverage | identical donor |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for est, o in co["overall"].items():
-            c = o["contribution"]
+        for est, o in co.overall.items():
+            c = o.contribution
             lines.append(
-                f"| {est} | {fmt(c.get('text'), 3)} | {fmt(c.get('image'), 3)} | {fmt(o['delta'], 2)} | "
-                f"[{fmt(o['ci95'][0], 2)}, {fmt(o['ci95'][1], 2)}] | {o['dominant']} | "
+                f"| {est} | {fmt(c.get('text'), 3)} | {fmt(c.get('image'), 3)} | {fmt(o.delta, 2)} | "
+                f"[{fmt(o.ci95[0], 2)}, {fmt(o.ci95[1], 2)}] | {o.dominant} | "
                 f"{coverage_cell(o)} | {identical_cell(o)} |"
             )
         lines += coverage_lines(co)
-        corr = co.get("corruption")
+        corr = co.corruption
         if corr:
             lines += [
                 "",
@@ -175,12 +183,10 @@ class ContribJob:
                 )
                 + ".",
             ]
-        dec = co.get("dla_decomposition")
+        dec = co.dla_decomposition
         if dec:
             attn = ", ".join(
-                f"{g} {fmt(dec[f'attn.{g}'], 2)}"
-                for g in co["groups"]
-                if abs(dec.get(f"attn.{g}", 0.0)) > 1e-3
+                f"{g} {fmt(dec[f'attn.{g}'], 2)}" for g in co.groups if abs(dec.get(f"attn.{g}", 0.0)) > 1e-3
             )
             lines += [
                 "",
@@ -191,33 +197,35 @@ class ContribJob:
             ]
         lines += decomposition_lines(co)
         lines += [""] + category_table(co)
-        for fig in co.get("figures", ["contrib.png"]):
+        for fig in co.figures if co.figures is not None else ("contrib.png",):
             lines += figure_lines(fig, prefix, caption.get(fig))
         return lines
 
 
-def decomposition_lines(co: dict) -> list[str]:
-    """The decomposition of the decision by component and modality, in words and numbers."""
+def decomposition_lines(co: ContribRecord) -> list[str]:
+    """The decomposition of the decision by component and modality, in words and numbers, from
+    ``co.decomposition`` (``co``: a :class:`ContribRecord` or ``contrib.json`` content); empty without one
+    or with no sample decomposed."""
     from mech.report_words import fmt
 
-    dec = co.get("decomposition")
-    if not dec or not dec.get("n"):
+    dec = as_contrib_record(co).decomposition
+    if dec is None or not dec.n:
         return []
-    comp = dec["components"]
+    comp = dec.components
     parts = [
-        f"{g} {fmt(dec['total'][g], 2)} (attention {fmt(sum(comp['attn'][g]), 2)}, MLP "
+        f"{g} {fmt(dec.total[g], 2)} (attention {fmt(sum(comp['attn'][g]), 2)}, MLP "
         f"{fmt(sum(comp['mlp'][g]), 2)}"
-        + (f", embedding {fmt(dec['embed'][g], 2)}" if abs(dec["embed"].get(g) or 0) > 1e-6 else "")
+        + (f", embedding {fmt(dec.embed[g], 2)}" if abs(dec.embed.get(g) or 0) > 1e-6 else "")
         + ")"
-        for g in dec["players"]
+        for g in dec.players
     ]
-    c = dec["completeness"]
+    c = dec.completeness
     return [
         "",
-        f"Decomposition of the decision's logit difference ({fmt(dec['decision'], 2)} logits, mean over "
-        f"n = {dec['n']} samples) by Shapley value of removing each modality: "
+        f"Decomposition of the decision's logit difference ({fmt(dec.decision, 2)} logits, mean over "
+        f"n = {dec.n} samples) by Shapley value of removing each modality: "
         + "; ".join(parts)
-        + f"; left with every modality removed (template, bos, prior; frozen readout) {fmt(dec['rest'], 2)}, "
-        f"interaction {fmt(dec['interaction'], 2)} (split equally). Completeness: the parts sum to decision − "
-        f"rest up to {c['max_abs']:.1e} logits ({c['relative']:.1e} relative; tolerance {c['tolerance']:.0e}).",
+        + f"; left with every modality removed (template, bos, prior; frozen readout) {fmt(dec.rest, 2)}, "
+        f"interaction {fmt(dec.interaction, 2)} (split equally). Completeness: the parts sum to decision − "
+        f"rest up to {c.max_abs:.1e} logits ({c.relative:.1e} relative; tolerance {c.tolerance:.0e}).",
     ]

@@ -1,16 +1,24 @@
 """Figures of the contribution curves and the imbalance ratio. Each returns a
-:class:`matplotlib.figure.Figure`; write it with :func:`mech.figures.save_figure`."""
+:class:`matplotlib.figure.Figure`; write it with :func:`mech.figures.save_figure`.
+
+Each reads ``contrib.json``'s typed record (:class:`mech.curves.record.ContribRecord`); a
+:class:`mech.curves.Contributions` or a ``contrib.json`` dict is read into one at the boundary
+(:func:`mech.curves.record.as_contrib_record`, which raises :class:`~mech.errors.InputError` naming the key
+of content that is not ``contrib.json``'s)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from mech.figures.style import GROUP_COLORS, OKABE_ITO, RC, SERIES, finish, new_figure, style, wrap
+
+if TYPE_CHECKING:
+    from mech.curves.record import ContribRecord
 
 __all__ = [
     "COMPONENT_NAMES",
@@ -60,8 +68,8 @@ ESTIMATOR_STYLE = {
 }
 
 
-def _ratio_label(contrib: dict) -> str:
-    num, _, den = str(contrib.get("ratio", "text/image")).partition("/")
+def _ratio_label(contrib: ContribRecord) -> str:
+    num, _, den = str(contrib.ratio).partition("/")
     return f"Δ = C({num}) / C({den or 'image'})"
 
 
@@ -74,18 +82,23 @@ def _headroom(ax, ys, share: float = 0.45) -> None:
     ax.set_ylim(lo, hi * (hi / lo) ** (share / (1 - share)))
 
 
-def decomposition_panel(ax, contrib: dict, handles: dict) -> None:
+def decomposition_panel(ax, contrib: Any, handles: dict) -> None:
     """Stacked bars per layer of the decomposition's Shapley shares by component × modality (solid:
     attention, hatched: MLP; positive parts stacked up, negative down) and the cumulative contribution of
-    each modality over layers (lines, the embedding's share in layer 0), in logits, from ``contrib["decomposition"]``."""
-    dec = contrib["decomposition"]
-    players = dec["players"]
-    n_layers = len(next(iter(dec["components"]["attn"].values()), []))
+    each modality over layers (lines, the embedding's share in layer 0), in logits, from
+    ``contrib.decomposition`` (``contrib``: a :class:`~mech.curves.record.ContribRecord`, a
+    :class:`mech.curves.Contributions` or ``contrib.json`` content, with a decomposition)."""
+    from mech.curves.record import as_contrib_record
+
+    contrib = as_contrib_record(contrib)
+    dec = contrib.decomposition
+    players = dec.players
+    n_layers = len(next(iter(dec.components["attn"].values()), []))
     width = 0.8
     up, down = [0.0] * n_layers, [0.0] * n_layers
     for comp in ("attn", "mlp"):
         for g in players:
-            ys = _values(dec["components"][comp][g])
+            ys = _values(dec.components[comp][g])
             base = [up[k] if y >= 0 else down[k] for k, y in enumerate(ys)]
             bars = ax.bar(
                 range(n_layers),
@@ -106,7 +119,7 @@ def decomposition_panel(ax, contrib: dict, handles: dict) -> None:
                         up[k] += y
                     else:
                         down[k] += y
-    for g, ys in (contrib.get("cumulative", {}).get("decomposition") or {}).items():
+    for g, ys in (contrib.cumulative.get("decomposition") or {}).items():
         if g in players and _present(ys):
             ax.plot(range(len(ys)), _values(ys), marker="o", color=GROUP_COLORS.get(g), label=g)
     lo, hi = ax.get_ylim()
@@ -120,24 +133,33 @@ def _num(x) -> str:
 
 
 def as_contrib_json(contrib: Any) -> Mapping[str, Any]:
-    """``contrib.json`` content: ``contrib`` itself when it is one, else ``contrib.to_json()`` of a
-    :class:`mech.curves.Contributions` (so a figure plots the result object without serialising it first)."""
+    """``contrib.json`` content: ``contrib`` itself when it is one, ``to_json()`` of a
+    :class:`~mech.curves.record.ContribRecord` or a :class:`mech.curves.Contributions`. (The figures read
+    the record instead: :func:`mech.curves.record.as_contrib_record`.)"""
     from mech.curves.contributions import Contributions
+    from mech.curves.record import ContribRecord
 
-    return contrib.to_json() if isinstance(contrib, Contributions) else contrib
+    return contrib.to_json() if isinstance(contrib, (Contributions, ContribRecord)) else contrib
 
 
 def contribution_figure(contrib: Any, title: str = "") -> Figure:
-    """``contrib``: a :class:`mech.curves.Contributions` or ``contrib.json`` content.
+    """``contrib``: a :class:`~mech.curves.record.ContribRecord`, a :class:`mech.curves.Contributions` or
+    ``contrib.json`` content.
 
     A grid of panels: one per estimator with the per-layer contribution of each group the model
     has (all-zero groups, e.g. video and audio for an image model, are left out), and a last panel
-    with Δ (``contrib["ratio"]``) per layer for every estimator (log scale; dashed: Δ = 1), the
+    with Δ (``contrib.ratio``) per layer for every estimator (log scale; dashed: Δ = 1), the
     overall Δ and its 95% interval in its legend. One legend of the groups for all panels. The
     ``decomposition`` panel (:func:`decomposition_panel`) has stacked bars by component × modality and
-    the cumulative curves instead of per-layer lines, with its own legend of the components."""
-    contrib = as_contrib_json(contrib)
-    ests = list(contrib["curves"])
+    the cumulative curves instead of per-layer lines, with its own legend of the components.
+
+    Raises:
+        InputError: ``contrib`` is content that is not ``contrib.json``'s (the message names the key).
+    """
+    from mech.curves.record import as_contrib_record
+
+    contrib = as_contrib_record(contrib)
+    ests = list(contrib.curves)
     n_panels = len(ests) + 1
     ncols = 2 if n_panels > 1 else 1
     nrows = -(-n_panels // ncols)
@@ -146,7 +168,7 @@ def contribution_figure(contrib: Any, title: str = "") -> Figure:
         fig = new_figure(3.5 * ncols / 1.45 + 0.3, 2.05 * nrows + 0.75)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, est in zip(axes, ests):
-            if est == "decomposition" and contrib.get("decomposition"):
+            if est == "decomposition" and contrib.decomposition is not None:
                 decomposition_panel(ax, contrib, {})
                 for line in ax.get_lines():  # the cumulative curves, one per modality
                     handles.setdefault(line.get_label(), line)
@@ -154,7 +176,7 @@ def contribution_figure(contrib: Any, title: str = "") -> Figure:
                 ax.set_ylabel(UNITS[est])
                 ax.axhline(0, color="black", lw=0.5)
                 continue
-            for g, ys in contrib["curves"][est].items():
+            for g, ys in contrib.curves[est].items():
                 if not _present(ys):
                     continue
                 (line,) = ax.plot(range(len(ys)), _values(ys), marker="o", label=g, color=GROUP_COLORS.get(g))
@@ -164,11 +186,9 @@ def contribution_figure(contrib: Any, title: str = "") -> Figure:
             ax.axhline(0, color="black", lw=0.5)
         ax = axes[len(ests)]
         for k, est in enumerate(ests):
-            ys = [
-                y if y is not None and y > 0 else math.nan for y in _values(contrib["imbalance_ratio"][est])
-            ]
-            o = contrib["overall"][est]
-            lo, hi = o["ci95"]
+            ys = [y if y is not None and y > 0 else math.nan for y in _values(contrib.imbalance_ratio[est])]
+            o = contrib.overall[est]
+            lo, hi = o.ci95
             color, ls, marker = ESTIMATOR_STYLE.get(est, (SERIES[k % len(SERIES)], "-", "o"))
             ax.plot(
                 range(len(ys)),
@@ -176,7 +196,7 @@ def contribution_figure(contrib: Any, title: str = "") -> Figure:
                 marker=marker,
                 ls=ls,
                 color=color,
-                label=f"{est}: {_num(o['delta'])} [{_num(lo)}, {_num(hi)}]",
+                label=f"{est}: {_num(o.delta)} [{_num(lo)}, {_num(hi)}]",
             )
         ax.axhline(1, color="black", lw=0.8, ls="--")
         ax.set_yscale("log")
@@ -198,24 +218,31 @@ def contribution_figure(contrib: Any, title: str = "") -> Figure:
 
 def compare_figure(results: Mapping[str, Any], title: str = "") -> Figure:
     """Overall Δ with 95% intervals per estimator (log scale; dashed: Δ = 1), one bar per model;
-    ``results``: model name -> :class:`mech.curves.Contributions` or ``contrib.json`` content."""
-    results = {name: as_contrib_json(r) for name, r in results.items()}
+    ``results``: model name -> :class:`~mech.curves.record.ContribRecord`, :class:`mech.curves.Contributions`
+    or ``contrib.json`` content.
+
+    Raises:
+        InputError: a value is content that is not ``contrib.json``'s (the message names the key).
+    """
+    from mech.curves.record import as_contrib_record
+
+    results = {name: as_contrib_record(r) for name, r in results.items()}
     models = list(results)
     first = next(iter(results.values()))
-    ests = list(first["overall"])
+    ests = list(first.overall)
     width = 0.8 / len(models)
     with style():
         fig = new_figure(max(3.5, 1.2 + 0.45 * len(ests) * len(models)), 2.7)
         ax = fig.add_subplot()
         for k, name in enumerate(models):
-            o = results[name]["overall"]
+            o = results[name].overall
             xs = [i + k * width for i in range(len(ests))]
-            d = [o[e]["delta"] for e in ests]
+            d = [o[e].delta for e in ests]
             err = [
-                [d[i] - o[e]["ci95"][0] for i, e in enumerate(ests)],
-                [o[e]["ci95"][1] - d[i] for i, e in enumerate(ests)],
+                [d[i] - o[e].ci95[0] for i, e in enumerate(ests)],
+                [o[e].ci95[1] - d[i] for i, e in enumerate(ests)],
             ]
-            n = results[name].get("n")
+            n = results[name].n
             ax.bar(
                 xs,
                 d,

@@ -4,6 +4,7 @@ Returns a :class:`matplotlib.figure.Figure`; write it with :func:`mech.figures.s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import matplotlib.ticker
 from matplotlib.figure import Figure
@@ -25,13 +26,22 @@ def knockout_curves(ko, title: str = "") -> Figure:
     Zhang et al. 2025), with the zero line; a window where no sample is kept (NaN) is left out of its line.
 
     Args:
-        ko: a :class:`mech.measure.knockout.KnockoutResult`, or its ``to_json()`` (``knockout.json``).
+        ko: a :class:`mech.measure.knockout.KnockoutResult`, the
+            :class:`~mech.measure.knockout.record.KnockoutRecord` of ``knockout.json``, or JSON content
+            (``knockout.json``'s, or ``KnockoutResult.to_json()``), read as a ``KnockoutRecord``.
         title: the figure's title.
+
+    Raises:
+        InputError: JSON content that is not a knockout record (the message names the key).
     """
-    if isinstance(ko, dict):
-        layers, edges, windows = ko["layers"], ko["edges"], ko["windows"]
-        change = {e: [math.nan if v is None else v for v in ko["change"][e]] for e in edges}
-        anchor, n_kept = ko["anchor"], ko["n_kept"]
+    from mech.measure.knockout.record import KnockoutRecord
+
+    if isinstance(ko, Mapping):
+        ko = KnockoutRecord.from_json(ko)
+    if isinstance(ko, KnockoutRecord):
+        layers, edges, windows = ko.layers, ko.edges, ko.windows
+        change = {e: [math.nan if v is None else v for v in ko.change[e]] for e in edges}
+        anchor, n_kept = ko.anchor, ko.n_kept
     else:
         layers, edges, windows = ko.layers, ko.edges, ko.windows
         change = {e: ko.change[:, i].tolist() for i, e in enumerate(edges)}

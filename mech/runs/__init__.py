@@ -11,18 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mech.runs.settings import (
-    AttentionSettings,
-    ContribSettings,
-    EvalSettings,
-    InspectSettings,
-    MergeSettings,
-    PatchSettings,
-    ReportSettings,
-    Settings,
-)
+from mech.runs.settings import InspectSettings, MergeSettings, ReportSettings, Settings
 
 _LAZY = {
+    # the instruments' settings: defined in their ``instrument`` modules, found by discovery
+    "AttentionSettings": "mech.runs.settings",
+    "ContribSettings": "mech.runs.settings",
+    "EvalSettings": "mech.runs.settings",
+    "PatchSettings": "mech.runs.settings",
+    "RepairSettings": "mech.runs.settings",
     "COMMANDS": "mech.runs.jobs",
     "JOBS": "mech.runs.jobs",
     "job_for": "mech.runs.jobs",
@@ -50,6 +47,7 @@ __all__ = [
     "Job",
     "MergeSettings",
     "PatchSettings",
+    "RepairSettings",
     "ReportSettings",
     "Settings",
     "identity",

@@ -1,9 +1,9 @@
 """One registration per instrument: its command's settings, its job, whether ``mech report`` runs it.
 
-The registrations are the built-in :data:`mech.runs.settings.INSTRUMENTS` (beside the settings
-classes they name) and the *discovered* ones (:func:`discover`): a module named ``instrument`` anywhere
-under ``mech/measure/`` or ``mech/curves/`` that defines ``INSTRUMENT = Instrument(...)`` registers its
-command, with nothing to edit elsewhere. Everything that used to be a list of strings of its own
+Every registration is *discovered* (:func:`discover`): a module named ``instrument`` anywhere under
+``mech/measure/`` or ``mech/curves/`` that defines ``INSTRUMENT = Instrument(...)`` (beside the settings
+class it names) registers its command, with nothing to edit elsewhere; the built-in commands (eval,
+attention, patch, contrib, repair) register so too. Everything that used to be a list of strings of its own
 derives from them (:mod:`mech.runs.jobs`): the commands (:data:`mech.runs.jobs.COMMANDS`), the jobs by
 command (:data:`mech.runs.jobs.JOBS`), the report's steps and their order
 (:data:`mech.runs.jobs.STEPS`) and the report's sections (each job's ``section(result, prefix)``,
@@ -47,11 +47,14 @@ class Instrument:
         in_report: whether ``mech report`` runs it (in the registrations' order); an instrument
             outside the report whose ``<command>.json`` is in the report's folder still gets its
             section (``mech repair`` into the same folder).
+        order: where it comes among the instruments (smaller first): the report's steps and sections, and
+            the commands in ``mech --help``, follow it (ties: by module name). The built-ins take 10-50.
     """
 
     settings: type
     job: str
     in_report: bool = False
+    order: int = 100
 
     @property
     def command(self) -> str:

@@ -1,9 +1,8 @@
 """Every instrument's registration, and what derives from them: the commands, the jobs by command, the
 report's steps (imported when run, so ``mech --help`` stays light).
 
-The registrations are the built-in :data:`mech.runs.settings.INSTRUMENTS` followed by the discovered
-ones (:func:`mech.runs.instruments.discover`: an ``instrument`` module under ``mech/measure/`` or
-``mech/curves/``).
+The registrations are the discovered ones (:func:`mech.runs.instruments.discover`: an ``instrument``
+module under ``mech/measure/`` or ``mech/curves/``, the built-in commands' included), in their ``order``.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from mech.runs.instruments import Instrument, discover, load_job
 
 __all__ = ["COMMANDS", "INSTRUMENTS", "JOBS", "STEPS", "instrument", "job_class", "job_for", "run_settings"]
 
-#: every registration: the built-in ones (:data:`mech.runs.settings.INSTRUMENTS`), then the discovered ones
-INSTRUMENTS: tuple[Instrument, ...] = S.INSTRUMENTS + discover()
+#: every registration, in their ``order`` (then their module's name): the report's steps and sections run so
+INSTRUMENTS: tuple[Instrument, ...] = tuple(sorted(discover(), key=lambda i: i.order))
 
 #: command -> "module:Job class", from each instrument's registration
 JOBS = MappingProxyType({i.command: i.job for i in INSTRUMENTS})
@@ -34,13 +33,11 @@ COMMANDS: dict[str, type] = {
 }
 
 _names = [i.command for i in INSTRUMENTS]
-_clash = {c for c in _names if _names.count(c) > 1} | (
-    set(_names) & (set(S.COMMANDS) - set({i.command for i in S.INSTRUMENTS}))
-)
+_clash = {c for c in _names if _names.count(c) > 1} | (set(_names) & set(S.COMMANDS))
 if _clash:
     raise ConfigError(
-        f"two registrations run mech {', '.join(sorted(_clash))} (an instrument module repeats a built-in "
-        "command); give its settings class a command of its own."
+        f"two registrations run mech {', '.join(sorted(_clash))} (an instrument module repeats "
+        "another's or a composing command); give its settings class a command of its own."
     )
 
 

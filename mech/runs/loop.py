@@ -39,7 +39,17 @@ from mech.results import BatchStore, read_json, remove_stale_temps, write_json
 from mech.runs import checks, folder, shards
 from mech.runs.settings import Settings
 
-__all__ = ["Job", "identity", "ids_hash", "load_model", "read_refused", "refuse_rows", "refused_path", "run"]
+__all__ = [
+    "Job",
+    "as_record",
+    "identity",
+    "ids_hash",
+    "load_model",
+    "read_refused",
+    "refuse_rows",
+    "refused_path",
+    "run",
+]
 
 
 class Job(Protocol):
@@ -69,15 +79,19 @@ class Job(Protocol):
         ``Result.from_parts`` reads each batch back and ``Result.concat`` assembles them); otherwise
         every tensor's first axis is the batch's samples (``store.collect()`` concatenates them)."""
 
+    #: the command's typed record (:class:`mech.contract.record.Record`): what :meth:`summary` and
+    #: :meth:`section` read, made from the JSON content :meth:`assemble` returns (:func:`as_record`)
+    record: type
+
     def assemble(self, store: BatchStore, samples: Sequence[dict], out: Path, context: Any) -> dict[str, Any]:
         """The result from every finished part (``samples``: what :meth:`samples` returned;
         ``store.get(k)``, ``store.meta(k)``, ``store.collect()``); writes the command's tensor files
         and figures into ``out`` and returns the JSON content."""
 
     @staticmethod
-    def section(result: Mapping[str, Any], prefix: str) -> list[str]:
-        """The command's part of ``report.md`` (Markdown lines) from its JSON content; ``prefix``:
-        the folder of its figures relative to the report."""
+    def section(record: Any, prefix: str) -> list[str]:
+        """The command's part of ``report.md`` (Markdown lines) from its typed :attr:`record`;
+        ``prefix``: the folder of its figures relative to the report."""
 
 
 def ids_hash(samples: Sequence[dict]) -> str:
@@ -214,9 +228,21 @@ def run(
     finally:
         shards.release(flag)
     summary = getattr(job, "summary", None)
-    for line in (summary(result) if summary else []) + _summary_lines(result, out, s.command):
+    for line in (summary(as_record(job, result)) if summary else []) + _summary_lines(result, out, s.command):
         print(f"mech {s.command}: {line}")
     return result
+
+
+def as_record(job: Job, content: Mapping[str, Any]) -> Any:
+    """``content`` (the command's JSON) as the job's typed record (``job.record``, a
+    :class:`mech.contract.record.Record`), which its ``summary``, ``captions`` and ``section`` read; the
+    content itself for a job that declares none.
+
+    Raises:
+        InputError: the content is not of the job's record (a file written by another command).
+    """
+    record = getattr(job, "record", None)
+    return record.from_json(content) if record is not None else content
 
 
 def refused_path(out: Path, command: str) -> Path:

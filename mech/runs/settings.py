@@ -24,7 +24,6 @@ from typing import Any, Literal
 from mech import words as W
 from mech.deprecation import renamed_attributes, renamed_fields, translate
 from mech.errors import ConfigError
-from mech.runs.instruments import Instrument
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 Condition = Literal[W.names(W.CONDITIONS)]  # type: ignore[valid-type]
@@ -45,7 +44,22 @@ RepairPositions = Literal["answer", "all"]
 Prior = Literal["auto", "planted", "white_image"]
 
 #: ``Ablation`` is the deprecated name of :data:`Removal` (reading it warns)
-__getattr__ = renamed_attributes(__name__, Ablation="Removal")
+_renamed = renamed_attributes(__name__, Ablation="Removal")
+
+
+def __getattr__(name: str) -> Any:
+    """The instruments' settings classes by name (``EvalSettings``, ``PatchSettings``, ...): each is
+    defined in its instrument's ``instrument`` module (:func:`mech.runs.instruments.discover`) and
+    readable here too (every registration: :data:`mech.runs.jobs.INSTRUMENTS`)."""
+    if name.startswith("__"):  # the import system's questions (``__path__``): not a settings class
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from mech.runs.instruments import discover
+
+    for inst in discover():
+        if inst.settings.__name__ == name:
+            return inst.settings
+    return _renamed(name)
+
 
 #: fields that say where and how a run is computed, not what it computes (outside the identity)
 EXECUTION = ("out", "device", "device_map", "shard", "overwrite", "progress", "verbose")
@@ -53,8 +67,12 @@ DEFAULT_CONDITIONS = ("complete", "white_image", "image_only", "no_image", "blac
 DEFAULT_COMPARE = ("organism:image-biased", "organism:balanced", "organism:text-biased")
 
 
-def _help(text: str, **extra: Any) -> dict[str, Any]:
+def option_help(text: str, **extra: Any) -> dict[str, Any]:
+    """A settings field's ``metadata``: its command-line help and any extra argparse keywords."""
     return {"help": text, **extra}
+
+
+_help = option_help
 
 
 def allowed(tp: Any) -> tuple | None:
@@ -154,160 +172,6 @@ class ShardedSettings(Settings):
 
 
 @dataclass(frozen=True)
-class EvalSettings(ShardedSettings):
-    """``mech eval``: accuracy per input condition and prediction consistency (the paper's Tables 1-2)."""
-
-    n: int = field(default=1000, metadata=_help("number of samples"))
-    conditions: tuple[Condition, ...] = field(default=DEFAULT_CONDITIONS, metadata=_help("input conditions"))
-    method: Method = field(default="score", metadata=_help("score the options (one forward) or generate"))
-    scoring: Scoring | None = field(default=None, metadata=_help("option scoring (default: the data set's)"))
-    max_new_tokens: int | None = field(
-        default=None, metadata=_help("generation budget (default 16 direct, 512 cot)")
-    )
-    parser: Parser = field(
-        default="official",
-        metadata=_help(
-            "how generated answers are read: MMMU-Pro's official parse_multi_choice_response (its random guess made "
-            "deterministic) or mech's stricter one"
-        ),
-    )
-
-    command: typing.ClassVar[str] = "eval"
-
-    def __post_init__(self) -> None:
-        conditions = self.conditions
-        if isinstance(conditions, str) or any("," in c for c in conditions):  # "a,b" or ["a,b"]: a comma list
-            parts = [conditions] if isinstance(conditions, str) else list(conditions)
-            object.__setattr__(
-                self, "conditions", tuple(c.strip() for p in parts for c in p.split(",") if c.strip())
-            )
-        super().__post_init__()
-        if not self.conditions or len(set(self.conditions)) != len(self.conditions):
-            raise ConfigError(f"conditions {list(self.conditions)} must be a non-empty list without repeats.")
-
-
-@dataclass(frozen=True)
-class AttentionSettings(ShardedSettings):
-    """``mech attention``: attention mass to image / text / template / bos tokens per layer and head."""
-
-    n: int = field(default=200, metadata=_help("number of samples"))
-    query: Query = field(default="last", metadata=_help("the query positions whose attention is recorded"))
-
-    command: typing.ClassVar[str] = "attention"
-
-
-@dataclass(frozen=True)
-class PatchSettings(ShardedSettings):
-    """``mech patch``: activation patching between complete and ablated inputs."""
-
-    n: int = field(default=64, metadata=_help("number of samples"))
-    corruption: Condition = field(default="white_image", metadata=_help("the corrupted input condition"))
-    direction: Direction = field(default="denoising", metadata=_help("denoising: clean into corrupted"))
-    metric: PatchMetric = field(default="logit_diff", metadata=_help("the patching metric"))
-    sites: tuple[Site, ...] = field(
-        default=("resid_post", "attn_out", "mlp_out"), metadata=_help("patched sites")
-    )
-    positions: tuple[Position, ...] = field(
-        default=("image", "text", "last"), metadata=_help("position groups")
-    )
-
-    command: typing.ClassVar[str] = "patch"
-
-
-@renamed_fields(ablation="removal")
-@dataclass(frozen=True)
-class ContribSettings(ShardedSettings):
-    """``mech contrib``: layerwise modality-contribution curves and the imbalance ratio Δ."""
-
-    n: int = field(default=256, metadata=_help("number of samples"))
-    estimators: tuple[Estimator, ...] = field(
-        default=("attention", "patching", "dla", "decomposition"), metadata=_help("estimators")
-    )
-    removal: Removal = field(
-        default="resample",
-        metadata=_help(
-            "how the patching and decomposition estimators remove a token group: resample (another sample's "
-            "embeddings of the group) or noise (Gaussian)"
-        ),
-    )
-
-    command: typing.ClassVar[str] = "contrib"
-
-
-@dataclass(frozen=True)
-class RepairSettings(Settings):
-    """``mech repair``: edit the units an explanation names (fit split), evaluated on held-out samples
-    against same-size random edits (docs/repair.md)."""
-
-    n: int = field(default=1000, metadata=_help("held-out samples"))
-    batch_size: int = field(default=64, metadata=_help("samples per forward"))
-    fit_data: str | None = field(
-        default=None,
-        metadata=_help(
-            "data spec of the fit split (default: --data; organism:shapes then draws it with --fit-seed)"
-        ),
-    )
-    fit_n: int = field(default=1000, metadata=_help("fit samples (ranking and fit statistics)"))
-    fit_seed: int = field(
-        default=1,
-        metadata=_help("organism:shapes seed of the fit split (held-out uses --seed; ids must differ)"),
-    )
-    edit: RepairEdit = field(
-        default="zero", metadata=_help("zero / mean ablation, steer, or attention reweight")
-    )
-    granularity: Granularity = field(
-        default="neurons", metadata=_help("MLP neurons, attention heads, or layers")
-    )
-    source: RepairSource = field(
-        default="attribution",
-        metadata=_help(
-            "the explanation that ranks units: attribution patching at the answer position, the decomposition "
-            "(layers), or --units"
-        ),
-    )
-    k: int | None = field(
-        default=None,
-        metadata=_help(
-            "units edited (default: a quarter of the neurons, a tenth of the heads, two layer components)"
-        ),
-    )
-    ks: tuple[int, ...] | None = field(
-        default=None, metadata=_help("sizes of the effect-vs-k curve (default k/8 .. 2k)")
-    )
-    units: tuple[str, ...] | None = field(
-        default=None, metadata=_help("units for --source list, as LAYER:INDEX")
-    )
-    selection_from: str | None = field(
-        default=None,
-        metadata=_help(
-            "a repair.json whose ranking to apply (another model's: the result is labelled transferred)"
-        ),
-    )
-    positions: RepairPositions = field(
-        default="answer", metadata=_help("edit the answer position or all positions")
-    )
-    alpha: float | None = field(
-        default=None, metadata=_help("steering scale / attention factor (default 4 / 2)")
-    )
-    n_random: int = field(default=5, metadata=_help("same-size random edits (at least 5)"))
-    max_fit_drop: float | None = field(
-        default=None,
-        metadata=_help(
-            "choose k on the fit split: the largest of --ks whose edit lowers the fit accuracy by at most this much"
-        ),
-    )
-    prior: Prior = field(
-        default="auto",
-        metadata=_help(
-            "the prior answer: planted (organism data), white_image (the model's text-only answer), auto"
-        ),
-    )
-    progress: bool = field(default=True, metadata=_help("show a progress bar"))
-
-    command: typing.ClassVar[str] = "repair"
-
-
-@dataclass(frozen=True)
 class InspectSettings(Settings):
     """``mech inspect``: load a model, prepare samples, print the architecture table and token groups."""
 
@@ -316,23 +180,11 @@ class InspectSettings(Settings):
     command: typing.ClassVar[str] = "inspect"
 
 
-#: one registration per built-in instrument, in the report's order (:class:`mech.runs.instruments.Instrument`):
-#: its settings, its job, whether ``mech report`` runs it. A new instrument registers itself in an
-#: ``instrument`` module of its own instead (:func:`mech.runs.instruments.discover`); every registration
-#: and what derives from them (jobs, commands, report steps): :mod:`mech.runs.jobs`.
-INSTRUMENTS: tuple[Instrument, ...] = (
-    Instrument(EvalSettings, "mech.measure.evaluation.job:EvalJob", in_report=True),
-    Instrument(AttentionSettings, "mech.measure.attention.job:AttentionJob", in_report=True),
-    Instrument(PatchSettings, "mech.measure.patching.job:PatchJob", in_report=True),
-    Instrument(ContribSettings, "mech.curves.job:ContribJob", in_report=True),
-    Instrument(RepairSettings, "mech.measure.repair.job:RepairJob"),
-)
-
-
 @renamed_fields(ablation="removal")
 @dataclass(frozen=True)
 class ReportSettings(Settings):
-    """``mech report``: eval -> attention -> patch -> contrib, written to report.md."""
+    """``mech report``: its steps (:data:`mech.runs.jobs.STEPS`: eval -> attention -> patch ->
+    contrib), written to report.md."""
 
     n: int | None = field(default=None, metadata=_help("samples per step (default: each step's own)"))
     compare: tuple[str, ...] | None = field(
@@ -346,9 +198,6 @@ class ReportSettings(Settings):
     progress: bool = field(default=True, metadata=_help("show a progress bar per step"))
 
     command: typing.ClassVar[str] = "report"
-    #: the settings classes of the built-in steps, in order: the built-in instruments registered ``in_report``
-    #: (:data:`INSTRUMENTS`); with the discovered ones: :data:`mech.runs.jobs.STEPS`
-    steps: typing.ClassVar[tuple[type[Settings], ...]] = tuple(i.settings for i in INSTRUMENTS if i.in_report)
 
     def models(self) -> list[str]:
         """The model specs this report measures."""
@@ -378,9 +227,6 @@ class MergeSettings:
     command: typing.ClassVar[str] = "merge"
 
 
-#: command -> settings class of the built-in commands: every built-in instrument's (:data:`INSTRUMENTS`), then the
-#: commands that compose them; every command, discovered instruments included: :data:`mech.runs.jobs.COMMANDS`
-COMMANDS: dict[str, type] = {
-    cls.command: cls
-    for cls in (*(i.settings for i in INSTRUMENTS), ReportSettings, InspectSettings, MergeSettings)
-}
+#: command -> settings class of the commands that compose the instruments; every command, the instruments'
+#: included: :data:`mech.runs.jobs.COMMANDS`
+COMMANDS: dict[str, type] = {cls.command: cls for cls in (ReportSettings, InspectSettings, MergeSettings)}

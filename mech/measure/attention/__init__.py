@@ -20,12 +20,13 @@ from mech.engines.attention_fn import MassRecorder, recording
 from mech.engines.unembed import unembed_at
 from mech.errors import ConfigError, InputError
 from mech.measure.attention import metrics
+from mech.measure.attention.record import AttentionRecord
 from mech.models.load import takes_model
 from mech.prepare.groups import regroup
 
 QUERIES = ("last", "answer", "text")
 
-__all__ = ["QUERIES", "AttentionMass", "MassRecorder", "attention_mass", "recording"]
+__all__ = ["QUERIES", "AttentionMass", "AttentionRecord", "MassRecorder", "attention_mass", "recording"]
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,16 @@ Writes into ``--out``: ``attention.json`` (``layers``, ``groups``, ``mass``, ``t
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mech.runs.settings import AttentionSettings
+from mech.measure.attention.instrument import AttentionSettings
+from mech.measure.attention.record import AttentionRecord, as_attention_record
 
 __all__ = ["AttentionJob", "present_groups"]
 
@@ -25,6 +28,8 @@ class AttentionJob:
     """``mech attention`` as a :class:`~mech.runs.loop.Job`."""
 
     settings: AttentionSettings
+    #: the typed record of ``attention.json`` (what the report and :meth:`summary` read)
+    record: typing.ClassVar[type[AttentionRecord]] = AttentionRecord
 
     def samples(self):
         from mech.prepare.data import load_data
@@ -93,25 +98,26 @@ class AttentionJob:
         # names relative to --out: the same JSON whatever the directory
         return {**am.summary(), "grid": am.grid, **meta, "figures": [Path(f).name for f in figures]}
 
-    def summary(self, result: dict) -> list[str]:
-        groups, last = result["groups"], result["mass"][-1]
+    def summary(self, rec: AttentionRecord) -> list[str]:
+        """The line ``mech attention`` prints: n, the query and the mass per group at the last layer."""
+        groups, last = rec.groups, rec.mass[-1]
         share = ", ".join(f"{g} {v:.2f}" for g, v in zip(groups, last) if v > 0)
-        return [f"n={result['n']}, query {result['query']}; attention mass at the last layer: {share}"]
+        return [f"n={rec.n}, query {rec.query}; attention mass at the last layer: {share}"]
 
     @staticmethod
-    def captions(att: dict) -> dict[str, str]:
+    def captions(att: AttentionRecord) -> dict[str, str]:
         """Figure file name -> caption: what the figure plots and over how many samples."""
         from mech.figures.attention import MAX_PANELS, QUERY_WORDS
 
-        q = QUERY_WORDS.get(att["query"], att["query"])
-        shown = "every layer" if len(att["layers"]) <= MAX_PANELS else f"{MAX_PANELS} evenly spaced layers"
+        q = QUERY_WORDS.get(att.query, att.query)
+        shown = "every layer" if len(att.layers) <= MAX_PANELS else f"{MAX_PANELS} evenly spaced layers"
         return {
             "attention_mass.png": f"Attention mass from {q} on each token group the inputs have "
             f"({', '.join(present_groups(att))}) per decoder layer, mean over heads and "
-            f"n = {att['n']} samples (solid), and each group's token share, the mass under "
+            f"n = {att.n} samples (solid), and each group's token share, the mass under "
             "uniform attention (dashed).",
             "attention_heads.png": f"Attention mass from {q} on the image tokens per decoder layer and head, mean "
-            f"over n = {att['n']} samples.",
+            f"over n = {att.n} samples.",
             "attention_image.png": f"Attention from {q} on each image patch of one sample (the first with an image; "
             f"its id is above the input panel), for {shown} and their mean, mean over heads, "
             "drawn over the image in grey on one colour scale; Σ image is the layer's total "
@@ -119,37 +125,42 @@ class AttentionJob:
         }
 
     @staticmethod
-    def section(att: dict, prefix: str) -> list[str]:
+    def section(att: AttentionRecord, prefix: str) -> list[str]:
         """The ``report.md`` lines of ``attention.json`` (``prefix``: the folder of its files)."""
         from mech.report_words import figure_lines, fmt
 
         caption = AttentionJob.captions(att)
         lines = [
-            f"### Attention mass from the answer position (mean over heads and n = {att['n']} samples)",
+            f"### Attention mass from the answer position (mean over heads and n = {att.n} samples)",
             "",
         ]
         groups = present_groups(att)
-        cols = [att["groups"].index(g) for g in groups]
+        cols = [att.groups.index(g) for g in groups]
         lines += ["| layer | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
-        for layer, row in zip(att["layers"], att["mass"]):
+        for layer, row in zip(att.layers, att.mass):
             lines.append(f"| {layer} | " + " | ".join(fmt(row[i], 3) for i in cols) + " |")
-        share = att["token_share"]
+        share = att.token_share
         lines += ["| token share | " + " | ".join(fmt(share.get(g), 3) for g in groups) + " |", ""]
-        left_out = [g for g in att["groups"] if g not in groups]
+        left_out = [g for g in att.groups if g not in groups]
         if left_out:
             lines += [f"Left out: {', '.join(left_out)} (no such tokens in these inputs).", ""]
-        for fig in att.get("figures", []):
+        for fig in att.figures or []:
             lines += figure_lines(fig, prefix, caption.get(fig))
         return lines
 
 
-def present_groups(att: dict) -> list[str]:
+def present_groups(att: AttentionRecord | Mapping[str, Any]) -> list[str]:
     """The token groups of ``attention.json`` that the inputs have: a group with no token in any
     sample (token share 0 and no mass in any layer, e.g. video and audio for an image model) is
-    left out of the report."""
-    share = att["token_share"]
+    left out of the report. ``att``: the record, or the file's content (converted).
+
+    Raises:
+        InputError: ``att`` is a dict that is not an ``attention.json``.
+    """
+    att = as_attention_record(att)
+    share = att.token_share
     return [
         g
-        for i, g in enumerate(att["groups"])
-        if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att["mass"])
+        for i, g in enumerate(att.groups)
+        if (share.get(g) or 0) > 0 or any((row[i] or 0) > 0 for row in att.mass)
     ]

@@ -5,7 +5,8 @@ and data set.
 ``evaluate(m, data, conditions=..., method="score"|"direct"|"cot")`` answers every sample under
 every condition (batched, in memory); ``consistency_table`` builds Table 2; ``to_frame`` makes its
 answers a tidy frame (one row per sample × condition); ``EvalJob`` is ``mech eval`` on the run loop
-(:mod:`mech.runs`: resumable, sharded).
+(:mod:`mech.runs`: resumable, sharded); ``EvalRecord`` is ``eval.json`` as a typed, frozen record
+(what ``eval.md``, the figure and the report read).
 """
 
 from mech.measure.evaluation.answering import (
@@ -20,6 +21,7 @@ from mech.measure.evaluation.answering import (
 )
 from mech.measure.evaluation.consistency import PAIRS, accuracy_table, consistency_table
 from mech.measure.evaluation.job import EvalJob, write_outputs
+from mech.measure.evaluation.record import EvalRecord
 from mech.measure.evaluation.run import DEFAULT_CONDITIONS, evaluate, to_frame
 from mech.measure.evaluation.tables import figure, markdown, table1, table2
 
@@ -29,6 +31,7 @@ __all__ = [
     "PAIRS",
     "PARSERS",
     "EvalJob",
+    "EvalRecord",
     "accuracy_table",
     "consistency_table",
     "evaluate",

@@ -4,44 +4,55 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mech.measure.evaluation.instrument import EvalSettings
+from mech.measure.evaluation.record import EvalRecord, as_eval_record
 from mech.prepare.data import LETTERS
-from mech.runs.settings import EvalSettings
 
 __all__ = ["EvalJob", "per_sample_tensors", "write_outputs"]
 
 
-def per_sample_tensors(result: dict) -> dict[str, torch.Tensor]:
+def per_sample_tensors(result: EvalRecord | Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """``pred_index`` LongTensor ``[sample, condition]`` (option index; -1 = unparsed or open
     answer), ``correct`` uint8 ``[sample, condition]``, and for option scoring ``scores``
-    ``[sample, condition, option]`` (log-probabilities, NaN beyond a sample's options)."""
-    conds = list(result["predictions"])
-    n = len(result["ids"])
+    ``[sample, condition, option]`` (log-probabilities, NaN beyond a sample's options and where
+    ``eval.json`` holds null: a score that was not finite).
+
+    ``result``: an :class:`EvalRecord` or the dict of ``eval.json`` / :func:`evaluate`.
+
+    Raises:
+        InputError: ``result`` is a dict that is not an ``eval.json``.
+    """
+    rec = as_eval_record(result)
+    conds = list(rec.predictions)
+    n = len(rec.ids)
     pred = torch.full((n, len(conds)), -1, dtype=torch.long)
     correct = torch.zeros((n, len(conds)), dtype=torch.uint8)
     for j, c in enumerate(conds):
-        for i, (p, ok) in enumerate(zip(result["predictions"][c], result["correct"][c])):
-            if isinstance(p, str) and len(p) == 1 and p in LETTERS and result["n_options"][i]:
+        for i, (p, ok) in enumerate(zip(rec.predictions[c], rec.correct[c])):
+            if isinstance(p, str) and len(p) == 1 and p in LETTERS and rec.n_options[i]:
                 pred[i, j] = LETTERS.index(p)
             correct[i, j] = int(ok)
     out = {"pred_index": pred, "correct": correct}
-    if "scores" in result:
-        width = max(result["n_options"]) if result["n_options"] else 0
+    if rec.scores is not None:
+        width = max(rec.n_options) if rec.n_options else 0
         scores = torch.full((n, len(conds), width), math.nan, dtype=torch.float32)
         for j, c in enumerate(conds):
-            for i, row in enumerate(result["scores"][c]):
+            for i, row in enumerate(rec.scores[c]):
+                row = [math.nan if x is None else x for x in row]  # None: not finite in eval.json
                 scores[i, j, : len(row)] = torch.tensor(row, dtype=torch.float32)
         out["scores"] = scores
     return out
 
 
 def write_outputs(
-    result: dict,
+    result: EvalRecord | Mapping[str, Any],
     out_dir: str | Path,
     *,
     model: str | None = None,
@@ -49,22 +60,29 @@ def write_outputs(
     json_too: bool = True,
 ) -> dict:
     """Write ``eval.json`` (unless ``json_too`` is False: the run loop writes it), ``eval.md``,
-    ``eval.safetensors`` and ``eval.png`` to ``out_dir``, each atomically."""
+    ``eval.safetensors`` and ``eval.png`` to ``out_dir``, each atomically.
+
+    ``result``: an :class:`EvalRecord` or the dict of ``eval.json`` / :func:`evaluate`.
+
+    Raises:
+        InputError: ``result`` is a dict that is not an ``eval.json``.
+    """
     from mech.figures import save_figure
     from mech.measure.evaluation.tables import figure, markdown
     from mech.results import write_json, write_tensors, write_text
 
+    rec = as_eval_record(result)
     out = Path(out_dir)
-    paths = {"json": write_json(out / "eval.json", result)} if json_too else {}
-    paths["md"] = write_text(out / "eval.md", markdown(result, model))
+    paths = {"json": write_json(out / "eval.json", rec.to_json())} if json_too else {}
+    paths["md"] = write_text(out / "eval.md", markdown(rec, model))
     meta = {
-        "ids": result["ids"],
-        "conditions": list(result["predictions"]),
+        "ids": list(rec.ids),
+        "conditions": list(rec.predictions),
         "axes": "pred_index/correct: [sample, condition]; scores: [sample, condition, option]",
     }
-    paths["safetensors"] = write_tensors(out / "eval.safetensors", per_sample_tensors(result), meta)
-    title = f"{model or result['settings'].get('model')} on {result['settings'].get('data')}"
-    paths["png"] = save_figure(figure(result, chance=chance, title=title), out / "eval.png")
+    paths["safetensors"] = write_tensors(out / "eval.safetensors", per_sample_tensors(rec), meta)
+    title = f"{model or rec.settings.model} on {rec.settings.data}"
+    paths["png"] = save_figure(figure(rec, chance=chance, title=title), out / "eval.png")
     return paths
 
 
@@ -77,6 +95,8 @@ class EvalJob:
     settings: EvalSettings
     #: input conditions work on cross-attention families (Mllama) too
     decoder_sequence: typing.ClassVar[bool] = False
+    #: the typed record of ``eval.json`` (what the report and :meth:`summary` read)
+    record: typing.ClassVar[type[EvalRecord]] = EvalRecord
 
     def samples(self):
         from mech.prepare.data import load_data
@@ -128,35 +148,39 @@ class EvalJob:
         chance = sum(1 / k for k in opts) / len(opts) if opts else None  # uniform guessing over the options
         result["settings"]["chance"] = chance
         result["model"], result["figures"] = s.model, ["eval.png"]
-        write_outputs(result, out, model=s.model, chance=chance, json_too=False)
+        write_outputs(EvalRecord.from_json(result), out, model=s.model, chance=chance, json_too=False)
         return result
 
-    def summary(self, result: dict) -> list[str]:
-        acc = {c: v["accuracy"] for c, v in result["conditions"].items()}
-        lines = ["accuracy: " + ", ".join(f"{c} {100 * a:.1f}%" for c, a in acc.items() if a is not None)]
-        cons = (result.get("consistency") or {}).get("all", {}).get("complete&white_image")
-        if cons:
-            lines.append(
-                f"complete & white_image consistency: {cons['num']}/{cons['total']} ({cons['pct']:.1f}%)"
+    def summary(self, rec: EvalRecord) -> list[str]:
+        """The lines ``mech eval`` prints: accuracy per condition, the complete & white-image
+        consistency, the guessed answers, the conditions not measured, the number answered."""
+        lines = [
+            "accuracy: "
+            + ", ".join(
+                f"{c} {100 * v.accuracy:.1f}%" for c, v in rec.conditions.items() if v.accuracy is not None
             )
-        guessed = {c: k for c, k in (result.get("guessed") or {}).items() if k}
+        ]
+        cons = (rec.consistency or {}).get("all", {}).get("complete&white_image")
+        if cons:
+            lines.append(f"complete & white_image consistency: {cons.num}/{cons.total} ({cons.pct:.1f}%)")
+        guessed = {c: k for c, k in (rec.guessed or {}).items() if k}
         if guessed:  # the official parser's fallback (MMMU-Pro's random guess, made deterministic)
             lines.append(
                 "guessed answers (no letter found): " + ", ".join(f"{c} {k}" for c, k in guessed.items())
             )
-        for c, reason in (result.get("unavailable") or {}).items():
+        for c, reason in (rec.unavailable or {}).items():
             lines.append(f"{c} not measured: {reason}")
-        lines.append(f"n={len(result['ids'])} answered")
+        lines.append(f"n={len(rec.ids)} answered")
         return lines
 
     @staticmethod
-    def captions(ev: dict) -> dict[str, str]:
+    def captions(ev: EvalRecord) -> dict[str, str]:
         """Figure file name -> caption: what the figure plots and over how many samples."""
         from mech.measure.evaluation.tables import chance_level
 
-        chance = ev.get("settings", {}).get("chance")
+        chance = ev.settings.chance
         chance = chance_level(ev) if chance is None else chance
-        n_ev = next(iter(ev["conditions"].values()))["n"] if ev["conditions"] else 0
+        n_ev = next(iter(ev.conditions.values())).n if ev.conditions else 0
         return {
             "eval.png": "Top: accuracy per input condition"
             + (
@@ -169,23 +193,22 @@ class EvalJob:
         }
 
     @staticmethod
-    def section(ev: dict, prefix: str) -> list[str]:
+    def section(ev: EvalRecord, prefix: str) -> list[str]:
         """The ``report.md`` lines of ``eval.json`` (``prefix``: the folder of its files, relative to the report)."""
         from mech.report_words import figure_lines, fmt
 
         caption = EvalJob.captions(ev)
         md = Path(prefix or ".") / "eval.md"
         lines = ["### Behaviour: accuracy per condition and prediction consistency", ""]
-        conds = ev["conditions"]
         lines += ["| condition | accuracy | n |", "|---|---|---|"]
-        lines += [f"| {c} | {fmt(v['accuracy'], 3)} | {v['n']} |" for c, v in conds.items()]
-        chance = ev.get("settings", {}).get("chance")
+        lines += [f"| {c} | {fmt(v.accuracy, 3)} | {v.n} |" for c, v in ev.conditions.items()]
+        chance = ev.settings.chance
         if chance is not None:
             lines += [f"| chance (mean 1 / options) | {fmt(chance, 3)} | |"]
-        cons = ev["consistency"]["all"]
+        cons = ev.consistency["all"]
         lines += ["", "| pair (all samples) | consistent | % |", "|---|---|---|"]
-        lines += [f"| {p} | {v['num']} | {fmt(v['pct'], 1)} |" for p, v in cons.items()]
+        lines += [f"| {p} | {v.num} | {fmt(v.pct, 1)} |" for p, v in cons.items()]
         lines += ["", f"Full Table 1/2 layout: [{md.as_posix()}]({md.as_posix()})", ""]
-        for fig in ev.get("figures", ["eval.png"]):
+        for fig in ev.figures if ev.figures is not None else ["eval.png"]:
             lines += figure_lines(fig, prefix, caption.get(fig))
         return lines

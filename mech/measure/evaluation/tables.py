@@ -1,9 +1,19 @@
-"""Markdown tables laid out like the paper's Tables 1 and 2, and the evaluation figure."""
+"""Markdown tables laid out like the paper's Tables 1 and 2, and the evaluation figure.
+
+Each function reads an :class:`~mech.measure.evaluation.record.EvalRecord`; a dict (``eval.json``'s
+content or :func:`mech.evaluate`'s result) is converted at the call
+(:func:`~mech.measure.evaluation.record.as_eval_record`), and one that is not an ``eval.json`` raises
+:class:`~mech.errors.InputError` naming the key.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from mech.conditions import PAPER_NAMES
 from mech.measure.evaluation.consistency import PAIR_LABELS, PAIRS, SUBSETS
+from mech.measure.evaluation.record import EvalRecord, as_eval_record
 
 __all__ = ["SUBSET_LABELS", "TABLE1_ORDER", "chance_level", "figure", "markdown", "table1", "table2"]
 
@@ -24,21 +34,22 @@ def _order(conditions) -> list[str]:
     return [c for c in TABLE1_ORDER if c in conditions] + [c for c in conditions if c not in TABLE1_ORDER]
 
 
-def table1(result: dict, model: str | None = None) -> str:
+def table1(result: EvalRecord | Mapping[str, Any], model: str | None = None) -> str:
     """Table 1: accuracy (%) per condition, and its drop from Complete in parentheses."""
-    conds = _order(result["conditions"])
+    rec = as_eval_record(result)
+    conds = _order(rec.conditions)
     head = "| Model | " + " | ".join(PAPER_NAMES.get(c, c) for c in conds) + " |"
     rule = "|---|" + "---:|" * len(conds)
     cells = []
     for c in conds:
-        row = result["conditions"][c]
-        acc = row["accuracy"]
+        row = rec.conditions[c]
+        acc = row.accuracy
         text = "–" if acc is None else f"{100 * acc:.1f}"
-        if c != "complete" and row.get("drop") is not None:
-            text += f" ({-100 * row['drop']:+.1f})"
+        if c != "complete" and row.drop is not None:
+            text += f" ({-100 * row.drop:+.1f})"
         cells.append(text)
-    name = model or result.get("settings", {}).get("model") or "model"
-    n = result["conditions"][conds[0]]["n"]
+    name = model or rec.settings.model or "model"
+    n = rec.conditions[conds[0]].n
     return "\n".join(
         [
             head,
@@ -51,9 +62,9 @@ def table1(result: dict, model: str | None = None) -> str:
     )
 
 
-def table2(result: dict) -> str:
+def table2(result: EvalRecord | Mapping[str, Any]) -> str:
     """Table 2: consistent / inconsistent counts (percent) per comparison, over all / correct / wrong."""
-    cons = result.get("consistency")
+    cons = as_eval_record(result).consistency
     if cons is None:
         return "(consistency needs the complete condition)"
     keys = [k for k, _ in PAIRS]
@@ -70,9 +81,9 @@ def table2(result: dict) -> str:
                 if cell is None:
                     cells.append("–")
                 else:
-                    p = cell[pct]
-                    cells.append(f"{cell[num]} ({'–' if p is None else f'{p:.1f}%'})")
-            total = next((cons[subset][k]["total"] for k in keys if cons[subset].get(k)), 0)
+                    p = getattr(cell, pct)
+                    cells.append(f"{getattr(cell, num)} ({'–' if p is None else f'{p:.1f}%'})")
+            total = next((cons[subset][k].total for k in keys if cons[subset].get(k)), 0)
             label = f"{SUBSET_LABELS[subset]} (n={total})" if kind == "Consistent" else ""
             lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
     lines += [
@@ -84,46 +95,46 @@ def table2(result: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(result: dict, model: str | None = None) -> str:
+def markdown(result: EvalRecord | Mapping[str, Any], model: str | None = None) -> str:
     """The whole ``eval.md``: settings, Table 1, Table 2, skips."""
-    s = result.get("settings", {})
-    skipped = result.get("skipped", {})
+    rec = as_eval_record(result)
+    s, skipped = rec.settings, rec.skipped
     lines = [
-        f"# mech eval: {model or s.get('model')} on {s.get('data')}",
+        f"# mech eval: {model or s.model} on {s.data}",
         "",
-        f"Method: {s.get('method')}"
-        + (f" (scoring: {s.get('scoring')})" if s.get("scoring") else "")
-        + f", prompt style: {s.get('style')}, seed {s.get('seed')}.",
+        f"Method: {s.method}"
+        + (f" (scoring: {s.scoring})" if s.scoring else "")
+        + f", prompt style: {s.style}, seed {s.seed}.",
         "",
         "## Table 1: accuracy per input condition",
         "",
-        table1(result, model),
+        table1(rec, model),
         "",
         "## Table 2: prediction consistency",
         "",
-        table2(result),
+        table2(rec),
         "",
-        f"## Skipped: {skipped.get('count', 0)}",
+        f"## Skipped: {skipped.count}",
         "",
     ]
-    for reason, count in sorted(skipped.get("reasons", {}).items(), key=lambda kv: -kv[1]):
+    for reason, count in sorted(skipped.reasons.items(), key=lambda kv: -kv[1]):
         lines.append(f"- {count} × {reason}")
-    unavailable = result.get("unavailable") or {}
+    unavailable = rec.unavailable
     if unavailable:
         lines += ["", "## Conditions this model cannot take (not measured)", ""]
         lines += [f"- {c}: {reason}" for c, reason in unavailable.items()]
     return "\n".join(lines) + "\n"
 
 
-def chance_level(result: dict) -> float | None:
+def chance_level(result: EvalRecord | Mapping[str, Any]) -> float | None:
     """Accuracy of uniform guessing: the mean over samples of 1 / (the sample's number of options),
-    from the data's own option counts (``result["n_options"]``, 0 for an open question); None
-    without options."""
-    opts = [k for k in result.get("n_options") or [] if k]
+    from the data's own option counts (``n_options``, 0 for an open question); None without
+    options."""
+    opts = [k for k in as_eval_record(result).n_options if k]
     return sum(1 / k for k in opts) / len(opts) if opts else None
 
 
-def figure(result: dict, chance: float | None = None, title: str | None = None):
+def figure(result: EvalRecord | Mapping[str, Any], chance: float | None = None, title: str | None = None):
     """A :class:`matplotlib.figure.Figure`: accuracy per condition (bars, chance line) above the
     consistency (% consistent per comparison, over all / correct / wrong samples). ``chance``
     defaults to :func:`chance_level` of the data. Write it with :func:`mech.figures.save_figure`."""
@@ -131,10 +142,11 @@ def figure(result: dict, chance: float | None = None, title: str | None = None):
 
     from mech.figures.style import OKABE_ITO, RC, finish, new_figure, style, wrap
 
-    chance = chance_level(result) if chance is None else chance
-    conds = _order(result["conditions"])
-    acc = [100 * (result["conditions"][c]["accuracy"] or 0.0) for c in conds]
-    n = result["conditions"][conds[0]]["n"] if conds else 0
+    rec = as_eval_record(result)
+    chance = chance_level(rec) if chance is None else chance
+    conds = _order(rec.conditions)
+    acc = [100 * (rec.conditions[c].accuracy or 0.0) for c in conds]
+    n = rec.conditions[conds[0]].n if conds else 0
     with style():
         fig = new_figure(4.6, 5.2)
         ax1, ax2 = fig.subplots(2, 1)
@@ -161,7 +173,7 @@ def figure(result: dict, chance: float | None = None, title: str | None = None):
         ax1.set_ylim(0, 112)
         ax1.set_yticks(range(0, 101, 20))
         ax1.set_title(f"Accuracy per input condition (Table 1; n = {n})")
-        cons = result.get("consistency")
+        cons = rec.consistency
         keys = [k for k, _ in PAIRS]
         width = 0.27
         palette = [OKABE_ITO["green"], OKABE_ITO["blue"], OKABE_ITO["vermillion"]]
@@ -169,9 +181,9 @@ def figure(result: dict, chance: float | None = None, title: str | None = None):
             vals = []
             for k in keys:
                 cell = cons[subset].get(k) if cons else None
-                vals.append(np.nan if cell is None or cell["pct"] is None else cell["pct"])
+                vals.append(np.nan if cell is None or cell.pct is None else cell.pct)
             xs = np.arange(len(keys)) + (j - 1) * width
-            total = next((cons[subset][k]["total"] for k in keys if cons and cons[subset].get(k)), 0)
+            total = next((cons[subset][k].total for k in keys if cons and cons[subset].get(k)), 0)
             ax2.bar(
                 xs,
                 vals,

@@ -46,11 +46,21 @@ from mech.deprecation import renamed_keywords
 from mech.engines.edge_blocker import EdgeBlocker, blocking
 from mech.engines.prefix import capture, run_from
 from mech.errors import ConfigError, InputError
+from mech.measure.knockout.record import KnockoutRecord
 from mech.measure.knockout.result import KnockoutResult
 from mech.models.load import takes_model
 from mech.prepare.groups import GROUPS
 
-__all__ = ["ANCHORS", "SOURCES", "TARGETS", "EdgeBlocker", "KnockoutResult", "attention_knockout", "blocking"]
+__all__ = [
+    "ANCHORS",
+    "SOURCES",
+    "TARGETS",
+    "EdgeBlocker",
+    "KnockoutRecord",
+    "KnockoutResult",
+    "attention_knockout",
+    "blocking",
+]
 
 SOURCES = GROUPS + ("last",)
 TARGETS = GROUPS + ("last",)

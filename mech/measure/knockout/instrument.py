@@ -2,13 +2,13 @@
 
 The command's whole registration lives here: its settings (:class:`KnockoutSettings`), its job
 (:class:`KnockoutJob`) and ``INSTRUMENT``, which the run layer discovers
-(:func:`mech.runs.instruments.discover`). This module is loaded without its package's ``__init__``
-(which imports torch), so ``mech --help`` stays light: everything heavy is imported inside the job's
-methods.
+(:func:`mech.runs.instruments.discover`). This module is loaded without its package's ``__init__`` (which
+imports torch), so ``mech --help`` stays light: everything heavy is imported inside the job's methods.
 
 Writes into ``--out``: ``knockout.json`` (``model``, ``data`` and :meth:`KnockoutResult.to_json
 <mech.measure.knockout.KnockoutResult.to_json>`: ``change.{edge}`` per window in percent, ``layers``,
-``windows``, ``edges``, ``n``, ``n_kept``, ``p_clean``, ``p_knocked``, ``forward_equivalents``, ...),
+``windows``, ``edges``, ``n``, ``n_kept``, ``p_clean``, ``p_knocked``, ``forward_equivalents``, ...; read
+back as :class:`~mech.measure.knockout.record.KnockoutRecord`, ``KnockoutJob.record``),
 ``knockout.safetensors`` (the whole :class:`~mech.measure.knockout.KnockoutResult`, per sample:
 ``KnockoutResult.load``) and ``knockout.png`` (:func:`mech.figures.knockout.knockout_curves`). The
 measurement: :func:`mech.measure.knockout.attention_knockout` per batch, assembled by
@@ -26,6 +26,9 @@ from mech import words as W
 from mech.errors import ConfigError
 from mech.runs.instruments import Instrument
 from mech.runs.settings import ShardedSettings
+
+if typing.TYPE_CHECKING:
+    from mech.measure.knockout.record import KnockoutRecord
 
 __all__ = ["INSTRUMENT", "KnockoutJob", "KnockoutSettings", "edge_sets"]
 
@@ -91,11 +94,23 @@ class KnockoutSettings(ShardedSettings):
             raise ConfigError(f"window={self.window!r}; the window is a number of decoder layers >= 1.")
 
 
+class _Record:
+    """``KnockoutJob.record``: :class:`~mech.measure.knockout.record.KnockoutRecord`, imported on first
+    use (its package's ``__init__`` imports torch, and this module must stay light)."""
+
+    def __get__(self, obj: Any, owner: type) -> type:
+        from mech.measure.knockout.record import KnockoutRecord
+
+        return KnockoutRecord
+
+
 @dataclass(frozen=True)
 class KnockoutJob:
-    """``mech knockout`` as a :class:`~mech.runs.loop.Job`."""
+    """``mech knockout`` as a :class:`~mech.runs.loop.Job`; ``knockout.json`` reads back as ``record``
+    (:class:`~mech.measure.knockout.record.KnockoutRecord`)."""
 
     settings: KnockoutSettings
+    record = _Record()  # not annotated: dataclass would read it (and import torch) at class creation
 
     def samples(self):
         from mech.prepare.data import load_data
@@ -150,47 +165,48 @@ class KnockoutJob:
         png = save_figure(knockout_curves(ko, title), out / "knockout.png")
         return {"model": s.model, "data": s.data, **ko.to_json(), "figures": [png.name]}
 
-    def summary(self, result: dict) -> list[str]:
+    def summary(self, rec: KnockoutRecord) -> list[str]:
+        """The line ``mech knockout`` prints when done."""
         parts = []
-        for e, values in result["change"].items():
-            got = [(v, layer) for v, layer in zip(values, result["layers"]) if v is not None]
+        for e, values in rec.change.items():
+            got = [(v, layer) for v, layer in zip(values, rec.layers) if v is not None]
             if got:
                 v, layer = min(got)
                 parts.append(f"{e} {v:.1f}% (window at layer {layer})")
         low = "; ".join(parts) or "no sample kept"
-        return [f"n={result['n']} (kept {result['n_kept']}); largest drop of p(answer) per edge: {low}"]
+        return [f"n={rec.n} (kept {rec.n_kept}); largest drop of p(answer) per edge: {low}"]
 
     @staticmethod
-    def captions(ko: dict) -> dict[str, str]:
+    def captions(ko: KnockoutRecord) -> dict[str, str]:
         """Figure file name -> caption: what the figure plots and over how many samples."""
         return {
             "knockout.png": "Attention knockout: the change of the answer probability, "
             "100·(p_knocked − p_clean)/p_clean in percent, when the queries at each edge's target may not "
-            f"attend to its source in a window of {ko['window']} decoder layers ({ko['anchor']} anchor), "
-            f"per window; mean over the n = {ko['n_kept']} kept of {ko['n']} samples.",
+            f"attend to its source in a window of {ko.window} decoder layers ({ko.anchor} anchor), "
+            f"per window; mean over the n = {ko.n_kept} kept of {ko.n} samples.",
         }
 
     @staticmethod
-    def section(ko: dict, prefix: str) -> list[str]:
+    def section(ko: KnockoutRecord, prefix: str) -> list[str]:
         """The ``report.md`` lines of ``knockout.json`` (``prefix``: the folder of its files)."""
         from mech.report_words import figure_lines, fmt
 
-        edges = ko["edges"]
+        edges = ko.edges
         lines = [
-            f"### Attention knockout: {ko['window']}-layer windows ({ko['anchor']}), change of p(answer) in %",
+            f"### Attention knockout: {ko.window}-layer windows ({ko.anchor}), change of p(answer) in %",
             "",
-            f"Mean over n = {ko['n_kept']} of {ko['n']} samples"
-            + (" (the correctly answered ones)" if ko["only_correct"] else "")
-            + f"; p(answer) without knockout {fmt(ko['p_clean'], 3)}.",
+            f"Mean over n = {ko.n_kept} of {ko.n} samples"
+            + (" (the correctly answered ones)" if ko.only_correct else "")
+            + f"; p(answer) without knockout {fmt(ko.p_clean, 3)}.",
             "",
             "| layer | window | " + " | ".join(edges) + " |",
             "|---" * (len(edges) + 2) + "|",
         ]
-        for i, (layer, (lo, hi)) in enumerate(zip(ko["layers"], ko["windows"])):
-            cells = " | ".join(fmt(ko["change"][e][i], 1) for e in edges)
+        for i, (layer, (lo, hi)) in enumerate(zip(ko.layers, ko.windows)):
+            cells = " | ".join(fmt(ko.change[e][i], 1) for e in edges)
             lines.append(f"| {layer} | {lo}–{hi - 1} | {cells} |")
         lines.append("")
-        for fig in ko.get("figures", []):
+        for fig in ko.figures:
             lines += figure_lines(fig, prefix, KnockoutJob.captions(ko).get(fig))
         return lines
 

@@ -23,6 +23,7 @@ from mech.engines.prefix import Config, capture, patched_logits
 from mech.engines.unembed import unembed_at
 from mech.measure.patching.align import POSITION_GROUPS
 from mech.measure.patching.metrics import DIRECTIONS, METRICS, Metric, Targets, normalized_effect
+from mech.measure.patching.record import PatchRecord
 from mech.measure.patching.setup import prepare
 from mech.measure.patching.sites import SITES
 from mech.models.load import takes_model
@@ -33,6 +34,7 @@ __all__ = [
     "POSITION_GROUPS",
     "SITES",
     "Metric",
+    "PatchRecord",
     "PatchingResult",
     "Targets",
     "activation_patching",

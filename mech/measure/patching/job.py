@@ -1,29 +1,31 @@
 """The ``mech patch`` job: activation patching between the complete and a corrupted condition.
 
 Writes ``patch.json`` (``corruption``, ``direction``, ``metric``, ``clean_metric``,
-``corrupted_metric``, ``effect.{site}.{positions}`` per layer), ``patch.safetensors`` (raw metrics,
-effects) and one heatmap per site (``patch_{site}.png``). Batches, shards and resume:
-:mod:`mech.runs.loop`.
+``corrupted_metric``, ``effect.{site}.{positions}`` per layer; read back as
+:class:`~mech.measure.patching.record.PatchRecord`), ``patch.safetensors`` (raw metrics, effects) and
+one heatmap per site (``patch_{site}.png``). Batches, shards and resume: :mod:`mech.runs.loop`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from mech.runs.settings import PatchSettings
+from mech.measure.patching.instrument import PatchSettings
+from mech.measure.patching.record import PatchRecord
 
 __all__ = ["PatchJob", "patch_scale"]
 
 
 @dataclass(frozen=True)
 class PatchJob:
-    """``mech patch`` as a :class:`~mech.runs.loop.Job`."""
+    """``mech patch`` as a :class:`~mech.runs.loop.Job`; ``patch.json`` reads back as ``record``."""
 
     settings: PatchSettings
+    record: ClassVar[type[PatchRecord]] = PatchRecord
 
     def samples(self):
         from mech.prepare.data import load_data
@@ -122,44 +124,45 @@ class PatchJob:
         )
         return result
 
-    def summary(self, result: dict) -> list[str]:
+    def summary(self, rec: PatchRecord) -> list[str]:
+        """The lines ``mech patch`` prints when done."""
         return [
-            f"n={result['n']}, {result['direction']} {result['corruption']}: {result['metric']} clean "
-            f"{result['clean_metric']:.3f}, corrupted {result['corrupted_metric']:.3f}; "
-            f"{result['forward_equivalents_per_patched_run']:.2f} forward-equivalents per patched run"
+            f"n={rec.n}, {rec.direction} {rec.corruption}: {rec.metric} clean "
+            f"{rec.clean_metric:.3f}, corrupted {rec.corrupted_metric:.3f}; "
+            f"{rec.forward_equivalents_per_patched_run:.2f} forward-equivalents per patched run"
         ]
 
     @staticmethod
-    def captions(pa: dict) -> dict[str, str]:
+    def captions(pa: PatchRecord) -> dict[str, str]:
         """Figure file name -> caption: what the figure plots and over how many samples."""
         return {
-            f"patch_{site}.png": f"Normalized effect of {pa['direction']} activation patching of `{site}` from "
-            f"`{pa['corruption']}` per decoder layer and position group ({pa['metric']}; "
-            f"{patch_scale(pa['direction'])}), of the means over n = {pa['n']} samples; "
+            f"patch_{site}.png": f"Normalized effect of {pa.direction} activation patching of `{site}` from "
+            f"`{pa.corruption}` per decoder layer and position group ({pa.metric}; "
+            f"{patch_scale(pa.direction)}), of the means over n = {pa.n} samples; "
             "'–': no sample has a position of that group."
-            for site in pa["effect"]
+            for site in pa.effect
         }
 
     @staticmethod
-    def section(pa: dict, prefix: str) -> list[str]:
+    def section(pa: PatchRecord, prefix: str) -> list[str]:
         """The ``report.md`` lines of ``patch.json`` (``prefix``: the folder of its files)."""
         from mech.report_words import figure_lines, fmt
 
         caption = PatchJob.captions(pa)
         lines = [
-            f"### Activation patching: {pa['direction']} from `{pa['corruption']}`, metric {pa['metric']}",
+            f"### Activation patching: {pa.direction} from `{pa.corruption}`, metric {pa.metric}",
             "",
-            f"clean {fmt(pa['clean_metric'], 3)}, corrupted {fmt(pa['corrupted_metric'], 3)} (mean over "
-            f"n = {pa['n']} samples); normalized effect per layer ({patch_scale(pa['direction'])}):",
+            f"clean {fmt(pa.clean_metric, 3)}, corrupted {fmt(pa.corrupted_metric, 3)} (mean over "
+            f"n = {pa.n} samples); normalized effect per layer ({patch_scale(pa.direction)}):",
             "",
         ]
-        for site, eff in pa["effect"].items():
+        for site, eff in pa.effect.items():
             gs = [g for g in eff if any(v is not None for v in eff[g])] or list(eff)
             lines += [f"**{site}**", "", "| layer | " + " | ".join(gs) + " |", "|---" * (len(gs) + 1) + "|"]
             for layer in range(len(eff[gs[0]])):
                 lines.append(f"| {layer} | " + " | ".join(fmt(eff[g][layer], 3) for g in gs) + " |")
             lines.append("")
-        for fig in pa.get("figures", []):
+        for fig in pa.figures:
             lines += figure_lines(fig, prefix, caption.get(fig))
         return lines
 

@@ -9,6 +9,7 @@ re-weighting) and evaluates on held-out samples against same-size random edits. 
 from mech.measure.repair.core import assemble, predict, repair
 from mech.measure.repair.edits import ALLOWED, GRANULARITIES, KINDS, POINTS, Edit, applied
 from mech.measure.repair.plan import Plan, make_plan, planted_categories, random_edit
+from mech.measure.repair.record import RepairRecord
 from mech.measure.repair.result import RepairResult
 from mech.measure.repair.select import SOURCES, Selection
 
@@ -20,6 +21,7 @@ __all__ = [
     "SOURCES",
     "Edit",
     "Plan",
+    "RepairRecord",
     "RepairResult",
     "Selection",
     "applied",

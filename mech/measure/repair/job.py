@@ -1,6 +1,7 @@
 """The ``mech repair`` job: the fit stage once per process, the held-out batches on the run loop.
 
-Writes ``repair.json`` (:meth:`mech.measure.repair.result.RepairResult.to_json`), ``repair.safetensors``
+Writes ``repair.json`` (:meth:`mech.measure.repair.result.RepairResult.to_json`; read back as
+:class:`~mech.measure.repair.record.RepairRecord`), ``repair.safetensors``
 (per-sample predictions of every edit) and ``repair.png``. The fit split: ``--fit-data`` (default
 ``--data``); for ``organism:shapes`` it is drawn from the seed ``--fit-seed`` (ids ``test-<fit-seed>-*``),
 the held-out split from ``--seed``; for a file data set the held-out split is its first ``--n`` rows and
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mech.errors import ConfigError, RunConflictError
-from mech.runs.settings import RepairSettings
+from mech.measure.repair.instrument import RepairSettings
+from mech.measure.repair.record import RepairRecord
 
 __all__ = ["RepairJob"]
 
@@ -33,9 +35,10 @@ def _units(spec: tuple[str, ...] | None) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class RepairJob:
-    """``mech repair`` as a :class:`~mech.runs.loop.Job`."""
+    """``mech repair`` as a :class:`~mech.runs.loop.Job`; ``repair.json`` reads back as ``record``."""
 
     settings: RepairSettings
+    record: ClassVar[type[RepairRecord]] = RepairRecord
     _plans: dict = field(default_factory=dict, compare=False, repr=False)  # the fit stage, once per process
 
     def samples(self):
@@ -121,26 +124,26 @@ class RepairJob:
         plan = plan_from_json(metas[0]["plan"])
         skipped = [tuple(x) for mt in metas for x in mt.get("skipped", [])]
         result = assemble(plan, list(samples), data, skipped, s.model)
-        j = result.to_json()
+        j = {"model": s.model, "data": s.data, **result.to_json(), "figures": ["repair.png"]}
         write_tensors(out / "repair.safetensors", result.tensors(), {"ids": result.ids})
-        save_figure(repair_figure(j), out / "repair.png")
-        j["figures"] = ["repair.png"]
-        return {"model": s.model, "data": s.data, **j}
+        save_figure(repair_figure(RepairRecord.from_json(j)), out / "repair.png")
+        return j
 
-    def summary(self, result: dict) -> list[str]:
-        c, sel = result["controls"], result["selected"]["accuracy"]
-        base = result["unedited"]["accuracy"]
+    def summary(self, rec: RepairRecord) -> list[str]:
+        """The lines ``mech repair`` prints when done."""
+        c, sel = rec.controls, getattr(rec.selected.accuracy, rec.controls.target)
+        base = getattr(rec.unedited.accuracy, c.target)
         lines = [
-            f"{result['edit']['kind']} {result['k']} {result['edit']['granularity']} ({result['label']}): "
-            f"accuracy {c['target'].replace('_', ' ')} {base[c['target']]['value']:.3f} -> "
-            f"{sel[c['target']]['value']:.3f} [{sel[c['target']]['ci95'][0]:.3f}, {sel[c['target']]['ci95'][1]:.3f}]",
-            f"random edits of the same size: median effect {c['median']:+.3f}, max {c['max']:+.3f} "
-            f"(selected {c['selected']:+.3f})",
+            f"{rec.edit.kind} {rec.k} {rec.edit.granularity} ({rec.label}): "
+            f"accuracy {c.target.replace('_', ' ')} {base.value:.3f} -> "
+            f"{sel.value:.3f} [{sel.ci95[0]:.3f}, {sel.ci95[1]:.3f}]",
+            f"random edits of the same size: median effect {c.median:+.3f}, max {c.max:+.3f} "
+            f"(selected {c.selected:+.3f})",
         ]
         return lines
 
     @staticmethod
-    def section(r: dict, prefix: str) -> list[str]:
+    def section(r: RepairRecord, prefix: str) -> list[str]:
         """The ``report.md`` lines of ``repair.json`` (:func:`mech.measure.repair.section.repair_lines`)."""
         from mech.measure.repair.section import repair_lines
 
