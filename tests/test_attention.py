@@ -6,6 +6,8 @@ rows picked and summed over each group's key positions by hand.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
@@ -13,7 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import mech
 from mech.engines.attention_fn import decoder_configs
-from mech.errors import ConfigError, InputError, UnsupportedArchitectureError
+from mech.errors import ConfigError, InputError, MechError, UnsupportedArchitectureError
 from mech.measure.attention import AttentionMass, attention_mass, query_positions
 from mech.testing.tiny import FAMILIES, tiny_inputs, tiny_model
 from mech.testing.tolerance import dot_bound
@@ -202,6 +204,14 @@ def test_metrics_against_hand_computation(tmp_path):
     torch.testing.assert_close(tensors["mass"], am.mass)
     both = AttentionMass.concat([am, am])
     assert both.mass.shape[0] == 4
+    assert AttentionMass.load(tmp_path) == am  # the command's files read back (contract ==: every field)
+    first, rest = AttentionMass.concat([am]), dataclasses.replace(am, spatial=am.spatial[..., :10])
+    joined = AttentionMass.concat([rest, first])  # batches with fewer image tokens: zero-padded, as the store
+    assert joined.spatial.shape == (4, m.arch.n_layers, 16) and joined.grid == rest.grid
+    assert torch.equal(joined.spatial[:2, :, 10:], torch.zeros(2, m.arch.n_layers, 6))
+    assert joined.frame("mass")["group"].cat.categories.tolist() == list(am.groups)
+    with pytest.raises(MechError, match="head"):  # the declared axes are checked on construction
+        dataclasses.replace(am, mass=am.mass[:, :, 0])
 
 
 def test_cli_writes_files_and_figures(tmp_path):

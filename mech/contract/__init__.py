@@ -18,7 +18,8 @@ declaration, generic code (this module, not each class) gives:
   field, the declared axes and the shape;
 * :meth:`Result.concat`: the result on the union of samples, from results on parts of them, by
   concatenating every field along :data:`SAMPLE` and combining the other fields by ``COMBINE``
-  (``"equal"``, the default: the parts must agree; ``"sum"``; ``"mean"`` of the parts;
+  (``"equal"``, the default: the parts must agree; ``"sum"``; ``"mean"`` of the parts; ``"first"``: the
+  first part's, e.g. one image's patch grid;
   ``"concat"``: per-sample lists or mappings of them); fields without a ``batch`` axis (means over
   samples) are recomputed by the class's :meth:`Result.summarize`;
 * :meth:`Result.tensors`, :meth:`Result.save` / :meth:`Result.load` (safetensors with the other
@@ -81,7 +82,7 @@ class Result:
     """Base of every instrument's frozen result (module docstring). Subclasses are
     ``@dataclass(frozen=True, eq=False)`` and set ``AXES`` (field -> axis names), optionally
     ``LABELS`` (axis -> the field holding its labels), ``COMBINE`` (non-tensor field ->
-    ``"equal" | "sum" | "mean" | "concat"``) and ``META_SUMS`` (meta keys summed over parts)."""
+    ``"equal" | "sum" | "mean" | "first" | "concat"``) and ``META_SUMS`` (meta keys summed over parts)."""
 
     AXES: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     LABELS: ClassVar[Mapping[str, str]] = {}
@@ -282,6 +283,8 @@ class Result:
                 kw[f.name] = sum(vals)
             elif how == "mean":
                 kw[f.name] = sum(vals) / len(vals)
+            elif how == "first":
+                kw[f.name] = vals[0]
             elif how == "concat" or f.name == "meta":
                 kw[f.name] = _combine_meta(vals, f.name, cls.META_SUMS)
             elif all(equal(v, vals[0]) for v in vals):

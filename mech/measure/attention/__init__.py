@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mech.contract import Result
 from mech.engines.attention_fn import MassRecorder, recording
 from mech.engines.unembed import unembed_at
 from mech.errors import ConfigError, InputError
@@ -29,9 +30,11 @@ QUERIES = ("last", "answer", "text")
 __all__ = ["QUERIES", "AttentionMass", "AttentionRecord", "MassRecorder", "attention_mass", "recording"]
 
 
-@dataclass(frozen=True)
-class AttentionMass:
-    """Attention mass from the chosen query rows to each token group.
+@dataclass(frozen=True, eq=False)
+class AttentionMass(Result):
+    """Attention mass from the chosen query rows to each token group: a contract result
+    (:class:`mech.contract.Result`: the axes below are declared once in ``AXES``, and ``concat``,
+    ``parts``/``from_parts``, ``to_record``, ``frame`` and ``==`` follow from them).
 
     Attributes:
         mass: ``[batch, layer, head, group]``: the fraction of the query's attention on the keys
@@ -52,7 +55,23 @@ class AttentionMass:
         grid: ``(rows, cols)`` of one image's patch grid when known (first image), else None.
         query: the query selection used (``"last"``, ``"text"``, ``"answer"`` or ``"mask"``).
         n_query: ``[batch]``: query rows averaged per sample.
+
+    ``concat`` zero-pads ``spatial`` to the widest part (as the run loop's parts store does) and keeps
+    the first part's ``grid``; :meth:`save` / :meth:`load` read and write ``attention.json`` and
+    ``attention.safetensors`` (the command's files), not the generic contract file.
     """
+
+    AXES = {
+        "mass": ("batch", "layer", "head", "group"),
+        "density": ("batch", "layer", "head", "group"),
+        "token_share": ("batch", "group"),
+        "counts": ("batch", "group"),
+        "spatial": ("batch", "layer", "image_token"),
+        "n_image_tokens": ("batch",),
+        "n_query": ("batch",),
+    }
+    LABELS = {"group": "groups"}
+    COMBINE = {"grid": "first"}
 
     mass: torch.Tensor
     density: torch.Tensor
@@ -148,17 +167,6 @@ class AttentionMass:
             {"sample": None, "layer": None, "head": None, "group": self.groups},
         )
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "mass": self.mass,
-            "density": self.density,
-            "token_share": self.token_share,
-            "counts": self.counts,
-            "spatial": self.spatial,
-            "n_image_tokens": self.n_image_tokens,
-            "n_query": self.n_query,
-        }
-
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write ``attention.json`` (:meth:`summary` + ``metadata``) and ``attention.safetensors``
         (the per-sample tensors) into ``directory``, atomically."""
@@ -178,21 +186,39 @@ class AttentionMass:
         tensors = {k: v.contiguous() for k, v in self.tensors().items()}
         return write_tensors(Path(directory) / "attention.safetensors", tensors, meta)
 
-    @staticmethod
-    def concat(parts: list[AttentionMass]) -> AttentionMass:
-        """Join the results of several batches along the batch axis (spatial zero-padded)."""
-        if not parts:
-            raise InputError("no results to join; pass at least one AttentionMass.")
-        width = max(p.spatial.shape[-1] for p in parts)
-        spatial = torch.cat(
-            [torch.nn.functional.pad(p.spatial, (0, width - p.spatial.shape[-1])) for p in parts]
-        )
-        cat = {
-            k: torch.cat([getattr(p, k) for p in parts])
-            for k in ("mass", "density", "token_share", "counts", "n_image_tokens", "n_query")
-        }
-        return AttentionMass(
-            groups=parts[0].groups, spatial=spatial, grid=parts[0].grid, query=parts[0].query, **cat
+    @classmethod
+    def concat_field(cls, name: str, values: list[Any]) -> Any:
+        """``spatial`` zero-padded along ``image_token`` to the widest part (samples have different
+        numbers of image tokens), then concatenated; the other fields as :class:`Result` does."""
+        if name == "spatial":
+            width = max(v.shape[-1] for v in values)
+            return torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[-1])) for v in values])
+        return super().concat_field(name, values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttentionMass:
+        """The result :meth:`save` (or ``mech attention``) wrote: ``attention.safetensors`` or its folder.
+
+        Raises:
+            InputError: no such file, or a file without the attention metadata (``groups``, ``query``).
+        """
+        import ast
+
+        from mech.results import read_metadata, read_tensors
+
+        p = Path(path)
+        p = p / "attention.safetensors" if p.is_dir() else p
+        if not p.is_file():
+            raise InputError(f"{p} does not exist; run mech attention --out {p.parent} first.")
+        meta = read_metadata(p)
+        if "groups" not in meta or "query" not in meta:
+            raise InputError(f"{p} was not written by AttentionMass.save (no groups/query metadata).")
+        grid = ast.literal_eval(meta.get("grid", "None"))
+        return cls(
+            groups=tuple(meta["groups"].split(",")),
+            query=meta["query"],
+            grid=tuple(grid) if grid else None,
+            **read_tensors(p),
         )
 
 

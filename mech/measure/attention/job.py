@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mech.measure.attention.instrument import AttentionSettings
 from mech.measure.attention.record import AttentionRecord, as_attention_record
 
@@ -44,31 +42,23 @@ class AttentionJob:
         from mech.measure.attention import attention_mass
 
         batch = [samples[i] for i in rows]
-        am = attention_mass(m, condition_inputs(m, batch, "complete"), query=self.settings.query)
-        grid = torch.tensor(am.grid if am.grid else (-1, -1)).expand(len(batch), 2)
-        return {**am.tensors(), "grid": grid}, {"groups": list(am.groups), "query": am.query}
+        return attention_mass(m, condition_inputs(m, batch, "complete"), query=self.settings.query).parts()
 
     def assemble(self, store, samples: list[dict], out: Path, context: None = None) -> dict:
+        from mech.errors import DataError, InputError
         from mech.figures import attention as plots
         from mech.figures import save_figure
         from mech.measure.attention import AttentionMass
 
         s = self.settings
-        cat = store.collect()
-        first = store.meta(0)
-        grid = cat.pop("grid")[0].tolist()
-        am = AttentionMass(
-            mass=cat["mass"],
-            density=cat["density"],
-            groups=tuple(first["groups"]),
-            token_share=cat["token_share"],
-            counts=cat["counts"],
-            spatial=cat["spatial"],
-            n_image_tokens=cat["n_image_tokens"],
-            grid=None if grid[0] < 0 else tuple(grid),
-            query=first["query"],
-            n_query=cat["n_query"],
-        )
+        try:
+            parts = [AttentionMass.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
+        except InputError as exc:  # batches of an older mech, from before the result contract
+            raise DataError(
+                f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
+                "same command (its batches are computed again)."
+            ) from exc
+        am = AttentionMass.concat(parts)
         meta = {
             "model": s.model,
             "data": s.data,
