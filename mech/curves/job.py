@@ -12,7 +12,7 @@ or ``noise``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +69,29 @@ class ContribJob:
         c, answer, cf = contributions_for_rows(
             m, samples, rows, context, estimators=s.estimators, seed=s.seed, removal=s.removal
         )
-        return {**c.per_sample, **c.components, "answer": answer, "counterfactual": cf}, {}
+        # one contract part per batch (mech.contract): the answer and counterfactual tokens ride along as
+        # per-sample components; the run-level metadata is set once, at assembly
+        extra = {"answer": answer, "counterfactual": cf}
+        return replace(c, meta={}, components={**c.components, **extra}).parts()
 
     def assemble(self, store, samples: list[dict], out: Path, context: dict) -> dict:
         from mech.curves import PATCHED_GROUPS, Contributions
         from mech.curves.summary import category_of
+        from mech.errors import DataError, InputError
         from mech.figures import contribution_figure, save_figure
         from mech.results import write_tensors
 
         s = self.settings
-        data = store.gather()
+        try:
+            parts = [Contributions.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
+        except InputError as exc:  # batches of an older mech, from before the result contract
+            raise DataError(
+                f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
+                "same command (its batches are computed again)."
+            ) from exc
+        whole = Contributions.concat(parts)
+        # every per-sample tensor (contrib.safetensors), by name: the components' order in contrib.json
+        data = dict(sorted({**whole.per_sample, **whole.components}.items()))
         removing = [e for e in ("patching", "decomposition") if e in s.estimators]
         meta = {"corruption": s.removal if removing else None}  # the contrib.json key stays
         if context:  # resample donors were paired: count, per group, the samples the pairing found none for
@@ -86,6 +99,7 @@ class ContribJob:
         per_sample = {e: data[e] for e in s.estimators}
         contrib = Contributions(
             per_sample,
+            groups=whole.groups,
             meta=meta,
             components={
                 k: v for k, v in data.items() if k not in per_sample and k not in ("answer", "counterfactual")
