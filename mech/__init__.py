@@ -70,6 +70,8 @@ _PUBLIC = {
     # curves
     "modality_contributions": "mech.curves:modality_contributions",
     "Contributions": "mech.curves:Contributions",
+    # results: a command's JSON file as its typed record
+    "read_record": "mech.runs.jobs:read_record",
     # errors
     "MechError": "mech.errors:MechError",
 }
@@ -130,6 +132,7 @@ __all__ = [
     "load",
     "load_data",
     "modality_contributions",
+    "read_record",
     "repair",
     "run_with_cache",
     "run_with_hooks",

@@ -116,3 +116,25 @@ def test_read_a_folder_or_a_file(tmp_path):
     (tmp_path / "bad" / "demo.json").write_text("{not json")
     with pytest.raises(InputError, match="is not JSON"):
         Demo.read(tmp_path / "bad")
+
+
+def test_read_record_picks_the_commands_record_by_file_name(tmp_path):
+    """``mech.read_record`` on a ``contrib.json`` made in Python gives a ``ContribRecord`` whose values are
+    the file's (the record is made by the instrument registered for ``contrib``)."""
+    import torch
+
+    import mech
+    from mech.curves import ContribRecord, Contributions
+
+    g = torch.Generator().manual_seed(0)
+    per = {"dla": torch.randn(6, 2, len(mech.GROUPS), generator=g, dtype=torch.float64)}
+    content = Contributions(per).to_json(n_boot=20)
+    (tmp_path / "contrib.json").write_text(json.dumps(content))
+    rec = mech.read_record(tmp_path / "contrib.json")
+    assert isinstance(rec, ContribRecord) and rec.to_json() == json.loads(json.dumps(content))
+    assert rec.overall["dla"].delta == content["overall"]["dla"]["delta"]
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(InputError, match="eval.json"):
+        mech.read_record(tmp_path / "notes.json")
+    with pytest.raises(InputError, match="is a folder"):
+        mech.read_record(tmp_path)

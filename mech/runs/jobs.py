@@ -7,6 +7,8 @@ module under ``mech/measure/`` or ``mech/curves/``, the built-in commands' inclu
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -14,7 +16,17 @@ from mech.errors import ConfigError
 from mech.runs import settings as S
 from mech.runs.instruments import Instrument, discover, load_job
 
-__all__ = ["COMMANDS", "INSTRUMENTS", "JOBS", "STEPS", "instrument", "job_class", "job_for", "run_settings"]
+__all__ = [
+    "COMMANDS",
+    "INSTRUMENTS",
+    "JOBS",
+    "STEPS",
+    "instrument",
+    "job_class",
+    "job_for",
+    "read_record",
+    "run_settings",
+]
 
 #: every registration, in their ``order`` (then their module's name): the report's steps and sections run so
 INSTRUMENTS: tuple[Instrument, ...] = tuple(sorted(discover(), key=lambda i: i.order))
@@ -68,3 +80,23 @@ def run_settings(settings: Any, **kwargs: Any) -> dict:
     from mech.runs.loop import run
 
     return run(job_for(settings), **kwargs)
+
+
+def read_record(path: str | os.PathLike) -> Any:
+    """The typed record (:class:`mech.contract.record.Record`) of a command's JSON file: ``eval.json`` gives
+    an ``EvalRecord``, ``contrib.json`` a ``ContribRecord``, ... (the instrument whose command names the
+    file reads it with its job's ``record``).
+
+    Raises:
+        InputError: no such file, a file no instrument writes (the message lists theirs), or content that
+            is not that command's record (the message names the key).
+    """
+    from mech.errors import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; pass one of its files, e.g. {p / 'contrib.json'}")
+    if p.suffix != ".json" or p.stem not in JOBS:
+        files = ", ".join(f"{c}.json" for c in JOBS)
+        raise InputError(f"{p.name} is not a file an instrument writes; read one of: {files}")
+    return job_class(p.stem).record.read(p)
