@@ -141,10 +141,15 @@ def test_dla(setup, side):
     clean, _ = _batch(m, samples, side)
     res = direct_logit_attribution(m, clean, a, c)
     _close(res.total(), res.logit_diff, "components sum to the logit difference", terms)
+    ones = []
     for i, (ci, _) in enumerate(alone):
-        one = direct_logit_attribution(m, ci, a[i : i + 1], c[i : i + 1])
+        ones.append(one := direct_logit_attribution(m, ci, a[i : i + 1], c[i : i + 1]))
         for field in ("attn", "attn_bias", "mlp", "embed", "logit_diff"):
             _close(getattr(res, field)[i], getattr(one, field)[0], f"DLA {field} row {i}", terms)
+    joined = type(res).concat(ones)  # the contract's concat of single samples is the batched result
+    assert joined.groups == res.groups
+    for field in ("attn", "attn_bias", "mlp", "embed", "logit_diff", "mass"):
+        _close(getattr(joined, field), getattr(res, field), f"DLA concat {field}", terms)
 
 
 @pytest.mark.parametrize("side", SIDES)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mech.contract import Result
 from mech.deprecation import renamed_keywords
 from mech.engines.attention_fn import MassRecorder, recording
 from mech.engines.hooks import hooks, site_hook
@@ -56,9 +57,10 @@ class ValueSplitRecorder(MassRecorder):
         self.z[layer] = torch.einsum("bhqs,bsg,bhsd,bq->bhgd", w, one_hot, v, valid) / n[:, None, None, None]
 
 
-@dataclass(frozen=True)
-class DLA:
-    """Direct logit attribution of the answer-vs-counterfactual logit difference, in logits.
+@dataclass(frozen=True, eq=False)
+class DLA(Result):
+    """Direct logit attribution of the answer-vs-counterfactual logit difference, in logits: a contract
+    result (:class:`mech.contract.Result`; ``concat`` over samples, ``save``/``load``, ``frame``, ``==``).
 
     Attributes:
         attn: ``[batch, layer, group]``: attention writes split by the group of the attended values.
@@ -72,6 +74,17 @@ class DLA:
         mass: ``[batch, layer, head, group]``: attention mass from the answer position, recorded in
             the same forward (equal to ``mech.attention_mass(m, inputs, query="last").mass``).
     """
+
+    AXES = {
+        "attn": ("batch", "layer", "group"),
+        "attn_bias": ("batch", "layer"),
+        "mlp": ("batch", "layer"),
+        "embed": ("batch",),
+        "unembed_bias": ("batch",),
+        "logit_diff": ("batch",),
+        "mass": ("batch", "layer", "head", "group"),
+    }
+    LABELS = {"group": "groups"}
 
     attn: torch.Tensor
     attn_bias: torch.Tensor
