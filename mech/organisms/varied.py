@@ -148,25 +148,21 @@ def _place(n: int, w: int, h: int, rng: np.random.Generator) -> list[tuple[int, 
     """Centres and radii (5-7 px). Each shape sits in one 16-px merged-token cell (the cell's
     centre ± 1 px), so it lies inside the four patches the 2×2 merger concatenates: the Qwen2.5-VL
     vision tower has no absolute position embedding (2-D rotary only), and with shapes at any pixel
-    offset its tiny organisms stayed at chance on shape questions (docs/organisms.md). Two shapes sit
-    side by side: in neighbouring cells of one row (a random row, a random pair of columns), the first
-    on the left. With the two anywhere in the left and the right half of the columns, the tiny
-    organisms answered left/right questions at 0.52-0.73 after 3,000 steps, and a linear probe of the
-    vision tower's output told the left shape's token from the right one's no better than chance
-    (docs/organisms.md, "Left and right")."""
+    offset its tiny organisms stayed at chance on shape questions (docs/organisms.md). Two shapes: the
+    first in a cell of the left half of the columns, the second in the right half."""
     cols, rows = w // TOKEN_PX, h // TOKEN_PX
 
-    def centre(cell: int) -> int:  # the cell's centre, then the ± 1 px jitter
-        return TOKEN_PX * cell + TOKEN_PX // 2 + int(rng.integers(-1, 2))
+    def centre(lo: int, hi: int) -> int:  # a cell in [lo, hi), then the ± 1 px jitter (in this draw order)
+        return TOKEN_PX * int(rng.integers(lo, hi)) + TOKEN_PX // 2 + int(rng.integers(-1, 2))
 
     r = [int(rng.integers(5, 8)) for _ in range(n)]
+    ys = [centre(0, rows) for _ in range(n)]
     if n == 1:
-        row, col = int(rng.integers(rows)), int(rng.integers(cols))
-        return [(centre(col), centre(row), r[0])]
+        return [(centre(0, cols), ys[0], r[0])]
     if cols < 2:
         raise ConfigError(f"two shapes need a canvas at least 32 px wide, not {w}")
-    row, col = int(rng.integers(rows)), int(rng.integers(cols - 1))
-    return [(centre(col), centre(row), r[0]), (centre(col + 1), centre(row), r[1])]
+    half = cols // 2
+    return [(centre(0, half), ys[0], r[0]), (centre(cols - half, cols), ys[1], r[1])]
 
 
 def _two_image_scene(template: str, gold: str, rng: np.random.Generator):
