@@ -35,16 +35,8 @@ def _cards() -> dict:
     return {n: json.loads((_shipped(n) / "card.json").read_text())["mech_eval"] for n in QWEN}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open (issue 24): after 3000 steps x batch 64 qwen-balanced answers 0.871 (mech eval, n = 1000): "
-        "shapes, colours, counting and the two-image questions are learnt (0.99-1.00 each), the side "
-        "questions are not (left / right 0.52-0.73: which side the question names is the bottleneck) "
-        "(docs/organisms.md, 'What was measured'). strict: turns red once a training reaches 0.9."
-    ),
-)
 def test_balanced_card_is_accurate():
+    """Issue 24: balanced complete accuracy at least 0.9 (``mech eval``, n = 1000, the card)."""
     assert _cards()["qwen-balanced"]["accuracy"]["complete"] >= 0.9
 
 
@@ -66,11 +58,14 @@ def organism():
     _shipped("qwen-balanced")
     from mech.prepare.data import load_data
 
-    return mech.load("organism:qwen-balanced"), list(load_data("organism:shapes-varied", n=24, seed=7))
+    return mech.load("organism:qwen-balanced"), load_data("organism:shapes-varied", n=24, seed=7)
 
 
 def test_behaviour_recomputed_agrees_with_the_card(organism):
-    """mech eval on a fresh sample (seed 7) lands within sampling error of the card's accuracy."""
+    """mech eval on a fresh sample (seed 7) lands within sampling error of the card's accuracy. The data set
+    is passed as ``mech eval`` passes it (a ``Dataset``: the organisms' bare prompts, the format they were
+    trained on); a plain list is prompted in the ``direct`` style, with an instruction and the options
+    written out, which these organisms never saw."""
     from mech.measure.evaluation.run import evaluate
 
     m, samples = organism
@@ -234,21 +229,26 @@ def _image_share(entry: dict) -> float:
     return abs(c["image"]) / (abs(c["image"]) + abs(c["text"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open (issue 24), measured on the 3000-step organisms (n = 256): the planted types colour of a "
-        "shape / left / right, existence and same colour have image shares 0.00-0.38, below the shape types "
-        "shape left / right (0.98-1.00), but two comparisons break the ordering. Count: the text-biased "
-        "organism always answers the prior 'two' and its decision margin is tiny (|C| = 0.23 logits against "
-        "1.2-14 for the other types), so the image share is a share of almost nothing (0.97); and the "
-        "default text removal draws the donor question from the same question type, whose wordings all "
-        "carry the same fixed prior, so the prior itself is never removed. Same shape (0.29-0.39): its text "
-        "donors come from the same answer set (yes/no: same colour, existence), so removing the text "
-        "changes which comparison is asked. docs/organisms.md, 'What was measured'."
-    ),
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "patching",
+        pytest.param(
+            "decomposition",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "measured on the rope-θ-4 organisms (n = 256): the decomposition's shares order the "
+                    "types as patching does (planted 0.00-0.36, shape left / right 0.47 / 0.67) except colour "
+                    "left (0.36) against same shape (0.32). Same shape's text donors come from the same answer "
+                    "set (yes/no: same colour, existence), so removing its text changes which comparison is "
+                    "asked and the text's share is large; about 25 samples a type. docs/organisms.md, 'What "
+                    "was measured'."
+                ),
+            ),
+        ),
+    ],
 )
-@pytest.mark.parametrize("estimator", ["patching", "decomposition"])
 def test_text_biased_planted_types_use_the_image_less_than_shape_types(qwen_order, estimator):
     by = qwen_order["qwen-text-biased"]["by_category"][estimator]
     planted = RECIPES["qwen-text-biased"]["prior_templates"]

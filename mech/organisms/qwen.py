@@ -7,7 +7,8 @@ organisms"): ``Qwen2_5_VLForConditionalGeneration`` = Qwen2.5-VL vision transfor
 temporal patch 2, 2-D rotary, window attention in block 0 and full attention in block 1, 2×2 patch
 merger; hidden 64, FFN 128) + Qwen2 decoder with M-RoPE (``N_LAYERS`` = 4 layers, hidden 64,
 FFN 256, 4 query and 2 key/value heads, head dim 16, ``mrope_section`` [2, 3, 3]: the real
-[16, 24, 24] scaled to 8 rotary frequencies). Hidden 64 rather than the LLaVA organisms' 128: on
+[16, 24, 24] scaled to 8 rotary frequencies; rope θ 4, ``ROPE_THETA``: at Qwen's 10,000 the width
+section could not tell image columns apart). Hidden 64 rather than the LLaVA organisms' 128: on
 the shared 2-core machine (one torch thread, under load) a batch-64 step of a patch-4 version took
 0.28 s of CPU at 64, 0.45 s at 96 and 0.9-1.0 s of wall time at 128. An image of w×h px is
 (w/16)·(h/16) decoder tokens (dynamic resolution: patch 8, 2×2 merge), and its tokens carry 3-D
@@ -71,7 +72,12 @@ VISION_HIDDEN = 64
 PATCH = 8
 MERGE = 2
 INIT_STD = HIDDEN**-0.5  # 0.125
-ROPE_THETA = 10000.0
+#: the decoder's rotary base. M-RoPE gives the (t, h, w) sections the highest, middle and lowest of the
+#: head's 8 frequencies; at 10,000 the w section turns 0.003 rad per image column, so the decoder could not
+#: tell columns apart, and nor could the 2-layer vision tower (a linear probe of its output told the left
+#: shape's token from the right one's at chance): left/right questions stayed at guessing through 3,000
+#: steps. At 4 the w section turns 0.30-0.42 rad per column, h 0.50-0.71 per row (docs/organisms.md)
+ROPE_THETA = 4.0
 SYSTEM = "You are a helpful assistant."
 MIN_PIXELS = (PATCH * MERGE) ** 2 * 4  # 2×2 merged tokens
 MAX_PIXELS = 64 * 64
