@@ -77,19 +77,12 @@ class ContribJob:
     def assemble(self, store, samples: list[dict], out: Path, context: dict) -> dict:
         from mech.curves import PATCHED_GROUPS, Contributions
         from mech.curves.summary import category_of
-        from mech.errors import DataError, InputError
         from mech.figures import contribution_figure, save_figure
         from mech.results import write_tensors
+        from mech.runs.loop import concat_parts
 
         s = self.settings
-        try:
-            parts = [Contributions.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
-        except InputError as exc:  # batches of an older mech, from before the result contract
-            raise DataError(
-                f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
-                "same command (its batches are computed again)."
-            ) from exc
-        whole = Contributions.concat(parts)
+        whole = concat_parts(Contributions, store)  # every batch's contract part, joined
         # every per-sample tensor (contrib.safetensors), by name: the components' order in contrib.json
         data = dict(sorted({**whole.per_sample, **whole.components}.items()))
         removing = [e for e in ("patching", "decomposition") if e in s.estimators]

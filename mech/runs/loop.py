@@ -245,6 +245,27 @@ def as_record(job: Job, content: Mapping[str, Any]) -> Any:
     return record.from_json(content) if record is not None else content
 
 
+def concat_parts(result: type, store: BatchStore) -> Any:
+    """The union of every finished batch of a job whose ``measure`` returns a contract result's ``parts()``:
+    ``result.concat`` of ``result.from_parts`` of each batch, in batch order (:class:`mech.contract.Result`).
+
+    Raises:
+        DataError: a batch written by an older mech, from before the result contract (the message says to
+            delete the parts folder and rerun: its batches are computed again).
+        ConfigError: batches that disagree in a field that must be equal (``Result.concat``).
+    """
+    from mech.errors import InputError
+
+    try:
+        parts = [result.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
+    except InputError as exc:
+        raise DataError(
+            f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
+            "same command (its batches are computed again)."
+        ) from exc
+    return result.concat(parts)
+
+
 def refused_path(out: Path, command: str) -> Path:
     """Where a run records the rows whose images the processor refused: ``<out>/.mech/<command>.refused.json``."""
     return out / ".mech" / f"{command}.refused.json"

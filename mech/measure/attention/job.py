@@ -45,20 +45,13 @@ class AttentionJob:
         return attention_mass(m, condition_inputs(m, batch, "complete"), query=self.settings.query).parts()
 
     def assemble(self, store, samples: list[dict], out: Path, context: None = None) -> dict:
-        from mech.errors import DataError, InputError
         from mech.figures import attention as plots
         from mech.figures import save_figure
         from mech.measure.attention import AttentionMass
+        from mech.runs.loop import concat_parts
 
         s = self.settings
-        try:
-            parts = [AttentionMass.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
-        except InputError as exc:  # batches of an older mech, from before the result contract
-            raise DataError(
-                f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
-                "same command (its batches are computed again)."
-            ) from exc
-        am = AttentionMass.concat(parts)
+        am = concat_parts(AttentionMass, store)  # every batch's contract part, joined
         meta = {
             "model": s.model,
             "data": s.data,

@@ -155,11 +155,10 @@ class KnockoutJob:
         from mech.figures import save_figure
         from mech.figures.knockout import knockout_curves
         from mech.measure.knockout import KnockoutResult
+        from mech.runs.loop import concat_parts
 
         s = self.settings
-        ko = KnockoutResult.concat(
-            [KnockoutResult.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
-        )
+        ko = concat_parts(KnockoutResult, store)  # every batch's contract part, joined
         ko.save(out / "knockout.safetensors")
         title = f"{s.model} on {s.data}\nattention knockout, {s.window}-layer windows ({s.anchor})"
         png = save_figure(knockout_curves(ko, title), out / "knockout.png")

@@ -70,21 +70,14 @@ class PatchJob:
         return p.parts()  # the result itself (mech.contract): tensors and its other fields
 
     def assemble(self, store, samples: list[dict], out: Path, context: None = None) -> dict:
-        from mech.errors import DataError, InputError
         from mech.figures import patching_heatmap, save_figure
         from mech.measure.patching import PatchingResult
         from mech.results import write_tensors
+        from mech.runs.loop import concat_parts
 
         s = self.settings
-        try:
-            parts = [PatchingResult.from_parts(store.get(k), store.meta(k)) for k in store.indices()]
-        except InputError as exc:  # batches of an older mech, from before the result contract
-            raise DataError(
-                f"{store.root} holds batches in an older format ({exc}); delete that folder and rerun the "
-                "same command (its batches are computed again)."
-            ) from exc
         # the union's normalized effect: batch means over every sample (one batch may have clean == corrupted)
-        res = PatchingResult.concat(parts).with_effects(normalize=True)
+        res = concat_parts(PatchingResult, store).with_effects(normalize=True)
         clean_m, corr_m = res.clean_metric, res.corrupted_metric
         result = {
             "model": s.model,
