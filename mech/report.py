@@ -77,12 +77,11 @@ def _section(name: str, res: dict[str, Any], prefix: str, folder: Path) -> list[
     lines = [f"## {name}", ""]
     for inst in INSTRUMENTS:
         path = folder / f"{inst.command}.json"
-        job = load_job(inst)
         if inst.in_report:
-            lines += job.section(res[inst.command], prefix)
+            lines += load_job(inst).section(res[inst.command], prefix)
         elif path.is_file():
-            content = read_json(path)
-            lines += job.section(job.record.from_json(content, where=str(path)), prefix)
+            job = load_job(inst)
+            lines += job.section(job.record.read(path), prefix)
     return lines
 
 
@@ -155,9 +154,7 @@ def report(settings: ReportSettings) -> dict:
         prefix = "" if single else f"{_slug(s)}/"
         lines += _section(s, results[s], prefix, out / prefix)
         summary["overall"][s] = thaw(results[s]["contrib"].overall)
-        summary.setdefault("skipped", {})[s] = {
-            step: r.to_json().get("skipped") for step, r in results[s].items()
-        }
+        summary.setdefault("skipped", {})[s] = {step: thaw(r.skipped) for step, r in results[s].items()}
     write_text(out / "report.md", "\n".join(lines) + "\n")
     write_json(out / "compare.json", summary)
     print(f"mech report: wrote {out / 'report.md'}")

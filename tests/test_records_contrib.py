@@ -74,7 +74,7 @@ def test_round_trip_byte_for_byte_and_typed_values(out, content):
     assert isinstance(rec.decomposition.completeness, CompletenessRecord)
     cat = next(iter(rec.by_category["dla"].values()))
     assert isinstance(cat, CategoryRecord) and cat.blind is None
-    assert rec.identity["command"] == "contrib" and rec.skipped["count"] == 0
+    assert rec.identity["command"] == "contrib" and rec.skipped.count == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         rec.n = 3
     with pytest.raises(TypeError):

@@ -146,7 +146,7 @@ def test_attention_record_round_trip(att_out):
     rec, content = _round_trip(AttentionRecord, att_out)
     assert rec.n == N and rec.query == "last" and rec.layers == tuple(range(len(rec.mass)))
     assert rec.groups == tuple(content["groups"]) and rec.grid == tuple(content["grid"])
-    assert rec.skipped["count"] == 0 and rec.figures[0] == "attention_mass.png"
+    assert rec.skipped.count == 0 and rec.figures[0] == "attention_mass.png"
     with pytest.raises(TypeError):
         rec.token_share["image"] = 1.0
 

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, TypeVar
 
 from mech.errors import InputError
 
-__all__ = ["Record", "freeze", "thaw"]
+__all__ = ["LOOP_KEYS", "CommandRecord", "Record", "Skipped", "freeze", "thaw"]
 
 RecordT = TypeVar("RecordT", bound="Record")
 
@@ -135,6 +135,23 @@ class Record:
         return [f for f in dataclasses.fields(cls) if f.name not in ("extra", "keys")]
 
     @classmethod
+    def of(cls: type[RecordT], value: RecordT | Mapping[str, Any]) -> RecordT:
+        """``value`` as this record: itself when it is one, else :meth:`from_json` of it (the edge where
+        a function that reads the record also takes the JSON content).
+
+        Raises:
+            InputError: ``value`` is neither this record nor JSON content of it (the message names the key).
+        """
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise InputError(
+                f"expected a {cls.__name__} or the content of {cls.COMMAND or cls.__name__}.json, "
+                f"got {type(value).__name__}; pass {cls.__name__}.read(folder) or the parsed file."
+            )
+        return cls.from_json(value)
+
+    @classmethod
     def from_json(cls: type[RecordT], content: Mapping[str, Any], *, where: str | None = None) -> RecordT:
         """The record of ``content`` (a parsed ``<command>.json``, or a nested object of one).
 
@@ -184,3 +201,40 @@ class Record:
         except json.JSONDecodeError as e:
             raise InputError(f"{p} is not JSON ({e}); rerun mech {cls.COMMAND} into a fresh --out.") from e
         return cls.from_json(content, where=str(p))
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped(Record):
+    """The ``skipped`` key of a command's JSON (:func:`mech.prepare.data.skipped_summary`): the data
+    rows left out. ``count``: how many; ``reasons``: reason -> count; ``items``: one
+    ``{"id", "reason"[, "stage"]}`` per row (``stage``: ``"data"`` or the command that left it out)."""
+
+    count: int
+    reasons: Mapping[str, int]
+    items: tuple[Mapping[str, Any], ...]
+
+
+#: the keys the run loop adds to every command's JSON (:func:`mech.runs.loop.run`)
+LOOP_KEYS = ("skipped", "identity", "provenance")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandRecord(Record):
+    """Base of a command's whole-file record: the command's own keys (the subclass's fields) and the run
+    loop's, declared here once and absent from the same content made in memory (``mech.evaluate``'s
+    result, ``KnockoutResult.to_json()``, a file ``RepairResult.save`` wrote):
+
+    * ``skipped``: the data rows left out (:class:`Skipped`);
+    * ``identity``: the run's identity (command, settings, the sample ids' hash;
+      :func:`mech.runs.loop.identity`);
+    * ``provenance``: the versions that wrote the file (:func:`mech.results.provenance`)."""
+
+    skipped: Skipped | None = dataclasses.field(default=None, kw_only=True)
+    identity: Mapping[str, Any] | None = dataclasses.field(default=None, kw_only=True)
+    provenance: Mapping[str, Any] | None = dataclasses.field(default=None, kw_only=True)
+
+    @classmethod
+    def _fields(cls) -> list[dataclasses.Field]:
+        """The command's fields, then the loop's (the order of a record made in Python)."""
+        fields = super()._fields()
+        return [f for f in fields if f.name not in LOOP_KEYS] + [f for f in fields if f.name in LOOP_KEYS]

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mech.contract.record import Record
+from mech.contract.record import CommandRecord, Record
 
 __all__ = [
     "CategoryRecord",
@@ -136,7 +136,7 @@ class DecompositionRecord(Record):
 
 
 @dataclass(frozen=True)
-class ContribRecord(Record):
+class ContribRecord(CommandRecord):
     """``contrib.json``, written by ``mech contrib`` (:class:`mech.curves.job.ContribJob`).
 
     Fields (the file's keys):
@@ -186,24 +186,16 @@ class ContribRecord(Record):
     decomposition: DecompositionRecord | None = None
     by_category: Mapping[str, Mapping[str, CategoryRecord]] | None = None
     figures: tuple[str, ...] | None = None
-    skipped: Mapping[str, Any] | None = None
-    identity: Mapping[str, Any] | None = None
-    provenance: Mapping[str, Any] | None = None
 
 
 def as_contrib_record(contrib: Any) -> ContribRecord:
     """``contrib`` as a :class:`ContribRecord`: itself when it is one, else ``contrib.json`` content (a
     dict) or a :class:`mech.curves.Contributions` (its ``to_json()``), read by
-    :meth:`ContribRecord.from_json`.
+    :meth:`ContribRecord.of <mech.contract.record.Record.of>`.
 
     Raises:
         InputError: content that is not ``contrib.json``'s (the message names the key).
     """
-    if isinstance(contrib, ContribRecord):
-        return contrib
-    if not isinstance(contrib, Mapping):
-        from mech.curves.contributions import Contributions
+    from mech.curves.contributions import Contributions
 
-        if isinstance(contrib, Contributions):
-            contrib = contrib.to_json()
-    return ContribRecord.from_json(contrib)
+    return ContribRecord.of(contrib.to_json() if isinstance(contrib, Contributions) else contrib)

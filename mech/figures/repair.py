@@ -35,8 +35,7 @@ def repair_figure(result: RepairRecord | Mapping[str, Any], title: str | None = 
 
     from mech.measure.repair.record import RepairRecord
 
-    if isinstance(result, Mapping):
-        result = RepairRecord.from_json(result)
+    result = RepairRecord.of(result)
     with style():
         fig = new_figure(7.0, 3.1)
         ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})

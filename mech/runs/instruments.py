@@ -21,6 +21,7 @@ loads no torch.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -86,6 +87,7 @@ def _load_light(name: str, path: Path):
     return module
 
 
+@functools.cache  # one file walk per process: the run layer's tables and the settings' old names share it
 def discover(searched: tuple[str, ...] = SEARCHED) -> tuple[Instrument, ...]:
     """The instruments registered by an ``instrument`` module under the ``searched`` packages, in the
     order of their module names (a file walk: no package ``__init__`` below ``mech`` is run).

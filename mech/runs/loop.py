@@ -42,6 +42,7 @@ from mech.runs.settings import Settings
 __all__ = [
     "Job",
     "as_record",
+    "concat_parts",
     "identity",
     "ids_hash",
     "load_model",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mech.measure.attention.instrument import AttentionSettings
-from mech.measure.attention.record import AttentionRecord, as_attention_record
+from mech.measure.attention.record import AttentionRecord
 
 __all__ = ["AttentionJob", "present_groups"]
 
@@ -140,7 +140,7 @@ def present_groups(att: AttentionRecord | Mapping[str, Any]) -> list[str]:
     Raises:
         InputError: ``att`` is a dict that is not an ``attention.json``.
     """
-    att = as_attention_record(att)
+    att = AttentionRecord.of(att)
     share = att.token_share
     return [
         g

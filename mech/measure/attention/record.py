@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from mech.contract.record import Record
+from mech.contract.record import CommandRecord
 
 __all__ = ["AttentionRecord"]
 
 
 @dataclass(frozen=True)
-class AttentionRecord(Record):
+class AttentionRecord(CommandRecord):
     """``attention.json``: attention mass from the query rows to each token group, per decoder layer.
 
     Attributes:
@@ -72,16 +71,3 @@ class AttentionRecord(Record):
     data: str | None = None
     ids: tuple[str, ...] | None = None
     figures: tuple[str, ...] | None = None
-    skipped: Mapping[str, Any] | None = None
-    identity: Mapping[str, Any] | None = None
-    provenance: Mapping[str, Any] | None = None
-
-
-def as_attention_record(result: AttentionRecord | Mapping[str, Any]) -> AttentionRecord:
-    """``result`` as an :class:`AttentionRecord`: a record as it is, a dict (``attention.json``'s
-    content) converted.
-
-    Raises:
-        InputError: the dict is not an ``attention.json`` (a key missing or of the wrong type).
-    """
-    return result if isinstance(result, AttentionRecord) else AttentionRecord.from_json(result)

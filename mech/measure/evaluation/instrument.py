@@ -47,7 +47,8 @@ class EvalSettings(ShardedSettings):
     parser: Parser = field(
         default="official",
         metadata=option_help(
-            "how generated answers are read: MMMU-Pro's official parse_multi_choice_response (its random guess made "
+            "how generated answers are read: MMMU-Pro's official parse_multi_choice_response "
+            "(its random guess made "
             "deterministic) or mech's stricter one"
         ),
     )

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from mech.measure.evaluation.instrument import EvalSettings
-from mech.measure.evaluation.record import EvalRecord, as_eval_record
+from mech.measure.evaluation.record import EvalRecord
 from mech.prepare.data import LETTERS
 
 __all__ = ["EvalJob", "per_sample_tensors", "write_outputs"]
@@ -29,7 +29,7 @@ def per_sample_tensors(result: EvalRecord | Mapping[str, Any]) -> dict[str, torc
     Raises:
         InputError: ``result`` is a dict that is not an ``eval.json``.
     """
-    rec = as_eval_record(result)
+    rec = EvalRecord.of(result)
     conds = list(rec.predictions)
     n = len(rec.ids)
     pred = torch.full((n, len(conds)), -1, dtype=torch.long)
@@ -71,7 +71,7 @@ def write_outputs(
     from mech.measure.evaluation.tables import figure, markdown
     from mech.results import write_json, write_tensors, write_text
 
-    rec = as_eval_record(result)
+    rec = EvalRecord.of(result)
     out = Path(out_dir)
     paths = {"json": write_json(out / "eval.json", rec.to_json())} if json_too else {}
     paths["md"] = write_text(out / "eval.md", markdown(rec, model))

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from mech.contract.record import Record
+from mech.contract.record import CommandRecord, Record, Skipped
 
 __all__ = [
     "ConditionAccuracy",
@@ -20,19 +19,7 @@ __all__ = [
     "EvalRecord",
     "EvalRunSettings",
     "Skipped",
-    "as_eval_record",
 ]
-
-
-@dataclass(frozen=True)
-class Skipped(Record):
-    """The ``skipped`` key of a command's JSON (:func:`mech.prepare.data.skipped_summary`): the data
-    rows left out. ``count``: how many; ``reasons``: reason -> count; ``items``: one
-    ``{"id", "reason"[, "stage"]}`` per row (``stage``: ``"data"`` or the command that left it out)."""
-
-    count: int
-    reasons: Mapping[str, int]
-    items: tuple[Mapping[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -90,7 +77,7 @@ class EvalRunSettings(Record):
 
 
 @dataclass(frozen=True)
-class EvalRecord(Record):
+class EvalRecord(CommandRecord):
     """``eval.json``: accuracy per input condition and prediction consistency (Zheng et al. 2025,
     arXiv:2505.18657, Tables 1-2), with every answer behind them.
 
@@ -132,7 +119,6 @@ class EvalRecord(Record):
     conditions: Mapping[str, ConditionAccuracy]
     settings: EvalRunSettings
     consistency: Mapping[str, Mapping[str, ConsistencyCell | None]] | None
-    skipped: Skipped
     ids: tuple[str, ...]
     answers: tuple[str, ...]
     n_options: tuple[int, ...]
@@ -144,15 +130,3 @@ class EvalRecord(Record):
     responses: Mapping[str, tuple[str, ...]] | None = None
     guessed: Mapping[str, int] | None = None
     figures: tuple[str, ...] | None = None
-    identity: Mapping[str, Any] | None = None
-    provenance: Mapping[str, Any] | None = None
-
-
-def as_eval_record(result: EvalRecord | Mapping[str, Any]) -> EvalRecord:
-    """``result`` as an :class:`EvalRecord`: a record as it is, a dict (``eval.json``'s content or
-    :func:`evaluate`'s result) converted.
-
-    Raises:
-        InputError: the dict is not an ``eval.json`` (a key missing or of the wrong type).
-    """
-    return result if isinstance(result, EvalRecord) else EvalRecord.from_json(result)

@@ -2,7 +2,7 @@
 
 Each function reads an :class:`~mech.measure.evaluation.record.EvalRecord`; a dict (``eval.json``'s
 content or :func:`mech.evaluate`'s result) is converted at the call
-(:func:`~mech.measure.evaluation.record.as_eval_record`), and one that is not an ``eval.json`` raises
+(:meth:`EvalRecord.of <mech.contract.record.Record.of>`), and one that is not an ``eval.json`` raises
 :class:`~mech.errors.InputError` naming the key.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from mech.conditions import PAPER_NAMES
 from mech.measure.evaluation.consistency import PAIR_LABELS, PAIRS, SUBSETS
-from mech.measure.evaluation.record import EvalRecord, as_eval_record
+from mech.measure.evaluation.record import EvalRecord
 
 __all__ = ["SUBSET_LABELS", "TABLE1_ORDER", "chance_level", "figure", "markdown", "table1", "table2"]
 
@@ -36,7 +36,7 @@ def _order(conditions) -> list[str]:
 
 def table1(result: EvalRecord | Mapping[str, Any], model: str | None = None) -> str:
     """Table 1: accuracy (%) per condition, and its drop from Complete in parentheses."""
-    rec = as_eval_record(result)
+    rec = EvalRecord.of(result)
     conds = _order(rec.conditions)
     head = "| Model | " + " | ".join(PAPER_NAMES.get(c, c) for c in conds) + " |"
     rule = "|---|" + "---:|" * len(conds)
@@ -64,7 +64,7 @@ def table1(result: EvalRecord | Mapping[str, Any], model: str | None = None) -> 
 
 def table2(result: EvalRecord | Mapping[str, Any]) -> str:
     """Table 2: consistent / inconsistent counts (percent) per comparison, over all / correct / wrong."""
-    cons = as_eval_record(result).consistency
+    cons = EvalRecord.of(result).consistency
     if cons is None:
         return "(consistency needs the complete condition)"
     keys = [k for k, _ in PAIRS]
@@ -97,7 +97,7 @@ def table2(result: EvalRecord | Mapping[str, Any]) -> str:
 
 def markdown(result: EvalRecord | Mapping[str, Any], model: str | None = None) -> str:
     """The whole ``eval.md``: settings, Table 1, Table 2, skips."""
-    rec = as_eval_record(result)
+    rec = EvalRecord.of(result)
     s, skipped = rec.settings, rec.skipped
     lines = [
         f"# mech eval: {model or s.model} on {s.data}",
@@ -130,7 +130,7 @@ def chance_level(result: EvalRecord | Mapping[str, Any]) -> float | None:
     """Accuracy of uniform guessing: the mean over samples of 1 / (the sample's number of options),
     from the data's own option counts (``n_options``, 0 for an open question); None without
     options."""
-    opts = [k for k in as_eval_record(result).n_options if k]
+    opts = [k for k in EvalRecord.of(result).n_options if k]
     return sum(1 / k for k in opts) / len(opts) if opts else None
 
 
@@ -142,7 +142,7 @@ def figure(result: EvalRecord | Mapping[str, Any], chance: float | None = None, 
 
     from mech.figures.style import OKABE_ITO, RC, finish, new_figure, style, wrap
 
-    rec = as_eval_record(result)
+    rec = EvalRecord.of(result)
     chance = chance_level(rec) if chance is None else chance
     conds = _order(rec.conditions)
     acc = [100 * (rec.conditions[c].accuracy or 0.0) for c in conds]

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from mech.contract.record import Record
+from mech.contract.record import CommandRecord
 
 __all__ = ["KnockoutRecord"]
 
 
 @dataclass(frozen=True)
-class KnockoutRecord(Record):
+class KnockoutRecord(CommandRecord):
     """``knockout.json``: attention knockout (Zhang et al. 2025), the change of p(answer) per window.
 
     Attributes:
@@ -28,7 +27,8 @@ class KnockoutRecord(Record):
             alone, which this record also reads).
         metric: the measured quantity in words (percent change of the answer probability,
             ``100 · (p_knocked − p_clean) / p_clean``).
-        window: decoder layers blocked per window; anchor: ``center`` (window ``[l − k//2, l + k − k//2)``)
+        window: decoder layers blocked per window; anchor: ``center`` (window
+            ``[l − k//2, l + k − k//2)``)
             or ``start`` (``[l, l + k)``); layers: each window's anchor layer ``[window]``; windows: each
             window's ``[first, stop)`` layers, clipped to the model.
         edges: the edge sets (``SOURCE->TARGET``, joined by ``+``), in the order of the columns.
@@ -68,6 +68,3 @@ class KnockoutRecord(Record):
     data: str | None = None
     note: str | None = None
     figures: tuple[str, ...] = ()
-    skipped: Any = None
-    identity: Any = None
-    provenance: Any = None

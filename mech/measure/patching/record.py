@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from mech.contract.record import Record
+from mech.contract.record import CommandRecord
 
 __all__ = ["PatchRecord"]
 
@@ -22,7 +21,7 @@ Cells = tuple[float | tuple[float | None, ...] | None, ...]
 
 
 @dataclass(frozen=True)
-class PatchRecord(Record):
+class PatchRecord(CommandRecord):
     """``patch.json``: activation patching between the complete and a corrupted condition.
 
     Attributes:
@@ -70,6 +69,3 @@ class PatchRecord(Record):
     clean_metric_per_sample: tuple[float, ...]
     corrupted_metric_per_sample: tuple[float, ...]
     figures: tuple[str, ...] = ()
-    skipped: Any = None
-    identity: Any = None
-    provenance: Any = None

@@ -53,7 +53,8 @@ class RepairSettings(Settings):
     source: RepairSource = field(
         default="attribution",
         metadata=option_help(
-            "the explanation that ranks units: attribution patching at the answer position, the decomposition "
+            "the explanation that ranks units: attribution patching at the answer position, "
+            "the decomposition "
             "(layers), or --units"
         ),
     )
@@ -85,7 +86,8 @@ class RepairSettings(Settings):
     max_fit_drop: float | None = field(
         default=None,
         metadata=option_help(
-            "choose k on the fit split: the largest of --ks whose edit lowers the fit accuracy by at most this much"
+            "choose k on the fit split: the largest of --ks whose edit lowers the fit accuracy "
+            "by at most this much"
         ),
     )
     prior: Prior = field(
@@ -99,5 +101,6 @@ class RepairSettings(Settings):
     command: typing.ClassVar[str] = "repair"
 
 
-#: the command's registration: ``mech report`` runs it not (its section is written when its JSON is in the folder)
+#: the command's registration: not a step of ``mech report`` (its section is written when its JSON is in
+#: the report's folder)
 INSTRUMENT = Instrument(RepairSettings, "mech.measure.repair.job:RepairJob", order=50)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mech.contract.record import Record
+from mech.contract.record import CommandRecord, Record
 
 __all__ = [
     "Accuracy",
@@ -194,7 +194,7 @@ class Coverage(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RepairRecord(Record):
+class RepairRecord(CommandRecord):
     """``repair.json``: an edit of the units an explanation names, against same-size random edits.
 
     Attributes:
@@ -249,6 +249,3 @@ class RepairRecord(Record):
     fit_prior_wrong: int | None = None
     k_rule: Any = None
     figures: tuple[str, ...] = ()
-    skipped: Any = None
-    identity: Any = None
-    provenance: Any = None

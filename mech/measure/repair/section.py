@@ -43,8 +43,7 @@ def repair_lines(r: RepairRecord | Mapping[str, Any], prefix: str = "") -> list[
     Raises:
         InputError: JSON content that is not a repair record (the message names the key).
     """
-    if isinstance(r, Mapping):
-        r = RepairRecord.from_json(r)
+    r = RepairRecord.of(r)
     e, c = r.edit, r.controls
     rnd = r.random
     lines = [
